@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine (Debian, Python 3.11):
+#   make demo   render synthetic crane frames and show them (embedded default)
+#   make test   lint, type-check and run the whole test suite
+# Both create .venv and install what is missing; nothing else is needed by hand.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEMO   := demo-data
+
+.PHONY: demo test lint unit clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scrapscan needs Python >= 3.11; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+
+# One stamp per install set; pyproject.toml changing reinstalls.
+$(VENV)/.base: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --editable .
+	@touch $@
+
+$(VENV)/.dev: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --editable '.[dev]'
+	@touch $@ $(VENV)/.base
+
+demo: $(VENV)/.base
+	$(PY) -m training.synth --out $(DEMO) --frames 4 --seed 0 --workers 2 --overwrite --preview
+	$(PY) -m training.data check $(DEMO)
+	@echo "demo: frames in $(DEMO)/images, class masks in $(DEMO)/masks, COCO labels in $(DEMO)/annotations.json"
+	@echo "demo: open $(DEMO)/preview.jpg to see the frames with their labels drawn over them"
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+unit: $(VENV)/.dev
+	$(PY) -m pytest
+
+test: lint unit
+
+clean:
+	rm -rf $(VENV) $(DEMO) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,44 @@
+"""Model input geometry and pixel normalisation shared by training and serving."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+TILE_SIZE: Final[int] = 512
+"""Side of a square tile cut from a frame's bed crop, in frame pixels."""
+
+INPUT_SIZE: Final[int] = 518
+"""Side of the model input: a tile is resized to this (37 x 37 patches of 14 px)."""
+
+DEFAULT_OVERLAP: Final[int] = 64
+"""Default overlap between neighbouring tiles, in frame pixels."""
+
+CLIP_MEAN: Final[tuple[float, float, float]] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: Final[tuple[float, float, float]] = (0.26862954, 0.26130258, 0.27577711)
+"""OpenAI CLIP normalisation, RGB order, for pixel values scaled to [0, 1]."""
+
+
+def resize_tile(tile_rgb: npt.NDArray[np.uint8], size: int = INPUT_SIZE) -> npt.NDArray[np.uint8]:
+    """Resize an (H, W, 3) uint8 RGB tile to (size, size, 3) with bicubic interpolation."""
+    return np.asarray(
+        cv2.resize(tile_rgb, (size, size), interpolation=cv2.INTER_CUBIC), dtype=np.uint8
+    )
+
+
+def resize_mask(mask: npt.NDArray[np.uint8], size: int = INPUT_SIZE) -> npt.NDArray[np.uint8]:
+    """Resize an (H, W) class-index mask to (size, size), nearest neighbour (no new labels)."""
+    return np.asarray(
+        cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST), dtype=np.uint8
+    )
+
+
+def normalize(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """Turn an (H, W, 3) uint8 RGB image into a (3, H, W) float32 CLIP-normalised array."""
+    mean = np.asarray(CLIP_MEAN, dtype=np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(CLIP_STD, dtype=np.float32) * 255.0)
+    out = (rgb.astype(np.float32) - mean) * inv_std
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
