@@ -24,7 +24,7 @@ $(VENV)/.dev: pyproject.toml | $(PY)
 	@touch $@ $(VENV)/.base
 
 demo: $(VENV)/.base
-	$(PY) -m training.synth --out $(DEMO) --frames 4 --seed 0 --workers 2 --overwrite --preview
+	$(PY) -m training.synth --out $(DEMO) --frames 4 --seed 4 --workers 2 --overwrite --preview
 	$(PY) -m training.data check $(DEMO)
 	@echo "demo: frames in $(DEMO)/images, class masks in $(DEMO)/masks, COCO labels in $(DEMO)/annotations.json"
 	@echo "demo: open $(DEMO)/preview.jpg to see the frames with their labels drawn over them"

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preview",
         action="store_true",
-        help="also write DIR/preview.jpg: the first frames with their labels drawn",
+        help="also write DIR/preview.jpg: the first beds with their labels drawn",
     )
     return p
 

@@ -19,11 +19,13 @@ import numpy as np
 
 from common.classes import ANOMALY_CLASSES
 from common.overlay import draw_overlay
+from common.tiling import polygon_box
 from training.data.coco import mask_to_polygons
 from training.synth.frame import SyntheticFrame, render_frame
 
 JPEG_QUALITY = 92
 PREVIEW_FRAMES = 8
+PREVIEW_CELL = (960, 540)
 OUTPUTS = ("images", "masks", "annotations.json", "preview.jpg")
 """What write_dataset creates in its folder, and all that --overwrite removes."""
 
@@ -118,11 +120,23 @@ def _write_frame(job: _FrameJob) -> _FrameResult:
     }
     preview = None
     if job.index < PREVIEW_FRAMES:
-        small = draw_overlay(frame.image, mask, frame.bed_polygon)
-        preview = cv2.resize(
-            small, (960, round(960 * job.height / job.width)), interpolation=cv2.INTER_AREA
-        )
+        preview = _preview_cell(frame, mask)
     return _FrameResult(image, annotations, seconds, preview)
+
+
+def _preview_cell(frame: SyntheticFrame, mask: np.ndarray) -> np.ndarray:
+    """The frame's bed crop with labels drawn, letterboxed into a PREVIEW_CELL image."""
+    h, w = mask.shape
+    box = polygon_box(frame.bed_polygon, w, h, margin=round(0.02 * w))
+    crop = draw_overlay(frame.image, mask, frame.bed_polygon)[box.slices()]
+    cw, ch = PREVIEW_CELL
+    scale = min(cw / box.width, ch / box.height)
+    size = (max(1, round(box.width * scale)), max(1, round(box.height * scale)))
+    small = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+    cell = np.zeros((ch, cw, 3), dtype=np.uint8)
+    y, x = (ch - size[1]) // 2, (cw - size[0]) // 2
+    cell[y : y + size[1], x : x + size[0]] = small
+    return cell
 
 
 def _run(jobs: list[_FrameJob], workers: int) -> Iterator[_FrameResult]:
