@@ -11,8 +11,7 @@ DEMO   := demo-data
 .PHONY: demo test lint unit clean
 
 $(PY):
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scrapscan needs Python >= 3.11; set PYTHON=python3.11")'
-	$(PYTHON) -m venv $(VENV)
+	scripts/make-venv.sh $(PYTHON) $(VENV)
 
 # One stamp per install set; pyproject.toml changing reinstalls.
 $(VENV)/.base: pyproject.toml | $(PY)
