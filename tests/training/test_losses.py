@@ -1,0 +1,66 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.classes import IGNORE_INDEX
+from training.losses import class_balanced_weights, dice_loss, focal_loss, total_loss
+from training.model import build_model
+
+
+def onehot(target):
+    return F.one_hot(target.clamp(max=3), 4).permute(0, 3, 1, 2).float()
+
+
+def test_class_balanced_weights_follow_the_formula():
+    counts = [1_000_000, 5_000, 800, 0]
+    w = class_balanced_weights(counts, beta=0.9999)
+    raw = [(1 - 0.9999) / (1 - 0.9999**n) for n in counts[:3]]
+    expected = torch.tensor([*raw, 0.0]) * 4 / sum(raw)
+    torch.testing.assert_close(w, expected.float())
+    assert w[2] > w[1] > w[0]  # rarer classes weigh more
+    with pytest.raises(ValueError, match="no labelled pixels"):
+        class_balanced_weights([0, 0, 0, 0])
+
+
+def test_perfect_prediction_costs_nothing_and_wrong_costs_more():
+    torch.manual_seed(0)
+    target = torch.randint(0, 4, (2, 16, 16))
+    w = torch.ones(4)
+    assert focal_loss(onehot(target), target, w) == 0
+    assert dice_loss(onehot(target), target) == 0
+    wrong = onehot((target + 1) % 4) * 0.97 + 0.01
+    assert focal_loss(wrong, target, w) > 1.0
+    assert dice_loss(wrong, target) > 0.9
+
+
+def test_ignored_pixels_do_not_count():
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, :, 4:] = IGNORE_INDEX
+    probs = onehot(torch.zeros_like(target))
+    probs[0, :, :, 4:] = torch.tensor([0.0, 1.0, 0.0, 0.0])[:, None, None]  # wrong, but ignored
+    assert focal_loss(probs, target, torch.ones(4)) == 0
+    assert dice_loss(probs, target) == 0
+
+
+def test_dice_leaves_out_classes_absent_from_the_target():
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, :2, :2] = 1
+    probs = onehot(target) * 0.7 + 0.075  # some mass on every class, spray_can included
+    got = dice_loss(probs, target)
+    expected = []
+    for c in (0, 1):  # only the classes in the target
+        p, g = probs[0, c], (target[0] == c).float()
+        expected.append(1 - (2 * (p * g).sum() + 1) / (p.sum() + g.sum() + 1))
+    torch.testing.assert_close(got, torch.stack(expected).mean())
+
+
+def test_total_loss_sums_local_and_weighted_msm_and_backpropagates(tiny_config):
+    torch.manual_seed(0)
+    model = build_model(tiny_config.model)
+    images = torch.randn(2, 3, 518, 518)
+    target = torch.zeros(2, 518, 518, dtype=torch.long)
+    target[:, 100:200, 100:300] = 2
+    loss, parts = total_loss(model(images), target, torch.ones(4), (0.1, 0.1, 0.1, 0.7))
+    assert parts["loss"] == pytest.approx(parts["local"] + parts["msm"], rel=1e-5)
+    loss.backward()
+    assert model.text.prompts.context.grad is not None

@@ -1,0 +1,93 @@
+"""Losses: class-balanced focal loss and multiclass dice, per stage map.
+
+All take probabilities (B, C, H, W) that sum to one over C and integer targets (B, H, W)
+with IGNORE_INDEX on pixels that carry no label (tile padding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from common.classes import IGNORE_INDEX, NUM_CLASSES
+from training.model import ModelOutput, upsample
+
+_EPS = 1e-6
+
+
+def class_balanced_weights(pixel_counts: Sequence[int], beta: float = 0.9999) -> torch.Tensor:
+    """Cui et al. (2019) weights (1 - beta) / (1 - beta ** n_c), scaled to sum to the class count.
+
+    A class with no pixels gets weight 0: it never appears in a target.
+    """
+    n = torch.tensor([float(c) for c in pixel_counts], dtype=torch.float64)
+    effective = 1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n)
+    w = torch.where(n > 0, (1.0 - beta) / effective.clamp_min(1e-12), torch.zeros_like(n))
+    if w.sum() == 0:
+        raise ValueError("no labelled pixels in any class")
+    return (w * len(pixel_counts) / w.sum()).float()
+
+
+def focal_loss(
+    probs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, gamma: float = 2.0
+) -> torch.Tensor:
+    """Mean over labelled pixels of -w_y (1 - p_y)^gamma log p_y."""
+    valid = target != IGNORE_INDEX
+    if not valid.any():
+        return probs.sum() * 0.0
+    t = target.clamp(max=NUM_CLASSES - 1)
+    p = probs.gather(1, t.unsqueeze(1)).squeeze(1).clamp(_EPS, 1.0)
+    w = weights.to(probs.device, probs.dtype)[t]
+    loss = -w * (1.0 - p).pow(gamma) * p.log()
+    return loss[valid].mean()
+
+
+def dice_loss(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Multiclass dice loss, averaged over the classes present in the batch's target.
+
+    Per class: 1 - (2 sum(p g) + s) / (sum(p) + sum(g) + s), with s = `smooth`.
+    """
+    valid = (target != IGNORE_INDEX).unsqueeze(1).to(probs.dtype)
+    onehot = F.one_hot(target.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(0, 3, 1, 2)
+    g = onehot.to(probs.dtype) * valid
+    p = probs * valid
+    dims = (0, 2, 3)
+    inter = (p * g).sum(dims)
+    present = g.sum(dims) > 0
+    if not present.any():
+        return probs.sum() * 0.0
+    dice = 1.0 - (2.0 * inter + smooth) / (p.sum(dims) + g.sum(dims) + smooth)
+    return dice[present].mean()
+
+
+def total_loss(
+    output: ModelOutput,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    msm_stage_weights: Sequence[float],
+    gamma: float = 2.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_local (summed over stages) + L_MSM (stage-weighted), each focal + dice at target size.
+
+    Returns the loss and its parts as floats for logging.
+    """
+    size = target.shape[-1]
+
+    def one(probs: torch.Tensor) -> torch.Tensor:
+        up = upsample(probs.float(), size)
+        return focal_loss(up, target, weights, gamma) + dice_loss(up, target)
+
+    local = torch.stack([one(p) for p in output.stage_probs]).sum()
+    parts = {"local": float(local.detach())}
+    loss = local
+    if output.msm_probs:
+        msm = sum(
+            (w * one(p) for w, p in zip(msm_stage_weights, output.msm_probs, strict=True)),
+            start=torch.zeros((), device=target.device),
+        )
+        parts["msm"] = float(msm.detach())
+        loss = loss + msm
+    parts["loss"] = float(loss.detach())
+    return loss, parts
