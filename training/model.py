@@ -309,7 +309,23 @@ class ScrapAnomalyModel(nn.Module):
         if cfg.freeze_image_encoder:
             for p in self.visual.parameters():
                 p.requires_grad_(False)
+        for p in self._unreachable_parameters():
+            p.requires_grad_(False)
         self.grad_checkpointing = False
+
+    def _unreachable_parameters(self) -> list[nn.Parameter]:
+        """Vision parameters that cannot affect the output.
+
+        Blocks after the last feature layer and, on the value-value path, the last feature
+        block's MLP half.
+        """
+        blocks = self.visual.transformer.resblocks
+        last = self.cfg.feature_layers[-1]
+        out = [p for block in blocks[last:] for p in block.parameters()]
+        if self.cfg.dpam:
+            final = blocks[last - 1]
+            out += [*final.ln_2.parameters(), *final.mlp.parameters()]
+        return out
 
     def parameter_groups(self) -> dict[str, int]:
         """Trainable parameter counts per part: image encoder, prompts, MSM."""
@@ -331,18 +347,20 @@ class ScrapAnomalyModel(nn.Module):
         side: torch.Tensor | None = None
         wanted = {layer - 1 for layer in self.cfg.feature_layers}
         out = []
+        last = max(wanted)
         for i, block in enumerate(v.transformer.resblocks):
             if dpam_start is not None and i >= dpam_start:
                 side = (x if side is None else side) + value_value_attention(block, x)
-            if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            if i < last or side is None:  # the main path's last output feeds nothing on DPAM
+                if self.grad_checkpointing and self.training:
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
             if i in wanted:
                 tokens = side if side is not None else x
                 tokens = v.ln_post(tokens[:, 1:]) @ v.proj
                 out.append(F.normalize(tokens, dim=-1))
-            if i >= max(wanted):
+            if i == last:
                 break
         return out
 

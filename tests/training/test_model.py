@@ -42,6 +42,15 @@ def test_text_tower_is_frozen_and_everything_else_learns(tiny_config, images):
     assert text_tower and all(not p.requires_grad and p.grad is None for p in text_tower)
 
 
+def test_every_trainable_parameter_gets_a_gradient(tiny_config, images):
+    for dpam in (True, False):
+        model = build_model(with_model(tiny_config, dpam=dpam, feature_layers=(1, 3)))
+        out = model(images[:1])
+        (sum(p.sum() for p in out.msm_probs) + out.class_probs.sum() + out.anomaly.sum()).backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert missing == [], (dpam, missing)
+
+
 def test_frozen_image_encoder_baseline(tiny_config):
     model = build_model(with_model(tiny_config, freeze_image_encoder=True))
     groups = model.parameter_groups()
@@ -134,7 +143,9 @@ def test_paper_model_builds_with_the_expected_trainable_parameters():
     # ViT-L/14 vision tower at 518 px: 24 blocks of width 1024, 37x37+1 positions, proj to 768
     block = 12 * 1024 * 1024 + 13 * 1024
     tower = 24 * block + 3 * 14 * 14 * 1024 + 1024 + (37 * 37 + 1) * 1024 + 4 * 1024 + 1024 * 768
-    assert groups["image_encoder"] == tower
+    # block 24's MLP half feeds nothing when tokens come from the value-value path: frozen
+    last_mlp = 2 * 1024 + (1024 * 4096 + 4096) + (4096 * 1024 + 1024)
+    assert groups["image_encoder"] == tower - last_mlp
     assert groups["prompts"] == 4 * 16 * 768 + 8 * 4 * 768
     msm_stage = 2 * 768 + (4 * 768 * 768 + 4 * 768) + (4 * 4 + 4)
     assert groups["msm"] == 4 * msm_stage

@@ -1,0 +1,453 @@
+"""scrapscan-train: finetune the model on a folder of labelled crane frames.
+
+A run folder holds everything needed to continue or reproduce a run:
+
+    RUN_DIR/config.yaml         the resolved configuration
+    RUN_DIR/run.json            git revision, data folder, class statistics, class weights
+    RUN_DIR/checkpoint.pt       model (evaluation weights), optimizer, position in the data
+    RUN_DIR/metrics.jsonl       one JSON line per logged step and per epoch
+
+A checkpoint is written at the end of every epoch, when --max-steps is reached, and
+when the run is interrupted (Ctrl-C or SIGTERM). `--resume` continues from it with the
+same optimizer state and the same order of patches. Under `torchrun` the same command
+trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs); rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import schedulefree
+import torch
+import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+
+from training.config import ConfigError, RunConfig, load_config
+from training.data import DataError, PatchSet, load_frames
+from training.data.dataset import PatchDataset
+from training.losses import class_balanced_weights, total_loss
+from training.model import ScrapAnomalyModel, WeightsError, build_model
+
+CHECKPOINT = "checkpoint.pt"
+LOG_EVERY = 10
+
+
+class Interrupted(Exception):
+    """Raised in the training loop when SIGINT or SIGTERM arrives."""
+
+
+@dataclass(slots=True)
+class Position:
+    """Where training stands: epochs done, batches done in the current epoch, steps in all."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+class EpochSampler(Sampler[int]):
+    """Patches in a permutation fixed by (seed, epoch), split across ranks, resumable.
+
+    `skip` leaves out the first items of this rank's share (batches already trained).
+    """
+
+    def __init__(self, size: int, seed: int, epoch: int, rank: int, world: int, skip: int) -> None:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(size, generator=g).tolist()
+        share = len(order) // world  # every rank the same number of batches
+        self.indices = order[rank * share : (rank + 1) * share][skip:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass(slots=True)
+class Distributed:
+    """The place of this process in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes files and logs."""
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Distributed:
+    """Join the torchrun process group when WORLD_SIZE > 1; pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Distributed(rank, world, dev)
+
+
+def git_revision() -> str:
+    """The source tree's git commit (with "+dirty" for local changes), or "unknown"."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
+    p = argparse.ArgumentParser(
+        prog="scrapscan-train",
+        description="Finetune the CLIP-based anomaly segmentation model on labelled crane "
+        "frames (a data folder as scrapscan-data check accepts).",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="training configuration (e.g. configs/paper.yaml, configs/tiny.yaml)",
+    )
+    p.add_argument("--data", type=Path, metavar="DIR", help="labelled frames to train on")
+    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder to create (or resume)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        metavar="N",
+        help="stop after N optimizer steps in all (checkpoint written)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the model without pretrained weights, print its trainable "
+        "parameters per part (and the data's patch counts with --data), then stop",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to train (auto: CUDA when available)",
+    )
+    return p
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"scrapscan-train: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max-steps must be at least 1, got {args.max_steps}")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        return _fail(str(err))
+    if args.dry_run:
+        return dry_run(cfg, args.data)
+    if args.data is None or args.out is None:
+        parser.error("--data and --out are needed to train (or use --dry-run)")
+    try:
+        return train(cfg, args.data, args.out, args.resume, args.max_steps, args.device)
+    except (DataError, WeightsError) as err:
+        return _fail(str(err), 1)
+    except FileExistsError as err:
+        return _fail(str(err))
+
+
+def dry_run(cfg: RunConfig, data: Path | None) -> int:
+    """Print the model's trainable parameters per part, and the data's patches per class."""
+    model = build_model(cfg.model.model_copy(update={"pretrained": None}))
+    groups = model.parameter_groups()
+    print(
+        f"{cfg.name}: {cfg.model.clip_model} at {cfg.model.input_size} px, "
+        f"stages after blocks {list(cfg.model.feature_layers)}"
+    )
+    for part, n in groups.items():
+        print(f"  trainable {part:<14} {n:>13,}")
+    print(f"  trainable {'total':<14} {sum(groups.values()):>13,}")
+    if data is not None:
+        try:
+            patches = _patches(cfg, data)
+        except DataError as err:
+            return _fail(str(err), 1)
+        print(patches.class_stats().table())
+    return 0
+
+
+def _patches(cfg: RunConfig, data: Path) -> PatchSet:
+    return PatchSet(
+        load_frames(data),
+        cfg.data.tile_size,
+        cfg.data.overlap,
+        cfg.model.input_size,
+        cfg.data.min_bed_fraction,
+    )
+
+
+def _prepare_run(
+    out: Path, cfg: RunConfig, data: Path, resume: bool, patches: PatchSet, main_rank: bool
+) -> dict[str, Any]:
+    """Create or reopen the run folder; returns run.json's content."""
+    ckpt = out / CHECKPOINT
+    if resume:
+        if not ckpt.is_file():
+            raise FileExistsError(f"{out} holds no {CHECKPOINT} to resume from")
+        info: dict[str, Any] = json.loads((out / "run.json").read_text())
+        return info
+    if ckpt.exists() or (out / "run.json").exists():
+        raise FileExistsError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    stats = patches.class_stats()
+    weights = class_balanced_weights(stats.pixels, cfg.train.class_balance_beta)
+    info = {
+        "git_revision": git_revision(),
+        "data": str(data.resolve()),
+        "patches": len(patches),
+        "class_pixels": list(stats.pixels),
+        "class_patches": list(stats.patches),
+        "class_weights": [round(float(w), 6) for w in weights],
+    }
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(
+            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        )
+        (out / "run.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def save_checkpoint(
+    path: Path, model: ScrapAnomalyModel, optimizer: Any, pos: Position, cfg: RunConfig
+) -> None:
+    """Write the checkpoint atomically. Model and optimizer must be in eval mode."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "position": {"epoch": pos.epoch, "batch": pos.batch, "step": pos.step},
+            "config": cfg.model_dump(mode="json"),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model: ScrapAnomalyModel, optimizer: Any | None = None) -> Position:
+    """Restore weights (and optimizer state) from `path`; returns where the run stood."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    return Position(**state["position"])
+
+
+def train(
+    cfg: RunConfig, data: Path, out: Path, resume: bool, max_steps: int | None, device: str = "auto"
+) -> int:
+    """Train; returns 0 when done, 130 when interrupted (checkpoint written either way)."""
+    env = setup_distributed(device)
+    torch.manual_seed(cfg.train.seed)
+    patches = _patches(cfg, data)
+    info = _prepare_run(out, cfg, data, resume, patches, env.main)
+    weights = torch.tensor(info["class_weights"], dtype=torch.float32, device=env.device)
+
+    model = build_model(cfg.model).to(env.device)
+    model.grad_checkpointing = cfg.train.grad_checkpointing
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = schedulefree.AdamWScheduleFree(
+        trainable,
+        lr=cfg.train.lr,
+        betas=cfg.train.betas,
+        weight_decay=cfg.train.weight_decay,
+        warmup_steps=cfg.train.warmup_steps,
+    )
+    pos = Position()
+    if resume:
+        model.eval()
+        optimizer.eval()
+        pos = load_checkpoint(out / CHECKPOINT, model, optimizer)
+    net: torch.nn.Module = model
+    if env.world > 1:
+        net = DistributedDataParallel(
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None
+        )
+
+    dataset = PatchDataset(patches)
+    batches_per_epoch = len(patches) // env.world // cfg.train.batch_size
+    if batches_per_epoch == 0:
+        raise ValueError(
+            f"{len(patches)} patches cannot fill a batch of {cfg.train.batch_size} "
+            f"on {env.world} process(es)"
+        )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if env.device.type == "cuda" and cfg.train.bf16
+        else nullcontext()
+    )
+    log = (out / "metrics.jsonl").open("a") if env.main else None
+    bar = _progress(env.main, batches_per_epoch * cfg.train.epochs, pos.step)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        while pos.epoch < cfg.train.epochs:
+            sampler = EpochSampler(
+                len(patches),
+                cfg.train.seed,
+                pos.epoch,
+                env.rank,
+                env.world,
+                pos.batch * cfg.train.batch_size,
+            )
+            loader = DataLoader(
+                dataset,
+                batch_size=cfg.train.batch_size,
+                sampler=sampler,
+                num_workers=cfg.train.num_workers,
+                drop_last=True,
+                pin_memory=env.device.type == "cuda",
+            )
+            model.train()
+            optimizer.train()
+            tick, seen = time.perf_counter(), 0
+            for images, masks in loader:
+                images = images.to(env.device, non_blocking=True)
+                masks = masks.to(env.device, non_blocking=True)
+                with autocast:
+                    output = net(images)
+                loss, parts = total_loss(
+                    output, masks, weights, cfg.train.msm_stage_weights, cfg.train.focal_gamma
+                )
+                if not math.isfinite(parts["loss"]):
+                    raise FloatingPointError(f"loss became {parts['loss']} at step {pos.step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+                pos.batch += 1
+                pos.step += 1
+                seen += images.shape[0] * env.world
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{parts['loss']:.3f}", epoch=pos.epoch + 1)
+                if log is not None and (pos.step % LOG_EVERY == 0 or pos.step == 1):
+                    rate = seen / max(time.perf_counter() - tick, 1e-9)
+                    _log(
+                        log,
+                        {
+                            "step": pos.step,
+                            "epoch": pos.epoch + 1,
+                            **parts,
+                            "patches_per_s": round(rate, 2),
+                        },
+                    )
+                if max_steps is not None and pos.step >= max_steps:
+                    break
+            else:
+                pos.epoch += 1
+                pos.batch = 0
+            model.eval()
+            optimizer.eval()
+            if env.main:
+                save_checkpoint(out / CHECKPOINT, model, optimizer, pos, cfg)
+                if log is not None:
+                    _log(
+                        log, {"step": pos.step, "epochs_done": pos.epoch, "checkpoint": CHECKPOINT}
+                    )
+            if max_steps is not None and pos.step >= max_steps:
+                break
+    except Interrupted as why:
+        model.eval()
+        optimizer.eval()
+        if env.main:
+            save_checkpoint(out / CHECKPOINT, model, optimizer, pos, cfg)
+            print(
+                f"\nscrapscan-train: {why}: checkpoint written at step {pos.step}; "
+                f"continue with --resume",
+                file=sys.stderr,
+            )
+        code = 130
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+        if env.world > 1:
+            dist.destroy_process_group()
+    if code == 0 and env.main:
+        print(
+            f"scrapscan-train: step {pos.step}, {pos.epoch} epoch(s) done; "
+            f"checkpoint {out / CHECKPOINT}"
+        )
+    return code
+
+
+def _log(handle: Any, record: dict[str, Any]) -> None:
+    handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+    handle.flush()
+
+
+def _progress(main_rank: bool, total: int, done: int) -> Any:
+    if not main_rank:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=done, unit="batch", dynamic_ncols=True, disable=not sys.stderr.isatty()
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
