@@ -66,17 +66,20 @@ def region_weights(masks: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.float64
 
 
 def _as_arrays(
-    scores: npt.ArrayLike, masks: npt.ArrayLike
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    scores: npt.ArrayLike, masks: npt.ArrayLike, valid: npt.ArrayLike | None
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     s = np.asarray(scores, dtype=np.float64)
     m = np.asarray(masks) != 0
+    v = np.ones(m.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     if s.ndim == 2:
-        s, m = s[None], m[None]
-    if s.ndim != 3 or s.shape != m.shape:
-        raise ValueError(f"scores {s.shape} and masks {m.shape} must both be (N, H, W)")
-    if not np.isfinite(s).all():
+        s, m, v = s[None], m[None], v[None]
+    if s.ndim != 3 or s.shape != m.shape or v.shape != m.shape:
+        raise ValueError(
+            f"scores {s.shape}, masks {m.shape} and valid {v.shape} must all be (N, H, W)"
+        )
+    if not np.isfinite(s[v]).all():
         raise ValueError("scores hold NaN or infinite values")
-    return s, m
+    return s, m & v, v
 
 
 def _metrics(curve: _Curve, max_fpr: float) -> dict[str, float]:
@@ -118,18 +121,24 @@ def _area_to(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], x_max: floa
 
 
 def pixel_metrics(
-    scores: npt.ArrayLike, masks: npt.ArrayLike, max_fpr: float = MAX_FPR
+    scores: npt.ArrayLike,
+    masks: npt.ArrayLike,
+    max_fpr: float = MAX_FPR,
+    valid: npt.ArrayLike | None = None,
 ) -> dict[str, float]:
     """Exact pixel metrics of anomaly `scores` against ground-truth `masks`.
 
     scores: float array (N, H, W) or (H, W), higher = more anomalous.
     masks: integer or bool array of the same shape; non-zero = anomalous.
+    valid: optional bool array of the same shape; pixels where it is False (tile
+    padding) are left out.
     Returns auroc, ap, aupro, f1_max and f1_threshold. Raises ValueError when the
     masks hold no anomalous or no normal pixel, or the shapes differ.
     """
-    s, m = _as_arrays(scores, masks)
+    s, m, v = _as_arrays(scores, masks, valid)
     weights, regions = region_weights(m)
-    flat_s, flat_m, flat_w = s.ravel(), m.ravel(), weights.ravel()
+    keep = v.ravel()
+    flat_s, flat_m, flat_w = s.ravel()[keep], m.ravel()[keep], weights.ravel()[keep]
     order = np.argsort(-flat_s, kind="mergesort")
     s_sorted = flat_s[order]
     last = np.r_[np.nonzero(np.diff(s_sorted))[0], s_sorted.size - 1]  # end of each tie run
@@ -166,27 +175,28 @@ class PixelMetricAccumulator:
         scaled = (s - self.lo) / (self.hi - self.lo) * self.bins
         return np.clip(np.floor(scaled), 0, self.bins - 1).astype(np.int64)
 
-    def update(self, scores: npt.ArrayLike, masks: npt.ArrayLike) -> None:
-        """Add a batch: scores (N, H, W) or (H, W) floats, masks of the same shape."""
-        s, m = _as_arrays(scores, masks)
+    def update(
+        self, scores: npt.ArrayLike, masks: npt.ArrayLike, valid: npt.ArrayLike | None = None
+    ) -> None:
+        """Add a batch: scores (N, H, W) or (H, W) floats, masks (and valid) of the same shape."""
+        s, m, v = _as_arrays(scores, masks, valid)
         b = self._bin(s).ravel()
-        flat_m = m.ravel()
+        flat_m, flat_v = m.ravel(), v.ravel()
         self._pos += np.bincount(b[flat_m], minlength=self.bins)
-        self._neg += np.bincount(b[~flat_m], minlength=self.bins)
+        self._neg += np.bincount(b[flat_v & ~flat_m], minlength=self.bins)
         weights, regions = region_weights(m)
         flat_w = weights.ravel()
         self._pro += np.bincount(b[flat_m], weights=flat_w[flat_m], minlength=self.bins)
         self._regions += regions
 
-    def compute(self, max_fpr: float = MAX_FPR) -> dict[str, float]:
-        """Metrics of everything added so far (see pixel_metrics)."""
+    def _curve(self) -> _Curve:
         edges = self.lo + (self.hi - self.lo) * np.arange(self.bins, dtype=np.float64) / self.bins
         # from the highest threshold down: counts of pixels with score >= edge
         keep = (self._pos + self._neg)[::-1] > 0
         tp = np.cumsum(self._pos[::-1])[keep]
         fp = np.cumsum(self._neg[::-1])[keep]
         pro = np.cumsum(self._pro[::-1])[keep]
-        curve = _Curve(
+        return _Curve(
             edges[::-1][keep],
             tp,
             fp,
@@ -195,4 +205,17 @@ class PixelMetricAccumulator:
             float(self._neg.sum()),
             self._regions,
         )
-        return _metrics(curve, max_fpr)
+
+    def compute(self, max_fpr: float = MAX_FPR) -> dict[str, float]:
+        """Metrics of everything added so far (see pixel_metrics)."""
+        return _metrics(self._curve(), max_fpr)
+
+    def curves(self) -> dict[str, npt.NDArray[np.float64]]:
+        """ROC (fpr, tpr) and precision-recall (recall, precision) points, for plotting."""
+        c = self._curve()
+        return {
+            "fpr": np.r_[0.0, c.fp / max(c.negatives, 1.0)],
+            "tpr": np.r_[0.0, c.tp / max(c.positives, 1.0)],
+            "recall": c.tp / max(c.positives, 1.0),
+            "precision": c.tp / np.maximum(c.tp + c.fp, 1.0),
+        }

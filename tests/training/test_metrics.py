@@ -99,7 +99,7 @@ def test_regions_count_equally_whatever_their_size():
     [
         (np.zeros((2, 4, 4)), np.zeros((2, 4, 4)), "both anomalous and normal"),
         (np.zeros((2, 4, 4)), np.ones((2, 4, 4)), "both anomalous and normal"),
-        (np.zeros((2, 4, 4)), np.zeros((2, 4, 5)), "must both be"),
+        (np.zeros((2, 4, 4)), np.zeros((2, 4, 5)), "must all be"),
         (np.full((1, 2, 2), np.nan), np.eye(2)[None], "NaN"),
     ],
 )
@@ -113,3 +113,20 @@ def test_accumulator_refuses_bad_settings():
         PixelMetricAccumulator(score_range=(1.0, 1.0))
     with pytest.raises(ValueError, match="bins"):
         PixelMetricAccumulator(bins=1)
+
+
+def test_pixels_outside_valid_are_left_out():
+    scores, masks = random_case(6)
+    valid = np.ones(masks.shape, bool)
+    valid[:, :, -10:] = False
+    garbage = scores.copy()
+    garbage[~valid] = np.where(masks[~valid] > 0, -5.0, 5.0)  # would ruin every metric
+    inside = pixel_metrics(scores[:, :, :-10], masks[:, :, :-10])
+    assert pixel_metrics(garbage, masks * valid, valid=valid) == pytest.approx(inside)
+    acc = PixelMetricAccumulator(bins=20_000, score_range=(0.0, 1.4))
+    acc.update(np.clip(garbage, 0, 1.4), masks * valid, valid=valid)
+    streamed = acc.compute()
+    assert streamed["auroc"] == pytest.approx(inside["auroc"], abs=1e-3)
+    assert streamed["ap"] == pytest.approx(inside["ap"], abs=1e-3)
+    curves = acc.curves()
+    assert curves["fpr"][0] == 0 and curves["tpr"][-1] == pytest.approx(1.0)
