@@ -37,6 +37,10 @@ def long_config(tmp_path_factory):
     return path
 
 
+def args(config, data, out, *extra):
+    return ["--config", str(config), "--data", str(data), "--out", str(out), *map(str, extra)]
+
+
 def records(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -44,21 +48,7 @@ def records(run):
 def test_loss_falls_over_a_few_steps(train_data, long_config, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "LOG_EVERY", 1)
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "--config",
-                str(long_config),
-                "--data",
-                str(train_data),
-                "--out",
-                str(run),
-                "--max-steps",
-                "20",
-            ]
-        )
-        == 0
-    )
+    assert main(args(long_config, train_data, run, "--max-steps", "20")) == 0
     losses = [r["loss"] for r in records(run) if "loss" in r]
     assert len(losses) == 20
     # batches alternate, so compare averages: the first steps against the last ten
@@ -107,14 +97,7 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(train_data, long_config
         sys.executable,
         "-m",
         "training",
-        "--config",
-        str(long_config),
-        "--data",
-        str(train_data),
-        "--out",
-        str(run),
-        "--max-steps",
-        "500",
+        *args(long_config, train_data, run, "--max-steps", 500),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -129,22 +112,7 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(train_data, long_config
     assert "SIGTERM: checkpoint written at step" in err and "--resume" in err
     step = torch.load(run / CHECKPOINT, weights_only=False)["position"]["step"]
     assert step >= 1
-    assert (
-        main(
-            [
-                "--config",
-                str(long_config),
-                "--data",
-                str(train_data),
-                "--out",
-                str(run),
-                "--max-steps",
-                str(step + 2),
-                "--resume",
-            ]
-        )
-        == 0
-    )
+    assert main(args(long_config, train_data, run, "--max-steps", step + 2, "--resume")) == 0
     assert torch.load(run / CHECKPOINT, weights_only=False)["position"]["step"] == step + 2
 
 
@@ -220,7 +188,7 @@ def test_epoch_sampler_splits_ranks_and_skips_done_batches():
 def test_two_gloo_processes_train_together(train_data, long_config, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
+    launcher = [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -230,17 +198,8 @@ def test_two_gloo_processes_train_together(train_data, long_config, tmp_path):
         "29517",
         "-m",
         "training",
-        "--config",
-        str(long_config),
-        "--data",
-        str(train_data),
-        "--out",
-        str(run),
-        "--max-steps",
-        "2",
-        "--device",
-        "cpu",
     ]
+    cmd = [*launcher, *args(long_config, train_data, run, "--max-steps", 2, "--device", "cpu")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     state = torch.load(run / CHECKPOINT, weights_only=False)
