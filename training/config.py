@@ -128,7 +128,10 @@ class TrainConfig(_Strict):
     warmup_steps: Annotated[int, Field(ge=0)] = 0
     msm_stage_weights: tuple[float, ...] = (0.1, 0.1, 0.1, 0.7)
     focal_gamma: Annotated[float, Field(ge=0)] = 2.0
-    class_balance_beta: Annotated[float, Field(gt=0, lt=1)] = 0.9999
+    class_balance_beta: Annotated[float, Field(gt=0, lt=1)] | Literal["auto"] = "auto"
+    """Class-balanced loss beta. "auto": 1 - 1 / (pixels of the largest class). The
+    common 0.9999 suits counts of samples; counted in pixels (millions) every class looks
+    infinitely large under it and the weights come out uniform."""
     bf16: bool = True
     """bf16 autocast on CUDA devices (ignored on the CPU)."""
     grad_checkpointing: bool = False

@@ -7,6 +7,7 @@ with IGNORE_INDEX on pixels that carry no label (tile padding).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +18,18 @@ from training.model import ModelOutput, upsample
 _EPS = 1e-6
 
 
-def class_balanced_weights(pixel_counts: Sequence[int], beta: float = 0.9999) -> torch.Tensor:
+def class_balanced_weights(
+    pixel_counts: Sequence[int], beta: float | Literal["auto"] = "auto"
+) -> torch.Tensor:
     """Cui et al. (2019) weights (1 - beta) / (1 - beta ** n_c), scaled to sum to the class count.
 
-    A class with no pixels gets weight 0: it never appears in a target.
+    beta "auto" is 1 - 1 / max(n_c): the largest class's effective number is then about
+    63% of its count and rarer classes weigh close to inversely to their counts. A class
+    with no pixels gets weight 0: it never appears in a target.
     """
     n = torch.tensor([float(c) for c in pixel_counts], dtype=torch.float64)
+    if beta == "auto":
+        beta = 1.0 - 1.0 / max(float(n.max()), 2.0)
     effective = 1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n)
     w = torch.where(n > 0, (1.0 - beta) / effective.clamp_min(1e-12), torch.zeros_like(n))
     if w.sum() == 0:

@@ -64,3 +64,14 @@ def test_total_loss_sums_local_and_weighted_msm_and_backpropagates(tiny_config):
     assert parts["loss"] == pytest.approx(parts["local"] + parts["msm"], rel=1e-5)
     loss.backward()
     assert model.text.prompts.context.grad is not None
+
+
+def test_auto_beta_weighs_classes_by_their_pixel_counts():
+    counts = [50_000_000, 500_000, 100_000, 0]
+    saturated = class_balanced_weights(counts, beta=0.9999)
+    assert saturated[1] / saturated[0] < 1.01  # millions of pixels: uniform, no balancing
+    auto = class_balanced_weights(counts, beta="auto")
+    beta = 1 - 1 / 50_000_000
+    raw = [(1 - beta) / (1 - beta**n) for n in counts[:3]]
+    torch.testing.assert_close(auto, (torch.tensor([*raw, 0.0]) * 4 / sum(raw)).float())
+    assert 60 < auto[1] / auto[0] < 100 and 300 < auto[2] / auto[0] < 500
