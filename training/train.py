@@ -6,6 +6,7 @@ A run folder holds everything needed to continue or reproduce a run:
     RUN_DIR/run.json            git revision, data folder, class statistics, class weights
     RUN_DIR/checkpoint.pt       model (evaluation weights), optimizer, position in the data
     RUN_DIR/metrics.jsonl       one JSON line per logged step and per epoch
+    RUN_DIR/tensorboard/        the same scalars for TensorBoard, when it is installed
 
 A checkpoint is written at the end of every epoch, when --max-steps is reached, and
 when the run is interrupted (Ctrl-C or SIGTERM). `--resume` continues from it with the
@@ -333,6 +334,7 @@ def train(
         else nullcontext()
     )
     log = (out / "metrics.jsonl").open("a") if env.main else None
+    board = _tensorboard(out) if env.main else None
     bar = _progress(env.main, batches_per_epoch * cfg.train.epochs, pos.step)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -391,6 +393,9 @@ def train(
                             "patches_per_s": round(rate, 2),
                         },
                     )
+                    if board is not None:
+                        for key, value in {**parts, "patches_per_s": rate}.items():
+                            board.add_scalar(f"train/{key}", value, pos.step)
                 if max_steps is not None and pos.step >= max_steps:
                     break
             else:
@@ -424,6 +429,8 @@ def train(
             bar.close()
         if log is not None:
             log.close()
+        if board is not None:
+            board.close()
         if env.world > 1:
             dist.destroy_process_group()
     if code == 0 and env.main:
@@ -437,6 +444,15 @@ def train(
 def _log(handle: Any, record: dict[str, Any]) -> None:
     handle.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
     handle.flush()
+
+
+def _tensorboard(out: Path) -> Any:
+    """A TensorBoard writer into RUN_DIR/tensorboard when tensorboard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _progress(main_rank: bool, total: int, done: int) -> Any:

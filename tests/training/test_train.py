@@ -60,6 +60,11 @@ def test_loss_falls_over_a_few_steps(train_data, long_config, tmp_path, monkeypa
     assert (
         yaml.safe_load((run / "config.yaml").read_text())["model"]["clip_model"] == "scrapscan-tiny"
     )
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run / "tensorboard"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("train/loss")] == list(range(1, 21))
 
 
 def max_difference(a, b):
