@@ -241,7 +241,8 @@ def _prepare_run(
             raise FileExistsError(f"{out} holds no {CHECKPOINT} to resume from")
         info: dict[str, Any] = json.loads((out / "run.json").read_text())
         return info
-    if ckpt.exists() or (out / "run.json").exists():
+    # rank 0 alone decides: it creates run.json while the others may still be checking
+    if main_rank and (ckpt.exists() or (out / "run.json").exists()):
         raise FileExistsError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from common.classes import NUM_CLASSES
+from training import model as model_module
 from training.config import BinaryMode, load_config
 from training.model import WeightsError, build_model, create_clip
 
@@ -129,6 +130,7 @@ def test_openai_weights_without_network_fail_at_once_with_instructions(monkeypat
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(socket, "create_connection", unreachable)  # CI may have no network
+    monkeypatch.setattr(model_module, "_cached", lambda model, tag: False)  # nor a cache
     with pytest.raises(WeightsError) as exc:
         create_clip(cfg)
     msg = str(exc.value)
