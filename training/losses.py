@@ -40,7 +40,12 @@ def class_balanced_weights(
 def focal_loss(
     probs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, gamma: float = 2.0
 ) -> torch.Tensor:
-    """Mean over labelled pixels of -w_y (1 - p_y)^gamma log p_y."""
+    """Weighted mean over labelled pixels of -(1 - p_y)^gamma log p_y, weights w_y.
+
+    Normalised by the sum of the pixels' weights (as torch's weighted cross-entropy), so
+    that rare classes with large weights and the many normal pixels with small ones
+    contribute on an equal footing whatever the weights' scale.
+    """
     valid = target != IGNORE_INDEX
     if not valid.any():
         return probs.sum() * 0.0
@@ -48,7 +53,7 @@ def focal_loss(
     p = probs.gather(1, t.unsqueeze(1)).squeeze(1).clamp(_EPS, 1.0)
     w = weights.to(probs.device, probs.dtype)[t]
     loss = -w * (1.0 - p).pow(gamma) * p.log()
-    return loss[valid].mean()
+    return loss[valid].sum() / w[valid].sum().clamp_min(_EPS)
 
 
 def dice_loss(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

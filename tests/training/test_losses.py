@@ -75,3 +75,18 @@ def test_auto_beta_weighs_classes_by_their_pixel_counts():
     raw = [(1 - beta) / (1 - beta**n) for n in counts[:3]]
     torch.testing.assert_close(auto, (torch.tensor([*raw, 0.0]) * 4 / sum(raw)).float())
     assert 60 < auto[1] / auto[0] < 100 and 300 < auto[2] / auto[0] < 500
+
+
+def test_focal_loss_is_a_weighted_mean():
+    target = torch.tensor([[[0, 0, 0, 1]]])
+    probs = onehot(target) * 0.5 + 0.125  # p_y = 0.625 everywhere
+    per_pixel = -((1 - 0.625) ** 2) * torch.log(torch.tensor(0.625))
+    # uniform weights: the plain mean; any scale of the weights: the same value
+    torch.testing.assert_close(focal_loss(probs, target, torch.ones(4)), per_pixel)
+    torch.testing.assert_close(focal_loss(probs, target, torch.full((4,), 1e-3)), per_pixel)
+    # a rare class weighted 99x counts as much as 99 normal pixels
+    wrong = probs.clone()
+    wrong[0, :, 0, 3] = torch.tensor([0.9, 0.05, 0.025, 0.025])  # the motor pixel is missed
+    w = torch.tensor([1.0, 99.0, 1.0, 1.0])
+    miss = -((1 - 0.05) ** 2) * torch.log(torch.tensor(0.05))
+    torch.testing.assert_close(focal_loss(wrong, target, w), (3 * per_pixel + 99 * miss) / 102)

@@ -67,8 +67,10 @@ def test_loss_falls_over_a_few_steps(train_data, long_config, tmp_path, monkeypa
     assert [e.step for e in board.Scalars("train/loss")] == list(range(1, 21))
 
 
-def max_difference(a, b):
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
+def difference(a, b):
+    """Mean absolute difference of two state dicts, and the share of entries that differ."""
+    d = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
+    return float(d.mean()), float((d > 1e-5).float().mean())
 
 
 def test_resumed_run_ends_where_an_uninterrupted_one_does(train_data, long_config, tmp_path):
@@ -85,15 +87,21 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(train_data, long_confi
     group = {k: v for k, v in a["optimizer"]["param_groups"][0].items() if k != "params"}
     assert group == {k: v for k, v in b["optimizer"]["param_groups"][0].items() if k != "params"}
     # The extra eval/train switch of schedule-free AdamW at the interruption rounds in
-    # float32 (seen: 9e-6); a lost optimizer state or a different patch order moves the
-    # weights by about a step (lr 2e-3), as one step less shows.
-    assert max_difference(a["model"], b["model"]) < 1e-4
-    assert max_difference(a["model"], c["model"]) > 1e-3
-    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
-    for k in sa:
-        for key, value in sa[k].items():
-            if torch.is_tensor(value):
-                torch.testing.assert_close(value, sb[k][key], rtol=1e-3, atol=1e-4)
+    # float32, and Adam turns that into visible changes of a handful of parameters whose
+    # gradients are near zero (seen: mean 3e-9, 0.006% of entries). A lost optimizer state
+    # or another patch order changes everything, as one step less shows (seen: mean 2e-5,
+    # 9% of entries).
+    resumed_mean, resumed_share = difference(a["model"], b["model"])
+    other_mean, other_share = difference(a["model"], c["model"])
+    assert resumed_mean < 1e-7 and resumed_share < 1e-3
+    assert other_mean > 1e-6 and other_share > 1e-2
+    # the optimizer state (Adam moments, schedule-free z) by the same measure
+    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    flat = {f"{k}.{n}": v for k, d in state_a.items() for n, v in d.items() if torch.is_tensor(v)}
+    other = {f"{k}.{n}": v for k, d in state_b.items() for n, v in d.items() if torch.is_tensor(v)}
+    assert flat.keys() == other.keys()
+    state_mean, state_share = difference(flat, other)
+    assert state_mean < 1e-6 and state_share < 1e-3
 
 
 def test_sigterm_writes_a_checkpoint_and_the_run_resumes(train_data, long_config, tmp_path):
