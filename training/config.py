@@ -108,6 +108,9 @@ class ModelConfig(_Strict):
     freeze_image_encoder: bool = False
     """True reproduces the AnomalyCLIP baseline: only prompts (and MSM) learn."""
     binary_mode: BinaryMode = BinaryMode.AVERAGED_PROMPT
+    prompt_mode: Literal["multiclass", "binary"] = "multiclass"
+    """"binary" learns two prompts (normal, binary_anomaly) on masks merged into normal
+    vs anomaly; with freeze_image_encoder it is the AnomalyCLIP-style baseline."""
 
     @field_validator("feature_layers")
     @classmethod

@@ -136,8 +136,9 @@ def evaluate(
         valid = masks != IGNORE_INDEX
         truth = valid & (masks > 0)
         binary.update(anomaly, truth, valid)
-        for c, acc in enumerate(per_class, start=1):
-            acc.update(classes[:, c], valid & (masks == c), valid)
+        if classes.shape[1] == len(ANOMALY_CLASSES) + 1:  # binary prompts have no classes
+            for c, acc in enumerate(per_class, start=1):
+                acc.update(classes[:, c], valid & (masks == c), valid)
         for k, (a, t, v) in enumerate(zip(anomaly, truth, valid, strict=True)):
             ranked.add(float(np.abs(a - t)[v].mean()), start + k, bool(t.any()))
     ap: dict[str, float | None] = {}

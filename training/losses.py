@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from common.classes import IGNORE_INDEX, NUM_CLASSES
+from common.classes import IGNORE_INDEX
 from training.model import ModelOutput, upsample
 
 _EPS = 1e-6
@@ -49,7 +49,7 @@ def focal_loss(
     valid = target != IGNORE_INDEX
     if not valid.any():
         return probs.sum() * 0.0
-    t = target.clamp(max=NUM_CLASSES - 1)
+    t = target.clamp(max=probs.shape[1] - 1)
     p = probs.gather(1, t.unsqueeze(1)).squeeze(1).clamp(_EPS, 1.0)
     w = weights.to(probs.device, probs.dtype)[t]
     loss = -w * (1.0 - p).pow(gamma) * p.log()
@@ -62,7 +62,8 @@ def dice_loss(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) ->
     Per class: 1 - (2 sum(p g) + s) / (sum(p) + sum(g) + s), with s = `smooth`.
     """
     valid = (target != IGNORE_INDEX).unsqueeze(1).to(probs.dtype)
-    onehot = F.one_hot(target.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(0, 3, 1, 2)
+    classes = probs.shape[1]
+    onehot = F.one_hot(target.clamp(max=classes - 1), classes).permute(0, 3, 1, 2)
     g = onehot.to(probs.dtype) * valid
     p = probs * valid
     dims = (0, 2, 3)
@@ -72,6 +73,11 @@ def dice_loss(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) ->
         return probs.sum() * 0.0
     dice = 1.0 - (2.0 * inter + smooth) / (p.sum(dims) + g.sum(dims) + smooth)
     return dice[present].mean()
+
+
+def merge_anomaly_classes(target: torch.Tensor) -> torch.Tensor:
+    """Class-index masks to normal (0) vs anomaly (1), keeping IGNORE_INDEX (binary prompts)."""
+    return torch.where(target == IGNORE_INDEX, target, (target > 0).to(target.dtype))
 
 
 def total_loss(

@@ -44,7 +44,7 @@ class WeightsError(RuntimeError):
 
 
 class ModelOutput(NamedTuple):
-    """What the model returns for a batch.
+    """What the model returns for a batch (C = 4 classes, or 2 with binary prompts).
 
     stage_probs: per stage (B, C, g, g) softmax of the patch-text similarity.
     msm_probs: per stage (B, C, g, g) softmax of the MSM map; empty when MSM is off.
@@ -156,7 +156,9 @@ class PromptLearner(nn.Module):
     the input of text layers 1..deep_depth-1.
     """
 
-    def __init__(self, cfg: PromptConfig, width: int, text_layers: int) -> None:
+    def __init__(
+        self, cfg: PromptConfig, width: int, text_layers: int, binary: bool = False
+    ) -> None:
         super().__init__()
         if cfg.deep_depth > text_layers:
             raise ValueError(
@@ -164,11 +166,15 @@ class PromptLearner(nn.Module):
                 f"{text_layers} layers"
             )
         self.cfg = cfg
-        texts = [cfg.normal] + [cfg.anomaly.format(class_words(c)) for c in ANOMALY_CLASSES]
+        if binary:
+            texts = [cfg.normal, cfg.binary_anomaly]
+        else:
+            texts = [cfg.normal] + [cfg.anomaly.format(class_words(c)) for c in ANOMALY_CLASSES]
+        self.count = len(texts)
         placeholder = " ".join(["X"] * cfg.context_length)
         tokens = open_clip.tokenize([f"{placeholder} {t}." for t in [*texts, cfg.binary_anomaly]])
         self.register_buffer("tokens", tokens, persistent=False)
-        self.context = nn.Parameter(torch.randn(NUM_CLASSES, cfg.context_length, width) * 0.02)
+        self.context = nn.Parameter(torch.randn(self.count, cfg.context_length, width) * 0.02)
         self.deep = nn.Parameter(
             torch.randn(max(cfg.deep_depth - 1, 0), cfg.deep_length, width) * 0.02
         )
@@ -177,7 +183,7 @@ class PromptLearner(nn.Module):
 class TextEncoder(nn.Module):
     """The frozen CLIP text tower, run with learnable prompts."""
 
-    def __init__(self, clip: Any, prompts: PromptConfig) -> None:
+    def __init__(self, clip: Any, prompts: PromptConfig, binary: bool = False) -> None:
         super().__init__()
         self.token_embedding = clip.token_embedding
         self.positional_embedding = clip.positional_embedding
@@ -188,7 +194,7 @@ class TextEncoder(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         self.prompts = PromptLearner(
-            prompts, clip.token_embedding.embedding_dim, len(clip.transformer.resblocks)
+            prompts, clip.token_embedding.embedding_dim, len(clip.transformer.resblocks), binary
         )
 
     def _encode(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -210,13 +216,15 @@ class TextEncoder(nn.Module):
         return F.normalize(out, dim=-1)
 
     def class_features(self) -> torch.Tensor:
-        """(C, D) normalised features of the normal prompt and the anomaly class prompts."""
+        """(K, D) normalised features of the normal prompt and the anomaly prompt(s)."""
         tokens: torch.Tensor = self.prompts.tokens  # type: ignore[assignment]
-        return self._encode(tokens[:NUM_CLASSES], self.prompts.context)
+        return self._encode(tokens[: self.prompts.count], self.prompts.context)
 
     def binary_features(self) -> torch.Tensor:
         """(2, D): normal, and the binary anomaly prompt with the classes' context averaged."""
         tokens: torch.Tensor = self.prompts.tokens  # type: ignore[assignment]
+        if self.prompts.count == 2:  # binary prompts: they are the class features
+            return self.class_features()
         ctx = self.prompts.context
         context = torch.stack([ctx[0], ctx[1:].mean(dim=0)])
         return self._encode(torch.stack([tokens[0], tokens[NUM_CLASSES]]), context)
@@ -247,21 +255,22 @@ def value_value_attention(block: Any, x: torch.Tensor) -> torch.Tensor:
 class MSMHead(nn.Module):
     """The multi-scale mechanism of one stage: pooled tokens attend to the class texts."""
 
-    def __init__(self, dim: int, cfg: MSMConfig) -> None:
+    def __init__(self, dim: int, cfg: MSMConfig, classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.cfg = cfg
+        self.classes = classes
         self.norm = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, cfg.heads, batch_first=True)
-        self.mix = nn.Conv2d(NUM_CLASSES, NUM_CLASSES, kernel_size=1)
+        self.mix = nn.Conv2d(classes, classes, kernel_size=1)
         with torch.no_grad():  # start as the plain sum of the scales' similarity maps
-            self.mix.weight.copy_(torch.eye(NUM_CLASSES).view(NUM_CLASSES, NUM_CLASSES, 1, 1))
+            self.mix.weight.copy_(torch.eye(classes).view(classes, classes, 1, 1))
             if self.mix.bias is not None:
                 nn.init.zeros_(self.mix.bias)
 
     def forward(self, grid: torch.Tensor, text: torch.Tensor, temperature: float) -> torch.Tensor:
         """Map (B, D, g, g) normalised tokens and (C, D) texts to (B, C, g, g) logits."""
         b, _, g, _ = grid.shape
-        total = grid.new_zeros(b, NUM_CLASSES, g, g)
+        total = grid.new_zeros(b, self.classes, g, g)
         keys = text.unsqueeze(0).expand(b, -1, -1).to(grid.dtype)
         for w in self.cfg.windows:
             if self.cfg.stride == "same":
@@ -301,10 +310,13 @@ class ScrapAnomalyModel(nn.Module):
                 f"input_size {cfg.input_size} is not a multiple of the patch size {patch}"
             )
         self.grid = cfg.input_size // patch
-        self.text = TextEncoder(clip, cfg.prompts)
+        self.text = TextEncoder(clip, cfg.prompts, binary=cfg.prompt_mode == "binary")
+        self.classes = self.text.prompts.count
         dim = self.visual.output_dim
         self.msm = nn.ModuleList(
-            [MSMHead(dim, cfg.msm) for _ in cfg.feature_layers] if cfg.msm.enabled else []
+            [MSMHead(dim, cfg.msm, self.classes) for _ in cfg.feature_layers]
+            if cfg.msm.enabled
+            else []
         )
         if cfg.freeze_image_encoder:
             for p in self.visual.parameters():
@@ -372,7 +384,7 @@ class ScrapAnomalyModel(nn.Module):
         stage_probs, msm_probs, binary_probs = [], [], []
         for s, tokens in enumerate(self.stage_tokens(images)):
             tokens = tokens.to(text.dtype)
-            logits = (tokens @ text.T / t).transpose(1, 2).reshape(b, NUM_CLASSES, g, g)
+            logits = (tokens @ text.T / t).transpose(1, 2).reshape(b, self.classes, g, g)
             stage_probs.append(logits.softmax(dim=1))
             binary_probs.append((tokens @ binary.T / t).softmax(dim=-1)[..., 1].reshape(b, g, g))
             if self.msm:
@@ -380,7 +392,7 @@ class ScrapAnomalyModel(nn.Module):
                 msm_probs.append(self.msm[s](grid, text, t).softmax(dim=1))
         local = torch.stack(stage_probs).mean(dim=0)
         class_probs = (local + torch.stack(msm_probs).mean(dim=0)) / 2 if msm_probs else local
-        if self.cfg.binary_mode == BinaryMode.AVERAGED_PROMPT:
+        if self.cfg.binary_mode == BinaryMode.AVERAGED_PROMPT and self.classes > 2:
             anomaly = torch.stack(binary_probs).mean(dim=0)
             if msm_probs:
                 anomaly = (anomaly + 1 - torch.stack(msm_probs).mean(dim=0)[:, 0]) / 2

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Sampler
 from training.config import ConfigError, RunConfig, load_config
 from training.data import DataError, PatchSet, load_frames
 from training.data.dataset import PatchDataset
-from training.losses import class_balanced_weights, total_loss
+from training.losses import class_balanced_weights, merge_anomaly_classes, total_loss
 from training.model import ScrapAnomalyModel, WeightsError, build_model
 
 CHECKPOINT = "checkpoint.pt"
@@ -247,7 +247,10 @@ def _prepare_run(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
     stats = patches.class_stats()
-    weights = class_balanced_weights(stats.pixels, cfg.train.class_balance_beta)
+    pixels = list(stats.pixels)
+    if cfg.model.prompt_mode == "binary":  # normal vs all contaminants together
+        pixels = [pixels[0], sum(pixels[1:])]
+    weights = class_balanced_weights(pixels, cfg.train.class_balance_beta)
     info = {
         "git_revision": git_revision(),
         "data": str(data.resolve()),
@@ -367,6 +370,8 @@ def train(
             for images, masks in loader:
                 images = images.to(env.device, non_blocking=True)
                 masks = masks.to(env.device, non_blocking=True)
+                if cfg.model.prompt_mode == "binary":
+                    masks = merge_anomaly_classes(masks)
                 with autocast:
                     output = net(images)
                 loss, parts = total_loss(

@@ -90,3 +90,14 @@ def test_focal_loss_is_a_weighted_mean():
     w = torch.tensor([1.0, 99.0, 1.0, 1.0])
     miss = -((1 - 0.05) ** 2) * torch.log(torch.tensor(0.05))
     torch.testing.assert_close(focal_loss(wrong, target, w), (3 * per_pixel + 99 * miss) / 102)
+
+
+def test_two_class_losses_for_binary_prompts():
+    from training.losses import merge_anomaly_classes
+
+    target = torch.tensor([[[0, 1, 2, 3, 255]]])
+    merged = merge_anomaly_classes(target)
+    assert merged.tolist() == [[[0, 1, 1, 1, 255]]]
+    probs = F.one_hot(merged.clamp(max=1), 2).permute(0, 3, 1, 2).float()
+    assert focal_loss(probs, merged, torch.ones(2)) == 0
+    assert dice_loss(probs, merged) == 0

@@ -151,3 +151,16 @@ def test_paper_model_builds_with_the_expected_trainable_parameters():
     assert groups["prompts"] == 4 * 16 * 768 + 8 * 4 * 768
     msm_stage = 2 * 768 + (4 * 768 * 768 + 4 * 768) + (4 * 4 + 4)
     assert groups["msm"] == 4 * msm_stage
+
+
+def test_binary_prompts_the_anomalyclip_style_baseline(tiny_config, images):
+    cfg = with_model(tiny_config, prompt_mode="binary", freeze_image_encoder=True)
+    model = build_model(cfg)
+    assert model.parameter_groups()["image_encoder"] == 0
+    out = model(images)
+    assert out.class_probs.shape == (2, 2, 37, 37)
+    assert all(p.shape == (2, 2, 37, 37) for p in (*out.stage_probs, *out.msm_probs))
+    torch.testing.assert_close(out.anomaly, 1 - out.class_probs[:, 0])
+    out.anomaly.mean().backward()
+    assert model.text.prompts.context.grad is not None
+    assert model.text.prompts.context.shape[0] == 2

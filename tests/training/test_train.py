@@ -218,3 +218,34 @@ def test_two_gloo_processes_train_together(train_data, long_config, tmp_path):
     state = torch.load(run / CHECKPOINT, weights_only=False)
     assert state["position"]["step"] == 2
     assert not any(k.startswith("module.") for k in state["model"])  # saved unwrapped
+
+
+def test_binary_prompt_training_runs_and_evaluates(train_data, long_config, tmp_path):
+    from training.evaluate import main as eval_main
+
+    cfg = yaml.safe_load(long_config.read_text())
+    cfg["model"]["prompt_mode"] = "binary"
+    cfg["model"]["freeze_image_encoder"] = True
+    path = tmp_path / "binary.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(args(path, train_data, run, "--max-steps", 2)) == 0
+    assert len(json.loads((run / "run.json").read_text())["class_weights"]) == 2
+    report = tmp_path / "report"
+    assert (
+        eval_main(
+            [
+                "--checkpoint",
+                str(run / CHECKPOINT),
+                "--data",
+                str(train_data),
+                "--out",
+                str(report),
+                "--overlays",
+                "0",
+            ]
+        )
+        == 0
+    )
+    per_class = json.loads((report / "report.json").read_text())["per_class_ap"]
+    assert per_class == {"motor": None, "cable": None, "spray_can": None}
