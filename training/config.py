@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from common.classes import ANOMALY_CLASSES
 from common.imaging import DEFAULT_OVERLAP, INPUT_SIZE, TILE_SIZE
 
 
@@ -148,14 +147,6 @@ class DataConfig(_Strict):
     tile_size: Annotated[int, Field(ge=16)] = TILE_SIZE
     overlap: Annotated[int, Field(ge=0)] = DEFAULT_OVERLAP
     min_bed_fraction: Annotated[float, Field(ge=0, le=1)] = 0.25
-    classes: tuple[str, ...] = ANOMALY_CLASSES
-
-    @field_validator("classes")
-    @classmethod
-    def _fixed_classes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if tuple(v) != ANOMALY_CLASSES:
-            raise ValueError(f"must be {list(ANOMALY_CLASSES)} in this order (the mask contract)")
-        return v
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> DataConfig:

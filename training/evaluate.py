@@ -34,6 +34,7 @@ from training.config import BinaryMode, ConfigError, RunConfig, parse_config
 from training.data import DataError, PatchSet, load_frames
 from training.metrics import PixelMetricAccumulator
 from training.model import ScrapAnomalyModel, build_model, upsample
+from training.train import pick_device
 
 DEFAULT_SIGMA = 4.0
 
@@ -251,22 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    device = (
-        "cuda"
-        if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
+    device = pick_device(args.device)
     try:
         model, cfg = load_trained(args.checkpoint, device)
         if args.binary_mode:
             model.cfg = model.cfg.model_copy(update={"binary_mode": BinaryMode(args.binary_mode)})
-        patches = PatchSet(
-            load_frames(args.data),
-            cfg.data.tile_size,
-            cfg.data.overlap,
-            cfg.model.input_size,
-            cfg.data.min_bed_fraction,
-        )
+        patches = PatchSet.for_config(load_frames(args.data), cfg)
         start = time.perf_counter()
         ev = evaluate(model, patches, args.batch_size, args.sigma, device, args.overlays)
     except (CheckpointError, DataError) as err:

@@ -94,11 +94,18 @@ class Distributed:
         return self.rank == 0
 
 
+def pick_device(choice: str) -> str:
+    """The device for a --device choice: cuda when asked, or auto and one is present."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
 def setup_distributed(device: str) -> Distributed:
     """Join the torchrun process group when WORLD_SIZE > 1; pick the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = pick_device(device) == "cuda"
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -214,21 +221,11 @@ def dry_run(cfg: RunConfig, data: Path | None) -> int:
     print(f"  trainable {'total':<14} {sum(groups.values()):>13,}")
     if data is not None:
         try:
-            patches = _patches(cfg, data)
+            patches = PatchSet.for_config(load_frames(data), cfg)
         except DataError as err:
             return _fail(str(err), 1)
         print(patches.class_stats().table())
     return 0
-
-
-def _patches(cfg: RunConfig, data: Path) -> PatchSet:
-    return PatchSet(
-        load_frames(data),
-        cfg.data.tile_size,
-        cfg.data.overlap,
-        cfg.model.input_size,
-        cfg.data.min_bed_fraction,
-    )
 
 
 def _prepare_run(
@@ -300,7 +297,7 @@ def train(
     """Train; returns 0 when done, 130 when interrupted (checkpoint written either way)."""
     env = setup_distributed(device)
     torch.manual_seed(cfg.train.seed)
-    patches = _patches(cfg, data)
+    patches = PatchSet.for_config(load_frames(data), cfg)
     info = _prepare_run(out, cfg, data, resume, patches, env.main)
     weights = torch.tensor(info["class_weights"], dtype=torch.float32, device=env.device)
 

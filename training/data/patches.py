@@ -26,6 +26,7 @@ from common.imaging import (
     resize_tile,
 )
 from common.tiling import Tile, cut_tile, tile_grid
+from training.config import RunConfig
 from training.data.frames import FrameRecord, FrameSet
 
 PAD_RGB = tuple(round(m * 255) for m in CLIP_MEAN)
@@ -126,6 +127,17 @@ class PatchSet:
                 if frac >= min_bed_fraction and frac > 0.0:
                     refs.append(PatchRef(i, tile, frac))
         self.refs: tuple[PatchRef, ...] = tuple(refs)
+
+    @classmethod
+    def for_config(cls, frames: FrameSet, cfg: RunConfig) -> PatchSet:
+        """The patches a run with configuration `cfg` trains and is evaluated on."""
+        return cls(
+            frames,
+            cfg.data.tile_size,
+            cfg.data.overlap,
+            cfg.model.input_size,
+            cfg.data.min_bed_fraction,
+        )
 
     def __len__(self) -> int:
         return len(self.refs)
