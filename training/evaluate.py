@@ -1,5 +1,8 @@
 """scrapscan-eval: pixel-level evaluation of a trained checkpoint on labelled frames.
 
+With --winclip CONFIG instead of --checkpoint it evaluates the WinCLIP zero-shot
+baseline (training.winclip) with the CLIP that CONFIG's model section names.
+
 The frames are cut into patches exactly as for training; the model's binary anomaly map
 is upsampled to the input size and smoothed with a Gaussian (sigma 4 by default, as the
 model's ancestors evaluate), and compared with the masks pixel by pixel. Metrics are
@@ -17,7 +20,7 @@ import heapq
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +31,18 @@ import numpy.typing as npt
 import torch
 
 from common.classes import ANOMALY_CLASSES, IGNORE_INDEX
-from common.imaging import normalize
+from common.imaging import INPUT_SIZE, normalize
 from common.overlay import draw_overlay
-from training.config import BinaryMode, ConfigError, RunConfig, parse_config
+from training.config import BinaryMode, ConfigError, RunConfig, load_config, parse_config
 from training.data import DataError, PatchSet, load_frames
 from training.metrics import PixelMetricAccumulator
-from training.model import ScrapAnomalyModel, build_model, upsample
+from training.model import ModelOutput, ScrapAnomalyModel, WeightsError, build_model, upsample
 from training.train import pick_device
 
 DEFAULT_SIGMA = 4.0
+
+Scorer = Callable[[torch.Tensor], ModelOutput]
+"""What is evaluated: a trained ScrapAnomalyModel or the WinCLIP baseline."""
 
 
 class CheckpointError(ValueError):
@@ -102,7 +108,7 @@ class Evaluation:
 
 
 def predict(
-    model: ScrapAnomalyModel,
+    model: Scorer,
     images: npt.NDArray[np.uint8],
     sigma: float,
     device: torch.device | str,
@@ -118,7 +124,7 @@ def predict(
 
 
 def evaluate(
-    model: ScrapAnomalyModel,
+    model: Scorer,
     patches: PatchSet,
     batch_size: int = 8,
     sigma: float = DEFAULT_SIGMA,
@@ -187,7 +193,7 @@ def _plot_curves(out: Path, ev: Evaluation) -> None:
 
 def _write_overlays(
     out: Path,
-    model: ScrapAnomalyModel,
+    model: Scorer,
     patches: PatchSet,
     ev: Evaluation,
     sigma: float,
@@ -213,7 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a scrapscan-train checkpoint on labelled frames: pixel AUROC, "
         "AP, AUPRO, F1-max (and its threshold), per-class AP, curves, overlays.",
     )
-    p.add_argument("--checkpoint", type=Path, required=True, metavar="FILE")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--checkpoint", type=Path, metavar="FILE", help="a scrapscan-train checkpoint"
+    )
+    what.add_argument(
+        "--winclip",
+        type=Path,
+        metavar="CONFIG",
+        help="evaluate the WinCLIP zero-shot baseline with the CLIP of CONFIG's model section "
+        "(configs/winclip.yaml: ViT-B-16-plus-240, laion400m_e31)",
+    )
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="labelled frames")
     p.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR")
     p.add_argument("--batch-size", type=int, default=8)
@@ -253,14 +269,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     device = pick_device(args.device)
+    model: Scorer
     try:
-        model, cfg = load_trained(args.checkpoint, device)
-        if args.binary_mode:
-            model.cfg = model.cfg.model_copy(update={"binary_mode": BinaryMode(args.binary_mode)})
+        if args.winclip is not None:
+            from training.winclip import WinCLIP
+
+            cfg = load_config(args.winclip)
+            model = WinCLIP.build(cfg.model).to(device)
+            mode = "winclip"
+            # the patches are cut as for the paper's model; WinCLIP resizes them itself
+            cfg = cfg.model_copy(
+                update={"model": cfg.model.model_copy(update={"input_size": INPUT_SIZE})}
+            )
+        else:
+            trained, cfg = load_trained(args.checkpoint, device)
+            if args.binary_mode:
+                trained.cfg = trained.cfg.model_copy(
+                    update={"binary_mode": BinaryMode(args.binary_mode)}
+                )
+            model, mode = trained, trained.cfg.binary_mode.value
         patches = PatchSet.for_config(load_frames(args.data), cfg)
         start = time.perf_counter()
         ev = evaluate(model, patches, args.batch_size, args.sigma, device, args.overlays)
-    except (CheckpointError, DataError) as err:
+    except (CheckpointError, DataError, ConfigError, WeightsError) as err:
         print(f"scrapscan-eval: {err}", file=sys.stderr)
         return 1
     except ValueError as err:  # e.g. no anomalous pixel in the data
@@ -269,11 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+        "winclip": None if args.winclip is None else str(args.winclip),
         "data": str(args.data),
         "patches": ev.patches,
         "sigma": args.sigma,
-        "binary_mode": model.cfg.binary_mode.value,
+        "binary_mode": mode,
         "pixel": {k: round(v, 6) for k, v in ev.pixel.items()},
         "per_class_ap": {k: None if v is None else round(v, 6) for k, v in ev.per_class_ap.items()},
         "seconds": round(seconds, 2),
