@@ -43,6 +43,15 @@ class WeightsError(RuntimeError):
     """Pretrained weights cannot be loaded; the message says how to provide them."""
 
 
+class TextFeatures(NamedTuple):
+    """The prompts' normalised text features: constant once training is over."""
+
+    classes: torch.Tensor
+    """(C, D) normal first, then each anomaly class (or the binary anomaly prompt)."""
+    binary: torch.Tensor
+    """(2, D) normal and the binary anomaly prompt."""
+
+
 class ModelOutput(NamedTuple):
     """What the model returns for a batch (C = 4 classes, or 2 with binary prompts).
 
@@ -376,11 +385,20 @@ class ScrapAnomalyModel(nn.Module):
                 break
         return out
 
-    def forward(self, images: torch.Tensor) -> ModelOutput:
-        """images: (B, 3, input_size, input_size) CLIP-normalised."""
+    def text_features(self) -> TextFeatures:
+        """The prompts through the text tower (what an exported model keeps as constants)."""
+        return TextFeatures(self.text.class_features(), self.text.binary_features())
+
+    def forward(
+        self, images: torch.Tensor, text_features: TextFeatures | None = None
+    ) -> ModelOutput:
+        """images: (B, 3, input_size, input_size) CLIP-normalised.
+
+        `text_features` given, the text tower is not run (training needs it run: the
+        prompts learn).
+        """
         b, g, t = images.shape[0], self.grid, self.cfg.temperature
-        text = self.text.class_features()
-        binary = self.text.binary_features()
+        text, binary = text_features if text_features is not None else self.text_features()
         stage_probs, msm_probs, binary_probs = [], [], []
         for s, tokens in enumerate(self.stage_tokens(images)):
             tokens = tokens.to(text.dtype)

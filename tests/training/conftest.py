@@ -1,20 +1,13 @@
-"""Fixtures for the model tests: the tiny config and a model built from it."""
+"""Fixtures for the model tests (the tiny config itself is in the top conftest)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
 
-from training.config import RunConfig, load_config
+from ..conftest import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-
-@pytest.fixture(scope="session")
-def tiny_config() -> RunConfig:
-    return load_config(CONFIGS / "tiny.yaml")
+__all__ = ["CONFIGS"]
 
 
 @pytest.fixture

@@ -8,22 +8,13 @@ from training.data import PatchSet, load_frames
 from training.evaluate import CheckpointError, evaluate, load_trained, main
 from training.metrics import pixel_metrics
 from training.model import build_model
-from training.train import Position, save_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_config):
-    import schedulefree
-
-    torch.manual_seed(0)
-    model = build_model(tiny_config.model).eval()
-    opt = schedulefree.AdamWScheduleFree([p for p in model.parameters() if p.requires_grad])
-    opt.eval()
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    save_checkpoint(path, model, opt, Position(1, 0, 3), tiny_config)
-    return path
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def test_checkpoint_round_trip(checkpoint, tiny_config, images):

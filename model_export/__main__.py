@@ -1,0 +1,7 @@
+"""python -m model_export: same as scrapscan-export."""
+
+import sys
+
+from model_export.export import main
+
+sys.exit(main())

@@ -1,0 +1,377 @@
+"""scrapscan-export: freeze a scrapscan-train checkpoint into the bundle the service loads.
+
+BUNDLE/manifest.json          what the model is, thresholds, metrics, every file's sha256
+BUNDLE/model.onnx             fp32 inference graph, batch axis dynamic (model_export.graph)
+BUNDLE/model.fp16.onnx        fp16 variant, float32 inputs and outputs
+BUNDLE/model.pt2              torch.export program, for the service's PyTorch engine
+BUNDLE/model.<gpu>.trt<v>.<precision>.plan   with --tensorrt, on a GPU with TensorRT
+
+Every exported file is checked against the PyTorch model (model_export.parity) before
+the bundle is written; a file out of tolerance stops the export. The bundle is written
+into a temporary folder beside BUNDLE and renamed into place, so a failed export leaves
+no half bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from common.classes import CLASS_NAMES
+from common.imaging import CLIP_MEAN, CLIP_STD, normalize
+from model_export.graph import INPUT_NAMES, OUTPUT_NAMES, InferenceGraph
+from model_export.onnx_export import convert_fp16, export_onnx, simplify
+from model_export.parity import (
+    Parity,
+    ParityError,
+    compare,
+    onnx_runner,
+    parity_inputs,
+    torch_runner,
+)
+from model_export.tensorrt import PRECISIONS, TensorRTError, build_engine, require_tensorrt
+from service.bundle import MANIFEST, BundleFile, Manifest, load_bundle, sha256_of
+from training.evaluate import DEFAULT_SIGMA, CheckpointError, load_trained
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MIN_AREA = 400
+DEFAULT_MAX_BED_FRACTION = 0.5
+
+
+class ExportError(RuntimeError):
+    """The export cannot go on; the message names the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportOptions:
+    """What to put into the bundle."""
+
+    name: str | None = None
+    version: str | None = None
+    report: Path | None = None
+    fp16: bool = True
+    torch_export: bool = True
+    simplify: bool = True
+    max_batch: int = 32
+    tensorrt: bool = False
+    precision: str = "fp16"
+    calibration: Path | None = None
+    min_area_px: int = DEFAULT_MIN_AREA
+    max_bed_fraction: float = DEFAULT_MAX_BED_FRACTION
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{path}: no such file ({what})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportError(f"{path}: not readable JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ExportError(f"{path}: expected a JSON object ({what})")
+    return data
+
+
+def _evaluation(report: Path) -> dict[str, Any]:
+    data = _read_json(report, "a scrapscan-eval report.json")
+    pixel = data.get("pixel")
+    if not isinstance(pixel, dict) or not isinstance(pixel.get("f1_threshold"), int | float):
+        raise ExportError(f"{report}: no pixel.f1_threshold; is it a scrapscan-eval report?")
+    if data.get("checkpoint") is None:
+        raise ExportError(f"{report}: evaluates no checkpoint (a WinCLIP report?)")
+    return data
+
+
+def _training_metrics(checkpoint: Path) -> dict[str, Any]:
+    """The run's last logged losses (metrics.jsonl) and the facts of run.json, when present."""
+    run = checkpoint.parent
+    out: dict[str, Any] = {}
+    if (run / "run.json").is_file():
+        facts = _read_json(run / "run.json", "the run's facts")
+        out["run"] = {k: facts[k] for k in ("git_revision", "data", "patches") if k in facts}
+    if (run / "metrics.jsonl").is_file():
+        lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if s]
+        logged = [d for d in lines if "loss" in d]
+        if logged:
+            out["last_logged"] = logged[-1]
+        done = [d["epochs_done"] for d in lines if "epochs_done" in d]
+        if done:
+            out["epochs_done"] = done[-1]
+    return out
+
+
+def _calibration_patches(folder: Path, input_size: int, limit: int = 256) -> npt.NDArray[Any]:
+    from training.data import PatchSet, load_frames
+
+    patches = PatchSet(load_frames(folder), input_size=input_size)
+    picks = np.linspace(0, len(patches) - 1, min(limit, len(patches))).astype(int)
+    return np.stack([normalize(patches[int(i)].image) for i in picks])
+
+
+def _entry(path: Path, kind: str, precision: str, **extra: Any) -> BundleFile:
+    return BundleFile.model_validate(
+        {
+            "kind": kind,
+            "precision": precision,
+            "sha256": sha256_of(path),
+            "bytes": path.stat().st_size,
+            **extra,
+        }
+    )
+
+
+def export_bundle(
+    checkpoint: Path, out: Path, options: ExportOptions = ExportOptions(), log: Any = print
+) -> Manifest:
+    """Write the bundle for `checkpoint` to `out` (which must not exist); returns its manifest."""
+    if options.tensorrt:
+        require_tensorrt()  # fail before the slow part
+    evaluation = _evaluation(options.report) if options.report else None
+    model, cfg = load_trained(checkpoint)
+    graph = InferenceGraph(model).eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; a bundle is read by the service user
+    try:
+        files: dict[str, BundleFile] = {}
+        parity: dict[str, dict[str, object]] = {}
+        inputs = parity_inputs(cfg.model.input_size)
+        reference = torch_runner(graph)
+
+        def checked(name: str, precision: str, result: Parity) -> None:
+            result.check(precision, str(out / name))
+            parity[name] = result.as_dict()
+            log(
+                f"  {name}: parity max abs {max(result.max_abs.values()):.1e}, argmax "
+                f"agreement {result.argmax_agreement:.4%} on {result.inputs} inputs"
+            )
+
+        start = time.perf_counter()
+        export_onnx(graph, work / "model.onnx", options.max_batch)
+        if options.simplify:
+            simplify(work / "model.onnx")
+        checked("model.onnx", "fp32", compare(reference, onnx_runner(work / "model.onnx"), inputs))
+        files["model.onnx"] = _entry(work / "model.onnx", "onnx", "fp32")
+        if options.fp16:
+            convert_fp16(work / "model.onnx", work / "model.fp16.onnx")
+            got = compare(reference, onnx_runner(work / "model.fp16.onnx"), inputs)
+            checked("model.fp16.onnx", "fp16", got)
+            files["model.fp16.onnx"] = _entry(work / "model.fp16.onnx", "onnx", "fp16")
+        if options.torch_export:
+            example = torch.zeros(2, 3, cfg.model.input_size, cfg.model.input_size)
+            batch = torch.export.Dim("batch", min=1, max=options.max_batch)
+            program = torch.export.export(graph, (example,), dynamic_shapes=({0: batch},))
+            program.example_inputs = None  # else saved with the program: 6 MB of zeros
+            torch.export.save(program, work / "model.pt2")
+            loaded = torch.export.load(work / "model.pt2").module()
+            checked("model.pt2", "fp32", compare(reference, torch_runner(loaded), inputs))
+            files["model.pt2"] = _entry(
+                work / "model.pt2", "torch_export", "fp32", max_batch=options.max_batch
+            )
+        if options.tensorrt:
+            calib = (
+                _calibration_patches(options.calibration, cfg.model.input_size)
+                if options.calibration
+                else None
+            )
+            engine = build_engine(
+                work / "model.onnx",
+                work,
+                cfg.model.input_size,
+                options.precision,
+                options.max_batch,
+                calib,
+            )
+            files[engine.name] = _entry(
+                work / engine.name,
+                "tensorrt",
+                engine.precision,
+                max_batch=engine.max_batch,
+                target={"gpu": engine.gpu, "tensorrt": engine.tensorrt},
+            )
+        log(f"  exported and checked in {time.perf_counter() - start:.1f} s")
+
+        threshold = DEFAULT_THRESHOLD
+        sigma = DEFAULT_SIGMA
+        if evaluation is not None:
+            threshold = float(evaluation["pixel"]["f1_threshold"])
+            sigma = float(evaluation.get("sigma", DEFAULT_SIGMA))
+        manifest = Manifest.model_validate(
+            {
+                "schema_version": 1,
+                "model": {
+                    "name": options.name or cfg.name,
+                    "version": options.version or datetime.now(UTC).strftime("%Y%m%d.%H%M%S"),
+                    "created_at": datetime.now(UTC),
+                    "clip_model": cfg.model.clip_model,
+                    "prompt_mode": cfg.model.prompt_mode,
+                    "binary_mode": cfg.model.binary_mode.value,
+                    "source": {"checkpoint": str(checkpoint), "config": cfg.name},
+                },
+                "classes": CLASS_NAMES
+                if graph.classes == len(CLASS_NAMES)
+                else ("normal", "anomaly"),
+                "input_size": cfg.model.input_size,
+                "tile_size": cfg.data.tile_size,
+                "overlap": cfg.data.overlap,
+                "grid": graph.grid,
+                "mean": CLIP_MEAN,
+                "std": CLIP_STD,
+                "inputs": INPUT_NAMES,
+                "outputs": OUTPUT_NAMES,
+                "postprocess": {
+                    "pixel_threshold": threshold,
+                    "threshold_source": "f1_max" if evaluation is not None else "default",
+                    "sigma": sigma,
+                    "min_area_px": options.min_area_px,
+                    "max_bed_fraction": options.max_bed_fraction,
+                },
+                "prompts": cfg.model.prompts.model_dump(mode="json"),
+                "metrics": {
+                    "training": _training_metrics(checkpoint),
+                    "evaluation": None
+                    if evaluation is None
+                    else {
+                        k: evaluation.get(k)
+                        for k in ("data", "patches", "sigma", "pixel", "per_class_ap")
+                    },
+                    "parity": parity,
+                },
+                "files": files,
+            }
+        )
+        (work / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+        load_bundle(work)  # what the service will do
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
+    p = argparse.ArgumentParser(
+        prog="scrapscan-export",
+        description="Freeze a scrapscan-train checkpoint into a model bundle: manifest.json, "
+        "ONNX (fp32, fp16), model.pt2 and, on a GPU with TensorRT, an engine. Each file is "
+        "checked against the PyTorch model before the bundle is written.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, metavar="FILE")
+    p.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR")
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="REPORT_JSON",
+        help="scrapscan-eval report: its F1-max threshold and sigma go into the manifest "
+        f"(else threshold {DEFAULT_THRESHOLD}, sigma {DEFAULT_SIGMA})",
+    )
+    p.add_argument("--name", help="model name (default: the config's name)")
+    p.add_argument("--version", help="model version (default: the UTC time of the export)")
+    p.add_argument("--no-fp16", action="store_true", help="leave out model.fp16.onnx")
+    p.add_argument("--no-torch-export", action="store_true", help="leave out model.pt2")
+    p.add_argument(
+        "--no-simplify",
+        action="store_true",
+        help="leave model.onnx as exported (default: simplified with onnxslim, which made it "
+        "18%% faster on the CPU)",
+    )
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch (32)")
+    p.add_argument(
+        "--min-area",
+        type=int,
+        default=DEFAULT_MIN_AREA,
+        metavar="PX",
+        help=f"smallest instance in full-frame pixels ({DEFAULT_MIN_AREA})",
+    )
+    p.add_argument(
+        "--max-bed-fraction",
+        type=float,
+        default=DEFAULT_MAX_BED_FRACTION,
+        help="instances covering more of the bed are not contaminants "
+        f"({DEFAULT_MAX_BED_FRACTION})",
+    )
+    p.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="also build a TensorRT engine for this machine's GPU (needs tensorrt)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp16",
+        help="TensorRT precision (fp16); int8 and fp8 need --calibration",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DIR",
+        help="labelled frames whose patches calibrate int8/fp8",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_batch < 1 or args.min_area < 0 or not 0 < args.max_bed_fraction <= 1:
+        parser.error("--max-batch must be >= 1, --min-area >= 0, --max-bed-fraction in (0, 1]")
+    if args.precision != "fp16" and (not args.tensorrt or args.calibration is None):
+        parser.error(f"--precision {args.precision} needs --tensorrt and --calibration DIR")
+    if args.out.exists() and not args.overwrite:
+        print(
+            f"scrapscan-export: {args.out} exists; pass --overwrite to replace it", file=sys.stderr
+        )
+        return 2
+    options = ExportOptions(
+        name=args.name,
+        version=args.version,
+        report=args.report,
+        fp16=not args.no_fp16,
+        torch_export=not args.no_torch_export,
+        simplify=not args.no_simplify,
+        max_batch=args.max_batch,
+        tensorrt=args.tensorrt,
+        precision=args.precision,
+        calibration=args.calibration,
+        min_area_px=args.min_area,
+        max_bed_fraction=args.max_bed_fraction,
+    )
+    staged = args.out.with_name(f".{args.out.name}.old") if args.out.exists() else None
+    try:
+        if staged is not None:
+            args.out.rename(staged)
+        manifest = export_bundle(args.checkpoint, args.out, options)
+    except (CheckpointError, ExportError, ParityError, TensorRTError) as err:
+        if staged is not None:
+            staged.rename(args.out)
+        print(f"scrapscan-export: {err}", file=sys.stderr)
+        return 1
+    except BaseException:
+        if staged is not None:
+            staged.rename(args.out)
+        raise
+    if staged is not None:
+        shutil.rmtree(staged)
+    sizes = ", ".join(f"{n} {f.bytes / 1e6:.1f} MB" for n, f in manifest.files.items())
+    print(f"bundle {manifest.model.name} {manifest.model.version} at {args.out}: {sizes}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The model bundle: a folder with manifest.json and the model files it lists.
+
+The manifest says what the model is (classes, geometry, normalisation, thresholds,
+prompts, the training metrics) and lists every file with its sha256. `load_bundle`
+checks the schema and every hash and refuses a bundle that does not match, naming the
+file. `model_export` writes bundles; the service only reads them and never imports
+training code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+FileKind = Literal["onnx", "torch_export", "tensorrt", "bed_model"]
+Precision = Literal["fp32", "fp16", "int8", "fp8"]
+
+
+class BundleError(ValueError):
+    """A bundle cannot be used; the message names the file and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelInfo(_Strict):
+    """Which model this is and where it came from."""
+
+    name: str
+    version: str
+    created_at: datetime
+    clip_model: str
+    prompt_mode: Literal["multiclass", "binary"]
+    binary_mode: str
+    source: dict[str, Any] = {}
+    """The checkpoint, its training step, the git revision of the run."""
+
+
+class Postprocess(_Strict):
+    """How the service turns probability maps into instances."""
+
+    pixel_threshold: Annotated[float, Field(ge=0, le=1)]
+    threshold_source: Literal["f1_max", "default"]
+    sigma: Annotated[float, Field(ge=0)]
+    """Gaussian smoothing (pixels at input size) the model was evaluated with."""
+    min_area_px: Annotated[int, Field(ge=0)]
+    """Instances smaller than this (full-frame pixels) are dropped."""
+    max_bed_fraction: Annotated[float, Field(gt=0, le=1)]
+    """Instances covering more than this fraction of the bed are dropped: not contaminants."""
+
+
+class BundleFile(_Strict):
+    """One model file of the bundle."""
+
+    kind: FileKind
+    precision: Precision
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    bytes: Annotated[int, Field(ge=0)]
+    max_batch: int | None = None
+    """Engines and exports with a bounded batch axis."""
+    target: dict[str, str] = {}
+    """For a TensorRT engine: the GPU and TensorRT version it was built for."""
+
+
+class Manifest(_Strict):
+    """manifest.json."""
+
+    schema_version: Literal[1]
+    model: ModelInfo
+    classes: tuple[str, ...]
+    input_size: Annotated[int, Field(gt=0)]
+    tile_size: Annotated[int, Field(gt=0)]
+    overlap: Annotated[int, Field(ge=0)]
+    grid: Annotated[int, Field(gt=0)]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    postprocess: Postprocess
+    prompts: dict[str, Any]
+    metrics: dict[str, Any]
+    files: dict[str, BundleFile]
+
+    def file(self, kind: FileKind, precision: Precision | None = None) -> str | None:
+        """The name of the first file of `kind` (and `precision`), or None."""
+        for name, f in self.files.items():
+            if f.kind == kind and (precision is None or f.precision == precision):
+                return name
+        return None
+
+
+class Bundle:
+    """A checked bundle: its folder and manifest."""
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        self.root = root
+        self.manifest = manifest
+
+    def path(self, name: str) -> Path:
+        """The path of a file the manifest lists."""
+        if name not in self.manifest.files:
+            raise KeyError(f"{self.root / MANIFEST} lists no file {name!r}")
+        return self.root / name
+
+    def __repr__(self) -> str:
+        m = self.manifest.model
+        return f"Bundle({str(self.root)!r}, {m.name} {m.version})"
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_manifest(root: Path) -> Manifest:
+    """Parse and validate ROOT/manifest.json; BundleError names the file and each wrong field."""
+    path = root / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no such file (is {root} a model bundle?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{path}: not readable JSON ({err})") from err
+    if isinstance(data, dict) and data.get("schema_version") not in (SCHEMA_VERSION, None):
+        raise BundleError(
+            f"{path}: schema_version {data.get('schema_version')!r} is not supported "
+            f"(this service reads version {SCHEMA_VERSION})"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in err.errors()
+        )
+        raise BundleError(f"{path}: {problems}") from None
+
+
+def load_bundle(path: Path | str, verify: bool = True) -> Bundle:
+    """The bundle at `path`, with every listed file present and matching its sha256.
+
+    Raises BundleError naming the file that is missing, has another size or another hash.
+    `verify=False` skips the hashes (sizes are still checked).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a folder (a bundle is a folder with {MANIFEST})")
+    manifest = read_manifest(root)
+    for name, entry in manifest.files.items():
+        file = root / name
+        if Path(name).name != name:
+            raise BundleError(f"{root / MANIFEST}: file name {name!r} is not a plain name")
+        if not file.is_file():
+            raise BundleError(f"{file}: listed in {MANIFEST} but missing")
+        size = file.stat().st_size
+        if size != entry.bytes:
+            raise BundleError(
+                f"{file}: {size} bytes, {MANIFEST} says {entry.bytes}; the bundle is damaged"
+            )
+        if verify and sha256_of(file) != entry.sha256:
+            raise BundleError(
+                f"{file}: sha256 differs from {MANIFEST}; the file was changed or damaged"
+            )
+    return Bundle(root, manifest)

@@ -1,0 +1,247 @@
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from model_export.export import ExportOptions, export_bundle, main
+from model_export.graph import OUTPUT_NAMES, InferenceGraph
+from model_export.parity import (
+    Parity,
+    ParityError,
+    compare,
+    onnx_runner,
+    parity_inputs,
+    torch_runner,
+)
+from model_export.tensorrt import TensorRTError, build_engine, engine_name
+from service.bundle import BundleError, load_bundle
+from training.evaluate import load_trained
+
+from ..conftest import CONFIGS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def bundle(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(checkpoint, out, ExportOptions(name="tiny-test", version="1"), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def graph(checkpoint):
+    model, _ = load_trained(checkpoint)
+    return InferenceGraph(model).eval()
+
+
+@pytest.fixture(scope="module")
+def fresh_inputs():
+    """Other inputs than the export checked itself on: other noise, other frames."""
+    return parity_inputs(518, random=3, synthetic=5, seed=11)
+
+
+def test_graph_outputs_and_no_text_tower(graph):
+    x = torch.randn(2, 3, 518, 518)
+    with torch.no_grad():
+        probs, anomaly, scores = graph(x)
+    assert probs.shape == (2, 4, 37, 37) and anomaly.shape == (2, 37, 37)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 37, 37))
+    torch.testing.assert_close(scores[:, 0], anomaly.flatten(1).amax(1))
+    torch.testing.assert_close(scores[:, 1:], probs[:, 1:].flatten(2).amax(2))
+    assert not any(name.startswith("model.text.") for name, _ in graph.named_parameters())
+
+
+def test_fp32_onnx_matches_pytorch(bundle, graph, fresh_inputs):
+    parity = compare(torch_runner(graph), onnx_runner(bundle / "model.onnx"), fresh_inputs)
+    assert max(parity.max_abs.values()) <= 1e-4
+    assert parity.argmax_agreement >= 0.999
+    parity.check("fp32", "model.onnx")
+
+
+def test_fp16_onnx_matches_pytorch(bundle, graph, fresh_inputs):
+    parity = compare(torch_runner(graph), onnx_runner(bundle / "model.fp16.onnx"), fresh_inputs)
+    assert max(parity.max_abs.values()) <= 1e-2
+    assert parity.argmax_agreement >= 0.999
+    assert max(parity.max_abs.values()) > 0  # it is another precision, not the same file
+
+
+def test_torch_export_matches_pytorch(bundle, graph, fresh_inputs):
+    program = torch.export.load(bundle / "model.pt2").module()
+    parity = compare(torch_runner(graph), torch_runner(program), fresh_inputs)
+    assert max(parity.max_abs.values()) <= 1e-4
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_onnx_batch_axis_is_dynamic(bundle, n):
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
+    out = session.run(None, {"images": np.zeros((n, 3, 518, 518), np.float32)})
+    assert [o.shape for o in out] == [(n, 4, 37, 37), (n, 37, 37), (n, 4)]
+
+
+def test_manifest_describes_the_bundle(bundle):
+    loaded = load_bundle(bundle)
+    m = loaded.manifest
+    assert m.model.name == "tiny-test" and m.classes == ("normal", "motor", "cable", "spray_can")
+    assert (m.input_size, m.tile_size, m.overlap, m.grid) == (518, 512, 64, 37)
+    assert set(m.files) == {"model.onnx", "model.fp16.onnx", "model.pt2"}
+    assert m.file("onnx", "fp16") == "model.fp16.onnx" and m.file("tensorrt") is None
+    assert m.postprocess.threshold_source == "default"
+    assert set(m.metrics["parity"]) == set(m.files)
+    assert not list(bundle.parent.glob(".tiny.*"))  # the temporary folder is gone
+
+
+@pytest.fixture
+def copy_of(bundle, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(bundle, out)
+    return out
+
+
+def test_one_changed_byte_is_refused_naming_the_file(copy_of):
+    target = copy_of / "model.fp16.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.fp16\.onnx: sha256 differs"):
+        load_bundle(copy_of)
+    load_bundle(copy_of, verify=False)  # sizes still agree
+
+
+def test_truncated_and_missing_files_are_refused(copy_of):
+    (copy_of / "model.pt2").write_bytes((copy_of / "model.pt2").read_bytes()[:-1])
+    with pytest.raises(BundleError, match=r"model\.pt2: \d+ bytes, manifest.json says"):
+        load_bundle(copy_of)
+    (copy_of / "model.pt2").unlink()
+    with pytest.raises(BundleError, match=r"model\.pt2: listed in manifest.json but missing"):
+        load_bundle(copy_of)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(schema_version=7), "schema_version 7 is not supported"),
+        (lambda m: m.pop("classes"), "classes: Field required"),
+        (lambda m: m["postprocess"].update(pixel_threshold=3), "pixel_threshold"),
+        (lambda m: m["files"]["model.onnx"].update(sha256="xyz"), "sha256"),
+        (lambda m: m["files"].update({"../x.onnx": m["files"]["model.onnx"]}), "not a plain"),
+    ],
+)
+def test_wrong_manifests_are_refused(copy_of, edit, message):
+    path = copy_of / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message) as err:
+        load_bundle(copy_of)
+    assert "manifest.json" in str(err.value)
+
+
+def test_unreadable_manifest_and_non_bundles(copy_of, tmp_path):
+    (copy_of / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="manifest.json: not readable JSON"):
+        load_bundle(copy_of)
+    with pytest.raises(BundleError, match="not a folder"):
+        load_bundle(tmp_path / "nowhere")
+    with pytest.raises(BundleError, match="is .* a model bundle"):
+        load_bundle(tmp_path)
+
+
+def test_parity_check_fails_beyond_the_limits(graph):
+    inputs = parity_inputs(518, random=2, synthetic=0)
+    reference = torch_runner(graph)
+
+    def drifting(x):
+        return tuple(o + 2e-4 for o in reference(x))
+
+    parity = compare(reference, drifting, inputs)
+    parity.check("fp16", "drifting")  # within fp16's limit
+    with pytest.raises(ParityError, match=r"drifting: max abs difference 2\.0\de-04"):
+        parity.check("fp32", "drifting")
+    with pytest.raises(ParityError, match="argmax agreement"):
+        Parity({"class_probs": 0.0}, 0.99, 1).check("fp32", "swapped")
+
+
+def test_report_threshold_goes_into_the_manifest(checkpoint, tmp_path, capsys):
+    report = tmp_path / "report.json"
+    report.write_text(
+        json.dumps(
+            {
+                "checkpoint": str(checkpoint),
+                "data": "d",
+                "patches": 3,
+                "sigma": 2.0,
+                "pixel": {"auroc": 0.9, "ap": 0.6, "f1_max": 0.5, "f1_threshold": 0.37},
+                "per_class_ap": {"motor": 0.5, "cable": None, "spray_can": 0.2},
+            }
+        )
+    )
+    out = tmp_path / "b"
+    args = ["--checkpoint", str(checkpoint), "--out", str(out), "--report", str(report)]
+    assert main([*args, "--no-fp16", "--no-torch-export", "--min-area", "100"]) == 0
+    m = load_bundle(out).manifest
+    assert (m.postprocess.pixel_threshold, m.postprocess.sigma) == (0.37, 2.0)
+    assert m.postprocess.threshold_source == "f1_max" and m.postprocess.min_area_px == 100
+    assert m.metrics["evaluation"]["pixel"]["ap"] == 0.6
+    assert set(m.files) == {"model.onnx"}
+    assert "bundle tiny" in capsys.readouterr().out
+    assert main(args) == 2  # exists
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_bad_inputs_are_named_and_leave_nothing(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "report.json"
+    bad.write_text('{"pixel": {}}')
+    out = tmp_path / "b"
+    assert main(["--checkpoint", str(checkpoint), "--out", str(out), "--report", str(bad)]) == 1
+    assert "report.json: no pixel.f1_threshold" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)]) == 1
+    assert "none.pt: no such file" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == [bad]
+
+
+def test_tensorrt_missing_fails_fast_with_what_to_install(checkpoint, tmp_path, capsys):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.fail("this test is for machines without TensorRT; CI has none")
+    out = tmp_path / "b"
+    assert main(["--checkpoint", str(checkpoint), "--out", str(out), "--tensorrt"]) == 1
+    err = capsys.readouterr().err
+    assert "TensorRT is not installed" in err and "pip install 'scrapscan[gpu]'" in err
+    assert not out.exists()
+    with pytest.raises(TensorRTError, match="TensorRT is not installed"):
+        build_engine(tmp_path / "model.onnx", tmp_path, 518)
+    with pytest.raises(TensorRTError, match="precision 'int4'"):
+        build_engine(tmp_path / "model.onnx", tmp_path, 518, precision="int4")
+
+
+def test_engine_names_carry_gpu_and_version():
+    assert (
+        engine_name("NVIDIA H100 80GB HBM3", "10.7.0", "fp16")
+        == "model.nvidia-h100-80gb-hbm3.trt10.7.0.fp16.plan"
+    )
+    assert engine_name("NVIDIA H200", "10.7.0", "fp16") != engine_name(
+        "NVIDIA H100", "10.7.0", "fp16"
+    )
+
+
+def test_the_committed_demo_bundle_loads_and_runs():
+    demo = load_bundle(CONFIGS.parent / "models" / "demo")
+    m = demo.manifest
+    assert m.postprocess.threshold_source == "f1_max"
+    assert m.postprocess.pixel_threshold == m.metrics["evaluation"]["pixel"]["f1_threshold"]
+    run = onnx_runner(demo.path("model.onnx"))
+    probs, anomaly, _ = run(parity_inputs(m.input_size, random=1, synthetic=1))
+    assert probs.shape == (2, 4, m.grid, m.grid) and np.all((anomaly >= 0) & (anomaly <= 1))
