@@ -21,6 +21,9 @@ CLIP_MEAN: Final[tuple[float, float, float]] = (0.48145466, 0.4578275, 0.4082107
 CLIP_STD: Final[tuple[float, float, float]] = (0.26862954, 0.26130258, 0.27577711)
 """OpenAI CLIP normalisation, RGB order, for pixel values scaled to [0, 1]."""
 
+PAD_RGB: Final[tuple[int, int, int]] = (123, 117, 104)
+"""Fill of a tile's padding: the CLIP mean colour, which normalises to zero."""
+
 
 def resize_tile(tile_rgb: npt.NDArray[np.uint8], size: int = INPUT_SIZE) -> npt.NDArray[np.uint8]:
     """Resize an (H, W, 3) uint8 RGB tile to (size, size, 3) with bicubic interpolation."""

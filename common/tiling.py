@@ -180,9 +180,12 @@ def polygon_box(
 
 
 def cut_tile(
-    image: npt.NDArray[np.generic], tile: Tile, fill: float | int = 0
+    image: npt.NDArray[np.generic], tile: Tile, fill: float | tuple[int, ...] = 0
 ) -> npt.NDArray[np.generic]:
-    """Cut `tile` out of an (H, W) or (H, W, C) frame array, padding it to size x size."""
+    """Cut `tile` out of an (H, W) or (H, W, C) frame array, padding it to size x size.
+
+    `fill` is the padding's value, or one value per channel.
+    """
     crop = image[tile.box.slices()]
     if not tile.padded:
         return crop

@@ -18,9 +18,9 @@ import numpy.typing as npt
 
 from common.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from common.imaging import (
-    CLIP_MEAN,
     DEFAULT_OVERLAP,
     INPUT_SIZE,
+    PAD_RGB,
     TILE_SIZE,
     resize_mask,
     resize_tile,
@@ -28,9 +28,6 @@ from common.imaging import (
 from common.tiling import Tile, cut_tile, tile_grid
 from training.config import RunConfig
 from training.data.frames import FrameRecord, FrameSet
-
-PAD_RGB = tuple(round(m * 255) for m in CLIP_MEAN)
-"""Padding colour of tiles larger than their crop: the mean, i.e. zero after normalising."""
 
 _COVERAGE_SCALE = 4  # the bed polygon is rasterised at 1/4 resolution to measure coverage
 
@@ -161,12 +158,8 @@ class PatchSet:
     def __getitem__(self, index: int) -> Patch:
         ref = self.refs[index]
         image, mask = self._frame(ref.frame)
-        tile_rgb = cut_tile(image, ref.tile, fill=0)
+        tile_rgb = cut_tile(image, ref.tile, fill=PAD_RGB)
         tile_mask = cut_tile(mask, ref.tile, fill=IGNORE_INDEX)
-        if ref.tile.padded:
-            b = ref.tile.box
-            tile_rgb[b.height :, :] = PAD_RGB
-            tile_rgb[:, b.width :] = PAD_RGB
         return Patch(
             ref,
             resize_tile(np.ascontiguousarray(tile_rgb), self.input_size),

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from common.classes import IGNORE_INDEX
-from common.imaging import CLIP_MEAN, CLIP_STD
+from common.imaging import CLIP_MEAN, CLIP_STD, PAD_RGB
 from training.data import PatchSet, load_frames
 from training.data.dataset import PatchDataset
-from training.data.patches import PAD_RGB
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,143 @@
+"""Service settings: environment variables prefixed SCRAPSCAN_ and an optional file.
+
+Read once at start. Precedence: environment, then the settings file
+(SCRAPSCAN_SETTINGS_FILE, YAML or JSON), then the defaults below. Nested values come
+from the environment as JSON (SCRAPSCAN_CAMERAS='{"cam-1": {"bed": "polygon", ...}}')
+or with a double underscore (SCRAPSCAN_BATCH__MAX_BATCH=16).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""camera_id and truck_id: letters, digits, dot, dash, underscore; 1 to 64; no path characters."""
+
+
+class CameraBed(BaseModel):
+    """How the truck bed is found in one camera's frames."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bed: Literal["full", "polygon"] = "full"
+    """"full": the whole frame; "polygon": a fixed bed outline (the camera does not move)."""
+    polygon: tuple[tuple[float, float], ...] | None = None
+    """Bed corners as (x, y) fractions of the frame width and height, for bed: polygon."""
+
+    @field_validator("polygon")
+    @classmethod
+    def _inside(
+        cls, v: tuple[tuple[float, float], ...] | None
+    ) -> tuple[tuple[float, float], ...] | None:
+        if v is not None:
+            if len(v) < 3:
+                raise ValueError("a polygon needs at least 3 corners")
+            if not all(0 <= x <= 1 and 0 <= y <= 1 for x, y in v):
+                raise ValueError("corners are fractions of the frame size, in [0, 1]")
+        return v
+
+    def model_post_init(self, _: Any) -> None:
+        """A polygon strategy needs its polygon."""
+        if self.bed == "polygon" and self.polygon is None:
+            raise ValueError("bed: polygon needs polygon: [[x, y], ...]")
+
+
+class BatchSettings(BaseModel):
+    """The dynamic batcher: tiles of many frames share engine batches."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch: Annotated[int, Field(ge=1, le=1024)] = 8
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 10.0
+    """How long the first tile of a batch waits for more tiles."""
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start (GET /v1/config shows it, secrets masked)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SCRAPSCAN_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    bundle: Path = REPO_ROOT / "models" / "demo"
+    """The model bundle folder."""
+    data_dir: Path = Path("data")
+    """Uploads, masks, overlays and the SQLite store."""
+    store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    engine: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
+    precision: Literal["fp32", "fp16"] = "fp32"
+    """Which ONNX file the ONNX Runtime engine loads (fp16 pays on GPUs only)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Annotated[int, Field(ge=0)] = 0
+    """CPU threads of the engine; 0 lets the runtime choose."""
+    workers: Annotated[int, Field(ge=1, le=64)] = 2
+    """Frames processed at once in the embedded worker (their tiles share batches)."""
+    batch: BatchSettings = BatchSettings()
+    max_upload_bytes: Annotated[int, Field(ge=1024)] = 40 * 1024 * 1024
+    max_pixels: Annotated[int, Field(ge=64 * 64)] = 8192 * 8192
+    cameras: dict[str, CameraBed] = {}
+    """Per camera_id; cameras not listed use default_bed."""
+    default_bed: CameraBed = CameraBed()
+    api_keys_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, environment, then the settings file."""
+        return init_settings, env_settings, _FileSource(settings_cls)
+
+    def bed_for(self, camera_id: str) -> CameraBed:
+        """The bed strategy of a camera."""
+        return self.cameras.get(camera_id, self.default_bed)
+
+    def public(self) -> dict[str, Any]:
+        """The settings as JSON, secrets masked (a URL keeps its scheme and host only)."""
+        data = self.model_dump(mode="json")
+        url = self.redis_url.get_secret_value()
+        scheme, _, rest = url.partition("://")
+        host = rest.rsplit("@", 1)[-1].split("/", 1)[0]
+        data["redis_url"] = f"{scheme}://***@{host}" if "@" in rest else f"{scheme}://{host}"
+        return data
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """SCRAPSCAN_SETTINGS_FILE: a YAML or JSON mapping of the same fields."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: __call__ returns the whole mapping."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """The file's mapping, or {} when no file is named."""
+        name = os.environ.get("SCRAPSCAN_SETTINGS_FILE")
+        if not name:
+            return {}
+        path = Path(name)
+        text = path.read_text()
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the settings file must hold a mapping")
+        return data

@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+
+from common.tiling import tile_grid
+from service.settings import CameraBed
+from service.stages import Merged, bed_crop, blend_weights, find_instances, make_tiles, merge
+
+CLASSES = ("normal", "motor", "cable", "spray_can")
+
+
+def full_bed(h, w):
+    return bed_crop((h, w, 3), CameraBed())
+
+
+@pytest.mark.parametrize(("h", "w"), [(720, 1280), (2160, 3840), (300, 200), (512, 1030)])
+@pytest.mark.parametrize("overlap", [0, 64, 200])
+def test_a_constant_map_merges_back_to_itself(h, w, overlap):
+    bed = full_bed(h, w)
+    grid = tile_grid(bed.box, 512, overlap)
+    n = len(grid.tiles)
+    anomaly = np.full((n, 37, 37), 0.3, np.float32)
+    classes = np.broadcast_to(
+        np.array([0.1, 0.2, 0.3, 0.4], np.float32)[None, :, None, None], (n, 4, 37, 37)
+    )
+    out = merge((h, w), bed, grid.tiles, anomaly, np.ascontiguousarray(classes), overlap)
+    assert out.anomaly.shape == (h, w) and out.classes.shape == (4, h, w)
+    np.testing.assert_allclose(out.anomaly, 0.3, atol=1e-5)
+    np.testing.assert_allclose(out.classes[2], 0.3, atol=1e-5)
+
+
+@pytest.mark.parametrize(("h", "w"), [(720, 1280), (1100, 900), (400, 600)])
+@pytest.mark.parametrize("overlap", [32, 64, 150])
+def test_a_smooth_map_cut_into_tiles_merges_back_without_seams(h, w, overlap):
+    """Tile maps at the tile's own resolution: blending must give back the frame's map."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    smooth = 0.5 + 0.4 * np.sin(xx / 97.0) * np.cos(yy / 61.0)
+    bed = full_bed(h, w)
+    grid = tile_grid(bed.box, 512, overlap)
+    maps = np.zeros((len(grid.tiles), 512, 512), np.float32)
+    for k, t in enumerate(grid.tiles):
+        maps[k, : t.box.height, : t.box.width] = smooth[t.box.slices()]
+    classes = np.stack([1 - maps, maps, np.zeros_like(maps), np.zeros_like(maps)], axis=1)
+    out = merge((h, w), bed, grid.tiles, maps, classes, overlap)
+    np.testing.assert_allclose(out.anomaly, smooth, atol=1e-5)
+    np.testing.assert_allclose(out.classes[1], smooth, atol=1e-5)
+
+
+def test_overlapping_tiles_are_weighted_towards_their_centres():
+    w = blend_weights(512, 64)
+    assert w.min() > 0 and w.max() == 1.0
+    assert w[256, 256] == 1.0 and w[0, 256] < w[32, 256] < w[64, 256]
+    # two tiles disagreeing in their overlap: the result follows the nearer tile's centre
+    h, wd = 512, 900
+    bed = full_bed(h, wd)
+    grid = tile_grid(bed.box, 512, 64)
+    left, right = grid.tiles
+    anomaly = np.stack([np.zeros((37, 37)), np.ones((37, 37))]).astype(np.float32)
+    classes = np.zeros((2, 4, 37, 37), np.float32)
+    out = merge((h, wd), bed, grid.tiles, anomaly, classes, 64)
+    overlap_cols = range(right.box.x, left.box.x1)
+    row = out.anomaly[256, list(overlap_cols)]
+    assert np.all(np.diff(row) >= -1e-6) and row[0] < 0.5 < row[-1]  # a ramp, not a step
+
+
+def test_polygon_bed_limits_the_maps_and_tiles():
+    cam = CameraBed(bed="polygon", polygon=((0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75)))
+    bed = bed_crop((800, 1200, 3), cam)
+    assert (bed.box.x, bed.box.y, bed.box.width, bed.box.height) == (300, 200, 600, 400)
+    assert bed.area == pytest.approx(600 * 400, rel=0.01) and bed.strategy == "polygon"
+    frame = np.zeros((800, 1200, 3), np.uint8)
+    tiles, inputs = make_tiles(frame, bed, 512, 64, 518)
+    assert inputs.shape == (len(tiles), 3, 518, 518)
+    assert all(t.box.x >= 300 and t.box.x1 <= 900 for t in tiles)
+    n = len(tiles)
+    out = merge(
+        (800, 1200),
+        bed,
+        tiles,
+        np.ones((n, 37, 37), np.float32),
+        np.full((n, 4, 37, 37), 0.25, np.float32),
+        64,
+    )
+    assert out.anomaly[:200].max() == 0 and out.anomaly[300, 400] == pytest.approx(1.0)
+    assert out.classes[0, 0, 0] == 1.0
+
+
+def test_bad_polygons_are_refused():
+    with pytest.raises(ValueError, match="needs polygon"):
+        CameraBed(bed="polygon")
+    with pytest.raises(ValueError, match="fractions"):
+        CameraBed(bed="polygon", polygon=((0, 0), (2, 0), (1, 1)))
+
+
+def test_instances_are_sized_classed_and_outlined():
+    h, w = 400, 600
+    bed = full_bed(h, w)
+    anomaly = np.zeros((h, w), np.float32)
+    classes = np.zeros((4, h, w), np.float32)
+    classes[0] = 1.0
+    anomaly[100:150, 100:200] = 0.9  # a cable-like region: 5000 px
+    classes[:, 100:150, 100:200] = np.array([0.1, 0.2, 0.6, 0.1])[:, None, None]
+    anomaly[300:305, 300:305] = 0.95  # 25 px: noise
+    found = find_instances(Merged(anomaly, classes), bed, CLASSES, 0.5, 100, 0.5)
+    assert len(found.instances) == 1
+    inst = found.instances[0]
+    assert inst.class_name == "cable" and inst.area == 5000 and inst.bbox == (100, 100, 100, 50)
+    assert inst.class_scores["cable"] == pytest.approx(0.6, abs=1e-4)
+    assert inst.score == pytest.approx(0.9)
+    xs = [p[0] for p in inst.polygon]
+    assert min(xs) == pytest.approx(100.5) and max(xs) == pytest.approx(199.5)
+    assert (found.class_mask == 2).sum() == 5000 and found.class_mask.max() == 2
+    assert found.frame_scores["anomaly"] == pytest.approx(0.95)
+    assert found.frame_scores["cable"] == pytest.approx(0.6)
+
+
+def test_a_region_covering_most_of_the_bed_is_not_a_contaminant():
+    h, w = 200, 300
+    bed = full_bed(h, w)
+    anomaly = np.full((h, w), 0.8, np.float32)
+    classes = np.zeros((4, h, w), np.float32)
+    found = find_instances(Merged(anomaly, classes), bed, CLASSES, 0.5, 10, 0.5)
+    assert found.instances == [] and found.class_mask.max() == 0
