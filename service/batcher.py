@@ -1,0 +1,172 @@
+"""The dynamic batcher: tiles of many frames share engine batches (Triton-style).
+
+A frame's tiles are submitted together (`await batcher.infer(tiles)`). The batcher runs
+a batch as soon as it holds `max_batch` tiles, or when the oldest waiting tile has
+waited `max_wait`. A batch is filled round-robin over the waiting frames in arrival
+order, so a frame with 40 tiles does not hold back one that arrived just after it with
+4. The engine runs in one worker thread, so while a batch runs the next one fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.engine import Array, Engine, EngineOutput
+
+
+@dataclass(slots=True, eq=False)  # compared by identity
+class _Request:
+    inputs: Array
+    future: asyncio.Future[EngineOutput]
+    arrived: float
+    taken: int = 0
+    parts: list[tuple[int, EngineOutput]] = field(default_factory=list)
+
+    @property
+    def left(self) -> int:
+        return len(self.inputs) - self.taken
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """One engine call: when it started, how long it ran, whose tiles it held."""
+
+    started: float
+    seconds: float
+    size: int
+    owners: tuple[int, ...]
+    """Per tile, the id() of the request it belongs to."""
+    waited: tuple[float, ...]
+    """Per tile, seconds from its request's arrival to the batch's start."""
+
+
+class Batcher:
+    """Feeds an engine with batches of tiles from concurrent requests."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch: int,
+        max_wait: float,
+        on_batch: Callable[[BatchRecord], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.max_batch = max(1, min(max_batch, engine.max_batch))
+        self.max_wait = max_wait
+        self.on_batch = on_batch
+        self._pending: deque[_Request] = deque()
+        self._wake = asyncio.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def stop(self) -> None:
+        """Stop the loop; waiting requests get a RuntimeError."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for req in self._pending:
+            if not req.future.done():
+                req.future.set_exception(RuntimeError("the batcher stopped"))
+        self._pending.clear()
+        self._pool.shutdown(wait=False)
+
+    @property
+    def waiting_tiles(self) -> int:
+        """Tiles submitted and not yet in a batch."""
+        return sum(r.left for r in self._pending)
+
+    async def infer(self, tiles: Array) -> EngineOutput:
+        """The engine's outputs for `tiles` (N, 3, S, S), in order."""
+        if self._task is None:
+            raise RuntimeError("the batcher is not started")
+        future: asyncio.Future[EngineOutput] = asyncio.get_running_loop().create_future()
+        if len(tiles) == 0:
+            raise ValueError("no tiles to infer")
+        self._pending.append(_Request(tiles, future, time.monotonic()))
+        self._wake.set()
+        return await future
+
+    def _take(self) -> tuple[list[tuple[_Request, int]], list[float]]:
+        """Up to max_batch (request, tile index) pairs, round-robin over waiting requests."""
+        picks: list[tuple[_Request, int]] = []
+        active = [r for r in self._pending if r.left > 0]
+        while len(picks) < self.max_batch and active:
+            for r in list(active):
+                if len(picks) == self.max_batch:
+                    break
+                picks.append((r, r.taken))
+                r.taken += 1
+                if r.left == 0:
+                    active.remove(r)
+        now = time.monotonic()
+        return picks, [now - r.arrived for r, _ in picks]
+
+    async def _loop(self) -> None:
+        try:
+            await self._serve()
+        except Exception as err:  # a bug here must not leave requests waiting forever
+            for req in self._pending:
+                if not req.future.done():
+                    req.future.set_exception(err)
+            self._pending.clear()
+            raise
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while self.waiting_tiles == 0:
+                self._wake.clear()
+                await self._wake.wait()
+            oldest = min(r.arrived for r in self._pending if r.left > 0)
+            deadline = oldest + self.max_wait
+            while self.waiting_tiles < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except TimeoutError:
+                    break
+            picks, waited = self._take()
+            batch = np.stack([r.inputs[i] for r, i in picks])
+            started = time.monotonic()
+            try:
+                out = await loop.run_in_executor(self._pool, self.engine.infer, batch)
+            except Exception as err:  # the engine failed: fail the requests of this batch
+                for r in {id(r): r for r, _ in picks}.values():
+                    if not r.future.done():
+                        r.future.set_exception(err)
+                    if r in self._pending:
+                        self._pending.remove(r)
+                continue
+            seconds = time.monotonic() - started
+            if self.on_batch is not None:
+                owners = tuple(id(r) for r, _ in picks)
+                self.on_batch(BatchRecord(started, seconds, len(picks), owners, tuple(waited)))
+            self._scatter(picks, out)
+
+    def _scatter(self, picks: list[tuple[_Request, int]], out: EngineOutput) -> None:
+        for k, (r, i) in enumerate(picks):
+            r.parts.append((i, EngineOutput(*(o[k] for o in out))))
+        for r in {id(r): r for r, _ in picks}.values():
+            if r.left == 0 and len(r.parts) == len(r.inputs) and not r.future.done():
+                r.parts.sort(key=lambda p: p[0])
+                fields = zip(*(p[1] for p in r.parts), strict=True)
+                r.future.set_result(EngineOutput(*(np.stack(f) for f in fields)))
+                self._pending.remove(r)

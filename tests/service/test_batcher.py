@@ -1,0 +1,123 @@
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher
+from service.engine import EngineOutput
+
+
+class FakeEngine:
+    """Stands in for the model: each tile's output is its own first value, after a delay."""
+
+    name = "fake"
+
+    def __init__(self, seconds=0.01, max_batch=64, fail_on=None):
+        self.seconds = seconds
+        self.max_batch = max_batch
+        self.fail_on = fail_on
+        self.calls = 0
+
+    def infer(self, images):
+        self.calls += 1
+        time.sleep(self.seconds)
+        if self.fail_on is not None and np.any(images[:, 0, 0, 0] == self.fail_on):
+            raise RuntimeError("engine broke")
+        v = images[:, 0, 0, 0]
+        n = len(images)
+        return EngineOutput(
+            np.broadcast_to(v[:, None, None, None], (n, 2, 2, 2)).astype(np.float32),
+            np.broadcast_to(v[:, None, None], (n, 2, 2)).astype(np.float32),
+            np.broadcast_to(v[:, None], (n, 2)).astype(np.float32),
+        )
+
+
+def tiles(values):
+    x = np.zeros((len(values), 3, 4, 4), np.float32)
+    x[:, 0, 0, 0] = values
+    return x
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def with_batcher(engine, max_batch, max_wait, body):
+    records = []
+    b = Batcher(engine, max_batch, max_wait, on_batch=records.append)
+    b.start()
+    try:
+        return await body(b), records
+    finally:
+        await b.stop()
+
+
+def test_each_request_gets_its_own_outputs_in_order():
+    async def body(b):
+        reqs = [
+            np.arange(k * 100, k * 100 + n, dtype=np.float32) for k, n in enumerate([3, 9, 1, 14])
+        ]
+        outs = await asyncio.gather(*(b.infer(tiles(v)) for v in reqs))
+        for v, out in zip(reqs, outs, strict=True):
+            np.testing.assert_array_equal(out.scores[:, 0], v)
+            assert out.class_probs.shape == (len(v), 2, 2, 2)
+
+    run(with_batcher(FakeEngine(), 4, 0.005, body))
+
+
+def test_tiles_of_concurrent_frames_share_batches_and_batches_stay_bounded():
+    async def body(b):
+        await asyncio.gather(*(b.infer(tiles(np.full(6, k, np.float32))) for k in range(5)))
+
+    _, records = run(with_batcher(FakeEngine(0.02), 8, 0.05, body))
+    assert max(r.size for r in records) <= 8
+    assert sum(r.size for r in records) == 30
+    assert len(set(records[0].owners)) >= 2  # the first batch mixes frames
+    assert len(records) == 4  # 30 tiles in full batches of 8 (the last one holds 6)
+
+
+def test_round_robin_lets_a_small_frame_pass_a_large_one():
+    async def body(b):
+        big = asyncio.create_task(b.infer(tiles(np.zeros(40, np.float32))))
+        await asyncio.sleep(0)
+        small = asyncio.create_task(b.infer(tiles(np.ones(4, np.float32))))
+        done, _ = await asyncio.wait([big, small], return_when=asyncio.FIRST_COMPLETED)
+        assert small in done and big not in done
+        await big
+
+    _, records = run(with_batcher(FakeEngine(0.01), 8, 0.01, body))
+    assert len(records) == 6
+
+
+def test_no_tile_waits_longer_than_max_wait_plus_one_batch():
+    max_wait, batch_seconds = 0.03, 0.02
+
+    async def body(b):
+        async def camera(k):
+            for i in range(5):
+                await b.infer(tiles(np.full(1 + (k + i) % 4, k, np.float32)))
+                await asyncio.sleep(0.005 * k)
+
+        await asyncio.gather(*(camera(k) for k in range(4)))
+
+    _, records = run(with_batcher(FakeEngine(batch_seconds), 8, max_wait, body))
+    slack = 0.05  # event-loop scheduling on a busy 2-core machine
+    longest = max(w for r in records for w in r.waited)
+    assert longest <= max_wait + max(r.seconds for r in records) + slack, longest
+    assert max(r.size for r in records) <= 8
+
+
+def test_an_engine_error_fails_that_batch_and_the_batcher_goes_on():
+    async def body(b):
+        with pytest.raises(RuntimeError, match="engine broke"):
+            await b.infer(tiles([7.0, 7.0]))
+        out = await b.infer(tiles([1.0, 2.0]))
+        np.testing.assert_array_equal(out.scores[:, 0], [1.0, 2.0])
+
+    run(with_batcher(FakeEngine(fail_on=7.0), 4, 0.001, body))
+
+
+def test_max_batch_is_capped_by_the_engine():
+    b = Batcher(FakeEngine(max_batch=4), 32, 0.01)
+    assert b.max_batch == 4
