@@ -1,12 +1,12 @@
 # Two commands do all the set-up on a fresh machine (Debian, Python 3.11):
-#   make demo   render synthetic crane frames and show them (embedded default)
+#   make demo   start the service on the demo bundle and post synthetic crane frames to it
 #   make test   lint, type-check and run the whole test suite
 # Both create .venv and install what is missing; nothing else is needed by hand.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-DEMO   := demo-data
+DEMO   := demo-out
 
 DEMO_WORK := /tmp/scrapscan-demo-bundle
 
@@ -20,15 +20,16 @@ $(VENV)/.base: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --editable .
 	@touch $@
 
-$(VENV)/.dev: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --editable '.[dev]'
+$(VENV)/.serve: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --editable '.[serve]'
 	@touch $@ $(VENV)/.base
 
-demo: $(VENV)/.base
-	$(PY) -m training.synth --out $(DEMO) --frames 4 --seed 4 --workers 2 --overwrite --preview
-	$(PY) -m training.data check $(DEMO)
-	@echo "demo: frames in $(DEMO)/images, class masks in $(DEMO)/masks, COCO labels in $(DEMO)/annotations.json"
-	@echo "demo: open $(DEMO)/preview.jpg to see the frames with their labels drawn over them"
+$(VENV)/.dev: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --editable '.[dev]'
+	@touch $@ $(VENV)/.base $(VENV)/.serve
+
+demo: $(VENV)/.serve
+	$(PY) -m service.demo --out $(DEMO) --frames 3 --seed 4
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     cameras: dict[str, CameraBed] = {}
     """Per camera_id; cameras not listed use default_bed."""
     default_bed: CameraBed = CameraBed()
+    reject_score: Annotated[float, Field(ge=0, le=1)] = 0.8
+    """A frame whose strongest instance scores this or more is "reject"; below, "inspect"."""
+    wait_timeout_s: Annotated[float, Field(gt=0, le=600)] = 60.0
+    """How long POST /v1/frames?wait=true waits for the result before answering 202."""
     api_keys_file: Path | None = None
 
     @classmethod

@@ -1,0 +1,519 @@
+"""The FastAPI app: embedded mode (API, in-process worker, SQLite store) in one process.
+
+POST /v1/frames validates and stores the upload, answers 202 with its frame_id and
+queues it; worker tasks take frames from the queue and run them through the pipeline,
+whose engine is shared by all of them through the batcher. Errors are JSON:
+{"error": {"code": "...", "message": "..."}}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.batcher import Batcher
+from service.bundle import load_bundle
+from service.decode import FORMATS, read_header
+from service.engine import open_engine
+from service.errors import APIError
+from service.pipeline import Pipeline
+from service.settings import ID_PATTERN, Settings
+from service.store import IdempotencyConflict, SQLiteStore
+
+log = logging.getLogger("scrapscan.service")
+
+FRAME_ID = re.compile(r"^[0-9a-f]{32}$")
+ID = re.compile(ID_PATTERN)
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+# --- response models (the OpenAPI schema) ---------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    """An error's code (stable, for programs) and message (for people)."""
+
+    code: str = Field(examples=["image_too_large"])
+    message: str = Field(examples=["the image is 9000x9000 = 81000000 pixels; the limit is ..."])
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx answer."""
+
+    error: ErrorBody
+
+
+class FrameAccepted(BaseModel):
+    """202: the frame is stored and queued."""
+
+    frame_id: str = Field(examples=["3f2a9c0e5b7d4e1f8a6b2c9d0e1f2a3b"])
+    status: str = Field(examples=["queued"])
+    links: dict[str, str]
+
+
+class FrameStatus(BaseModel):
+    """A frame's state and, once done, its result."""
+
+    frame_id: str
+    camera_id: str
+    truck_id: str | None
+    captured_at: str | None
+    status: str = Field(examples=["done"], description="queued, processing, done or failed")
+    error: str | None = Field(None, description="why the frame failed")
+    result: dict[str, Any] | None = Field(
+        None,
+        description="model, image size, bed polygon used, verdict, frame scores per class, "
+        "instances (class, score, class_scores, bbox [x, y, w, h], area, polygon), tiles, "
+        "per-stage timings in ms",
+    )
+    links: dict[str, str]
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "bad request: missing or invalid field, not an image, corrupt image",
+        404: "unknown frame",
+        409: "Idempotency-Key reused with other bytes",
+        413: "upload or image too large",
+        415: "not multipart/form-data, or not JPEG or PNG",
+        503: "the model is not loaded yet",
+    }.items()
+}
+
+FRAME_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "camera_id"],
+                    "properties": {
+                        "image": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "JPEG or PNG frame",
+                        },
+                        "camera_id": {
+                            "type": "string",
+                            "pattern": ID_PATTERN,
+                            "example": "crane-2-north",
+                        },
+                        "truck_id": {
+                            "type": "string",
+                            "pattern": ID_PATTERN,
+                            "example": "TRK-20261124-0031",
+                        },
+                        "captured_at": {
+                            "type": "string",
+                            "format": "date-time",
+                            "example": "2026-11-24T06:31:07Z",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+# --- the upload size limit, enforced while the body streams in ------------------------------
+
+
+class BodyLimit:
+    """Refuse a POST body over `limit` bytes as it arrives: 413 before it is all read."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        too_large = APIError(
+            413, "upload_too_large", f"the upload is larger than {self.limit} bytes"
+        )
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await _send_error(send, too_large)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracking)
+        except _TooLarge:
+            if not started:
+                await _send_error(send, too_large)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_error(send: Send, err: APIError) -> None:
+    body = JSONResponse(err.body(), err.status).body
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+class Service:
+    """What the app holds while it runs: bundle, engine, batcher, store, queue, workers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ready = False
+        self.store = SQLiteStore(settings.data_dir)
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.done: dict[str, asyncio.Event] = {}
+        self.workers: list[asyncio.Task[None]] = []
+        self.registry = CollectorRegistry()
+        self.frames = Counter(
+            "scrapscan_frames", "Frames by outcome", ["outcome"], registry=self.registry
+        )
+        self.stage_seconds = Histogram(
+            "scrapscan_stage_duration_seconds",
+            "Time per frame stage",
+            ["stage"],
+            registry=self.registry,
+        )
+        self.batcher: Batcher | None = None
+        self.pipeline: Pipeline | None = None
+
+    async def start(self) -> None:
+        """Load the bundle and engine, warm it with one batch, start the workers."""
+        s = self.settings
+        bundle = await asyncio.to_thread(load_bundle, s.bundle)
+        engine = await asyncio.to_thread(
+            open_engine, bundle, s.engine, s.device, s.threads, s.precision
+        )
+        size = bundle.manifest.input_size
+        await asyncio.to_thread(engine.infer, np.zeros((1, 3, size, size), np.float32))
+        self.batcher = Batcher(engine, s.batch.max_batch, s.batch.max_wait_ms / 1000)
+        self.batcher.start()
+        self.pipeline = Pipeline(bundle, self.batcher, s)
+        for frame_id in self.store.unfinished():
+            self.queue.put_nowait(frame_id)
+        self.workers = [
+            asyncio.create_task(self._work(), name=f"worker-{i}") for i in range(s.workers)
+        ]
+        self.ready = True
+        log.info("ready: bundle %s, engine %s", bundle, engine.name)
+
+    async def stop(self) -> None:
+        """Stop the workers and the batcher (unfinished frames stay queued in the store)."""
+        self.ready = False
+        for task in self.workers:
+            task.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.store.close()
+
+    async def _work(self) -> None:
+        assert self.pipeline is not None
+        while True:
+            frame_id = await self.queue.get()
+            try:
+                await self._process(frame_id)
+            finally:
+                self.queue.task_done()
+                event = self.done.pop(frame_id, None)
+                if event is not None:
+                    event.set()
+
+    async def _process(self, frame_id: str) -> None:
+        assert self.pipeline is not None
+        record = self.store.get(frame_id)
+        if record is None or record.status in ("done", "failed"):
+            return
+        self.store.set_processing(frame_id)
+        try:
+            data = await asyncio.to_thread(self.store.image, frame_id)
+            processed = await self.pipeline.process(data, record.camera_id)
+        except APIError as err:  # the bytes passed the header check but not decoding
+            self.store.fail(frame_id, f"{err.code}: {err.message}")
+            self.frames.labels("failed").inc()
+            return
+        except Exception as err:  # a failure inside the pipeline fails this frame only
+            log.exception("frame %s failed", frame_id)
+            self.store.fail(frame_id, f"internal_error: {type(err).__name__}: {err}")
+            self.frames.labels("failed").inc()
+            return
+        await asyncio.to_thread(self.store.complete, frame_id, processed.result, processed.files)
+        for stage, ms in processed.result["timings_ms"].items():
+            self.stage_seconds.labels(stage).observe(ms / 1000)
+        self.frames.labels("done").inc()
+
+
+def _links(frame_id: str) -> dict[str, str]:
+    base = f"/v1/frames/{frame_id}"
+    return {"self": base, "mask": f"{base}/mask.png", "overlay": f"{base}/overlay.jpg"}
+
+
+def _status(frame_id: str, svc: Service) -> FrameStatus:
+    record = svc.store.get(frame_id)
+    if record is None:
+        raise APIError(404, "frame_not_found", f"no frame {frame_id}")
+    return FrameStatus(
+        frame_id=record.frame_id,
+        camera_id=record.camera_id,
+        truck_id=record.truck_id,
+        captured_at=record.captured_at,
+        status=record.status,
+        error=record.error,
+        result=record.result,
+        links=_links(frame_id),
+    )
+
+
+def _field(form: Any, name: str, required: bool) -> str | None:
+    value = form.get(name)
+    if value is None or value == "":
+        if required:
+            raise APIError(400, "missing_field", f"the form field {name!r} is required")
+        return None
+    if not isinstance(value, str):
+        raise APIError(400, "invalid_field", f"{name} must be a text field, not a file")
+    return value
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; its lifespan starts and stops the Service."""
+    s = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = Service(s)
+        app.state.service = svc
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    app = FastAPI(
+        title="scrapscan",
+        version="0.1.0",
+        summary="Finds motors, cables and spray cans in crane-camera frames of steel scrap.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, err: APIError) -> JSONResponse:
+        return JSONResponse(err.body(), err.status, headers=err.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        e = APIError(err.status_code, codes.get(err.status_code, "http_error"), str(err.detail))
+        return JSONResponse(e.body(), e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        return JSONResponse(APIError(400, "invalid_request", where).body(), 400)
+
+    def service(request: Request) -> Service:
+        svc: Service = request.app.state.service
+        return svc
+
+    @app.post(
+        "/v1/frames",
+        status_code=202,
+        response_model=FrameAccepted,
+        responses={200: {"model": FrameStatus, "description": "with ?wait=true"}, **ERRORS},
+        openapi_extra=FRAME_FORM,
+        summary="Submit a crane-camera frame",
+    )
+    async def post_frame(
+        request: Request,
+        wait: bool = Query(False, description="answer 200 with the result when it is ready"),
+    ) -> Response:
+        """Store a JPEG or PNG frame and queue it.
+
+        `Idempotency-Key`: a retry with the same key and bytes gets the first frame_id back;
+        the same key with other bytes is a 409. With `?wait=true` the answer is 200 with the
+        result once the frame is done (202 as usual if it takes longer than the wait limit).
+        """
+        svc = service(request)
+        ctype = request.headers.get("content-type", "")
+        if not ctype.startswith("multipart/form-data"):
+            raise APIError(415, "unsupported_media_type", "send multipart/form-data")
+        key = request.headers.get("idempotency-key")
+        if key is not None and not IDEMPOTENCY_KEY.match(key):
+            raise APIError(400, "invalid_idempotency_key", "1 to 128 printable ASCII characters")
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except _TooLarge:
+            raise
+        except Exception as err:
+            raise APIError(
+                400, "invalid_form", f"the multipart body cannot be read: {err}"
+            ) from None
+        camera_id = _field(form, "camera_id", True)
+        truck_id = _field(form, "truck_id", False)
+        captured_at = _field(form, "captured_at", False)
+        for name, value in (("camera_id", camera_id), ("truck_id", truck_id)):
+            if value is not None and not ID.match(value):
+                raise APIError(
+                    400, "invalid_field", f"{name} must match {ID_PATTERN} (letters, digits, . _ -)"
+                )
+        if captured_at is not None:
+            try:
+                datetime.fromisoformat(captured_at)
+            except ValueError:
+                raise APIError(400, "invalid_field", "captured_at must be ISO 8601") from None
+        upload = form.get("image")
+        if upload is None:
+            raise APIError(400, "missing_field", "the form field 'image' (a file) is required")
+        if isinstance(upload, str):
+            raise APIError(400, "invalid_field", "image must be a file part")
+        data = await upload.read()
+        header = read_header(data, s.max_pixels)
+        digest = hashlib.sha256(data).hexdigest()
+        ext = ".jpg" if FORMATS[header.format] == "image/jpeg" else ".png"
+        assert camera_id is not None
+        try:
+            frame_id, created = await asyncio.to_thread(
+                svc.store.add,
+                uuid.uuid4().hex,
+                camera_id,
+                truck_id,
+                captured_at,
+                data,
+                ext,
+                digest,
+                key,
+            )
+        except IdempotencyConflict:
+            raise APIError(
+                409, "idempotency_conflict", "this Idempotency-Key was used with other bytes"
+            ) from None
+        if created:
+            svc.frames.labels("accepted").inc()
+            if wait:
+                svc.done[frame_id] = asyncio.Event()
+            svc.queue.put_nowait(frame_id)
+        if wait:
+            event = svc.done.get(frame_id)
+            if event is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), s.wait_timeout_s)
+            status = _status(frame_id, svc)
+            if status.status in ("done", "failed"):
+                return JSONResponse(status.model_dump(), 200)
+        accepted = FrameAccepted(frame_id=frame_id, status="queued", links=_links(frame_id))
+        return JSONResponse(
+            accepted.model_dump(), 202, headers={"Location": f"/v1/frames/{frame_id}"}
+        )
+
+    def checked_id(frame_id: str) -> str:
+        if not FRAME_ID.match(frame_id):
+            raise APIError(400, "invalid_frame_id", "a frame id is 32 lowercase hex digits")
+        return frame_id
+
+    @app.get("/v1/frames/{frame_id}", response_model=FrameStatus, responses=ERRORS)
+    async def get_frame(request: Request, frame_id: str) -> FrameStatus:
+        """A frame's status (queued, processing, done, failed with the reason) and result."""
+        return _status(checked_id(frame_id), service(request))
+
+    async def result_file(request: Request, frame_id: str, name: str, media: str) -> FileResponse:
+        status = _status(checked_id(frame_id), service(request))
+        path = service(request).store.file(frame_id, name)
+        if status.status != "done" or path is None:
+            raise APIError(404, "result_not_ready", f"frame {frame_id} is {status.status}")
+        return FileResponse(path, media_type=media)
+
+    @app.get(
+        "/v1/frames/{frame_id}/mask.png",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    )
+    async def get_mask(request: Request, frame_id: str) -> FileResponse:
+        """Class index per pixel at full frame size (0 normal, 1 motor, 2 cable, 3 spray_can)."""
+        return await result_file(request, frame_id, "mask.png", "image/png")
+
+    @app.get(
+        "/v1/frames/{frame_id}/overlay.jpg",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
+    )
+    async def get_overlay(request: Request, frame_id: str) -> FileResponse:
+        """The frame with instances outlined and labelled with class and score."""
+        return await result_file(request, frame_id, "overlay.jpg", "image/jpeg")
+
+    @app.get("/v1/config")
+    async def get_config(request: Request) -> dict[str, Any]:
+        """The settings the service started with (secrets masked)."""
+        return service(request).settings.public()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz(request: Request) -> dict[str, str]:
+        """The bundle is loaded and the engine warmed with one batch."""
+        if not service(request).ready:
+            raise APIError(503, "not_ready", "the model is loading")
+        return {"status": "ready"}
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(service(request).registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimit, limit=s.max_upload_bytes)
+    return app

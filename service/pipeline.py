@@ -1,0 +1,149 @@
+"""One frame's path, top to bottom.
+
+decode, bed crop, tiles, engine (batched), merge, instances, result files. CPU-heavy
+stages run in threads so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from common.overlay import CLASS_COLORS_BGR, draw_overlay
+from service.batcher import Batcher
+from service.bundle import Bundle
+from service.decode import decode
+from service.settings import Settings
+from service.stages import Bed, Findings, bed_crop, find_instances, make_tiles, merge
+
+
+@dataclass(slots=True)
+class Processed:
+    """A finished frame: the result JSON and its files."""
+
+    result: dict[str, Any]
+    files: dict[str, bytes]
+
+
+class Timer:
+    """Seconds per stage, in the order the stages ran."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        """Close the stage that just ended."""
+        now = time.perf_counter()
+        self.ms[stage] = round((now - self._t) * 1000, 2)
+        self._t = now
+
+
+def render_overlay(
+    frame: npt.NDArray[np.uint8], findings: Findings, bed: Bed, classes: tuple[str, ...]
+) -> npt.NDArray[np.uint8]:
+    """The frame with instances tinted and outlined, labelled with class and score."""
+    out = draw_overlay(frame, findings.class_mask, bed.polygon)
+    scale = max(0.6, min(frame.shape[:2]) / 900)
+    thick = max(1, round(scale * 2))
+    for inst in findings.instances:
+        x, y, _, _ = inst.bbox
+        color = CLASS_COLORS_BGR[classes.index(inst.class_name)]
+        label = f"{inst.class_name} {inst.score:.2f}"
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        top = max(0, y - th - base - 4)
+        cv2.rectangle(out, (x, top), (x + tw + 6, top + th + base + 4), (0, 0, 0), -1)
+        cv2.putText(
+            out,
+            label,
+            (x + 3, top + th + 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            color,
+            thick,
+            cv2.LINE_AA,
+        )
+    return out
+
+
+class Pipeline:
+    """Turns a frame's bytes into its result, sharing the engine through the batcher."""
+
+    def __init__(self, bundle: Bundle, batcher: Batcher, settings: Settings) -> None:
+        self.bundle = bundle
+        self.batcher = batcher
+        self.settings = settings
+        m = bundle.manifest
+        self.classes = m.classes
+        # sigma was measured at model-input pixels; frame pixels are tile / input as large
+        self.sigma = m.postprocess.sigma * m.tile_size / m.input_size
+
+    def verdict(self, findings: Findings) -> str:
+        """Clean (nothing found), reject (an instance at or over reject_score), else inspect."""
+        if not findings.instances:
+            return "clean"
+        top = max(i.score for i in findings.instances)
+        return "reject" if top >= self.settings.reject_score else "inspect"
+
+    async def process(self, data: bytes, camera_id: str) -> Processed:
+        """Run every stage on one upload."""
+        m = self.bundle.manifest
+        post = m.postprocess
+        timer = Timer()
+        frame = await asyncio.to_thread(decode, data, self.settings.max_pixels)
+        timer.lap("decode")
+        bed = bed_crop(frame.shape, self.settings.bed_for(camera_id))
+        timer.lap("crop")
+        tiles, inputs = await asyncio.to_thread(
+            make_tiles, frame, bed, m.tile_size, m.overlap, m.input_size
+        )
+        timer.lap("tile")
+        out = await self.batcher.infer(inputs)
+        timer.lap("infer")
+        merged = await asyncio.to_thread(
+            merge, frame.shape, bed, tiles, out.anomaly, out.class_probs, m.overlap, self.sigma
+        )
+        timer.lap("merge")
+        findings = await asyncio.to_thread(
+            find_instances,
+            merged,
+            bed,
+            self.classes,
+            post.pixel_threshold,
+            post.min_area_px,
+            post.max_bed_fraction,
+        )
+        timer.lap("postprocess")
+        files = await asyncio.to_thread(self._encode, frame, findings, bed)
+        timer.lap("encode")
+        h, w = frame.shape[:2]
+        result = {
+            "model": {"name": m.model.name, "version": m.model.version},
+            "image": {"width": w, "height": h},
+            "bed": {
+                "strategy": bed.strategy,
+                "polygon": [[round(float(x), 1), round(float(y), 1)] for x, y in bed.polygon],
+            },
+            "verdict": self.verdict(findings),
+            "scores": {k: round(v, 4) for k, v in findings.frame_scores.items()},
+            "instances": [i.as_dict() for i in findings.instances],
+            "tiles": len(tiles),
+            "timings_ms": timer.ms,
+        }
+        return Processed(result, files)
+
+    def _encode(
+        self, frame: npt.NDArray[np.uint8], findings: Findings, bed: Bed
+    ) -> dict[str, bytes]:
+        ok_mask, mask = cv2.imencode(".png", findings.class_mask)
+        overlay = render_overlay(frame, findings, bed, self.classes)
+        ok_overlay, jpg = cv2.imencode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        if not (ok_mask and ok_overlay):
+            raise RuntimeError("could not encode the result images")
+        return {"mask.png": mask.tobytes(), "overlay.jpg": jpg.tobytes()}

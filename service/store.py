@@ -1,0 +1,207 @@
+"""The embedded result store: SQLite and files in the data folder (survives a restart).
+
+DATA_DIR/scrapscan.db                 frames: metadata, status, result JSON
+DATA_DIR/frames/<frame_id>/image.jpg  the upload as received (.png for PNG)
+DATA_DIR/frames/<frame_id>/mask.png   class index per pixel, full frame size
+DATA_DIR/frames/<frame_id>/overlay.jpg
+
+Status goes queued -> processing -> done | failed. Frames found queued or processing at
+start were accepted and not finished: the service queues them again (nothing accepted is
+lost). The Redis store of the scale-out issue implements the same methods.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Status = Literal["queued", "processing", "done", "failed"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    frame_id TEXT PRIMARY KEY,
+    camera_id TEXT NOT NULL,
+    truck_id TEXT,
+    captured_at TEXT,
+    received_at REAL NOT NULL,
+    image_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    result TEXT,
+    completed_at REAL,
+    idempotency_key TEXT UNIQUE,
+    sha256 TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS frames_status ON frames (status);
+"""
+
+
+class IdempotencyConflict(Exception):
+    """The key was used before with other bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRecord:
+    """A frame as stored."""
+
+    frame_id: str
+    camera_id: str
+    truck_id: str | None
+    captured_at: str | None
+    received_at: float
+    status: Status
+    error: str | None
+    result: dict[str, Any] | None
+    completed_at: float | None
+
+
+class SQLiteStore:
+    """Frames and their results in SQLite, files beside it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir
+        (data_dir / "frames").mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(data_dir / "scrapscan.db", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def folder(self, frame_id: str) -> Path:
+        """The frame's file folder."""
+        return self.root / "frames" / frame_id
+
+    def add(
+        self,
+        frame_id: str,
+        camera_id: str,
+        truck_id: str | None,
+        captured_at: str | None,
+        image: bytes,
+        image_ext: str,
+        sha256: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[str, bool]:
+        """Store an accepted frame as queued; returns (frame_id, created).
+
+        With an idempotency key seen before and the same bytes, returns the first frame's
+        id and created=False; with other bytes raises IdempotencyConflict.
+        """
+        with self._lock:
+            if idempotency_key is not None:
+                row = self._db.execute(
+                    "SELECT frame_id, sha256 FROM frames WHERE idempotency_key = ?",
+                    (idempotency_key,),
+                ).fetchone()
+                if row is not None:
+                    if row[1] != sha256:
+                        raise IdempotencyConflict(idempotency_key)
+                    return str(row[0]), False
+            folder = self.folder(frame_id)
+            folder.mkdir(parents=True, exist_ok=False)
+            name = f"image{image_ext}"
+            _write_atomic(folder / name, image)
+            with self._db:
+                self._db.execute(
+                    "INSERT INTO frames (frame_id, camera_id, truck_id, captured_at, received_at,"
+                    " image_name, status, idempotency_key, sha256)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    (
+                        frame_id,
+                        camera_id,
+                        truck_id,
+                        captured_at,
+                        time.time(),
+                        name,
+                        idempotency_key,
+                        sha256,
+                    ),
+                )
+        return frame_id, True
+
+    def image(self, frame_id: str) -> bytes:
+        """The upload's bytes."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT image_name FROM frames WHERE frame_id = ?", (frame_id,)
+            ).fetchone()
+        if row is None:
+            raise KeyError(frame_id)
+        return (self.folder(frame_id) / str(row[0])).read_bytes()
+
+    def get(self, frame_id: str) -> FrameRecord | None:
+        """The frame, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT frame_id, camera_id, truck_id, captured_at, received_at, status, error,"
+                " result, completed_at FROM frames WHERE frame_id = ?",
+                (frame_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return FrameRecord(
+            frame_id=row[0],
+            camera_id=row[1],
+            truck_id=row[2],
+            captured_at=row[3],
+            received_at=row[4],
+            status=row[5],
+            error=row[6],
+            result=json.loads(row[7]) if row[7] else None,
+            completed_at=row[8],
+        )
+
+    def set_processing(self, frame_id: str) -> None:
+        """Mark a frame as being processed."""
+        self._set(frame_id, "processing")
+
+    def complete(self, frame_id: str, result: dict[str, Any], files: dict[str, bytes]) -> None:
+        """Store the result and its files (mask.png, overlay.jpg) and mark the frame done."""
+        folder = self.folder(frame_id)
+        for name, data in files.items():
+            _write_atomic(folder / name, data)
+        self._set(frame_id, "done", result=json.dumps(result))
+
+    def fail(self, frame_id: str, reason: str) -> None:
+        """Mark a frame failed with the reason."""
+        self._set(frame_id, "failed", error=reason)
+
+    def unfinished(self) -> list[str]:
+        """Frames accepted and not done or failed, oldest first (to queue again at start)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT frame_id FROM frames WHERE status IN ('queued', 'processing')"
+                " ORDER BY received_at"
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def file(self, frame_id: str, name: str) -> Path | None:
+        """A result file of a done frame, or None."""
+        path = self.folder(frame_id) / name
+        return path if path.is_file() else None
+
+    def _set(
+        self, frame_id: str, status: Status, result: str | None = None, error: str | None = None
+    ) -> None:
+        done = time.time() if status in ("done", "failed") else None
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE frames SET status = ?, result = COALESCE(?, result),"
+                " error = COALESCE(?, error), completed_at = ? WHERE frame_id = ?",
+                (status, result, error, done, frame_id),
+            )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

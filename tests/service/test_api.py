@@ -1,0 +1,272 @@
+import io
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.synth import render_frame
+
+pytestmark = pytest.mark.slow
+
+
+def jpeg(image_bgr, quality=90):
+    ok, data = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return data.tobytes()
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return render_frame(31, 0, 1280, 720)
+
+
+def post(server, data, fields=None, name="frame.jpg", ctype="image/jpeg", headers=None, wait=False):
+    fields = {"camera_id": "crane-1", **(fields or {})}
+    return httpx.post(
+        f"{server.url}/v1/frames",
+        params={"wait": "true"} if wait else None,
+        data=fields,
+        files={"image": (name, data, ctype)} if data is not None else None,
+        headers=headers,
+        timeout=120,
+    )
+
+
+def assert_error(r, status, code):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"]["code"] == code and body["error"]["message"]
+
+
+def test_a_frame_goes_through_and_its_result_matches_the_frame(server, frame):
+    r = post(
+        server,
+        jpeg(frame.image),
+        {"truck_id": "TRK-7", "captured_at": "2026-11-24T06:31:07Z"},
+        wait=True,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "done" and body["truck_id"] == "TRK-7"
+    result = body["result"]
+    assert result["image"] == {"width": 1280, "height": 720}
+    assert result["bed"]["strategy"] == "full" and len(result["bed"]["polygon"]) == 4
+    assert set(result["scores"]) == {"anomaly", "motor", "cable", "spray_can"}
+    assert result["verdict"] in {"clean", "inspect", "reject"}
+    assert set(result["timings_ms"]) == {
+        "decode",
+        "crop",
+        "tile",
+        "infer",
+        "merge",
+        "postprocess",
+        "encode",
+    }
+    assert result["tiles"] == 6  # 1280x720 in 512 px tiles with >= 64 px overlap: 3 x 2
+    for inst in result["instances"]:
+        x, y, w, h = inst["bbox"]
+        assert 0 <= x < 1280 and 0 <= y < 720 and inst["area"] <= w * h
+    mask = httpx.get(f"{server.url}{body['links']['mask']}")
+    assert mask.headers["content-type"] == "image/png"
+    m = cv2.imdecode(np.frombuffer(mask.content, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert m.shape == (720, 1280) and m.dtype == np.uint8 and m.max() <= 3
+    assert (m > 0).sum() == sum(i["area"] for i in result["instances"])
+    overlay = httpx.get(f"{server.url}{body['links']['overlay']}")
+    o = cv2.imdecode(np.frombuffer(overlay.content, np.uint8), cv2.IMREAD_COLOR)
+    assert o.shape == (720, 1280, 3)
+    again = httpx.get(f"{server.url}/v1/frames/{body['frame_id']}").json()
+    assert again["result"] == result
+
+
+def test_without_wait_the_answer_is_202_and_the_frame_finishes(server, frame):
+    r = post(server, jpeg(frame.image))
+    assert r.status_code == 202 and r.headers["location"].startswith("/v1/frames/")
+    frame_id = r.json()["frame_id"]
+    for _ in range(300):
+        status = httpx.get(f"{server.url}/v1/frames/{frame_id}").json()["status"]
+        if status == "done":
+            break
+        assert status in {"queued", "processing"}
+        import time
+
+        time.sleep(0.1)
+    assert status == "done"
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((300, 200), 90, np.uint8),  # grayscale, smaller than one tile
+        np.dstack(
+            [np.full((100, 600, 3), 120, np.uint8), np.full((100, 600), 255, np.uint8)]
+        ),  # RGBA
+    ],
+)
+def test_small_grayscale_and_rgba_pngs_are_processed(server, image):
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    r = post(server, buf.getvalue(), name="f.png", ctype="image/png", wait=True)
+    assert r.status_code == 200, r.text
+    h, w = image.shape[:2]
+    assert r.json()["result"]["image"] == {"width": w, "height": h}
+
+
+def test_idempotency_key_returns_the_first_frame_and_refuses_other_bytes(server, frame):
+    data = jpeg(frame.image, 80)
+    first = post(server, data, headers={"Idempotency-Key": "cam1-000123"})
+    second = post(server, data, headers={"Idempotency-Key": "cam1-000123"})
+    assert first.status_code == second.status_code == 202
+    assert first.json()["frame_id"] == second.json()["frame_id"]
+    other = post(server, jpeg(frame.image, 70), headers={"Idempotency-Key": "cam1-000123"})
+    assert_error(other, 409, "idempotency_conflict")
+
+
+def corrupt_png():
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 300, 3), np.uint8)).save(
+        buf, "PNG"
+    )
+    data = bytearray(buf.getvalue())
+    start = data.index(b"IDAT") + 40
+    data[start : start + 200] = bytes(200)  # the header is intact, the pixel data is not
+    return bytes(data)
+
+
+def test_a_frame_that_fails_inside_the_pipeline_is_marked_failed(server, frame):
+    r = post(server, corrupt_png(), name="f.png", ctype="image/png", wait=True)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "failed" and body["error"].startswith("corrupt_image")
+    assert_error(httpx.get(f"{server.url}{body['links']['mask']}"), 404, "result_not_ready")
+    assert post(server, jpeg(frame.image), wait=True).json()["status"] == "done"  # still serving
+
+
+def bomb():
+    _ok, data = cv2.imencode(
+        ".png", np.zeros((8000, 8000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9]
+    )
+    return data.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code"),
+    [
+        ("no image", 400, "missing_field"),
+        ("no camera", 400, "missing_field"),
+        ("bad camera", 400, "invalid_field"),
+        ("bad date", 400, "invalid_field"),
+        ("json body", 415, "unsupported_media_type"),
+        ("empty body", 415, "unsupported_media_type"),
+        ("empty image", 400, "empty_image"),
+        ("random bytes", 400, "not_an_image"),
+        ("truncated", 400, "corrupt_image"),
+        ("gif", 400, "unsupported_format"),
+        ("bomb", 413, "image_too_large"),
+        ("bad key", 400, "invalid_idempotency_key"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_code(server, frame, kind, status, code):
+    url = f"{server.url}/v1/frames"
+    good = jpeg(frame.image)
+    if kind == "no image":  # multipart, with the camera field only
+        r = httpx.post(url, files={"camera_id": (None, "crane-1")})
+    elif kind == "no camera":
+        r = httpx.post(url, files={"image": ("f.jpg", good, "image/jpeg")})
+    elif kind == "bad camera":
+        r = post(server, good, {"camera_id": "../../etc/passwd"})
+    elif kind == "bad date":
+        r = post(server, good, {"captured_at": "yesterday"})
+    elif kind == "json body":
+        r = httpx.post(url, json={"camera_id": "c"})
+    elif kind == "empty body":
+        r = httpx.post(url, content=b"")
+    elif kind == "empty image":
+        r = post(server, b"")
+    elif kind == "random bytes":
+        r = post(server, np.random.default_rng(2).bytes(20000))
+    elif kind == "truncated":
+        r = post(server, good[: len(good) // 2])
+    elif kind == "gif":
+        buf = io.BytesIO()
+        Image.new("RGB", (10, 10)).save(buf, "GIF")
+        r = post(server, buf.getvalue(), name="f.gif", ctype="image/gif")
+    elif kind == "bomb":
+        r = post(server, bomb(), name="f.png", ctype="image/png")
+    else:
+        r = post(server, good, headers={"Idempotency-Key": "has space"})
+    assert_error(r, status, code)
+
+
+def test_an_upload_over_the_byte_limit_is_refused_while_streaming(server):
+    sent = 0
+
+    def chunks():  # no Content-Length: the limit must be enforced as bytes arrive
+        nonlocal sent
+        head = (
+            b'--xyz\r\nContent-Disposition: form-data; name="camera_id"\r\n\r\nc1\r\n'
+            b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n"
+        )
+        yield head
+        for _ in range(400):  # 400 x 64 KiB = 25 MiB, limit 3 MB
+            sent += 65536
+            yield b"\xff" * 65536
+
+    try:
+        r = httpx.post(
+            f"{server.url}/v1/frames",
+            content=chunks(),
+            headers={"content-type": "multipart/form-data; boundary=xyz"},
+            timeout=60,
+        )
+        assert_error(r, 413, "upload_too_large")
+    except httpx.HTTPError:
+        pass  # the server may close the connection before the client has sent everything
+    assert sent < 25 * 1024 * 1024
+    declared = httpx.post(
+        f"{server.url}/v1/frames",
+        content=b"x" * 3_100_000,
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert_error(declared, 413, "upload_too_large")
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/v1/frames/0123456789abcdef0123456789abcdef", 404, "frame_not_found"),
+        ("/v1/frames/..%2F..%2Fscrapscan.db", 404, "not_found"),  # never reaches a file
+        ("/v1/frames/..%2Fscrapscan.db", 404, "not_found"),
+        ("/v1/frames/abc.def", 400, "invalid_frame_id"),
+        ("/v1/frames/0123456789abcdef0123456789abcdef/mask.png", 404, "frame_not_found"),
+        ("/v1/nothing", 404, "not_found"),
+    ],
+)
+def test_unknown_and_malformed_ids(server, path, status, code):
+    assert_error(httpx.get(f"{server.url}{path}"), status, code)
+
+
+def test_health_config_metrics_and_docs(server):
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
+    config = httpx.get(f"{server.url}/v1/config").json()
+    assert config["redis_url"] == "redis://***@cache.local:6379" and "secret" not in str(config)
+    assert config["max_upload_bytes"] == 3_000_000
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert "scrapscan_frames_total" in metrics and "scrapscan_stage_duration_seconds" in metrics
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    form = spec["paths"]["/v1/frames"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert set(form["schema"]["required"]) == {"image", "camera_id"}
+    assert "413" in spec["paths"]["/v1/frames"]["post"]["responses"]
+
+
+def test_results_and_queued_frames_survive_a_restart(server, frame):
+    done = post(server, jpeg(frame.image), wait=True).json()
+    server.stop()
+    server.start()
+    again = httpx.get(f"{server.url}/v1/frames/{done['frame_id']}").json()
+    assert again["status"] == "done" and again["result"] == done["result"]
+    assert httpx.get(f"{server.url}{done['links']['overlay']}").status_code == 200
