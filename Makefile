@@ -42,12 +42,14 @@ unit: $(VENV)/.dev
 test: lint unit
 
 # Rebuild the committed demo bundle: train the tiny config on synthetic frames (seeds 100
-# and 200, about 7 minutes on 2 cores), evaluate it, and export it with its report.
+# and 200, about 7 minutes on 2 cores), evaluate it, train the bed cropper (5 minutes),
+# and export both with the report.
 demo-bundle: $(VENV)/.dev
 	PYTHON=$(PY) benchmarks/train_tiny.sh $(DEMO_WORK)
+	$(PY) -m training.bedseg --out $(DEMO_WORK)/bed.pt
 	$(PY) -m model_export --checkpoint $(DEMO_WORK)/run/checkpoint.pt \
 		--report $(DEMO_WORK)/report/report.json --out models/demo --name demo \
-		--version tiny-$$(date -u +%Y%m%d) --overwrite
+		--version tiny-$$(date -u +%Y%m%d) --bed-model $(DEMO_WORK)/bed.pt --overwrite
 
 clean:
 	rm -rf $(VENV) $(DEMO) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 import torch
 
 from common.classes import CLASS_NAMES
@@ -71,6 +73,7 @@ class ExportOptions:
     calibration: Path | None = None
     min_area_px: int = DEFAULT_MIN_AREA
     max_bed_fraction: float = DEFAULT_MAX_BED_FRACTION
+    bed_model: Path | None = None
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -119,6 +122,60 @@ def _calibration_patches(folder: Path, input_size: int, limit: int = 256) -> npt
     patches = PatchSet(load_frames(folder), input_size=input_size)
     picks = np.linspace(0, len(patches) - 1, min(limit, len(patches))).astype(int)
     return np.stack([normalize(patches[int(i)].image) for i in picks])
+
+
+BED_FILE = "bed.onnx"
+
+
+def export_bed_model(path: Path, out: Path) -> dict[str, Any]:
+    """Write the bed cropper as ONNX and check it against PyTorch on synthetic frames."""
+    from common.bed import BED_INPUT, bed_input
+    from training.bedseg import load_bed_model
+    from training.synth import render_frame
+
+    try:
+        net, metrics = load_bed_model(path)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
+    graph = torch.nn.Sequential(net, torch.nn.Sigmoid()).eval()
+    h, w = BED_INPUT
+    batch = torch.export.Dim("batch", min=1, max=16)
+    quiet = logging.getLogger("onnxscript")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        torch.onnx.export(
+            graph,
+            (torch.zeros(2, 3, h, w),),
+            str(out),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["bed_probs"],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
+    finally:
+        quiet.setLevel(level)
+    onnx.checker.check_model(str(out), full_check=True)
+    x = np.stack([bed_input(render_frame(7, i, 768, 432).image) for i in range(4)])
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": x})[0]
+    with torch.no_grad():
+        ref = graph(torch.from_numpy(x)).numpy()
+    diff = float(np.abs(got - ref).max())
+    agree = float(((got > 0.5) == (ref > 0.5)).mean())
+    if diff > 1e-4 or agree < 0.999:
+        raise ParityError(f"{out.name}: max abs difference {diff:.2e}, mask agreement {agree:.4%}")
+    return {
+        "file": BED_FILE,
+        "input_height": h,
+        "input_width": w,
+        "metrics": metrics,
+        "parity": {"max_abs": diff, "mask_agreement": agree, "inputs": len(x)},
+    }
 
 
 def _entry(path: Path, kind: str, precision: str, **extra: Any) -> BundleFile:
@@ -181,6 +238,12 @@ def export_bundle(
             files["model.pt2"] = _entry(
                 work / "model.pt2", "torch_export", "fp32", max_batch=options.max_batch
             )
+        bed_info = None
+        if options.bed_model is not None:
+            bed_info = export_bed_model(options.bed_model, work / BED_FILE)
+            parity[BED_FILE] = bed_info.pop("parity")
+            files[BED_FILE] = _entry(work / BED_FILE, "bed_model", "fp32")
+            log(f"  {BED_FILE}: parity max abs {parity[BED_FILE]['max_abs']:.1e}")
         if options.tensorrt:
             calib = (
                 _calibration_patches(options.calibration, cfg.model.input_size)
@@ -251,6 +314,7 @@ def export_bundle(
                     "parity": parity,
                 },
                 "files": files,
+                "bed_model": bed_info,
             }
         )
         (work / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
@@ -321,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="labelled frames whose patches calibrate int8/fp8",
     )
+    p.add_argument(
+        "--bed-model",
+        type=Path,
+        metavar="FILE",
+        help="the learned bed cropper (scrapscan-train-bed) to put into the bundle as bed.onnx",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     return p
 
@@ -351,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         calibration=args.calibration,
         min_area_px=args.min_area,
         max_bed_fraction=args.max_bed_fraction,
+        bed_model=args.bed_model,
     )
     staged = args.out.with_name(f".{args.out.name}.old") if args.out.exists() else None
     try:

@@ -241,7 +241,13 @@ class Service:
         await asyncio.to_thread(engine.infer, np.zeros((1, 3, size, size), np.float32))
         self.batcher = Batcher(engine, s.batch.max_batch, s.batch.max_wait_ms / 1000)
         self.batcher.start()
-        self.pipeline = Pipeline(bundle, self.batcher, s)
+        beds = [s.default_bed, *s.cameras.values()]
+        finder = None
+        if any(b.bed == "learned" for b in beds):
+            from service.bedmodel import LearnedBed
+
+            finder = LearnedBed(bundle)
+        self.pipeline = Pipeline(bundle, self.batcher, s, finder)
         for frame_id in self.store.unfinished():
             self.queue.put_nowait(frame_id)
         self.workers = [

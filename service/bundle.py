@@ -71,6 +71,19 @@ class BundleFile(_Strict):
     """For a TensorRT engine: the GPU and TensorRT version it was built for."""
 
 
+class BedModelInfo(_Strict):
+    """The learned bed cropper (bed.onnx).
+
+    Input (N, 3, height, width) RGB in [-1, 1]; output `bed_probs` (N, 1, height, width).
+    """
+
+    file: str
+    input_height: Annotated[int, Field(gt=0)]
+    input_width: Annotated[int, Field(gt=0)]
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    metrics: dict[str, Any] = {}
+
+
 class Manifest(_Strict):
     """manifest.json."""
 
@@ -89,6 +102,7 @@ class Manifest(_Strict):
     prompts: dict[str, Any]
     metrics: dict[str, Any]
     files: dict[str, BundleFile]
+    bed_model: BedModelInfo | None = None
 
     def file(self, kind: FileKind, precision: Precision | None = None) -> str | None:
         """The name of the first file of `kind` (and `precision`), or None."""

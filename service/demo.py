@@ -2,10 +2,11 @@
 
 python -m service.demo [--frames 3] [--seed 4] [--out demo-out]
 
-Starts scrapscan (uvicorn, the demo bundle, a SQLite store in OUT/data) on a free local
-port, renders synthetic 4K crane frames, posts each to /v1/frames?wait=true as camera
-"crane-1" of truck "DEMO-TRUCK-1", prints the verdict and the strongest instances beside
-the frame's true contaminants, and saves each overlay to OUT/.
+Starts scrapscan (uvicorn, the demo bundle with its learned bed cropper, a SQLite store
+in OUT/data) on a free local port, renders synthetic 4K crane frames, posts each to
+/v1/frames?wait=true as camera "crane-1" of truck "DEMO-TRUCK-1", prints the verdict
+and the strongest instances beside the frame's true contaminants, and saves each overlay
+to OUT/.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import uvicorn
 
 from common.classes import CLASS_NAMES
 from service.app import create_app
-from service.settings import Settings
+from service.settings import CameraBed, Settings
 
 
 def _free_port() -> int:
@@ -44,8 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.synth import render_frame
 
     args.out.mkdir(parents=True, exist_ok=True)
-    overrides = {"data_dir": args.out / "data", **({"bundle": args.bundle} if args.bundle else {})}
-    settings = Settings(**overrides)
+    # the demo bundle carries the learned bed cropper: every frame's bed is found anew
+    settings = Settings(default_bed=CameraBed(bed="learned"), data_dir=args.out / "data")
+    if args.bundle:
+        settings = settings.model_copy(update={"bundle": args.bundle})
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
@@ -90,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             path.write_bytes(overlay)
             h, w = res["image"]["height"], res["image"]["width"]
             print(
-                f"\nframe {i} ({w}x{h}, {res['tiles']} tiles, {seconds:.1f} s): "
+                f"\nframe {i} ({w}x{h}, bed {res['bed']['strategy']}, {res['tiles']} tiles, "
+                f"{seconds:.1f} s): "
                 f"verdict {res['verdict'].upper()}, anomaly score {res['scores']['anomaly']:.2f}; "
                 f"truly in it: {', '.join(truth) or 'nothing'}"
             )
@@ -104,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  ... {len(res['instances']) - 3} more")
             print(f"  overlay: {path}")
         print(
-            "\ndemo: the demo bundle is the tiny model (models/demo/README.md): it shows the "
+            "\ndemo: the demo bundle is the tiny model (models/README.md): it shows the "
             "pipeline, not the paper's accuracy"
         )
     finally:

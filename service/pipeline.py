@@ -20,7 +20,7 @@ from service.batcher import Batcher
 from service.bundle import Bundle
 from service.decode import decode
 from service.settings import Settings
-from service.stages import Bed, Findings, bed_crop, find_instances, make_tiles, merge
+from service.stages import Bed, BedFinder, Findings, bed_crop, find_instances, make_tiles, merge
 
 
 @dataclass(slots=True)
@@ -45,14 +45,21 @@ class Timer:
         self._t = now
 
 
+LABELS = 8
+
+
 def render_overlay(
     frame: npt.NDArray[np.uint8], findings: Findings, bed: Bed, classes: tuple[str, ...]
 ) -> npt.NDArray[np.uint8]:
-    """The frame with instances tinted and outlined, labelled with class and score."""
+    """The frame with instances tinted and outlined; the strongest labelled with class and score.
+
+    At most LABELS labels (instances come strongest first), so a frame with many weak
+    regions stays readable.
+    """
     out = draw_overlay(frame, findings.class_mask, bed.polygon)
     scale = max(0.6, min(frame.shape[:2]) / 900)
     thick = max(1, round(scale * 2))
-    for inst in findings.instances:
+    for inst in findings.instances[:LABELS]:
         x, y, _, _ = inst.bbox
         color = CLASS_COLORS_BGR[classes.index(inst.class_name)]
         label = f"{inst.class_name} {inst.score:.2f}"
@@ -75,8 +82,15 @@ def render_overlay(
 class Pipeline:
     """Turns a frame's bytes into its result, sharing the engine through the batcher."""
 
-    def __init__(self, bundle: Bundle, batcher: Batcher, settings: Settings) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        batcher: Batcher,
+        settings: Settings,
+        bed_finder: BedFinder | None = None,
+    ) -> None:
         self.bundle = bundle
+        self.bed_finder = bed_finder
         self.batcher = batcher
         self.settings = settings
         m = bundle.manifest
@@ -98,7 +112,9 @@ class Pipeline:
         timer = Timer()
         frame = await asyncio.to_thread(decode, data, self.settings.max_pixels)
         timer.lap("decode")
-        bed = bed_crop(frame.shape, self.settings.bed_for(camera_id))
+        bed = await asyncio.to_thread(
+            bed_crop, frame, self.settings.bed_for(camera_id), self.bed_finder
+        )
         timer.lap("crop")
         tiles, inputs = await asyncio.to_thread(
             make_tiles, frame, bed, m.tile_size, m.overlap, m.input_size

@@ -30,8 +30,9 @@ class CameraBed(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bed: Literal["full", "polygon"] = "full"
-    """"full": the whole frame; "polygon": a fixed bed outline (the camera does not move)."""
+    bed: Literal["full", "polygon", "learned"] = "full"
+    """"full": the whole frame; "polygon": a fixed bed outline (the camera does not move);
+    "learned": the bundle's bed model finds the bed in each frame (trucks park anywhere)."""
     polygon: tuple[tuple[float, float], ...] | None = None
     """Bed corners as (x, y) fractions of the frame width and height, for bed: polygon."""
 

@@ -8,7 +8,7 @@ Coordinates are frame pixels in COCO convention (pixel i spans [i, i + 1)).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -36,19 +36,41 @@ class Bed:
         return int(self.mask.sum())
 
 
-def bed_crop(frame_shape: tuple[int, ...], camera: CameraBed) -> Bed:
-    """The bed of a frame of `frame_shape` for a camera's strategy ("full" or "polygon")."""
-    h, w = frame_shape[:2]
+class BedFinder(Protocol):
+    """A learned bed cropper (service.bedmodel.LearnedBed)."""
+
+    def polygon(self, frame_bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64] | None:
+        """The bed outline in frame pixels, or None."""
+        ...
+
+
+def bed_crop(
+    frame_bgr: npt.NDArray[np.uint8], camera: CameraBed, finder: BedFinder | None = None
+) -> Bed:
+    """The bed of a frame for a camera's strategy: full frame, fixed polygon or learned.
+
+    When the learned model finds no bed, the whole frame is used and the strategy says so
+    ("learned-none-full").
+    """
+    h, w = frame_bgr.shape[:2]
+    full = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
+    strategy: str = camera.bed
     if camera.bed == "polygon" and camera.polygon is not None:
         polygon = np.asarray(camera.polygon, dtype=np.float64) * [w, h]
+    elif camera.bed == "learned":
+        if finder is None:
+            raise ValueError("bed: learned needs the bundle's bed model")
+        found = finder.polygon(frame_bgr)
+        polygon = full if found is None else found
+        strategy = "learned" if found is not None else "learned-none-full"
     else:
-        polygon = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
+        polygon = full
     box = polygon_box(polygon, w, h)
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, [np.round(polygon * 16 - 8).astype(np.int32)], 1, cv2.LINE_8, 4)
     if not mask.any():
         raise ValueError("the bed polygon covers no pixel of the frame")
-    return Bed(polygon, box, mask.astype(bool), camera.bed)
+    return Bed(polygon, box, mask.astype(bool), strategy)
 
 
 # --- tiles -----------------------------------------------------------------------------------

@@ -245,3 +245,25 @@ def test_the_committed_demo_bundle_loads_and_runs():
     run = onnx_runner(demo.path("model.onnx"))
     probs, anomaly, _ = run(parity_inputs(m.input_size, random=1, synthetic=1))
     assert probs.shape == (2, 4, m.grid, m.grid) and np.all((anomaly >= 0) & (anomaly <= 1))
+
+
+def test_a_bed_model_goes_into_the_bundle_with_its_parity(checkpoint, tmp_path):
+    from service.bedmodel import LearnedBed
+    from training.bedseg import save_bed_model, train_bed_model
+
+    net, metrics = train_bed_model(frames=4, steps=2, seed=1, batch=2, log=False)
+    save_bed_model(tmp_path / "bed.pt", net, metrics)
+    out = tmp_path / "b"
+    options = ExportOptions(fp16=False, torch_export=False, bed_model=tmp_path / "bed.pt")
+    manifest = export_bundle(checkpoint, out, options, log=lambda _: None)
+    assert manifest.bed_model is not None and manifest.bed_model.file == "bed.onnx"
+    assert manifest.files["bed.onnx"].kind == "bed_model"
+    assert manifest.metrics["parity"]["bed.onnx"]["max_abs"] <= 1e-4
+    assert manifest.bed_model.metrics["steps"] == 2
+    finder = LearnedBed(load_bundle(out))
+    frame = np.zeros((432, 768, 3), np.uint8)
+    assert finder.polygon(frame) is None or finder.polygon(frame).shape[1] == 2
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    args = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "c"), "--bed-model", str(junk)]
+    assert main(args) == 1

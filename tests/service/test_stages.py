@@ -9,7 +9,7 @@ CLASSES = ("normal", "motor", "cable", "spray_can")
 
 
 def full_bed(h, w):
-    return bed_crop((h, w, 3), CameraBed())
+    return bed_crop(np.zeros((h, w, 3), np.uint8), CameraBed())
 
 
 @pytest.mark.parametrize(("h", "w"), [(720, 1280), (2160, 3840), (300, 200), (512, 1030)])
@@ -64,7 +64,7 @@ def test_overlapping_tiles_are_weighted_towards_their_centres():
 
 def test_polygon_bed_limits_the_maps_and_tiles():
     cam = CameraBed(bed="polygon", polygon=((0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75)))
-    bed = bed_crop((800, 1200, 3), cam)
+    bed = bed_crop(np.zeros((800, 1200, 3), np.uint8), cam)
     assert (bed.box.x, bed.box.y, bed.box.width, bed.box.height) == (300, 200, 600, 400)
     assert bed.area == pytest.approx(600 * 400, rel=0.01) and bed.strategy == "polygon"
     frame = np.zeros((800, 1200, 3), np.uint8)
