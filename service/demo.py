@@ -12,11 +12,12 @@ to OUT/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -42,13 +43,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--bundle", type=Path, help="model bundle (default: models/demo)")
     args = p.parse_args(argv)
-    from training.synth import render_frame
-
     args.out.mkdir(parents=True, exist_ok=True)
     # the demo bundle carries the learned bed cropper: every frame's bed is found anew
     settings = Settings(default_bed=CameraBed(bed="learned"), data_dir=args.out / "data")
     if args.bundle:
         settings = settings.model_copy(update={"bundle": args.bundle})
+    try:
+        with running_service(settings) as url:
+            return _post_frames(url, settings, args)
+    except RuntimeError as err:
+        print(f"demo: {err}", file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def running_service(settings: Settings, timeout: float = 120) -> Iterator[str]:
+    """The service on a free local port in a background thread; yields its base URL."""
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
@@ -64,56 +74,61 @@ def main(argv: Sequence[str] | None = None) -> int:
                     break
             except httpx.HTTPError:
                 pass
-            if not thread.is_alive() or time.perf_counter() - start > 120:
-                print("demo: the service did not start", file=sys.stderr)
-                return 1
+            if not thread.is_alive() or time.perf_counter() - start > timeout:
+                raise RuntimeError("the service did not start")
             time.sleep(0.2)
-        print(f"demo: scrapscan serving {settings.bundle} at {url} (docs at {url}/docs)")
-        for i in range(args.frames):
-            frame = render_frame(args.seed, i)
-            truth = [CLASS_NAMES[inst.class_index] for inst in frame.instances]
-            ok, jpg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-            assert ok
-            t0 = time.perf_counter()
-            r = httpx.post(
-                f"{url}/v1/frames",
-                params={"wait": "true"},
-                data={"camera_id": "crane-1", "truck_id": "DEMO-TRUCK-1"},
-                files={"image": (f"frame_{i}.jpg", jpg.tobytes(), "image/jpeg")},
-                timeout=300,
-            )
-            seconds = time.perf_counter() - t0
-            body = r.json()
-            if r.status_code != 200 or body["status"] != "done":
-                print(f"demo: frame {i}: HTTP {r.status_code}: {body}", file=sys.stderr)
-                return 1
-            res = body["result"]
-            overlay = httpx.get(f"{url}{body['links']['overlay']}").content
-            path = args.out / f"frame_{i}_overlay.jpg"
-            path.write_bytes(overlay)
-            h, w = res["image"]["height"], res["image"]["width"]
-            print(
-                f"\nframe {i} ({w}x{h}, bed {res['bed']['strategy']}, {res['tiles']} tiles, "
-                f"{seconds:.1f} s): "
-                f"verdict {res['verdict'].upper()}, anomaly score {res['scores']['anomaly']:.2f}; "
-                f"truly in it: {', '.join(truth) or 'nothing'}"
-            )
-            for inst in res["instances"][:3]:
-                x, y, bw, bh = inst["bbox"]
-                print(
-                    f"  {inst['class']:9s} score {inst['score']:.2f}  "
-                    f"at x={x} y={y} {bw}x{bh} px ({inst['area']} px)"
-                )
-            if len(res["instances"]) > 3:
-                print(f"  ... {len(res['instances']) - 3} more")
-            print(f"  overlay: {path}")
-        print(
-            "\ndemo: the demo bundle is the tiny model (models/README.md): it shows the "
-            "pipeline, not the paper's accuracy"
-        )
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def _post_frames(url: str, settings: Settings, args: argparse.Namespace) -> int:
+    from training.synth import render_frame
+
+    print(f"demo: scrapscan serving {settings.bundle} at {url} (docs at {url}/docs)")
+    for i in range(args.frames):
+        frame = render_frame(args.seed, i)
+        truth = [CLASS_NAMES[inst.class_index] for inst in frame.instances]
+        ok, jpg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok
+        t0 = time.perf_counter()
+        r = httpx.post(
+            f"{url}/v1/frames",
+            params={"wait": "true"},
+            data={"camera_id": "crane-1", "truck_id": "DEMO-TRUCK-1"},
+            files={"image": (f"frame_{i}.jpg", jpg.tobytes(), "image/jpeg")},
+            timeout=300,
+        )
+        seconds = time.perf_counter() - t0
+        body = r.json()
+        if r.status_code != 200 or body["status"] != "done":
+            print(f"demo: frame {i}: HTTP {r.status_code}: {body}", file=sys.stderr)
+            return 1
+        res = body["result"]
+        overlay = httpx.get(f"{url}{body['links']['overlay']}").content
+        path = args.out / f"frame_{i}_overlay.jpg"
+        path.write_bytes(overlay)
+        h, w = res["image"]["height"], res["image"]["width"]
+        print(
+            f"\nframe {i} ({w}x{h}, bed {res['bed']['strategy']}, {res['tiles']} tiles, "
+            f"{seconds:.1f} s): "
+            f"verdict {res['verdict'].upper()}, anomaly score {res['scores']['anomaly']:.2f}; "
+            f"truly in it: {', '.join(truth) or 'nothing'}"
+        )
+        for inst in res["instances"][:3]:
+            x, y, bw, bh = inst["bbox"]
+            print(
+                f"  {inst['class']:9s} score {inst['score']:.2f}  "
+                f"at x={x} y={y} {bw}x{bh} px ({inst['area']} px)"
+            )
+        if len(res["instances"]) > 3:
+            print(f"  ... {len(res['instances']) - 3} more")
+        print(f"  overlay: {path}")
+    print(
+        "\ndemo: the demo bundle is the tiny model (models/README.md): it shows the "
+        "pipeline, not the paper's accuracy"
+    )
     return 0
 
 

@@ -81,6 +81,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "SCRAPSCAN_MAX_PIXELS": str(5000 * 5000),
             "SCRAPSCAN_REDIS_URL": "redis://user:secret@cache.local:6379/0",
             "SCRAPSCAN_THREADS": "2",
+            "SCRAPSCAN_CAMERAS": '{"crane-learned": {"bed": "learned"}}',
         },
     )
     srv.start()

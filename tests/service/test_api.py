@@ -270,3 +270,29 @@ def test_results_and_queued_frames_survive_a_restart(server, frame):
     again = httpx.get(f"{server.url}/v1/frames/{done['frame_id']}").json()
     assert again["status"] == "done" and again["result"] == done["result"]
     assert httpx.get(f"{server.url}{done['links']['overlay']}").status_code == 200
+
+
+def fill(polygon, shape):
+    """Polygon (COCO convention) to a pixel mask."""
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(np.asarray(polygon) * 16 - 8).astype(np.int32)], 1, cv2.LINE_8, 4)
+    return mask
+
+
+def test_held_out_4k_frames_against_their_ground_truth(server):
+    """The demo bundle end to end: mask size, the bed it found, instances on true contaminants."""
+    covered_truth = 0
+    for index in range(3):
+        frame = render_frame(300, index)  # held out: neither the model's nor the bed's seeds
+        r = post(server, jpeg(frame.image), {"camera_id": "crane-learned"}, wait=True)
+        result = r.json()["result"]
+        assert result["bed"]["strategy"] == "learned"
+        mask = httpx.get(f"{server.url}{r.json()['links']['mask']}").content
+        m = cv2.imdecode(np.frombuffer(mask, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert m.shape == frame.image.shape[:2]
+        used, true_bed = fill(result["bed"]["polygon"], m.shape), fill(frame.bed_polygon, m.shape)
+        assert (used & true_bed).sum() / (used | true_bed).sum() > 0.9
+        assert (m[used == 0] == 0).mean() > 0.999  # nothing off the bed (up to edge pixels)
+        truth = frame.class_mask() > 0
+        covered_truth += int(((m > 0) & truth).sum())
+    assert covered_truth > 0  # the instances found overlap true contaminants
