@@ -11,18 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -40,6 +47,7 @@ from service.decode import FORMATS, read_header
 from service.engine import open_engine
 from service.errors import APIError
 from service.pipeline import Pipeline
+from service.reports import report_csv, truck_report, trucks_csv
 from service.settings import ID_PATTERN, Settings
 from service.store import IdempotencyConflict, SQLiteStore
 
@@ -229,6 +237,8 @@ class Service:
         )
         self.batcher: Batcher | None = None
         self.pipeline: Pipeline | None = None
+        self.finished = asyncio.Condition()
+        """Notified each time a frame ends (done or failed): wakes feed long-polls."""
 
     async def start(self) -> None:
         """Load the bundle and engine, warm it with one batch, start the workers."""
@@ -274,6 +284,8 @@ class Service:
                 await self._process(frame_id)
             finally:
                 self.queue.task_done()
+                async with self.finished:
+                    self.finished.notify_all()
                 event = self.done.pop(frame_id, None)
                 if event is not None:
                     event.set()
@@ -300,6 +312,61 @@ class Service:
         for stage, ms in processed.result["timings_ms"].items():
             self.stage_seconds.labels(stage).observe(ms / 1000)
         self.frames.labels("done").inc()
+
+
+async def _feed_page(
+    svc: Service, after: int, limit: int, camera_id: str | None, wait: float
+) -> tuple[list[dict[str, Any]], int]:
+    """Up to `limit` finished frames after `after`; waits up to `wait` s for the first one."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        async with svc.finished:
+            rows = await asyncio.to_thread(svc.store.feed, after, limit, camera_id)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if rows or remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(svc.finished.wait(), remaining)
+    items = []
+    for seq, r in rows:
+        res = r.result or {}
+        items.append(
+            {
+                "cursor": str(seq),
+                "frame_id": r.frame_id,
+                "camera_id": r.camera_id,
+                "truck_id": r.truck_id,
+                "captured_at": r.captured_at,
+                "status": r.status,
+                "error": r.error,
+                "completed_at": r.completed_at,
+                "verdict": res.get("verdict"),
+                "scores": res.get("scores"),
+                "instances": len(res.get("instances", [])),
+                "links": _links(r.frame_id),
+            }
+        )
+    return items, rows[-1][0] if rows else after
+
+
+def _cursor(value: str | None) -> int:
+    if value is None or value == "":
+        return 0
+    if not value.isdigit() or len(value) > 18:
+        raise APIError(400, "invalid_cursor", "a cursor is the `next` value of an earlier page")
+    return int(value)
+
+
+def _when(value: str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise APIError(400, "invalid_query", f"{name} must be ISO 8601") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.timestamp()
 
 
 def _links(frame_id: str) -> dict[str, str]:
@@ -498,6 +565,88 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def get_overlay(request: Request, frame_id: str) -> FileResponse:
         """The frame with instances outlined and labelled with class and score."""
         return await result_file(request, frame_id, "overlay.jpg", "image/jpeg")
+
+    @app.get("/v1/results", responses=ERRORS)
+    async def results(
+        request: Request,
+        after: str | None = Query(None, description="the `next` of the previous page"),
+        limit: int = Query(100, ge=1, le=1000),
+        camera_id: str | None = Query(None, pattern=ID_PATTERN),
+        wait: float = Query(0, ge=0, le=60, description="long-poll up to this many seconds"),
+    ) -> dict[str, Any]:
+        """Finished frames (done or failed) in completion order, for dashboards.
+
+        Page with `after=<next>`: each finished frame appears exactly once, however many
+        arrive while paging. With `wait`, an empty page waits for the next frame to finish.
+        """
+        items, last = await _feed_page(service(request), _cursor(after), limit, camera_id, wait)
+        return {"items": items, "next": str(last)}
+
+    @app.get("/v1/results/stream", response_class=StreamingResponse)
+    async def results_stream(
+        request: Request,
+        after: str | None = Query(None),
+        camera_id: str | None = Query(None, pattern=ID_PATTERN),
+    ) -> StreamingResponse:
+        """The same feed as server-sent events (`id:` is the cursor; Last-Event-ID resumes)."""
+        svc = service(request)
+        start = _cursor(request.headers.get("last-event-id") or after)
+
+        async def events() -> AsyncIterator[str]:
+            cursor = start
+            while not await request.is_disconnected():
+                items, cursor = await _feed_page(svc, cursor, 100, camera_id, 15)
+                if not items:
+                    yield ": keep-alive\n\n"
+                for item in items:
+                    yield f"id: {item['cursor']}\nevent: result\ndata: {json.dumps(item)}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    def csv_or_json(data: dict[str, Any] | list[Any], text: str, fmt: str) -> Response:
+        if fmt == "csv":
+            return PlainTextResponse(text, media_type="text/csv; charset=utf-8")
+        return JSONResponse(data)
+
+    @app.get("/v1/trucks/{truck_id}/report", responses=ERRORS)
+    async def truck(
+        request: Request, truck_id: str, format: str = Query("json", pattern="^(json|csv)$")
+    ) -> Response:
+        """Every frame of a truck aggregated.
+
+        Per class: highest score, frames, distinct instances, contaminated area; the
+        verdict (clean, inspect, reject); the evidence frames, strongest first.
+        """
+        if not ID.match(truck_id):
+            raise APIError(400, "invalid_truck_id", f"a truck_id matches {ID_PATTERN}")
+        svc = service(request)
+        frames = await asyncio.to_thread(svc.store.truck, truck_id)
+        if not frames:
+            raise APIError(404, "truck_not_found", f"no frame of truck {truck_id}")
+        report = truck_report(truck_id, frames, s.reject_score)
+        return csv_or_json(report, report_csv(report), format)
+
+    @app.get("/v1/trucks", responses=ERRORS)
+    async def trucks(
+        request: Request,
+        since: str | None = Query(None, description="ISO 8601; frames received from then"),
+        until: str | None = Query(None, description="ISO 8601; frames received before then"),
+        verdict: str | None = Query(None, pattern="^(clean|inspect|reject)$"),
+        format: str = Query("json", pattern="^(json|csv)$"),
+    ) -> Response:
+        """Trucks seen in a time range, most recent first, with their verdicts."""
+        svc = service(request)
+        ids = await asyncio.to_thread(
+            svc.store.trucks, _when(since, "since"), _when(until, "until")
+        )
+        reports = []
+        for truck_id in ids:
+            frames = await asyncio.to_thread(svc.store.truck, truck_id)
+            r = truck_report(truck_id, frames, s.reject_score)
+            if verdict is None or r["verdict"] == verdict:
+                reports.append(r)
+        summary = [{k: v for k, v in r.items() if k != "evidence"} for r in reports]
+        return csv_or_json({"trucks": summary}, trucks_csv(reports), format)
 
     @app.get("/v1/config")
     async def get_config(request: Request) -> dict[str, Any]:

@@ -5,7 +5,9 @@ DATA_DIR/frames/<frame_id>/image.jpg  the upload as received (.png for PNG)
 DATA_DIR/frames/<frame_id>/mask.png   class index per pixel, full frame size
 DATA_DIR/frames/<frame_id>/overlay.jpg
 
-Status goes queued -> processing -> done | failed. Frames found queued or processing at
+Status goes queued -> processing -> done | failed. A frame that ends (done or failed) gets
+the next number of the feed, in the same transaction, so the dashboard feed pages in
+completion order and sees each finished frame exactly once. Frames found queued or processing at
 start were accepted and not finished: the service queues them again (nothing accepted is
 lost). The Redis store of the scale-out issue implements the same methods.
 """
@@ -38,7 +40,16 @@ CREATE TABLE IF NOT EXISTS frames (
     sha256 TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS frames_status ON frames (status);
+CREATE INDEX IF NOT EXISTS frames_truck ON frames (truck_id);
+CREATE TABLE IF NOT EXISTS feed (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    frame_id TEXT NOT NULL UNIQUE
+);
 """
+
+_COLUMNS = (
+    "frame_id, camera_id, truck_id, captured_at, received_at, status, error, result, completed_at"
+)
 
 
 class IdempotencyConflict(Exception):
@@ -142,23 +153,44 @@ class SQLiteStore:
         """The frame, or None."""
         with self._lock:
             row = self._db.execute(
-                "SELECT frame_id, camera_id, truck_id, captured_at, received_at, status, error,"
-                " result, completed_at FROM frames WHERE frame_id = ?",
-                (frame_id,),
+                f"SELECT {_COLUMNS} FROM frames WHERE frame_id = ?", (frame_id,)
             ).fetchone()
-        if row is None:
-            return None
-        return FrameRecord(
-            frame_id=row[0],
-            camera_id=row[1],
-            truck_id=row[2],
-            captured_at=row[3],
-            received_at=row[4],
-            status=row[5],
-            error=row[6],
-            result=json.loads(row[7]) if row[7] else None,
-            completed_at=row[8],
-        )
+        return None if row is None else _record(row)
+
+    def feed(
+        self, after: int, limit: int, camera_id: str | None = None
+    ) -> list[tuple[int, FrameRecord]]:
+        """Finished frames after feed position `after`, in completion order."""
+        where = "feed.seq > ?" + (" AND frames.camera_id = ?" if camera_id else "")
+        params: tuple[Any, ...] = (after, camera_id, limit) if camera_id else (after, limit)
+        cols = ", ".join(f"frames.{c.strip()}" for c in _COLUMNS.split(","))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT feed.seq, {cols} FROM feed JOIN frames USING (frame_id)"
+                f" WHERE {where} ORDER BY feed.seq LIMIT ?",
+                params,
+            ).fetchall()
+        return [(int(r[0]), _record(r[1:])) for r in rows]
+
+    def truck(self, truck_id: str) -> list[FrameRecord]:
+        """Every frame of a truck, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM frames WHERE truck_id = ? ORDER BY received_at",
+                (truck_id,),
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def trucks(self, since: float | None = None, until: float | None = None) -> list[str]:
+        """Trucks with a frame received in [since, until), most recent first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT truck_id FROM frames WHERE truck_id IS NOT NULL"
+                " AND received_at >= ? AND received_at < ?"
+                " GROUP BY truck_id ORDER BY MAX(received_at) DESC",
+                (since if since is not None else 0.0, until if until is not None else 1e18),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def set_processing(self, frame_id: str) -> None:
         """Mark a frame as being processed."""
@@ -199,6 +231,22 @@ class SQLiteStore:
                 " error = COALESCE(?, error), completed_at = ? WHERE frame_id = ?",
                 (status, result, error, done, frame_id),
             )
+            if done is not None:  # a frame finished twice is in the feed once
+                self._db.execute("INSERT OR IGNORE INTO feed (frame_id) VALUES (?)", (frame_id,))
+
+
+def _record(row: tuple[Any, ...]) -> FrameRecord:
+    return FrameRecord(
+        frame_id=row[0],
+        camera_id=row[1],
+        truck_id=row[2],
+        captured_at=row[3],
+        received_at=row[4],
+        status=row[5],
+        error=row[6],
+        result=json.loads(row[7]) if row[7] else None,
+        completed_at=row[8],
+    )
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

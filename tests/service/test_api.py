@@ -296,3 +296,105 @@ def test_held_out_4k_frames_against_their_ground_truth(server):
         truth = frame.class_mask() > 0
         covered_truth += int(((m > 0) & truth).sum())
     assert covered_truth > 0  # the instances found overlap true contaminants
+
+
+def small_png(seed):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (200, 300, 3), np.uint8)).save(
+        buf, "PNG"
+    )
+    return buf.getvalue()
+
+
+def test_the_feed_pages_every_frame_exactly_once_while_frames_arrive(server):
+    import threading
+
+    start = httpx.get(f"{server.url}/v1/results", params={"limit": 1000}).json()["next"]
+    posted = []
+
+    def camera(k):
+        for i in range(6):
+            r = post(
+                server,
+                small_png(100 * k + i),
+                {"camera_id": f"feed-{k}"},
+                name="f.png",
+                ctype="image/png",
+            )
+            posted.append(r.json()["frame_id"])
+
+    threads = [threading.Thread(target=camera, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    seen, cursor = [], start
+    for _ in range(200):
+        page = httpx.get(
+            f"{server.url}/v1/results", params={"after": cursor, "limit": 4, "wait": 2}, timeout=10
+        ).json()
+        seen += [i["frame_id"] for i in page["items"]]
+        cursor = page["next"]
+        if len(seen) >= 18 and not any(t.is_alive() for t in threads):
+            break
+    assert sorted(seen) == sorted(posted) and len(set(seen)) == 18
+    only = httpx.get(
+        f"{server.url}/v1/results", params={"after": start, "camera_id": "feed-1", "limit": 100}
+    ).json()
+    assert len(only["items"]) == 6 and {i["camera_id"] for i in only["items"]} == {"feed-1"}
+
+
+def test_an_empty_long_poll_waits_and_keeps_the_cursor(server):
+    import time
+
+    last = httpx.get(f"{server.url}/v1/results", params={"limit": 1000}).json()["next"]
+    t0 = time.monotonic()
+    page = httpx.get(f"{server.url}/v1/results", params={"after": last, "wait": 0.5}).json()
+    assert page == {"items": [], "next": last} and time.monotonic() - t0 >= 0.45
+    assert_error(
+        httpx.get(f"{server.url}/v1/results", params={"after": "x"}), 400, "invalid_cursor"
+    )
+    assert_error(httpx.get(f"{server.url}/v1/results", params={"wait": 99}), 400, "invalid_request")
+
+
+def test_the_feed_as_server_sent_events(server):
+    last = httpx.get(f"{server.url}/v1/results", params={"limit": 1000}).json()["next"]
+    frame_id = post(server, small_png(7), name="f.png", ctype="image/png", wait=True).json()[
+        "frame_id"
+    ]
+    with httpx.stream(
+        "GET", f"{server.url}/v1/results/stream", params={"after": last}, timeout=30
+    ) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = []
+        for line in r.iter_lines():
+            lines.append(line)
+            if line.startswith("data: "):
+                break
+    assert lines[0].startswith("id: ") and lines[1] == "event: result"
+    assert frame_id in lines[2]
+
+
+def test_truck_report_and_listing_through_http(server, frame):
+    ids = [
+        post(server, jpeg(frame.image, q), {"truck_id": "TRK-REPORT-1"}, wait=True).json()[
+            "frame_id"
+        ]
+        for q in (90, 85)
+    ]
+    report = httpx.get(f"{server.url}/v1/trucks/TRK-REPORT-1/report").json()
+    assert report["truck_id"] == "TRK-REPORT-1" and report["frames"] == 2
+    assert report["verdict"] in {"clean", "inspect", "reject"}
+    assert {e["frame_id"] for e in report["evidence"]} <= set(ids)
+    as_csv = httpx.get(f"{server.url}/v1/trucks/TRK-REPORT-1/report", params={"format": "csv"})
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    assert as_csv.text.splitlines()[0].startswith("truck_id,verdict,frames")
+    listing = httpx.get(f"{server.url}/v1/trucks", params={"since": "2020-01-01T00:00:00Z"}).json()
+    assert "TRK-REPORT-1" in [t["truck_id"] for t in listing["trucks"]]
+    future = httpx.get(f"{server.url}/v1/trucks", params={"since": "2999-01-01T00:00:00Z"}).json()
+    assert future == {"trucks": []}
+    assert_error(httpx.get(f"{server.url}/v1/trucks/NOPE-0/report"), 404, "truck_not_found")
+    assert_error(
+        httpx.get(f"{server.url}/v1/trucks", params={"since": "soon"}), 400, "invalid_query"
+    )
+    assert_error(
+        httpx.get(f"{server.url}/v1/trucks", params={"verdict": "maybe"}), 400, "invalid_request"
+    )
