@@ -24,7 +24,6 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
-    FileResponse,
     JSONResponse,
     PlainTextResponse,
     Response,
@@ -315,13 +314,18 @@ class Service:
 
 
 async def _feed_page(
-    svc: Service, after: int, limit: int, camera_id: str | None, wait: float
-) -> tuple[list[dict[str, Any]], int]:
+    svc: Service, after: str, limit: int, camera_id: str | None, wait: float
+) -> tuple[list[dict[str, Any]], str]:
     """Up to `limit` finished frames after `after`; waits up to `wait` s for the first one."""
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         async with svc.finished:
-            rows = await asyncio.to_thread(svc.store.feed, after, limit, camera_id)
+            try:
+                rows = await asyncio.to_thread(svc.store.feed, after, limit, camera_id)
+            except ValueError:
+                raise APIError(
+                    400, "invalid_cursor", "a cursor is the `next` value of an earlier page"
+                ) from None
             remaining = deadline - asyncio.get_running_loop().time()
             if rows or remaining <= 0:
                 break
@@ -332,7 +336,7 @@ async def _feed_page(
         res = r.result or {}
         items.append(
             {
-                "cursor": str(seq),
+                "cursor": seq,
                 "frame_id": r.frame_id,
                 "camera_id": r.camera_id,
                 "truck_id": r.truck_id,
@@ -347,14 +351,6 @@ async def _feed_page(
             }
         )
     return items, rows[-1][0] if rows else after
-
-
-def _cursor(value: str | None) -> int:
-    if value is None or value == "":
-        return 0
-    if not value.isdigit() or len(value) > 18:
-        raise APIError(400, "invalid_cursor", "a cursor is the `next` value of an earlier page")
-    return int(value)
 
 
 def _when(value: str | None, name: str) -> float | None:
@@ -541,28 +537,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """A frame's status (queued, processing, done, failed with the reason) and result."""
         return _status(checked_id(frame_id), service(request))
 
-    async def result_file(request: Request, frame_id: str, name: str, media: str) -> FileResponse:
+    async def result_file(request: Request, frame_id: str, name: str, media: str) -> Response:
         status = _status(checked_id(frame_id), service(request))
-        path = service(request).store.file(frame_id, name)
-        if status.status != "done" or path is None:
+        data = await asyncio.to_thread(service(request).store.file_bytes, frame_id, name)
+        if status.status != "done" or data is None:
             raise APIError(404, "result_not_ready", f"frame {frame_id} is {status.status}")
-        return FileResponse(path, media_type=media)
+        return Response(data, media_type=media)
 
     @app.get(
         "/v1/frames/{frame_id}/mask.png",
-        response_class=FileResponse,
+        response_class=Response,
         responses={200: {"content": {"image/png": {}}}, **ERRORS},
     )
-    async def get_mask(request: Request, frame_id: str) -> FileResponse:
+    async def get_mask(request: Request, frame_id: str) -> Response:
         """Class index per pixel at full frame size (0 normal, 1 motor, 2 cable, 3 spray_can)."""
         return await result_file(request, frame_id, "mask.png", "image/png")
 
     @app.get(
         "/v1/frames/{frame_id}/overlay.jpg",
-        response_class=FileResponse,
+        response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
     )
-    async def get_overlay(request: Request, frame_id: str) -> FileResponse:
+    async def get_overlay(request: Request, frame_id: str) -> Response:
         """The frame with instances outlined and labelled with class and score."""
         return await result_file(request, frame_id, "overlay.jpg", "image/jpeg")
 
@@ -579,8 +575,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         Page with `after=<next>`: each finished frame appears exactly once, however many
         arrive while paging. With `wait`, an empty page waits for the next frame to finish.
         """
-        items, last = await _feed_page(service(request), _cursor(after), limit, camera_id, wait)
-        return {"items": items, "next": str(last)}
+        items, last = await _feed_page(service(request), (after or ""), limit, camera_id, wait)
+        return {"items": items, "next": last}
 
     @app.get("/v1/results/stream", response_class=StreamingResponse)
     async def results_stream(
@@ -590,7 +586,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> StreamingResponse:
         """The same feed as server-sent events (`id:` is the cursor; Last-Event-ID resumes)."""
         svc = service(request)
-        start = _cursor(request.headers.get("last-event-id") or after)
+        start = request.headers.get("last-event-id") or after or ""
 
         async def events() -> AsyncIterator[str]:
             cursor = start

@@ -158,19 +158,24 @@ class SQLiteStore:
         return None if row is None else _record(row)
 
     def feed(
-        self, after: int, limit: int, camera_id: str | None = None
-    ) -> list[tuple[int, FrameRecord]]:
-        """Finished frames after feed position `after`, in completion order."""
+        self, after: str, limit: int, camera_id: str | None = None
+    ) -> list[tuple[str, FrameRecord]]:
+        """Finished frames after the cursor `after` ("" for the start), in completion order.
+
+        ValueError for a cursor this store did not give out.
+        """
+        if after and (not after.isdigit() or len(after) > 18):
+            raise ValueError("not a cursor of this store")
         where = "feed.seq > ?" + (" AND frames.camera_id = ?" if camera_id else "")
-        params: tuple[Any, ...] = (after, camera_id, limit) if camera_id else (after, limit)
+        params: tuple[Any, ...] = (0, camera_id, limit) if camera_id else (0, limit)
         cols = ", ".join(f"frames.{c.strip()}" for c in _COLUMNS.split(","))
         with self._lock:
             rows = self._db.execute(
                 f"SELECT feed.seq, {cols} FROM feed JOIN frames USING (frame_id)"
                 f" WHERE {where} ORDER BY feed.seq LIMIT ?",
-                params,
+                (int(after or 0), *params[1:]),
             ).fetchall()
-        return [(int(r[0]), _record(r[1:])) for r in rows]
+        return [(str(r[0]), _record(r[1:])) for r in rows]
 
     def truck(self, truck_id: str) -> list[FrameRecord]:
         """Every frame of a truck, oldest first."""
@@ -216,10 +221,10 @@ class SQLiteStore:
             ).fetchall()
         return [str(r[0]) for r in rows]
 
-    def file(self, frame_id: str, name: str) -> Path | None:
-        """A result file of a done frame, or None."""
+    def file_bytes(self, frame_id: str, name: str) -> bytes | None:
+        """A result file (mask.png, overlay.jpg) of a done frame, or None."""
         path = self.folder(frame_id) / name
-        return path if path.is_file() else None
+        return path.read_bytes() if path.is_file() else None
 
     def _set(
         self, frame_id: str, status: Status, result: str | None = None, error: str | None = None
