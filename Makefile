@@ -37,6 +37,7 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/mypy
 
 unit: $(VENV)/.dev
+	scripts/ensure-redis.sh
 	$(PY) -m pytest
 
 test: lint unit

@@ -48,7 +48,8 @@ from service.errors import APIError
 from service.pipeline import Pipeline
 from service.reports import report_csv, truck_report, trucks_csv
 from service.settings import ID_PATTERN, Settings
-from service.store import IdempotencyConflict, SQLiteStore
+from service.store import IdempotencyConflict, SQLiteStore, Store
+from service.store_redis import RedisStore
 
 log = logging.getLogger("scrapscan.service")
 
@@ -220,7 +221,13 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.ready = False
-        self.store = SQLiteStore(settings.data_dir)
+        self.store: Store = (
+            RedisStore(
+                settings.redis_url.get_secret_value(), settings.result_ttl_s, settings.report_ttl_s
+            )
+            if settings.store == "redis"
+            else SQLiteStore(settings.data_dir)
+        )
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.done: dict[str, asyncio.Event] = {}
         self.workers: list[asyncio.Task[None]] = []

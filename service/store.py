@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Status = Literal["queued", "processing", "done", "failed"]
 
@@ -69,6 +69,70 @@ class FrameRecord:
     error: str | None
     result: dict[str, Any] | None
     completed_at: float | None
+
+
+class Store(Protocol):
+    """What the service needs of a store (SQLiteStore here, RedisStore in store_redis)."""
+
+    def add(
+        self,
+        frame_id: str,
+        camera_id: str,
+        truck_id: str | None,
+        captured_at: str | None,
+        image: bytes,
+        image_ext: str,
+        sha256: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[str, bool]:
+        """Store an accepted frame as queued; (frame_id, created)."""
+        ...
+
+    def image(self, frame_id: str) -> bytes:
+        """The upload's bytes."""
+        ...
+
+    def get(self, frame_id: str) -> FrameRecord | None:
+        """The frame, or None."""
+        ...
+
+    def set_processing(self, frame_id: str) -> None:
+        """Mark a frame as being processed."""
+        ...
+
+    def complete(self, frame_id: str, result: dict[str, Any], files: dict[str, bytes]) -> None:
+        """Store the result and files; the frame is done (once)."""
+        ...
+
+    def fail(self, frame_id: str, reason: str) -> None:
+        """The frame failed, with the reason (once)."""
+        ...
+
+    def unfinished(self) -> list[str]:
+        """Frames accepted and not ended, oldest first."""
+        ...
+
+    def file_bytes(self, frame_id: str, name: str) -> bytes | None:
+        """A result file of a done frame, or None."""
+        ...
+
+    def feed(
+        self, after: str, limit: int, camera_id: str | None = None
+    ) -> list[tuple[str, FrameRecord]]:
+        """Ended frames after a cursor, in completion order."""
+        ...
+
+    def truck(self, truck_id: str) -> list[FrameRecord]:
+        """Every frame of a truck, oldest first."""
+        ...
+
+    def trucks(self, since: float | None = None, until: float | None = None) -> list[str]:
+        """Trucks whose latest frame was received in [since, until)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
 
 
 class SQLiteStore:
@@ -187,12 +251,12 @@ class SQLiteStore:
         return [_record(r) for r in rows]
 
     def trucks(self, since: float | None = None, until: float | None = None) -> list[str]:
-        """Trucks with a frame received in [since, until), most recent first."""
+        """Trucks whose latest frame was received in [since, until), most recent first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT truck_id FROM frames WHERE truck_id IS NOT NULL"
-                " AND received_at >= ? AND received_at < ?"
-                " GROUP BY truck_id ORDER BY MAX(received_at) DESC",
+                "SELECT truck_id FROM frames WHERE truck_id IS NOT NULL GROUP BY truck_id"
+                " HAVING MAX(received_at) >= ? AND MAX(received_at) < ?"
+                " ORDER BY MAX(received_at) DESC",
                 (since if since is not None else 0.0, until if until is not None else 1e18),
             ).fetchall()
         return [str(r[0]) for r in rows]
@@ -202,7 +266,13 @@ class SQLiteStore:
         self._set(frame_id, "processing")
 
     def complete(self, frame_id: str, result: dict[str, Any], files: dict[str, bytes]) -> None:
-        """Store the result and its files (mask.png, overlay.jpg) and mark the frame done."""
+        """Store the result and its files (mask.png, overlay.jpg) and mark the frame done.
+
+        A frame that has ended already keeps its first result and files.
+        """
+        record = self.get(frame_id)
+        if record is None or record.status in ("done", "failed"):
+            return
         folder = self.folder(frame_id)
         for name, data in files.items():
             _write_atomic(folder / name, data)
@@ -233,7 +303,8 @@ class SQLiteStore:
         with self._lock, self._db:
             self._db.execute(
                 "UPDATE frames SET status = ?, result = COALESCE(?, result),"
-                " error = COALESCE(?, error), completed_at = ? WHERE frame_id = ?",
+                " error = COALESCE(?, error), completed_at = ?"
+                " WHERE frame_id = ? AND status NOT IN ('done', 'failed')",
                 (status, result, error, done, frame_id),
             )
             if done is not None:  # a frame finished twice is in the feed once

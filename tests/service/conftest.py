@@ -87,3 +87,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
+    """The same service with SCRAPSCAN_STORE=redis (embedded worker, results in Redis)."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    srv = Server(
+        tmp_path_factory.mktemp("service-redis") / "data",
+        {"SCRAPSCAN_STORE": "redis", "SCRAPSCAN_REDIS_URL": redis_url, "SCRAPSCAN_THREADS": "2"},
+    )
+    srv.start()
+    yield srv
+    srv.stop()

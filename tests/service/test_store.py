@@ -1,0 +1,120 @@
+"""One contract, two stores: SQLite (embedded) and Redis (a real redis-server)."""
+
+import hashlib
+import time
+
+import pytest
+
+from service.store import IdempotencyConflict, SQLiteStore
+from service.store_redis import RedisStore
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "data")
+    else:
+        url = request.getfixturevalue("redis_url")
+        s = RedisStore(url, result_ttl=3600, report_ttl=7200)
+        s.r.flushdb()
+    yield s
+    s.close()
+
+
+def add(store, frame_id, data=b"jpeg-bytes", camera="cam", truck=None, key=None):
+    sha = hashlib.sha256(data).hexdigest()
+    return store.add(frame_id, camera, truck, None, data, ".jpg", sha, key)
+
+
+def done(store, frame_id, score=0.5, cls="motor"):
+    store.set_processing(frame_id)
+    inst = {"class": cls, "score": score, "area": 100}
+    store.complete(frame_id, {"verdict": "inspect", "instances": [inst]}, {"mask.png": b"png"})
+
+
+def test_a_frame_goes_from_queued_to_done(store):
+    assert add(store, "f" * 32) == ("f" * 32, True)
+    r = store.get("f" * 32)
+    assert (r.status, r.camera_id, r.truck_id, r.result) == ("queued", "cam", None, None)
+    assert store.image("f" * 32) == b"jpeg-bytes"
+    assert store.unfinished() == ["f" * 32]
+    store.set_processing("f" * 32)
+    assert store.get("f" * 32).status == "processing"
+    done(store, "f" * 32)
+    r = store.get("f" * 32)
+    assert r.status == "done" and r.result["verdict"] == "inspect" and r.completed_at
+    assert store.file_bytes("f" * 32, "mask.png") == b"png"
+    assert store.file_bytes("f" * 32, "overlay.jpg") is None
+    assert store.unfinished() == [] and store.get("0" * 32) is None
+
+
+def test_failures_keep_their_reason(store):
+    add(store, "a" * 32)
+    store.fail("a" * 32, "corrupt_image: truncated")
+    r = store.get("a" * 32)
+    assert r.status == "failed" and r.error == "corrupt_image: truncated"
+
+
+def test_idempotency_keys(store):
+    assert add(store, "1" * 32, b"one", key="k1") == ("1" * 32, True)
+    assert add(store, "2" * 32, b"one", key="k1") == ("1" * 32, False)
+    with pytest.raises(IdempotencyConflict):
+        add(store, "3" * 32, b"two", key="k1")
+    assert store.get("3" * 32) is None
+
+
+def test_a_frame_ended_twice_is_stored_and_fed_once(store):
+    add(store, "b" * 32)
+    done(store, "b" * 32, score=0.4)
+    done(store, "b" * 32, score=0.9)  # a second worker after a takeover
+    store.fail("b" * 32, "late failure")
+    r = store.get("b" * 32)
+    assert r.status == "done" and r.result["instances"][0]["score"] == 0.4
+    assert [f.frame_id for _, f in store.feed("", 100)] == ["b" * 32]
+
+
+def test_the_feed_pages_in_completion_order_exactly_once(store):
+    ids = [f"{i:032x}" for i in range(7)]
+    for i, fid in enumerate(ids):
+        add(store, fid, camera="even" if i % 2 == 0 else "odd")
+    order = [ids[3], ids[0], ids[6], ids[1], ids[5], ids[2], ids[4]]
+    seen, cursor = [], ""
+    for k, fid in enumerate(order):
+        done(store, fid) if k % 3 else store.fail(fid, "x")
+        if k % 2:  # page while frames keep ending
+            page = store.feed(cursor, 2)
+            seen += [f.frame_id for _, f in page]
+            cursor = page[-1][0] if page else cursor
+    while page := store.feed(cursor, 2):
+        seen += [f.frame_id for _, f in page]
+        cursor = page[-1][0]
+    assert seen == order
+    assert [f.frame_id for _, f in store.feed("", 10, camera_id="odd")] == [ids[3], ids[1], ids[5]]
+    assert store.feed(cursor, 10) == []
+    with pytest.raises(ValueError, match="not a cursor"):
+        store.feed("not-a-cursor", 10)
+
+
+def test_trucks_and_their_frames(store):
+    add(store, "c" * 32, truck="T-1")
+    time.sleep(0.01)
+    add(store, "d" * 32, truck="T-1")
+    done(store, "c" * 32)
+    time.sleep(0.01)
+    add(store, "e" * 32, truck="T-2")
+    assert [f.frame_id for f in store.truck("T-1")] == ["c" * 32, "d" * 32]
+    assert store.truck("T-3") == []
+    assert store.trucks() == ["T-2", "T-1"]
+    now = time.time()
+    assert store.trucks(since=now + 10) == [] and store.trucks(until=now + 10) == ["T-2", "T-1"]
+
+
+def test_redis_results_expire_and_reports_outlive_them(redis_url):
+    s = RedisStore(redis_url, result_ttl=1, report_ttl=60)
+    s.r.flushdb()
+    add(s, "9" * 32, truck="T-9")
+    done(s, "9" * 32)
+    assert 0 < s.r.ttl("scrapscan:frame:" + "9" * 32) <= 1
+    assert s.r.ttl("scrapscan:truck:T-9") > 1
+    assert s.r.exists("scrapscan:frame:" + "9" * 32 + ":image") == 0  # the upload is gone
+    s.close()
