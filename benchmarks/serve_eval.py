@@ -24,19 +24,12 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
-import numpy.typing as npt
 
+from common.imaging import polygon_mask
 from service.demo import running_service
 from service.settings import CameraBed, Settings
 from training.metrics import PixelMetricAccumulator
 from training.synth import render_frame
-
-
-def _fill(polygon: list[list[float]], h: int, w: int) -> npt.NDArray[np.bool_]:
-    mask = np.zeros((h, w), np.uint8)
-    pts = np.round((np.asarray(polygon, np.float64) - 0.5) * 16).astype(np.int32)
-    cv2.fillPoly(mask, [pts], 1, cv2.LINE_8, 4)
-    return mask.astype(bool)
 
 
 def main() -> None:
@@ -74,7 +67,7 @@ def main() -> None:
                 covered = np.zeros((h, w), bool)
                 truth = frame.class_mask() > 0
                 for inst in res["instances"]:
-                    region = _fill(inst["polygon"], h, w)
+                    region = polygon_mask(inst["polygon"], h, w)
                     scores = np.maximum(scores, np.where(region, inst["score"], 0.0))
                     covered |= region
                     returned += 1
@@ -85,8 +78,8 @@ def main() -> None:
                     if visible.any():
                         total += 1
                         found += bool((covered & visible).sum() >= 0.25 * visible.sum())
-                used = _fill(res["bed"]["polygon"], h, w)
-                true_bed = _fill(frame.bed_polygon.tolist(), h, w)
+                used = polygon_mask(res["bed"]["polygon"], h, w)
+                true_bed = polygon_mask(frame.bed_polygon, h, w)
                 bed_iou.append(float((used & true_bed).sum() / max((used | true_bed).sum(), 1)))
     m = acc.compute()
     print(

@@ -45,3 +45,21 @@ def normalize(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     inv_std = 1.0 / (np.asarray(CLIP_STD, dtype=np.float32) * 255.0)
     out = (rgb.astype(np.float32) - mean) * inv_std
     return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def polygon_mask(
+    points: npt.ArrayLike,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (1.0, 1.0),
+) -> npt.NDArray[np.bool_]:
+    """The pixels of a height x width grid whose centres a polygon covers.
+
+    `points` are (x, y) vertices in COCO convention (pixel i spans [i, i + 1)), multiplied
+    by `scale` (x, y) first, e.g. to rasterise a frame's polygon on a smaller grid.
+    Rasterised with 1/16-pixel precision.
+    """
+    pts = (np.asarray(points, dtype=np.float64).reshape(-1, 2) * scale - 0.5) * 16
+    mask = np.zeros((height, width), np.uint8)
+    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1, cv2.LINE_8, 4)
+    return mask.astype(bool)

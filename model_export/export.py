@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 import torch
 
 from common.classes import CLASS_NAMES
@@ -139,25 +137,7 @@ def export_bed_model(path: Path, out: Path) -> dict[str, Any]:
         raise ExportError(str(err)) from None
     graph = torch.nn.Sequential(net, torch.nn.Sigmoid()).eval()
     h, w = BED_INPUT
-    batch = torch.export.Dim("batch", min=1, max=16)
-    quiet = logging.getLogger("onnxscript")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        torch.onnx.export(
-            graph,
-            (torch.zeros(2, 3, h, w),),
-            str(out),
-            dynamo=True,
-            input_names=["images"],
-            output_names=["bed_probs"],
-            dynamic_shapes=({0: batch},),
-            external_data=False,
-            verbose=False,
-        )
-    finally:
-        quiet.setLevel(level)
-    onnx.checker.check_model(str(out), full_check=True)
+    export_onnx(graph, out, (3, h, w), 16, output_names=("bed_probs",))
     x = np.stack([bed_input(render_frame(7, i, 768, 432).image) for i in range(4)])
     import onnxruntime as ort
 
@@ -217,7 +197,8 @@ def export_bundle(
             )
 
         start = time.perf_counter()
-        export_onnx(graph, work / "model.onnx", options.max_batch)
+        size = cfg.model.input_size
+        export_onnx(graph, work / "model.onnx", (3, size, size), options.max_batch)
         if options.simplify:
             simplify(work / "model.onnx")
         checked("model.onnx", "fp32", compare(reference, onnx_runner(work / "model.onnx"), inputs))

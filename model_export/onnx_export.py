@@ -9,40 +9,53 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
 import torch
 
-from model_export.graph import INPUT_NAMES, OUTPUT_NAMES, InferenceGraph
+from model_export.graph import INPUT_NAMES, OUTPUT_NAMES
 
 OPSET = 18
 # ConstantOfShape keeps a float32 value attribute the converter does not rewrite
 _FP16_KEEP_FP32 = ("ConstantOfShape",)
 
 
-def export_onnx(graph: InferenceGraph, path: Path, max_batch: int) -> None:
-    """Write the fp32 graph with batch axis 1..max_batch and check it with onnx.checker."""
-    example = torch.zeros(2, 3, graph.input_size, graph.input_size)
+def export_onnx(
+    module: torch.nn.Module,
+    path: Path,
+    input_shape: tuple[int, ...],
+    max_batch: int,
+    input_names: Sequence[str] = INPUT_NAMES,
+    output_names: Sequence[str] = OUTPUT_NAMES,
+) -> None:
+    """Write `module` as fp32 ONNX with batch axis 1..max_batch and check it with onnx.checker.
+
+    `input_shape` is one item's shape, e.g. (3, 518, 518).
+    """
+    example = torch.zeros(2, *input_shape)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     quiet = logging.getLogger("onnxscript")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # constant-folding notes, one per Split node
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph,
-            (example,),
-            str(path),
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=({0: batch},),
-            external_data=False,
-            verbose=False,
-        )
-    quiet.setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        quiet.setLevel(level)
     onnx.checker.check_model(str(path), full_check=True)
 
 

@@ -14,9 +14,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from common.imaging import normalize, resize_tile
-from common.tiling import cut_tile, polygon_box, tile_grid
+from common.imaging import DEFAULT_OVERLAP, TILE_SIZE
+from common.tiling import polygon_box
 from model_export.graph import OUTPUT_NAMES, InferenceGraph
+from service.stages import make_tiles
 
 Outputs = tuple[npt.NDArray[np.float32], ...]
 Runner = Callable[[npt.NDArray[np.float32]], Outputs]
@@ -64,19 +65,15 @@ def parity_inputs(
 
     rng = np.random.default_rng(seed)
     out = [rng.standard_normal((random, 3, input_size, input_size)).astype(np.float32)]
-    tiles: list[npt.NDArray[np.float32]] = []
     index = 0
-    while len(tiles) < synthetic:
+    while synthetic > 0:  # cut as the service cuts: bed box, 512 px tiles, 64 px overlap
         frame = render_frame(seed, index, 1280, 720)
         h, w = frame.image.shape[:2]
-        grid = tile_grid(polygon_box(frame.bed_polygon, w, h))
-        for tile in grid.tiles[: synthetic - len(tiles)]:
-            bgr = cut_tile(frame.image, tile)
-            rgb = np.ascontiguousarray(bgr[..., ::-1])
-            tiles.append(normalize(resize_tile(rgb, input_size)))
+        box = polygon_box(frame.bed_polygon, w, h)
+        _, inputs = make_tiles(frame.image, box, TILE_SIZE, DEFAULT_OVERLAP, input_size)
+        out.append(inputs[:synthetic])
+        synthetic -= len(out[-1])
         index += 1
-    if tiles:
-        out.append(np.stack(tiles))
     return np.concatenate(out)
 
 

@@ -46,7 +46,7 @@ from service.decode import FORMATS, read_header
 from service.engine import open_engine
 from service.errors import APIError
 from service.pipeline import Pipeline
-from service.reports import report_csv, truck_report, trucks_csv
+from service.reports import frame_links, report_csv, truck_report, trucks_csv
 from service.settings import ID_PATTERN, Settings
 from service.store import IdempotencyConflict, SQLiteStore, Store
 from service.store_redis import RedisStore
@@ -354,7 +354,7 @@ async def _feed_page(
                 "verdict": res.get("verdict"),
                 "scores": res.get("scores"),
                 "instances": len(res.get("instances", [])),
-                "links": _links(r.frame_id),
+                "links": frame_links(r.frame_id),
             }
         )
     return items, rows[-1][0] if rows else after
@@ -372,11 +372,6 @@ def _when(value: str | None, name: str) -> float | None:
     return t.timestamp()
 
 
-def _links(frame_id: str) -> dict[str, str]:
-    base = f"/v1/frames/{frame_id}"
-    return {"self": base, "mask": f"{base}/mask.png", "overlay": f"{base}/overlay.jpg"}
-
-
 def _status(frame_id: str, svc: Service) -> FrameStatus:
     record = svc.store.get(frame_id)
     if record is None:
@@ -389,7 +384,7 @@ def _status(frame_id: str, svc: Service) -> FrameStatus:
         status=record.status,
         error=record.error,
         result=record.result,
-        links=_links(frame_id),
+        links=frame_links(frame_id),
     )
 
 
@@ -529,7 +524,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             status = _status(frame_id, svc)
             if status.status in ("done", "failed"):
                 return JSONResponse(status.model_dump(), 200)
-        accepted = FrameAccepted(frame_id=frame_id, status="queued", links=_links(frame_id))
+        accepted = FrameAccepted(frame_id=frame_id, status="queued", links=frame_links(frame_id))
         return JSONResponse(
             accepted.model_dump(), 202, headers={"Location": f"/v1/frames/{frame_id}"}
         )

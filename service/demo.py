@@ -29,7 +29,8 @@ from service.app import create_app
 from service.settings import CameraBed, Settings
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 @contextlib.contextmanager
 def running_service(settings: Settings, timeout: float = 120) -> Iterator[str]:
     """The service on a free local port in a background thread; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     )

@@ -117,7 +117,7 @@ class Pipeline:
         )
         timer.lap("crop")
         tiles, inputs = await asyncio.to_thread(
-            make_tiles, frame, bed, m.tile_size, m.overlap, m.input_size
+            make_tiles, frame, bed.box, m.tile_size, m.overlap, m.input_size
         )
         timer.lap("tile")
         out = await self.batcher.infer(inputs)

@@ -23,6 +23,12 @@ ANOMALY_CLASSES = ("motor", "cable", "spray_can")
 EVIDENCE_FRAMES = 5
 
 
+def frame_links(frame_id: str) -> dict[str, str]:
+    """The URLs of a frame's status, mask and overlay."""
+    base = f"/v1/frames/{frame_id}"
+    return {"self": base, "mask": f"{base}/mask.png", "overlay": f"{base}/overlay.jpg"}
+
+
 def _seen(record: FrameRecord) -> str:
     if record.captured_at:
         return record.captured_at
@@ -61,7 +67,7 @@ def truck_report(
                     "frame_id": f.frame_id,
                     "score": top["score"],
                     "class": top["class"],
-                    "overlay": f"/v1/frames/{f.frame_id}/overlay.jpg",
+                    "overlay": frame_links(f.frame_id)["overlay"],
                 }
             )
     evidence.sort(key=lambda e: e["score"], reverse=True)

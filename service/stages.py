@@ -7,6 +7,7 @@ Coordinates are frame pixels in COCO convention (pixel i spans [i, i + 1)).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from common.imaging import PAD_RGB, normalize, resize_tile
+from common.imaging import PAD_RGB, normalize, polygon_mask, resize_tile
 from common.tiling import Box, Tile, cut_tile, polygon_box, tile_grid
 from service.settings import CameraBed
 
@@ -66,21 +67,20 @@ def bed_crop(
     else:
         polygon = full
     box = polygon_box(polygon, w, h)
-    mask = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(mask, [np.round(polygon * 16 - 8).astype(np.int32)], 1, cv2.LINE_8, 4)
+    mask = polygon_mask(polygon, h, w)
     if not mask.any():
         raise ValueError("the bed polygon covers no pixel of the frame")
-    return Bed(polygon, box, mask.astype(bool), strategy)
+    return Bed(polygon, box, mask, strategy)
 
 
 # --- tiles -----------------------------------------------------------------------------------
 
 
 def make_tiles(
-    frame_bgr: npt.NDArray[np.uint8], bed: Bed, tile_size: int, overlap: int, input_size: int
+    frame_bgr: npt.NDArray[np.uint8], region: Box, tile_size: int, overlap: int, input_size: int
 ) -> tuple[tuple[Tile, ...], npt.NDArray[np.float32]]:
-    """The tiles over the bed's box and their (N, 3, S, S) CLIP-normalised model inputs."""
-    grid = tile_grid(bed.box, tile_size, overlap)
+    """The tiles over `region` (the bed's box) and their (N, 3, S, S) CLIP-normalised inputs."""
+    grid = tile_grid(region, tile_size, overlap)
     inputs = np.empty((len(grid.tiles), 3, input_size, input_size), np.float32)
     bgr_pad = PAD_RGB[::-1]
     for i, tile in enumerate(grid.tiles):
@@ -92,6 +92,7 @@ def make_tiles(
 # --- merge -----------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8)
 def blend_weights(size: int, ramp: int) -> npt.NDArray[np.float32]:
     """(size, size) weights: 1 inside, falling linearly to a small positive value at the border.
 
@@ -103,7 +104,9 @@ def blend_weights(size: int, ramp: int) -> npt.NDArray[np.float32]:
     i = np.arange(size, dtype=np.float32)
     edge = np.minimum(i + 0.5, size - i - 0.5) / ramp
     w1 = np.clip(edge, 1.0 / (2 * ramp), 1.0)
-    return np.outer(w1, w1).astype(np.float32)
+    weights = np.outer(w1, w1).astype(np.float32)
+    weights.flags.writeable = False  # cached: shared by every merge
+    return weights
 
 
 @dataclass(slots=True)
@@ -132,29 +135,28 @@ def merge(
     h, w = frame_shape[:2]
     box = bed.box
     c = class_probs.shape[1]
-    acc = np.zeros((c + 1, box.height, box.width), np.float32)
-    total = np.zeros((box.height, box.width), np.float32)
+    # channels last while accumulating: each tile adds one contiguous block
+    acc = np.zeros((box.height, box.width, c + 1), np.float32)
+    total = np.zeros((box.height, box.width, 1), np.float32)
+    maps = np.concatenate([anomaly[:, None], class_probs], axis=1).transpose(0, 2, 3, 1)
     for k, tile in enumerate(tiles):
-        weights = blend_weights(tile.size, overlap)
-        maps = np.concatenate([anomaly[k][None], class_probs[k]]).transpose(1, 2, 0)
-        up = cv2.resize(maps, (tile.size, tile.size), interpolation=cv2.INTER_LINEAR)
-        up = up.reshape(tile.size, tile.size, c + 1)
+        weights = blend_weights(tile.size, overlap)[..., None]
+        up = cv2.resize(maps[k], (tile.size, tile.size), interpolation=cv2.INTER_LINEAR)
         th, tw = tile.box.height, tile.box.width
         y0, x0 = tile.box.y - box.y, tile.box.x - box.x
         wt = weights[:th, :tw]
-        acc[:, y0 : y0 + th, x0 : x0 + tw] += (up[:th, :tw] * wt[..., None]).transpose(2, 0, 1)
+        acc[y0 : y0 + th, x0 : x0 + tw] += up.reshape(tile.size, tile.size, c + 1)[:th, :tw] * wt
         total[y0 : y0 + th, x0 : x0 + tw] += wt
     acc /= total
     if sigma > 0:
-        for i in range(c + 1):
-            acc[i] = cv2.GaussianBlur(acc[i], (0, 0), sigma)
+        acc = cv2.GaussianBlur(acc, (0, 0), sigma).reshape(acc.shape)
     out_anomaly = np.zeros((h, w), np.float32)
     out_classes = np.zeros((c, h, w), np.float32)
     out_classes[0] = 1.0
     rows, cols = box.slices()
     inside = bed.mask[rows, cols]
-    out_anomaly[rows, cols] = np.where(inside, acc[0], 0.0)
-    out_classes[:, rows, cols] = np.where(inside, acc[1:], out_classes[:, rows, cols])
+    np.copyto(out_anomaly[rows, cols], acc[..., 0], where=inside)
+    np.copyto(out_classes[:, rows, cols], acc[..., 1:].transpose(2, 0, 1), where=inside)
     return Merged(out_anomaly, out_classes)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -61,9 +60,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "(scripts/ensure-redis.sh), or apt-get install redis-server"
         )
     folder = tmp_path_factory.mktemp("redis")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from service.demo import free_port
+
+    port = free_port()
     proc = subprocess.Popen(
         [
             server,

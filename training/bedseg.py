@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.bed import BED_INPUT, bed_input
+from common.imaging import polygon_mask
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -77,10 +77,7 @@ class BedNet(nn.Module):
 def bed_mask(polygon: npt.NDArray[np.float64], frame_w: int, frame_h: int) -> npt.NDArray[np.uint8]:
     """The polygon (frame pixels, COCO convention) rasterised at the bed model's size."""
     h, w = BED_INPUT
-    pts = (polygon * [w / frame_w, h / frame_h] - 0.5) * 16
-    mask = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1, cv2.LINE_8, 4)
-    return mask
+    return polygon_mask(polygon, h, w, (w / frame_w, h / frame_h)).astype(np.uint8)
 
 
 def synthetic_set(seed: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.imaging import polygon_mask
 from training.synth import render_frame
 
 pytestmark = pytest.mark.slow
@@ -274,9 +275,7 @@ def test_results_and_queued_frames_survive_a_restart(server, frame):
 
 def fill(polygon, shape):
     """Polygon (COCO convention) to a pixel mask."""
-    mask = np.zeros(shape, np.uint8)
-    cv2.fillPoly(mask, [np.round(np.asarray(polygon) * 16 - 8).astype(np.int32)], 1, cv2.LINE_8, 4)
-    return mask
+    return polygon_mask(polygon, *shape).astype(np.uint8)
 
 
 def test_held_out_4k_frames_against_their_ground_truth(server):

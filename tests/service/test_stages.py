@@ -68,7 +68,7 @@ def test_polygon_bed_limits_the_maps_and_tiles():
     assert (bed.box.x, bed.box.y, bed.box.width, bed.box.height) == (300, 200, 600, 400)
     assert bed.area == pytest.approx(600 * 400, rel=0.01) and bed.strategy == "polygon"
     frame = np.zeros((800, 1200, 3), np.uint8)
-    tiles, inputs = make_tiles(frame, bed, 512, 64, 518)
+    tiles, inputs = make_tiles(frame, bed.box, 512, 64, 518)
     assert inputs.shape == (len(tiles), 3, 518, 518)
     assert all(t.box.x >= 300 and t.box.x1 <= 900 for t in tiles)
     n = len(tiles)

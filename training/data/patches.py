@@ -21,6 +21,7 @@ from common.imaging import (
     DEFAULT_OVERLAP,
     INPUT_SIZE,
     PAD_RGB,
+    polygon_mask,
     TILE_SIZE,
     resize_mask,
     resize_tile,
@@ -82,9 +83,7 @@ def bed_coverage(frame: FrameRecord, tiles: tuple[Tile, ...]) -> list[float]:
         return [1.0] * len(tiles)
     s = _COVERAGE_SCALE
     h, w = -(-frame.height // s), -(-frame.width // s)
-    bed = np.zeros((h, w), dtype=np.uint8)
-    pts = np.round((frame.bed_polygon / s - 0.5) * 16).astype(np.int32)
-    cv2.fillPoly(bed, [pts], 1, cv2.LINE_8, 4)
+    bed = polygon_mask(frame.bed_polygon, h, w, (1 / s, 1 / s)).astype(np.uint8)
     out = []
     for t in tiles:
         b = t.box
