@@ -1,8 +1,10 @@
-"""The FastAPI app: embedded mode (API, in-process worker, SQLite store) in one process.
+"""The FastAPI app, embedded or scaled out.
 
 POST /v1/frames validates and stores the upload, answers 202 with its frame_id and
-queues it; worker tasks take frames from the queue and run them through the pipeline,
-whose engine is shared by all of them through the batcher. Errors are JSON:
+queues it. Embedded (store sqlite): worker tasks in this process take frames from the
+queue and run them through the pipeline, whose engine they share through the batcher.
+Scaled out (store redis): the frame goes on a Redis stream and scrapscan-worker processes
+(service/worker.py) do the work; this process answers from Redis. Errors are JSON:
 {"error": {"code": "...", "message": "..."}}.
 """
 
@@ -20,7 +22,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
+import redis
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
@@ -29,23 +31,14 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.batcher import Batcher
-from service.bundle import load_bundle
 from service.decode import FORMATS, read_header
-from service.engine import open_engine
 from service.errors import APIError
-from service.pipeline import Pipeline
+from service.metrics import Metrics
+from service.processor import FrameFailed, Processor
 from service.reports import frame_links, report_csv, truck_report, trucks_csv
 from service.settings import ID_PATTERN, Settings
 from service.store import IdempotencyConflict, SQLiteStore, Store
@@ -108,7 +101,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         409: "Idempotency-Key reused with other bytes",
         413: "upload or image too large",
         415: "not multipart/form-data, or not JPEG or PNG",
-        503: "the model is not loaded yet",
+        429: "queue_full: too many frames wait to be processed; retry after Retry-After s",
+        503: "not_ready: the model is loading; store_unavailable: Redis cannot be reached",
     }.items()
 }
 
@@ -216,108 +210,116 @@ async def _send_error(send: Send, err: APIError) -> None:
 
 
 class Service:
-    """What the app holds while it runs: bundle, engine, batcher, store, queue, workers."""
+    """What the app holds while it runs: store, metrics and, in embedded mode, the worker.
+
+    Embedded (store sqlite): accepted frames go on an in-process queue that `workers`
+    tasks drain through the Processor. Scaled out (store redis): the store puts each frame
+    on the Redis stream that scrapscan-worker processes read; this process only follows
+    the feed stream to wake long-polls and ?wait=true requests.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.ready = False
-        self.store: Store = (
-            RedisStore(
+        self.metrics = Metrics()
+        self.redis: RedisStore | None = None
+        self.store: Store
+        if settings.store == "redis":
+            self.redis = RedisStore(
                 settings.redis_url.get_secret_value(), settings.result_ttl_s, settings.report_ttl_s
             )
-            if settings.store == "redis"
-            else SQLiteStore(settings.data_dir)
-        )
+            self.store = self.redis
+            self.processor: Processor | None = None
+        else:
+            self.store = SQLiteStore(settings.data_dir)
+            self.processor = Processor(settings, self.store, self.metrics)
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.done: dict[str, asyncio.Event] = {}
-        self.workers: list[asyncio.Task[None]] = []
-        self.registry = CollectorRegistry()
-        self.frames = Counter(
-            "scrapscan_frames", "Frames by outcome", ["outcome"], registry=self.registry
-        )
-        self.stage_seconds = Histogram(
-            "scrapscan_stage_duration_seconds",
-            "Time per frame stage",
-            ["stage"],
-            registry=self.registry,
-        )
-        self.batcher: Batcher | None = None
-        self.pipeline: Pipeline | None = None
+        self.tasks: list[asyncio.Task[None]] = []
         self.finished = asyncio.Condition()
         """Notified each time a frame ends (done or failed): wakes feed long-polls."""
 
     async def start(self) -> None:
-        """Load the bundle and engine, warm it with one batch, start the workers."""
-        s = self.settings
-        bundle = await asyncio.to_thread(load_bundle, s.bundle)
-        engine = await asyncio.to_thread(
-            open_engine, bundle, s.engine, s.device, s.threads, s.precision
-        )
-        size = bundle.manifest.input_size
-        await asyncio.to_thread(engine.infer, np.zeros((1, 3, size, size), np.float32))
-        self.batcher = Batcher(engine, s.batch.max_batch, s.batch.max_wait_ms / 1000)
-        self.batcher.start()
-        beds = [s.default_bed, *s.cameras.values()]
-        finder = None
-        if any(b.bed == "learned" for b in beds):
-            from service.bedmodel import LearnedBed
+        """Start the worker tasks (embedded) or the feed follower (redis).
 
-            finder = LearnedBed(bundle)
-        self.pipeline = Pipeline(bundle, self.batcher, s, finder)
-        for frame_id in self.store.unfinished():
-            self.queue.put_nowait(frame_id)
-        self.workers = [
-            asyncio.create_task(self._work(), name=f"worker-{i}") for i in range(s.workers)
-        ]
-        self.ready = True
-        log.info("ready: bundle %s, engine %s", bundle, engine.name)
+        Embedded: load the engine, queue the unfinished frames, start the workers. Redis:
+        follow the feed stream (Redis may still be away; /readyz says so).
+        """
+        if self.processor is not None:
+            await self.processor.start()
+            for frame_id in self.store.unfinished():
+                self.queue.put_nowait(frame_id)
+            self.tasks = [
+                asyncio.create_task(self._work(), name=f"worker-{i}")
+                for i in range(self.settings.workers)
+            ]
+        else:
+            self.tasks = [asyncio.create_task(self._follow(), name="feed-follower")]
 
     async def stop(self) -> None:
-        """Stop the workers and the batcher (unfinished frames stay queued in the store)."""
-        self.ready = False
-        for task in self.workers:
+        """Stop the tasks and the engine (unfinished frames stay queued in the store)."""
+        for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.workers, return_exceptions=True)
-        if self.batcher is not None:
-            await self.batcher.stop()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.processor is not None:
+            await self.processor.stop()
         self.store.close()
 
+    async def ready(self) -> None:
+        """Raise APIError 503 unless frames can be taken and processed."""
+        if self.processor is not None and not self.processor.ready:
+            raise APIError(503, "not_ready", "the model is loading")
+        if self.redis is not None:
+            await asyncio.to_thread(self.redis.ping)  # 503 store_unavailable when away
+
+    def accept(self, frame_id: str, wait: bool) -> None:
+        """A frame was stored: queue it (embedded) and note who waits for it."""
+        self.metrics.frames.labels("accepted").inc()
+        if wait:
+            self.done[frame_id] = asyncio.Event()
+        if self.processor is not None:
+            self.queue.put_nowait(frame_id)
+
+    async def ended(self, frame_ids: list[str]) -> None:
+        """Wake the feed's long-polls and the requests waiting for these frames."""
+        async with self.finished:
+            self.finished.notify_all()
+        for frame_id in frame_ids:
+            event = self.done.pop(frame_id, None)
+            if event is not None:
+                event.set()
+
     async def _work(self) -> None:
-        assert self.pipeline is not None
+        assert self.processor is not None
         while True:
             frame_id = await self.queue.get()
             try:
-                await self._process(frame_id)
+                await self.processor.run(frame_id)
+            except FrameFailed as err:  # embedded: one attempt, the frame fails
+                if await asyncio.to_thread(self.store.fail, frame_id, str(err)):
+                    self.metrics.frames.labels("failed").inc()
+            except Exception:
+                log.exception("frame %s: the store failed", frame_id)
             finally:
                 self.queue.task_done()
-                async with self.finished:
-                    self.finished.notify_all()
-                event = self.done.pop(frame_id, None)
-                if event is not None:
-                    event.set()
+                await self.ended([frame_id])
 
-    async def _process(self, frame_id: str) -> None:
-        assert self.pipeline is not None
-        record = self.store.get(frame_id)
-        if record is None or record.status in ("done", "failed"):
-            return
-        self.store.set_processing(frame_id)
-        try:
-            data = await asyncio.to_thread(self.store.image, frame_id)
-            processed = await self.pipeline.process(data, record.camera_id)
-        except APIError as err:  # the bytes passed the header check but not decoding
-            self.store.fail(frame_id, f"{err.code}: {err.message}")
-            self.frames.labels("failed").inc()
-            return
-        except Exception as err:  # a failure inside the pipeline fails this frame only
-            log.exception("frame %s failed", frame_id)
-            self.store.fail(frame_id, f"internal_error: {type(err).__name__}: {err}")
-            self.frames.labels("failed").inc()
-            return
-        await asyncio.to_thread(self.store.complete, frame_id, processed.result, processed.files)
-        for stage, ms in processed.result["timings_ms"].items():
-            self.stage_seconds.labels(stage).observe(ms / 1000)
-        self.frames.labels("done").inc()
+    async def _follow(self) -> None:
+        """Redis mode: read the feed stream as workers end frames."""
+        assert self.redis is not None
+        last: str | None = None
+        while True:
+            try:
+                if last is None:
+                    last = await asyncio.to_thread(self.redis.results_tail)
+                last, frame_ids = await asyncio.to_thread(
+                    self.redis.follow, last, self.settings.queue.block_ms
+                )
+            except redis.RedisError as err:
+                log.warning("feed follower: %s; retrying in 1 s", err)
+                await asyncio.sleep(1)
+                continue
+            if frame_ids:
+                await self.ended(frame_ids)
 
 
 async def _feed_page(
@@ -358,6 +360,29 @@ async def _feed_page(
             }
         )
     return items, rows[-1][0] if rows else after
+
+
+async def _wait_for(svc: Service, frame_id: str) -> FrameStatus | None:
+    """The frame's status once it has ended, or None after settings.wait_timeout_s.
+
+    Woken by the frame's event; looks at the store every second as well, so a frame that
+    ended before the event was set (or on another API process) is not missed.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + svc.settings.wait_timeout_s
+    event = svc.done.get(frame_id)
+    while True:
+        status = await asyncio.to_thread(_status, frame_id, svc)
+        remaining = deadline - loop.time()
+        if status.status in ("done", "failed"):
+            return status
+        if remaining <= 0:
+            return None
+        if event is None:
+            await asyncio.sleep(min(1.0, remaining))
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(1.0, remaining))
 
 
 def _when(value: str | None, name: str) -> float | None:
@@ -424,6 +449,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def api_error(_: Request, err: APIError) -> JSONResponse:
         return JSONResponse(err.body(), err.status, headers=err.headers)
 
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def store_away(_: Request, err: redis.RedisError) -> JSONResponse:
+        log.warning("redis unreachable: %s", err)
+        e = APIError(
+            503,
+            "store_unavailable",
+            "the frame store (Redis) cannot be reached; nothing was changed, retry later",
+            headers={"Retry-After": str(s.queue.retry_after_s)},
+        )
+        return JSONResponse(e.body(), e.status, headers=e.headers)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
@@ -461,6 +498,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctype = request.headers.get("content-type", "")
         if not ctype.startswith("multipart/form-data"):
             raise APIError(415, "unsupported_media_type", "send multipart/form-data")
+        backlog = await asyncio.to_thread(svc.store.backlog)
+        if backlog >= s.queue.max_backlog:  # before reading the body: no work it cannot do
+            svc.metrics.frames.labels("throttled").inc()
+            raise APIError(
+                429,
+                "queue_full",
+                f"{backlog} frames are waiting to be processed (the limit is "
+                f"{s.queue.max_backlog}); retry later",
+                headers={"Retry-After": str(s.queue.retry_after_s)},
+            )
         key = request.headers.get("idempotency-key")
         if key is not None and not IDEMPOTENCY_KEY.match(key):
             raise APIError(400, "invalid_idempotency_key", "1 to 128 printable ASCII characters")
@@ -512,18 +559,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 409, "idempotency_conflict", "this Idempotency-Key was used with other bytes"
             ) from None
         if created:
-            svc.frames.labels("accepted").inc()
-            if wait:
-                svc.done[frame_id] = asyncio.Event()
-            svc.queue.put_nowait(frame_id)
+            svc.accept(frame_id, wait)
         if wait:
-            event = svc.done.get(frame_id)
-            if event is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), s.wait_timeout_s)
-            status = _status(frame_id, svc)
-            if status.status in ("done", "failed"):
-                return JSONResponse(status.model_dump(), 200)
+            result = await _wait_for(svc, frame_id)
+            if result is not None:
+                return JSONResponse(result.model_dump(), 200)
         accepted = FrameAccepted(frame_id=frame_id, status="queued", links=frame_links(frame_id))
         return JSONResponse(
             accepted.model_dump(), 202, headers={"Location": f"/v1/frames/{frame_id}"}
@@ -658,15 +698,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", responses={503: {"model": ErrorResponse}})
     async def readyz(request: Request) -> dict[str, str]:
-        """The bundle is loaded and the engine warmed with one batch."""
-        if not service(request).ready:
-            raise APIError(503, "not_ready", "the model is loading")
+        """Ready for frames.
+
+        Embedded: the bundle is loaded and the engine warmed with one batch. With store
+        redis: Redis answers (each scrapscan-worker has its own /readyz).
+        """
+        await service(request).ready()
         return {"status": "ready"}
 
     @app.get("/metrics", response_class=Response)
     async def metrics(request: Request) -> Response:
         """Prometheus metrics."""
-        return Response(generate_latest(service(request).registry), media_type=CONTENT_TYPE_LATEST)
+        m = service(request).metrics
+        return Response(m.exposition(), media_type=m.content_type)
 
     app.add_middleware(BodyLimit, limit=s.max_upload_bytes)
     return app

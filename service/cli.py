@@ -1,4 +1,8 @@
-"""scrapscan-serve: run the service (embedded mode) with uvicorn."""
+"""scrapscan-serve: run the HTTP API with uvicorn.
+
+Embedded (store sqlite, the default) it processes frames itself; with store redis it
+queues them for scrapscan-worker processes (service/worker.py).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scrapscan-serve",
         description="Serve the scrapscan HTTP API: POST crane frames to /v1/frames; docs at "
-        "/docs. Settings come from SCRAPSCAN_* environment variables and the file named by "
+        "/docs. Embedded (SCRAPSCAN_STORE=sqlite, the default) it runs the model itself; "
+        "with SCRAPSCAN_STORE=redis it queues frames for scrapscan-worker processes. "
+        "Settings come from SCRAPSCAN_* environment variables and the file named by "
         "SCRAPSCAN_SETTINGS_FILE; --bundle and --data-dir override them.",
     )
     p.add_argument("--bundle", type=Path, help="model bundle folder (default: models/demo)")
@@ -39,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {k: v for k, v in (("bundle", args.bundle), ("data_dir", args.data_dir)) if v}
     try:
         settings = Settings(**overrides)
-        load_bundle(settings.bundle)  # fail here, with the file named, not inside the server
+        if settings.store == "sqlite":  # with store redis the workers load the model
+            load_bundle(settings.bundle)  # fail here, with the file named, not in the server
     except (ValidationError, BundleError, ValueError, OSError) as err:
         print(f"scrapscan-serve: {err}", file=sys.stderr)
         return 1

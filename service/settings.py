@@ -64,6 +64,24 @@ class BatchSettings(BaseModel):
     """How long the first tile of a batch waits for more tiles."""
 
 
+class QueueSettings(BaseModel):
+    """The frame queue: backpressure in both modes; with store redis, the workers' stream."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_backlog: Annotated[int, Field(ge=1)] = 500
+    """Frames accepted and not yet ended; beyond it POST /v1/frames answers 429."""
+    retry_after_s: Annotated[int, Field(ge=1, le=3600)] = 5
+    """The Retry-After of a 429 (and of a 503 while Redis is unreachable)."""
+    claim_idle_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    """A frame held this long by a worker that stopped answering is taken over by another.
+    Live workers renew their frames every third of it, so it need not exceed a frame's time."""
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    """Tries before a frame goes to the dead-letter stream and is marked failed."""
+    block_ms: Annotated[int, Field(ge=10, le=4000)] = 1000
+    """How long a worker's read waits for new frames before it looks for stalled ones."""
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start (GET /v1/config shows it, secrets masked)."""
 
@@ -88,8 +106,10 @@ class Settings(BaseSettings):
     threads: Annotated[int, Field(ge=0)] = 0
     """CPU threads of the engine; 0 lets the runtime choose."""
     workers: Annotated[int, Field(ge=1, le=64)] = 2
-    """Frames processed at once in the embedded worker (their tiles share batches)."""
+    """Frames processed at once by the embedded worker or by each scrapscan-worker (their
+    tiles share engine batches)."""
     batch: BatchSettings = BatchSettings()
+    queue: QueueSettings = QueueSettings()
     max_upload_bytes: Annotated[int, Field(ge=1024)] = 40 * 1024 * 1024
     max_pixels: Annotated[int, Field(ge=64 * 64)] = 8192 * 8192
     cameras: dict[str, CameraBed] = {}

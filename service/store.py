@@ -9,7 +9,7 @@ Status goes queued -> processing -> done | failed. A frame that ends (done or fa
 the next number of the feed, in the same transaction, so the dashboard feed pages in
 completion order and sees each finished frame exactly once. Frames found queued or processing at
 start were accepted and not finished: the service queues them again (nothing accepted is
-lost). The Redis store of the scale-out issue implements the same methods.
+lost). RedisStore (store_redis.py) implements the same methods for the scaled-out shape.
 """
 
 from __future__ import annotations
@@ -100,16 +100,20 @@ class Store(Protocol):
         """Mark a frame as being processed."""
         ...
 
-    def complete(self, frame_id: str, result: dict[str, Any], files: dict[str, bytes]) -> None:
-        """Store the result and files; the frame is done (once)."""
+    def complete(self, frame_id: str, result: dict[str, Any], files: dict[str, bytes]) -> bool:
+        """Store the result and files; the frame is done. False if it had ended already."""
         ...
 
-    def fail(self, frame_id: str, reason: str) -> None:
-        """The frame failed, with the reason (once)."""
+    def fail(self, frame_id: str, reason: str) -> bool:
+        """The frame failed, with the reason. False if it had ended already."""
         ...
 
     def unfinished(self) -> list[str]:
         """Frames accepted and not ended, oldest first."""
+        ...
+
+    def backlog(self) -> int:
+        """How many frames are accepted and not ended (for backpressure)."""
         ...
 
     def file_bytes(self, frame_id: str, name: str) -> bytes | None:
@@ -265,22 +269,30 @@ class SQLiteStore:
         """Mark a frame as being processed."""
         self._set(frame_id, "processing")
 
-    def complete(self, frame_id: str, result: dict[str, Any], files: dict[str, bytes]) -> None:
+    def complete(self, frame_id: str, result: dict[str, Any], files: dict[str, bytes]) -> bool:
         """Store the result and its files (mask.png, overlay.jpg) and mark the frame done.
 
-        A frame that has ended already keeps its first result and files.
+        A frame that has ended already keeps its first result and files (returns False).
         """
         record = self.get(frame_id)
         if record is None or record.status in ("done", "failed"):
-            return
+            return False
         folder = self.folder(frame_id)
         for name, data in files.items():
             _write_atomic(folder / name, data)
-        self._set(frame_id, "done", result=json.dumps(result))
+        return self._set(frame_id, "done", result=json.dumps(result))
 
-    def fail(self, frame_id: str, reason: str) -> None:
-        """Mark a frame failed with the reason."""
-        self._set(frame_id, "failed", error=reason)
+    def fail(self, frame_id: str, reason: str) -> bool:
+        """Mark a frame failed with the reason; False if it had ended already."""
+        return self._set(frame_id, "failed", error=reason)
+
+    def backlog(self) -> int:
+        """Frames queued or processing."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM frames WHERE status IN ('queued', 'processing')"
+            ).fetchone()
+        return int(row[0])
 
     def unfinished(self) -> list[str]:
         """Frames accepted and not done or failed, oldest first (to queue again at start)."""
@@ -298,17 +310,18 @@ class SQLiteStore:
 
     def _set(
         self, frame_id: str, status: Status, result: str | None = None, error: str | None = None
-    ) -> None:
+    ) -> bool:
         done = time.time() if status in ("done", "failed") else None
         with self._lock, self._db:
-            self._db.execute(
+            changed = self._db.execute(
                 "UPDATE frames SET status = ?, result = COALESCE(?, result),"
                 " error = COALESCE(?, error), completed_at = ?"
                 " WHERE frame_id = ? AND status NOT IN ('done', 'failed')",
                 (status, result, error, done, frame_id),
-            )
-            if done is not None:  # a frame finished twice is in the feed once
-                self._db.execute("INSERT OR IGNORE INTO feed (frame_id) VALUES (?)", (frame_id,))
+            ).rowcount
+            if done is not None and changed:  # a frame ends once and is in the feed once
+                self._db.execute("INSERT INTO feed (frame_id) VALUES (?)", (frame_id,))
+        return bool(changed)
 
 
 def _record(row: tuple[Any, ...]) -> FrameRecord:

@@ -5,8 +5,11 @@ Keys (prefix `scrapscan:`):
                         result (JSON), completed_at, sha256, image_ext
   frame:<id>:image      the upload's bytes (deleted once the frame has ended)
   frame:<id>:<file>     mask.png, overlay.jpg
-  idem:<key>            the frame_id an Idempotency-Key was first used for
-  open                  set of frames accepted and not ended
+  idem:<key>            "<frame_id> <sha256>" of the frame an Idempotency-Key was first used for
+  open                  set of frames accepted and not ended (its size is the backlog)
+  frames                stream: one entry per accepted frame, read by the workers' consumer
+                        group "workers" (the queue); an entry is deleted once acknowledged
+  dead                  stream: frames given up on (frame_id, reason, attempts)
   results               stream: one entry per ended frame (the dashboard feed; the entry
                         id is the cursor)
   truck:<id>            sorted set: the truck's frame ids by time received
@@ -16,6 +19,11 @@ Retention: a frame's hash and files expire `result_ttl` seconds after it ends; a
 frame list expires `report_ttl` seconds after its latest frame (reports outlive masks).
 A frame ends once: ending it again (a second worker after a takeover) changes nothing
 and adds nothing to the feed.
+
+Accepting a frame (its bytes, hash, idempotency key, truck lists and queue entry) is one
+script, so a frame is either fully accepted or not at all. With appendonly and appendfsync
+always (deploy/redis.conf, used by the compose file, the k8s manifests and the tests) a
+202 means the frame is on disk.
 """
 
 from __future__ import annotations
@@ -25,10 +33,36 @@ import time
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from service.store import FrameRecord, IdempotencyConflict
 
 P = "scrapscan:"
+FRAMES = f"{P}frames"
+GROUP = "workers"
+DEAD = f"{P}dead"
+DEAD_MAXLEN = 100_000
+
+_ADD = """
+-- KEYS: frame hash, image, open set, frames stream, idempotency key or '', truck or '', trucks
+-- ARGV: frame_id, image bytes, now, report ttl, idempotency value, truck_id, hash fields...
+if KEYS[5] ~= '' then
+  local first = redis.call('GET', KEYS[5])
+  if first then return first end
+  redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[4])
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[4], '*', 'frame_id', ARGV[1])
+if KEYS[6] ~= '' then
+  redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[6], ARGV[4])
+  redis.call('ZADD', KEYS[7], ARGV[3], ARGV[6])
+end
+return false
+"""
 _END = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == false or status == 'done' or status == 'failed' then return 0 end
@@ -46,15 +80,41 @@ end
 return 1
 """
 
+_RETRY = """
+-- KEYS: frame hash, frames stream; ARGV: frame_id, entry id, group, reason
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' or status == 'processing' then
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'last_error', ARGV[4])
+  redis.call('XADD', KEYS[2], '*', 'frame_id', ARGV[1])
+end
+redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+return 0
+"""
+
 
 class RedisStore:
     """Frames, results, the feed and truck lists in Redis."""
 
     def __init__(self, url: str, result_ttl: int = 7 * 86400, report_ttl: int = 90 * 86400) -> None:
-        self.r: Any = redis.Redis.from_url(url)  # redis-py types sync and async replies as one
+        # timeouts so that a request fails fast (503) while Redis is away; blocking reads
+        # wait at most 4 s (settings.queue.block_ms), under the socket timeout
+        self.r: Any = redis.Redis.from_url(  # redis-py types sync and async replies as one
+            url,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=15,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        )
         self.result_ttl = result_ttl
         self.report_ttl = report_ttl
+        self._add = self.r.register_script(_ADD)
         self._end = self.r.register_script(_END)
+        self._retry = self.r.register_script(_RETRY)
+
+    def ping(self) -> None:
+        """Raise redis.ConnectionError when Redis cannot be reached."""
+        self.r.ping()
 
     def close(self) -> None:
         """Close the connections."""
@@ -71,35 +131,41 @@ class RedisStore:
         sha256: str,
         idempotency_key: str | None = None,
     ) -> tuple[str, bool]:
-        """Store an accepted frame as queued; see SQLiteStore.add."""
-        if idempotency_key is not None:
-            key = f"{P}idem:{idempotency_key}"
-            if not self.r.set(key, frame_id, nx=True, ex=self.report_ttl):
-                first = self.r.get(key)
-                first_id = first.decode() if first else ""
-                if self.r.hget(f"{P}frame:{first_id}", "sha256") != sha256.encode():
-                    raise IdempotencyConflict(idempotency_key)
-                return first_id, False
-        now = time.time()
+        """Store an accepted frame as queued and put it on the workers' stream (one script).
+
+        See SQLiteStore.add for the idempotency key.
+        """
+        now = repr(time.time())
         fields = {
             "camera_id": camera_id,
             "truck_id": truck_id or "",
             "captured_at": captured_at or "",
-            "received_at": repr(now),
+            "received_at": now,
             "status": "queued",
             "sha256": sha256,
             "image_ext": image_ext,
         }
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(f"{P}frame:{frame_id}:image", image)
-        pipe.hset(f"{P}frame:{frame_id}", mapping=fields)
-        pipe.sadd(f"{P}open", frame_id)
-        if truck_id:
-            pipe.zadd(f"{P}truck:{truck_id}", {frame_id: now})
-            pipe.expire(f"{P}truck:{truck_id}", self.report_ttl)
-            pipe.zadd(f"{P}trucks", {truck_id: now})
-        pipe.execute()
-        return frame_id, True
+        frame = f"{P}frame:{frame_id}"
+        keys = [
+            frame,
+            f"{frame}:image",
+            f"{P}open",
+            FRAMES,
+            f"{P}idem:{idempotency_key}" if idempotency_key is not None else "",
+            f"{P}truck:{truck_id}" if truck_id else "",
+            f"{P}trucks",
+        ]
+        args: list[Any] = [frame_id, image, now, self.report_ttl, f"{frame_id} {sha256}"]
+        args.append(truck_id or "")
+        for name, value in fields.items():
+            args += [name, value]
+        first = self._add(keys=keys, args=args)
+        if first is None:
+            return frame_id, True
+        first_id, _, first_sha = first.decode().partition(" ")
+        if first_sha != sha256:
+            raise IdempotencyConflict(idempotency_key)
+        return first_id, False
 
     def image(self, frame_id: str) -> bytes:
         """The upload's bytes; KeyError when gone."""
@@ -118,13 +184,17 @@ class RedisStore:
         if self.r.hget(key, "status") in (b"queued", b"processing"):
             self.r.hset(key, "status", "processing")
 
-    def complete(self, frame_id: str, result: dict[str, Any], files: dict[str, bytes]) -> None:
-        """Store the result and files and end the frame (once: a second time changes nothing)."""
-        self._finish(frame_id, "done", json.dumps(result), "", files)
+    def complete(self, frame_id: str, result: dict[str, Any], files: dict[str, bytes]) -> bool:
+        """Store the result and files and end the frame; False if it had ended already."""
+        return self._finish(frame_id, "done", json.dumps(result), "", files)
 
-    def fail(self, frame_id: str, reason: str) -> None:
-        """End a frame as failed with the reason (once)."""
-        self._finish(frame_id, "failed", "", reason)
+    def fail(self, frame_id: str, reason: str) -> bool:
+        """End a frame as failed with the reason; False if it had ended already."""
+        return self._finish(frame_id, "failed", "", reason)
+
+    def backlog(self) -> int:
+        """Frames accepted and not ended."""
+        return int(self.r.scard(f"{P}open"))
 
     def _finish(
         self,
@@ -192,11 +262,96 @@ class RedisStore:
         high = f"({until}" if until is not None else "+inf"
         return [m.decode() for m in self.r.zrevrangebyscore(f"{P}trucks", high, low)]
 
+    # --- the frame queue: the stream the workers read through one consumer group -----------
+
+    def ensure_group(self) -> None:
+        """Create the workers' consumer group (and the stream) unless they exist."""
+        try:
+            self.r.xgroup_create(FRAMES, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+
+    def read(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, str]]:
+        """Up to `count` new (entry_id, frame_id); waits up to block_ms for the first."""
+        reply = self.r.xreadgroup(GROUP, consumer, {FRAMES: ">"}, count=count, block=block_ms)
+        return [_entry(e) for _, entries in reply or [] for e in entries]
+
+    def claim(self, consumer: str, min_idle_ms: int, count: int) -> list[tuple[str, str]]:
+        """Take over up to `count` frames held by a consumer silent for min_idle_ms.
+
+        Their worker died or hangs; live workers renew() what they work on.
+        """
+        _, entries, *_ = self.r.xautoclaim(FRAMES, GROUP, consumer, min_idle_ms, "0-0", count)
+        return [_entry(e) for e in entries if e[1]]
+
+    def renew(self, consumer: str, entry_ids: list[str]) -> None:
+        """Reset the idle time of frames this consumer is still working on."""
+        if entry_ids:
+            self.r.xclaim(FRAMES, GROUP, consumer, 0, entry_ids, justid=True)
+
+    def attempt(self, frame_id: str) -> int:
+        """Count one more attempt at a frame; returns the count so far."""
+        return int(self.r.hincrby(f"{P}frame:{frame_id}", "attempts", 1))
+
+    def ack(self, entry_id: str) -> None:
+        """The frame of this entry is finished with: off the queue."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.xack(FRAMES, GROUP, entry_id)
+        pipe.xdel(FRAMES, entry_id)
+        pipe.execute()
+
+    def retry(self, entry_id: str, frame_id: str, reason: str) -> None:
+        """Queue a frame again at the end of the stream, noting why the attempt failed."""
+        self._retry(keys=[f"{P}frame:{frame_id}", FRAMES], args=[frame_id, entry_id, GROUP, reason])
+
+    def last_error(self, frame_id: str) -> str | None:
+        """Why the frame's last failed attempt failed, if one did."""
+        value = self.r.hget(f"{P}frame:{frame_id}", "last_error")
+        return value.decode() if value else None
+
+    def dead_letter(self, entry_id: str, frame_id: str, reason: str, attempts: int) -> bool:
+        """Give up on a frame: failed, on the dead-letter stream, off the queue.
+
+        False if the frame had ended already (nothing is added to the dead letters then).
+        """
+        ended = self.fail(frame_id, reason)
+        if ended:
+            fields = {"frame_id": frame_id, "reason": reason, "attempts": attempts}
+            self.r.xadd(DEAD, fields, maxlen=DEAD_MAXLEN, approximate=True)
+        self.ack(entry_id)
+        return ended
+
+    def dead(self, count: int = 100) -> list[dict[str, str]]:
+        """The latest dead-lettered frames, newest first."""
+        return [
+            {k.decode(): v.decode() for k, v in fields.items()}
+            for _, fields in self.r.xrevrange(DEAD, count=count)
+        ]
+
+    def results_tail(self) -> str:
+        """The id of the newest feed entry ("0-0" for none): where follow() starts."""
+        newest = self.r.xrevrange(f"{P}results", count=1)
+        return str(newest[0][0].decode()) if newest else "0-0"
+
+    def follow(self, last: str, block_ms: int) -> tuple[str, list[str]]:
+        """Frames ended after feed entry `last`, waiting up to block_ms for one.
+
+        Returns the newest entry id seen and the frame ids.
+        """
+        reply = self.r.xread({f"{P}results": last}, count=500, block=block_ms)
+        ids = [_entry(e) for _, entries in reply or [] for e in entries]
+        return (ids[-1][0] if ids else last), [frame_id for _, frame_id in ids]
+
     def _many(self, ids: list[str], field: str) -> list[bytes | None]:
         pipe = self.r.pipeline(transaction=False)
         for i in ids:
             pipe.hget(f"{P}frame:{i}", field)
         return list(pipe.execute())
+
+
+def _entry(entry: tuple[bytes, dict[bytes, bytes]]) -> tuple[str, str]:
+    return entry[0].decode(), entry[1][b"frame_id"].decode()
 
 
 def _record(frame_id: str, h: dict[bytes, bytes]) -> FrameRecord | None:

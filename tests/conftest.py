@@ -50,47 +50,64 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_config: RunCo
     return path
 
 
+class RedisServer:
+    """A redis-server of its own on a free port, with the deployed settings (deploy/redis.conf:
+    AOF, fsync always); kill() and start() again keep its data folder, as a restart does."""
+
+    def __init__(self, folder: Path) -> None:
+        from service.demo import free_port
+
+        server = shutil.which("redis-server")
+        if server is None:
+            pytest.fail(
+                "redis-server is not installed: `make test` installs it "
+                "(scripts/ensure-redis.sh), or apt-get install redis-server"
+            )
+        self.server = server
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import redis
+
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+        self.proc = subprocess.Popen(
+            [self.server, str(REDIS_CONF), *args],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        self.kill()
+        pytest.fail("redis-server did not start")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final save (what a crash or lost node does)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+REDIS_CONF = Path(__file__).resolve().parents[1] / "deploy" / "redis.conf"
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server of its own (AOF on, as deployed) on a free port."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail(
-            "redis-server is not installed: `make test` installs it "
-            "(scripts/ensure-redis.sh), or apt-get install redis-server"
-        )
-    folder = tmp_path_factory.mktemp("redis")
-    from service.demo import free_port
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(folder),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
+    """A real redis-server (deploy/redis.conf) shared by the session's tests."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()

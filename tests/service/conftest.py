@@ -1,4 +1,5 @@
-"""A real service process (uvicorn, the demo bundle, a SQLite store) for the API tests."""
+"""Real service processes (uvicorn, the demo bundle) for the API tests: scrapscan-serve with
+a SQLite or Redis store, and scrapscan-worker processes for the scaled-out shape."""
 
 from __future__ import annotations
 
@@ -20,28 +21,23 @@ REPO = Path(__file__).resolve().parents[2]
 class Server:
     """scrapscan-serve in a subprocess; start() waits for /readyz."""
 
+    module = "service"
+
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
         self.data_dir = data_dir
         self.env = env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = data_dir.parent / f"server-{self.port}.log"
+        self.log = data_dir.parent / f"{self.module}-{self.port}.log"
+
+    def args(self) -> list[str]:
+        return ["--data-dir", str(self.data_dir), "--log-level", "info"]
 
     def start(self) -> None:
         env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(self.data_dir),
-                "--log-level",
-                "warning",
-            ],
+            [sys.executable, "-m", self.module, "--port", str(self.port), *self.args()],
             cwd=REPO,
             env=env,
             stdout=self.log.open("ab"),
@@ -62,8 +58,28 @@ class Server:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=60)
             self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+class Worker(Server):
+    """scrapscan-worker in a subprocess, consumer `name`; start() waits for /readyz."""
+
+    module = "service.worker"
+
+    def __init__(self, folder: Path, env: dict[str, str], name: str) -> None:
+        super().__init__(folder / name, env)
+        self.name = name
+
+    def args(self) -> list[str]:
+        return ["--name", self.name, "--log-level", "info"]
 
 
 @pytest.fixture(scope="session")
@@ -86,14 +102,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
-    """The same service with SCRAPSCAN_STORE=redis (embedded worker, results in Redis)."""
+    """The scaled-out shape: scrapscan-serve with SCRAPSCAN_STORE=redis and one worker."""
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
-    srv = Server(
-        tmp_path_factory.mktemp("service-redis") / "data",
-        {"SCRAPSCAN_STORE": "redis", "SCRAPSCAN_REDIS_URL": redis_url, "SCRAPSCAN_THREADS": "2"},
-    )
+    env = {"SCRAPSCAN_STORE": "redis", "SCRAPSCAN_REDIS_URL": redis_url, "SCRAPSCAN_THREADS": "2"}
+    folder = tmp_path_factory.mktemp("service-redis")
+    srv = Server(folder / "data", env)
+    worker = Worker(folder, env, "worker-1")
     srv.start()
+    worker.start()
     yield srv
+    worker.stop()
     srv.stop()

@@ -1,0 +1,105 @@
+"""Runs a stored frame through the pipeline and stores its end.
+
+The part of a worker that the embedded service (app.py) and scrapscan-worker (worker.py)
+share.
+
+Bundle, engine (warmed with one batch), batcher, optional bed model and pipeline are
+loaded by start(). run() takes a frame id: a frame that cannot be decoded fails at once
+(retrying cannot help); an unexpected error raises FrameFailed and the caller decides
+whether to fail the frame or to try it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Literal
+
+import numpy as np
+
+from service.batcher import Batcher
+from service.bundle import load_bundle
+from service.engine import open_engine
+from service.errors import APIError
+from service.metrics import Metrics
+from service.pipeline import Pipeline
+from service.settings import Settings
+from service.store import Store
+
+log = logging.getLogger("scrapscan.processor")
+
+
+class FrameFailed(Exception):
+    """An attempt at a frame failed for a reason other than the frame's bytes (the reason)."""
+
+
+class Processor:
+    """The model and the pipeline, and what to store when a frame ends."""
+
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.batcher: Batcher | None = None
+        self.pipeline: Pipeline | None = None
+        self.ready = False
+        """True once the engine is loaded and warmed."""
+
+    async def start(self) -> None:
+        """Load the bundle and the engine, warm it with one batch, start the batcher."""
+        s = self.settings
+        bundle = await asyncio.to_thread(load_bundle, s.bundle)
+        engine = await asyncio.to_thread(
+            open_engine, bundle, s.engine, s.device, s.threads, s.precision
+        )
+        size = bundle.manifest.input_size
+        await asyncio.to_thread(engine.infer, np.zeros((1, 3, size, size), np.float32))
+        self.batcher = Batcher(engine, s.batch.max_batch, s.batch.max_wait_ms / 1000)
+        self.batcher.start()
+        finder = None
+        if any(b.bed == "learned" for b in (s.default_bed, *s.cameras.values())):
+            from service.bedmodel import LearnedBed
+
+            finder = LearnedBed(bundle)
+        self.pipeline = Pipeline(bundle, self.batcher, s, finder)
+        self.ready = True
+        log.info("engine ready: bundle %s, engine %s", bundle, engine.name)
+
+    async def stop(self) -> None:
+        """Stop the batcher."""
+        self.ready = False
+        if self.batcher is not None:
+            await self.batcher.stop()
+
+    async def run(self, frame_id: str) -> Literal["done", "failed", "skipped"]:
+        """Process one stored frame and store its end.
+
+        "skipped": unknown, or ended already (a second delivery after a takeover). Store
+        errors propagate; pipeline errors other than a bad image raise FrameFailed.
+        """
+        assert self.pipeline is not None, "start() first"
+        store = self.store
+        record = await asyncio.to_thread(store.get, frame_id)
+        if record is None or record.status in ("done", "failed"):
+            return "skipped"
+        await asyncio.to_thread(store.set_processing, frame_id)
+        try:
+            data = await asyncio.to_thread(store.image, frame_id)
+        except KeyError:
+            raise FrameFailed("internal_error: the stored upload is missing") from None
+        try:
+            processed = await self.pipeline.process(data, record.camera_id)
+        except APIError as err:  # the bytes passed the header check but not decoding
+            if await asyncio.to_thread(store.fail, frame_id, f"{err.code}: {err.message}"):
+                self.metrics.frames.labels("failed").inc()
+            return "failed"
+        except Exception as err:
+            log.exception("frame %s: attempt failed", frame_id)
+            raise FrameFailed(f"internal_error: {type(err).__name__}: {err}") from err
+        ended = await asyncio.to_thread(store.complete, frame_id, processed.result, processed.files)
+        if not ended:  # another worker finished it first; its result stands
+            return "skipped"
+        for stage, ms in processed.result["timings_ms"].items():
+            self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
+        self.metrics.frames.labels("done").inc()
+        return "done"
