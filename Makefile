@@ -37,7 +37,7 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/mypy
 
 unit: $(VENV)/.dev
-	scripts/ensure-redis.sh
+	scripts/ensure-test-tools.sh
 	$(PY) -m pytest
 
 test: lint unit

@@ -16,28 +16,33 @@ import hashlib
 import json
 import logging
 import re
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import redis
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import (
     JSONResponse,
     PlainTextResponse,
     Response,
     StreamingResponse,
 )
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import KeyRing, Permission, allowed
 from service.decode import FORMATS, read_header
 from service.errors import APIError
-from service.metrics import Metrics
+from service.logs import RequestId
+from service.metrics import HTTPMetrics, LiveCollector, Metrics, queue_gauges
 from service.processor import FrameFailed, Processor
 from service.reports import frame_links, report_csv, truck_report, trucks_csv
 from service.settings import ID_PATTERN, Settings
@@ -97,6 +102,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "bad request: missing or invalid field, not an image, corrupt image",
+        401: "unauthorized: no API key, or a key this service does not know",
+        403: "forbidden: the key's role may not use this route",
         404: "unknown frame",
         409: "Idempotency-Key reused with other bytes",
         413: "upload or image too large",
@@ -141,6 +148,38 @@ FRAME_FORM = {
         },
     }
 }
+
+
+# --- API keys: each route names the permission it needs (service/auth.py) -----------------
+
+BEARER = HTTPBearer(auto_error=False, description="an API key: Authorization: Bearer <key>")
+
+
+def require(permission: Permission) -> Any:
+    """A route dependency: 401 without a known key, 403 when the key's role may not."""
+
+    async def check(
+        request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+    ) -> None:
+        keys: KeyRing = request.app.state.keys
+        if not keys.enabled:
+            return
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if cred is None:
+            raise APIError(
+                401, "unauthorized", "send an API key: Authorization: Bearer <key>", challenge
+            )
+        roles = await asyncio.to_thread(keys.roles, cred.credentials)
+        if not roles:
+            raise APIError(401, "unauthorized", "this API key is not known", challenge)
+        if not allowed(roles, permission):
+            raise APIError(
+                403,
+                "forbidden",
+                f"a key of role {', '.join(sorted(roles))} may not {permission.replace('_', ' ')}",
+            )
+
+    return Depends(check)
 
 
 # --- the upload size limit, enforced while the body streams in ------------------------------
@@ -232,6 +271,8 @@ class Service:
         else:
             self.store = SQLiteStore(settings.data_dir)
             self.processor = Processor(settings, self.store, self.metrics)
+        group = self.redis.group_info if self.redis is not None else None
+        self.metrics.watch(LiveCollector("queue", lambda: queue_gauges(self.store.backlog, group)))
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.done: dict[str, asyncio.Event] = {}
         self.tasks: list[asyncio.Task[None]] = []
@@ -271,9 +312,9 @@ class Service:
         if self.redis is not None:
             await asyncio.to_thread(self.redis.ping)  # 503 store_unavailable when away
 
-    def accept(self, frame_id: str, wait: bool) -> None:
+    def accept(self, frame_id: str, camera_id: str, wait: bool) -> None:
         """A frame was stored: queue it (embedded) and note who waits for it."""
-        self.metrics.frames.labels("accepted").inc()
+        self.metrics.frames.labels("accepted", camera_id).inc()
         if wait:
             self.done[frame_id] = asyncio.Event()
         if self.processor is not None:
@@ -295,8 +336,7 @@ class Service:
             try:
                 await self.processor.run(frame_id)
             except FrameFailed as err:  # embedded: one attempt, the frame fails
-                if await asyncio.to_thread(self.store.fail, frame_id, str(err)):
-                    self.metrics.frames.labels("failed").inc()
+                await self.processor.fail(frame_id, str(err))
             except Exception:
                 log.exception("frame %s: the store failed", frame_id)
             finally:
@@ -428,15 +468,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The app; its lifespan starts and stops the Service."""
     s = settings or Settings()
 
+    keys = KeyRing(s.api_keys_file)  # a bad keys file stops the app here, named
+    svc = Service(s)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        svc = Service(s)
         app.state.service = svc
+        app.state.keys = keys
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            # SIGHUP reads the keys file again (only where the app owns the main thread)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.reload)
+        if not keys.enabled:
+            log.warning(
+                "NO API KEYS: every route is open to anyone who can reach this port "
+                "(set SCRAPSCAN_API_KEYS_FILE)"
+            )
         await svc.start()
         try:
             yield
         finally:
             await svc.stop()
+
+    def metrics_of(_: FastAPI) -> Metrics:
+        return svc.metrics
 
     app = FastAPI(
         title="scrapscan",
@@ -483,6 +537,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={200: {"model": FrameStatus, "description": "with ?wait=true"}, **ERRORS},
         openapi_extra=FRAME_FORM,
         summary="Submit a crane-camera frame",
+        dependencies=[require("submit")],
     )
     async def post_frame(
         request: Request,
@@ -500,7 +555,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise APIError(415, "unsupported_media_type", "send multipart/form-data")
         backlog = await asyncio.to_thread(svc.store.backlog)
         if backlog >= s.queue.max_backlog:  # before reading the body: no work it cannot do
-            svc.metrics.frames.labels("throttled").inc()
+            svc.metrics.throttled.inc()
             raise APIError(
                 429,
                 "queue_full",
@@ -559,7 +614,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 409, "idempotency_conflict", "this Idempotency-Key was used with other bytes"
             ) from None
         if created:
-            svc.accept(frame_id, wait)
+            svc.accept(frame_id, camera_id, wait)
         if wait:
             result = await _wait_for(svc, frame_id)
             if result is not None:
@@ -574,7 +629,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise APIError(400, "invalid_frame_id", "a frame id is 32 lowercase hex digits")
         return frame_id
 
-    @app.get("/v1/frames/{frame_id}", response_model=FrameStatus, responses=ERRORS)
+    @app.get(
+        "/v1/frames/{frame_id}",
+        response_model=FrameStatus,
+        responses=ERRORS,
+        dependencies=[require("frames")],
+    )
     async def get_frame(request: Request, frame_id: str) -> FrameStatus:
         """A frame's status (queued, processing, done, failed with the reason) and result."""
         return _status(checked_id(frame_id), service(request))
@@ -590,6 +650,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/frames/{frame_id}/mask.png",
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}, **ERRORS},
+        dependencies=[require("frames")],
     )
     async def get_mask(request: Request, frame_id: str) -> Response:
         """Class index per pixel at full frame size (0 normal, 1 motor, 2 cable, 3 spray_can)."""
@@ -599,12 +660,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/frames/{frame_id}/overlay.jpg",
         response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
+        dependencies=[require("frames")],
     )
     async def get_overlay(request: Request, frame_id: str) -> Response:
         """The frame with instances outlined and labelled with class and score."""
         return await result_file(request, frame_id, "overlay.jpg", "image/jpeg")
 
-    @app.get("/v1/results", responses=ERRORS)
+    @app.get("/v1/results", responses=ERRORS, dependencies=[require("feed")])
     async def results(
         request: Request,
         after: str | None = Query(None, description="the `next` of the previous page"),
@@ -620,7 +682,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         items, last = await _feed_page(service(request), (after or ""), limit, camera_id, wait)
         return {"items": items, "next": last}
 
-    @app.get("/v1/results/stream", response_class=StreamingResponse)
+    @app.get(
+        "/v1/results/stream",
+        response_class=StreamingResponse,
+        responses=ERRORS,
+        dependencies=[require("feed")],
+    )
     async def results_stream(
         request: Request,
         after: str | None = Query(None),
@@ -646,7 +713,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return PlainTextResponse(text, media_type="text/csv; charset=utf-8")
         return JSONResponse(data)
 
-    @app.get("/v1/trucks/{truck_id}/report", responses=ERRORS)
+    @app.get("/v1/trucks/{truck_id}/report", responses=ERRORS, dependencies=[require("reports")])
     async def truck(
         request: Request, truck_id: str, format: str = Query("json", pattern="^(json|csv)$")
     ) -> Response:
@@ -664,7 +731,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         report = truck_report(truck_id, frames, s.reject_score)
         return csv_or_json(report, report_csv(report), format)
 
-    @app.get("/v1/trucks", responses=ERRORS)
+    @app.get("/v1/trucks", responses=ERRORS, dependencies=[require("reports")])
     async def trucks(
         request: Request,
         since: str | None = Query(None, description="ISO 8601; frames received from then"),
@@ -686,7 +753,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary = [{k: v for k, v in r.items() if k != "evidence"} for r in reports]
         return csv_or_json({"trucks": summary}, trucks_csv(reports), format)
 
-    @app.get("/v1/config")
+    @app.get("/v1/config", responses=ERRORS, dependencies=[require("config")])
     async def get_config(request: Request) -> dict[str, Any]:
         """The settings the service started with (secrets masked)."""
         return service(request).settings.public()
@@ -713,4 +780,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(m.exposition(), media_type=m.content_type)
 
     app.add_middleware(BodyLimit, limit=s.max_upload_bytes)
+    if s.cors_origins:  # closed unless origins are listed
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(s.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Location", "Retry-After"],
+        )
+    app.add_middleware(HTTPMetrics, metrics=metrics_of(app))
+    app.add_middleware(RequestId)
     return app

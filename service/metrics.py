@@ -1,20 +1,39 @@
 """Prometheus metrics of one process (the API, the embedded worker, a scrapscan-worker).
 
-Each process has its own registry, served at its /metrics; counters count each frame
-once per process however often it is retried.
+Names follow the Prometheus conventions (`scrapscan_` prefix, base units, `_total` on
+counters). Each Metrics object has its own registry, served at its process's /metrics.
+When PROMETHEUS_MULTIPROC_DIR is set (scrapscan-serve --processes N sets it), the values
+live in files there and /metrics adds up every process's.
+
+Queue depth and lag, and GPU memory, are read when Prometheus scrapes, not counted.
 """
 
 from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+log = logging.getLogger("scrapscan.metrics")
+
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
@@ -25,18 +44,62 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.http_requests = Counter(
+            "scrapscan_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "scrapscan_http_request_duration_seconds",
+            "HTTP request latency by route template and method",
+            ["route", "method"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
         self.frames = Counter(
             "scrapscan_frames",
-            "Frames by outcome: accepted (202), throttled (429), done, failed",
-            ["outcome"],
+            "Frames by outcome (accepted: 202 given; done; failed) and camera",
+            ["outcome", "camera"],
+            registry=r,
+        )
+        self.throttled = Counter(
+            "scrapscan_frames_throttled",
+            "Uploads refused with 429 because the queue was full",
             registry=r,
         )
         self.stage_seconds = Histogram(
             "scrapscan_stage_duration_seconds",
-            "Time per frame stage (decode, crop, tile, infer, merge, postprocess, encode)",
+            "Time per frame stage: queue_wait, decode, crop, tile, infer, merge, postprocess, "
+            "encode",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=r,
+        )
+        self.batch_size = Histogram(
+            "scrapscan_engine_batch_size",
+            "Tiles per engine call",
+            buckets=BATCH_SIZES,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "scrapscan_engine_batch_duration_seconds",
+            "Time of one engine call",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.detections = Counter(
+            "scrapscan_detections",
+            "Instances found, by class",
+            ["class"],
+            registry=r,
+        )
+        self.model = Gauge(
+            "scrapscan_model_info",
+            "The model being served (always 1)",
+            ["name", "version", "engine"],
+            registry=r,
+            multiprocess_mode="max",
         )
         self.claimed = Counter(
             "scrapscan_worker_claimed_frames",
@@ -54,6 +117,108 @@ class Metrics:
             registry=r,
         )
 
+        self._live: list[Collector] = []
+
+    def watch(self, collector: Collector) -> None:
+        """Add a collector read at scrape time (queue depth, GPU memory)."""
+        self.registry.register(collector)
+        self._live.append(collector)
+
     def exposition(self) -> bytes:
-        """The text format for /metrics."""
+        """The text format for /metrics (every process's values in multi-process mode)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            for collector in self._live:
+                merged.register(collector)
+            return bytes(generate_latest(merged))
         return bytes(generate_latest(self.registry))
+
+
+class LiveCollector(Collector):
+    """Gauges computed when scraped; a failure leaves them out of that scrape."""
+
+    def __init__(self, name: str, read: Callable[[], list[Metric]]) -> None:
+        self.name = name
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus calls this at each scrape."""
+        try:
+            yield from self.read()
+        except Exception as err:  # Redis away, no GPU driver: the scrape still works
+            log.debug("%s not collected: %s", self.name, err)
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: the families depend on what can be read."""
+        return []
+
+
+def queue_gauges(
+    backlog: Callable[[], int], group: Callable[[], dict[str, Any]] | None
+) -> list[Metric]:
+    """Queue depth (accepted, not ended) and, with Redis, the consumer group's lag and pending."""
+    out: list[Metric] = []
+    g = GaugeMetricFamily("scrapscan_queue_backlog_frames", "Frames accepted and not yet ended")
+    g.add_metric([], backlog())
+    out.append(g)
+    if group is not None:
+        info = group()
+        lag = GaugeMetricFamily(
+            "scrapscan_queue_lag_frames", "Frames on the stream not yet read by any worker"
+        )
+        lag.add_metric([], float(info.get("lag") or 0))
+        pending = GaugeMetricFamily(
+            "scrapscan_queue_pending_frames", "Frames read by a worker and not yet acknowledged"
+        )
+        pending.add_metric([], float(info.get("pending") or 0))
+        out += [lag, pending]
+    return out
+
+
+def gpu_memory() -> list[Metric]:
+    """Memory in use per GPU, from NVML (nvidia-ml-py, in the gpu extra); none without it."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    g = GaugeMetricFamily(
+        "scrapscan_gpu_memory_used_bytes", "GPU memory in use (all processes)", labels=["gpu"]
+    )
+    try:
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i))
+            g.add_metric([str(i)], float(info.used))
+    finally:
+        pynvml.nvmlShutdown()
+    return [g]
+
+
+class HTTPMetrics:
+    """ASGI middleware: count requests and time them by route template, method and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def seen(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, seen)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.http_requests.labels(template, method, str(status)).inc()
+            self.metrics.http_seconds.labels(template, method).observe(time.perf_counter() - start)

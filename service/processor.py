@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Literal
 
 import numpy as np
 
-from service.batcher import Batcher
+from service.batcher import Batcher, BatchRecord
 from service.bundle import load_bundle
 from service.engine import open_engine
 from service.errors import APIError
-from service.metrics import Metrics
+from service.metrics import LiveCollector, Metrics, gpu_memory
 from service.pipeline import Pipeline
 from service.settings import Settings
 from service.store import Store
@@ -54,7 +55,9 @@ class Processor:
         )
         size = bundle.manifest.input_size
         await asyncio.to_thread(engine.infer, np.zeros((1, 3, size, size), np.float32))
-        self.batcher = Batcher(engine, s.batch.max_batch, s.batch.max_wait_ms / 1000)
+        self.batcher = Batcher(
+            engine, s.batch.max_batch, s.batch.max_wait_ms / 1000, on_batch=self._batch_done
+        )
         self.batcher.start()
         finder = None
         if any(b.bed == "learned" for b in (s.default_bed, *s.cameras.values())):
@@ -62,6 +65,9 @@ class Processor:
 
             finder = LearnedBed(bundle)
         self.pipeline = Pipeline(bundle, self.batcher, s, finder)
+        m = bundle.manifest.model
+        self.metrics.model.labels(m.name, m.version, engine.name).set(1)
+        self.metrics.watch(LiveCollector("gpu_memory", gpu_memory))
         self.ready = True
         log.info("engine ready: bundle %s, engine %s", bundle, engine.name)
 
@@ -83,6 +89,9 @@ class Processor:
         if record is None or record.status in ("done", "failed"):
             return "skipped"
         await asyncio.to_thread(store.set_processing, frame_id)
+        self.metrics.stage_seconds.labels("queue_wait").observe(
+            max(0.0, time.time() - record.received_at)
+        )
         try:
             data = await asyncio.to_thread(store.image, frame_id)
         except KeyError:
@@ -91,7 +100,7 @@ class Processor:
             processed = await self.pipeline.process(data, record.camera_id)
         except APIError as err:  # the bytes passed the header check but not decoding
             if await asyncio.to_thread(store.fail, frame_id, f"{err.code}: {err.message}"):
-                self.metrics.frames.labels("failed").inc()
+                self.count_failed(record.camera_id)
             return "failed"
         except Exception as err:
             log.exception("frame %s: attempt failed", frame_id)
@@ -101,5 +110,23 @@ class Processor:
             return "skipped"
         for stage, ms in processed.result["timings_ms"].items():
             self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
-        self.metrics.frames.labels("done").inc()
+        for inst in processed.result["instances"]:
+            self.metrics.detections.labels(inst["class"]).inc()
+        self.metrics.frames.labels("done", record.camera_id).inc()
         return "done"
+
+    async def fail(self, frame_id: str, reason: str) -> bool:
+        """Fail a frame with the reason (once); counted by camera. False if it had ended."""
+        record = await asyncio.to_thread(self.store.get, frame_id)
+        if not await asyncio.to_thread(self.store.fail, frame_id, reason):
+            return False
+        self.count_failed(record.camera_id if record else "")
+        return True
+
+    def count_failed(self, camera_id: str) -> None:
+        """One more frame ended as failed."""
+        self.metrics.frames.labels("failed", camera_id).inc()
+
+    def _batch_done(self, batch: BatchRecord) -> None:
+        self.metrics.batch_size.observe(batch.size)
+        self.metrics.batch_seconds.observe(batch.seconds)

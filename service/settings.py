@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     wait_timeout_s: Annotated[float, Field(gt=0, le=600)] = 60.0
     """How long POST /v1/frames?wait=true waits for the result before answering 202."""
     api_keys_file: Path | None = None
+    """JSON: role -> sha256 hex digests of its keys (service/auth.py). None: no keys, which
+    scrapscan-serve allows only when bound to localhost."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins allowed to call the API (a dashboard on another host); none by default."""
 
     @classmethod
     def settings_customise_sources(

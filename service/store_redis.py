@@ -290,6 +290,17 @@ class RedisStore:
         if entry_ids:
             self.r.xclaim(FRAMES, GROUP, consumer, 0, entry_ids, justid=True)
 
+    def group_info(self) -> dict[str, Any]:
+        """The workers' group as XINFO GROUPS has it (lag, pending, consumers); {} if none."""
+        try:
+            groups = self.r.xinfo_groups(FRAMES)
+        except redis.ResponseError:  # no stream yet: nothing was ever queued
+            return {}
+        for g in groups:
+            if g["name"] in (GROUP, GROUP.encode()):
+                return dict(g)
+        return {}
+
     def attempt(self, frame_id: str) -> int:
         """Count one more attempt at a frame; returns the count so far."""
         return int(self.r.hincrby(f"{P}frame:{frame_id}", "attempts", 1))

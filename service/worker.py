@@ -37,8 +37,10 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from service.cli import add_log_arguments
 from service.errors import APIError
-from service.metrics import Metrics
+from service.logs import RequestId, configure_logging
+from service.metrics import HTTPMetrics, LiveCollector, Metrics, queue_gauges
 from service.processor import FrameFailed, Processor
 from service.settings import Settings
 from service.store_redis import RedisStore
@@ -57,6 +59,9 @@ class StreamWorker:
             settings.redis_url.get_secret_value(), settings.result_ttl_s, settings.report_ttl_s
         )
         self.processor = Processor(settings, self.store, self.metrics)
+        self.metrics.watch(
+            LiveCollector("queue", lambda: queue_gauges(self.store.backlog, self.store.group_info))
+        )
         self.inflight: dict[str, asyncio.Task[None]] = {}
         """Entry id -> the task processing its frame."""
         self._slot = asyncio.Event()
@@ -178,9 +183,10 @@ class StreamWorker:
 
     async def _give_up(self, entry_id: str, frame_id: str, reason: str, attempts: int) -> None:
         log.error("frame %s: %s", frame_id, reason)
+        record = await asyncio.to_thread(self.store.get, frame_id)
         if await asyncio.to_thread(self.store.dead_letter, entry_id, frame_id, reason, attempts):
             self.metrics.dead_letters.inc()
-            self.metrics.frames.labels("failed").inc()
+            self.processor.count_failed(record.camera_id if record else "")
 
 
 def create_worker_app(settings: Settings, name: str) -> FastAPI:
@@ -188,7 +194,6 @@ def create_worker_app(settings: Settings, name: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker = StreamWorker(settings, name)
         app.state.worker = worker
         # the engine loads in the background: /healthz answers at once, /readyz once loaded
         loading = asyncio.create_task(worker.start(), name="load")
@@ -206,6 +211,8 @@ def create_worker_app(settings: Settings, name: str) -> FastAPI:
         summary="Processes crane frames from the Redis stream; probes and metrics only.",
         lifespan=lifespan,
     )
+
+    worker = StreamWorker(settings, name)
 
     def worker_of(app: FastAPI) -> StreamWorker:
         w: StreamWorker = app.state.worker
@@ -235,6 +242,8 @@ def create_worker_app(settings: Settings, name: str) -> FastAPI:
         m = worker_of(app).metrics
         return Response(m.exposition(), media_type=m.content_type)
 
+    app.add_middleware(HTTPMetrics, metrics=worker.metrics)
+    app.add_middleware(RequestId)
     return app
 
 
@@ -261,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address of the probe/metrics server")
     p.add_argument("--port", type=int, default=8001, help="port of the probe/metrics server")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_log_arguments(p)
     return p
 
 
@@ -283,13 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValidationError, BundleError, ValueError, OSError) as err:
         print(f"scrapscan-worker: {err}", file=sys.stderr)
         return 1
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    configure_logging(args.log_level, args.log_format)
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(
             create_worker_app(settings, args.name),
             host=args.host,
             port=args.port,
             log_level=args.log_level,
+            log_config=None,
         )
     return 0
 

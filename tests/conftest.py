@@ -61,7 +61,7 @@ class RedisServer:
         if server is None:
             pytest.fail(
                 "redis-server is not installed: `make test` installs it "
-                "(scripts/ensure-redis.sh), or apt-get install redis-server"
+                "(scripts/ensure-test-tools.sh), or apt-get install redis-server"
             )
         self.server = server
         self.folder = folder

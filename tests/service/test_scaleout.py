@@ -184,10 +184,11 @@ def test_a_full_queue_answers_429_until_the_workers_catch_up(stack, frames):
     full = post(api, frames[0])
     assert_error(full, 429, "queue_full")
     assert full.headers["retry-after"] == "5"
+    assert "scrapscan_queue_backlog_frames 4.0" in httpx.get(f"{api.url}/metrics").text
     stack.worker("worker-q")
     assert sorted(i["frame_id"] for i in feed(api, 4)) == sorted(ids)
     assert post(api, frames[0]).status_code == 202  # recovered
-    assert 'scrapscan_frames_total{outcome="throttled"} 1.0' in httpx.get(f"{api.url}/metrics").text
+    assert "scrapscan_frames_throttled_total 1.0" in httpx.get(f"{api.url}/metrics").text
 
 
 def test_the_feed_pages_every_frame_once_while_frames_keep_arriving(stack, frames):
