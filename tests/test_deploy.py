@@ -1,0 +1,115 @@
+"""The deployment files pass their validators, and agree with the code and with each other."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.store_redis import FRAMES, GROUP
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+K8S_BASE = ROOT / "k8s" / "base"
+CRDS = {"ScaledObject"}  # custom resources: no schema in kubernetes-validate
+
+
+def tool(name: str) -> str:
+    path = BIN / name if (BIN / name).exists() else shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is missing: `make test` installs it")
+    return str(path)
+
+
+def run(*args: str) -> None:
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout}{done.stderr}"
+
+
+def docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.mark.parametrize("dockerfile", sorted((ROOT / "docker").glob("*.Dockerfile")), ids=str)
+def test_dockerfiles_pass_hadolint(dockerfile):
+    run(tool("hadolint"), str(dockerfile))
+    text = dockerfile.read_text()
+    assert "USER 10001" in text and "HEALTHCHECK" in text  # non-root, health-checked
+    assert ":latest" not in text
+
+
+def test_compose_file_matches_the_compose_spec():
+    run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml")
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "api", "worker", "prometheus"}
+    assert "./deploy/redis.conf:/usr/local/etc/redis/redis.conf:ro" in services["redis"]["volumes"]
+    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    for name in ("api", "worker"):
+        assert services[name]["environment"]["SCRAPSCAN_STORE"] == "redis"
+
+
+def test_prometheus_config_and_alert_rules_pass_promtool():
+    promtool = tool("promtool")
+    run(promtool, "check", "config", "deploy/prometheus/prometheus.yml")
+    run(promtool, "check", "rules", "deploy/prometheus/alerts.yml")
+    run(promtool, "test", "rules", "deploy/prometheus/alerts_test.yml")
+
+
+def test_redis_persists_every_write_wherever_it_is_deployed():
+    conf = (ROOT / "deploy" / "redis.conf").read_text()
+    assert "appendonly yes" in conf and "appendfsync always" in conf
+    assert (K8S_BASE / "redis.conf").read_text() == conf
+
+
+K8S_FILES = sorted(
+    p for p in K8S_BASE.glob("*.yaml") if p.name != "kustomization.yaml" and p.name != "keda.yaml"
+)
+
+
+@pytest.mark.parametrize("manifest", K8S_FILES, ids=lambda p: p.name)
+def test_kubernetes_manifests_validate_strictly(manifest):
+    run(tool("kubernetes-validate"), "--strict", "--quiet", str(manifest))
+
+
+def test_kustomizations_name_files_that_exist_and_pods_are_locked_down():
+    base = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
+    for name in base["resources"] + base["configMapGenerator"][0]["files"]:
+        assert (K8S_BASE / name).is_file(), name
+    overlay_dir = ROOT / "k8s" / "overlays" / "gpu-host"
+    overlay = yaml.safe_load((overlay_dir / "kustomization.yaml").read_text())
+    assert (overlay_dir / overlay["resources"][0]).resolve() == K8S_BASE
+    kinds = {(d["kind"], d["metadata"]["name"]) for p in K8S_FILES for d in docs(p)}
+    for patch in overlay["patches"]:
+        assert (overlay_dir / patch["path"]).is_file()
+        assert (patch["target"]["kind"], patch["target"]["name"]) in kinds
+    for p in K8S_FILES:
+        for d in docs(p):
+            if d["kind"] not in ("Deployment", "StatefulSet"):
+                continue
+            pod = d["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            for c in pod["containers"]:
+                sc = c["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"]
+                assert c["resources"]["requests"] and c["resources"]["limits"]
+    worker = next(d for d in docs(K8S_BASE / "worker.yaml") if d["kind"] == "Deployment")
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container)
+
+
+def test_keda_scales_workers_on_the_stream_the_workers_read():
+    (scaled,) = docs(K8S_BASE / "keda.yaml")
+    assert scaled["kind"] in CRDS
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "redis-streams"
+    assert trigger["metadata"]["stream"] == FRAMES
+    assert trigger["metadata"]["consumerGroup"] == GROUP
+    assert int(trigger["metadata"]["lagCount"]) > 0
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "scrapscan-worker"
