@@ -49,18 +49,33 @@ LABELS = 8
 
 
 def render_overlay(
-    frame: npt.NDArray[np.uint8], findings: Findings, bed: Bed, classes: tuple[str, ...]
+    frame: npt.NDArray[np.uint8],
+    findings: Findings,
+    bed: Bed,
+    classes: tuple[str, ...],
+    max_side: int = 1920,
 ) -> npt.NDArray[np.uint8]:
     """The frame with instances tinted and outlined; the strongest labelled with class and score.
 
-    At most LABELS labels (instances come strongest first), so a frame with many weak
+    Drawn on the frame scaled down to at most `max_side` pixels on its longer side. At
+    most LABELS labels (instances come strongest first), so a frame with many weak
     regions stays readable.
     """
-    out = draw_overlay(frame, findings.class_mask, bed.polygon)
+    h, w = frame.shape[:2]
+    f = min(1.0, max_side / max(h, w))
+    if f < 1.0:
+        size = (max(1, round(w * f)), max(1, round(h * f)))
+        frame = np.asarray(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), np.uint8)
+        mask = np.asarray(
+            cv2.resize(findings.class_mask, size, interpolation=cv2.INTER_NEAREST), np.uint8
+        )
+    else:
+        mask = findings.class_mask
+    out = draw_overlay(frame, mask, np.asarray(bed.polygon) * f)
     scale = max(0.6, min(frame.shape[:2]) / 900)
     thick = max(1, round(scale * 2))
     for inst in findings.instances[:LABELS]:
-        x, y, _, _ = inst.bbox
+        x, y = round(inst.bbox[0] * f), round(inst.bbox[1] * f)
         color = CLASS_COLORS_BGR[classes.index(inst.class_name)]
         label = f"{inst.class_name} {inst.score:.2f}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
@@ -112,6 +127,7 @@ class Pipeline:
         timer = Timer()
         frame = await asyncio.to_thread(decode, data, self.settings.max_pixels)
         timer.lap("decode")
+        stride = self.settings.map_stride
         bed = await asyncio.to_thread(
             bed_crop, frame, self.settings.bed_for(camera_id), self.bed_finder
         )
@@ -123,7 +139,15 @@ class Pipeline:
         out = await self.batcher.infer(inputs)
         timer.lap("infer")
         merged = await asyncio.to_thread(
-            merge, frame.shape, bed, tiles, out.anomaly, out.class_probs, m.overlap, self.sigma
+            merge,
+            frame.shape,
+            bed,
+            tiles,
+            out.anomaly,
+            out.class_probs,
+            m.overlap,
+            self.sigma,
+            stride,
         )
         timer.lap("merge")
         findings = await asyncio.to_thread(
@@ -158,7 +182,7 @@ class Pipeline:
         self, frame: npt.NDArray[np.uint8], findings: Findings, bed: Bed
     ) -> dict[str, bytes]:
         ok_mask, mask = cv2.imencode(".png", findings.class_mask)
-        overlay = render_overlay(frame, findings, bed, self.classes)
+        overlay = render_overlay(frame, findings, bed, self.classes, self.settings.overlay_max_side)
         ok_overlay, jpg = cv2.imencode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, 85])
         if not (ok_mask and ok_overlay):
             raise RuntimeError("could not encode the result images")

@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     tiles share engine batches)."""
     batch: BatchSettings = BatchSettings()
     queue: QueueSettings = QueueSettings()
+    map_stride: Annotated[int, Field(ge=1, le=8)] = 4
+    """Anomaly maps are merged and thresholded with one cell per stride x stride frame
+    pixels (the model sees about 14 frame pixels per cell of its 37 x 37 grid); 1 works at
+    full resolution, 16 times slower at merge and postprocess. mask.png is full size
+    either way."""
+    overlay_max_side: Annotated[int, Field(ge=256, le=16384)] = 1920
+    """overlay.jpg is scaled down to this many pixels on its longer side (a 4K frame's
+    overlay is 1920x1080): what a dashboard shows, at a quarter of the drawing cost."""
     max_upload_bytes: Annotated[int, Field(ge=1024)] = 40 * 1024 * 1024
     max_pixels: Annotated[int, Field(ge=64 * 64)] = 8192 * 8192
     cameras: dict[str, CameraBed] = {}
@@ -124,6 +132,13 @@ class Settings(BaseSettings):
     scrapscan-serve allows only when bound to localhost."""
     cors_origins: tuple[str, ...] = ()
     """Browser origins allowed to call the API (a dashboard on another host); none by default."""
+
+    @field_validator("map_stride")
+    @classmethod
+    def _divides_tiles(cls, v: int) -> int:
+        if v not in (1, 2, 4, 8):
+            raise ValueError("map_stride is 1, 2, 4 or 8 (it must divide the tile geometry)")
+        return v
 
     @classmethod
     def settings_customise_sources(

@@ -84,8 +84,10 @@ def make_tiles(
     inputs = np.empty((len(grid.tiles), 3, input_size, input_size), np.float32)
     bgr_pad = PAD_RGB[::-1]
     for i, tile in enumerate(grid.tiles):
-        rgb = np.ascontiguousarray(cut_tile(frame_bgr, tile, fill=bgr_pad)[..., ::-1])
-        inputs[i] = normalize(resize_tile(rgb, input_size))
+        # resized in BGR (each channel on its own: the same values), normalised as RGB
+        cut = np.asarray(cut_tile(frame_bgr, tile, fill=bgr_pad), np.uint8)  # a view if whole
+        bgr = resize_tile(cut, input_size)
+        normalize(bgr, out=inputs[i], bgr=True)
     return grid.tiles, inputs
 
 
@@ -111,10 +113,54 @@ def blend_weights(size: int, ramp: int) -> npt.NDArray[np.float32]:
 
 @dataclass(slots=True)
 class Merged:
-    """Full-frame maps: anomaly (H, W) and class probabilities (C, H, W), float32."""
+    """Maps over the frame at 1/stride of its resolution, and the bed's mask on that grid.
+
+    Cell i covers frame pixels [i * stride, (i + 1) * stride): anomaly (H', W') and class
+    probabilities (C, H', W'), float32.
+    """
 
     anomaly: npt.NDArray[np.float32]
     classes: npt.NDArray[np.float32]
+    bed_mask: npt.NDArray[np.bool_]
+    stride: int = 1
+
+
+def _cells(n: int, stride: int) -> int:
+    return -(-n // stride)
+
+
+def _ramp(u: npt.NDArray[np.floating[Any]], size: int, ramp: int) -> npt.NDArray[np.float32]:
+    """blend_weights' 1-D profile at tile-local pixel positions u (pixel i at i)."""
+    ramp = max(1, min(ramp, size // 2))
+    edge = np.minimum(u + 0.5, size - u - 0.5) / ramp
+    return np.asarray(np.clip(edge, 1.0 / (2 * ramp), 1.0), np.float32)
+
+
+def _interpolation(pos: npt.NDArray[np.floating[Any]], n: int) -> npt.NDArray[np.float32]:
+    """(len(pos), n) linear interpolation weights: row k samples position pos[k].
+
+    Positions are clamped to the border, as cv2.resize does.
+    """
+    pos = np.clip(pos, 0, n - 1)
+    i0 = np.minimum(np.floor(pos).astype(np.intp), max(n - 2, 0))
+    frac = pos - i0
+    out = np.zeros((len(pos), n), np.float32)
+    rows = np.arange(len(pos))
+    out[rows, i0] = 1 - frac
+    out[rows, np.minimum(i0 + 1, n - 1)] += frac
+    return out
+
+
+def _bilinear_at(
+    grid: npt.NDArray[np.float32],
+    ys: npt.NDArray[np.floating[Any]],
+    xs: npt.NDArray[np.floating[Any]],
+) -> npt.NDArray[np.float32]:
+    """(g, g, C) sampled bilinearly at grid positions ys x xs: (len(ys), len(xs), C)."""
+    ay = _interpolation(ys, grid.shape[0])
+    ax = _interpolation(xs, grid.shape[1])
+    out = ay @ grid.transpose(2, 0, 1) @ ax.T  # (C, len(ys), len(xs))
+    return np.ascontiguousarray(out.transpose(1, 2, 0))
 
 
 def merge(
@@ -125,39 +171,63 @@ def merge(
     class_probs: npt.NDArray[np.float32],
     overlap: int,
     sigma: float = 0.0,
+    stride: int = 1,
 ) -> Merged:
-    """Blend per-tile (N, g, g) anomaly and (N, C, g, g) class maps into full-frame maps.
+    """Blend per-tile (N, g, g) anomaly and (N, C, g, g) class maps into maps of the frame.
 
-    Each map is resized (bilinear) from the g x g grid to the tile's size, weighted with
+    Each map is resized (bilinear) from the g x g grid to the tile's cells, weighted with
     `blend_weights`, and accumulated over the bed's box; `sigma` (frame pixels) smooths
     the result as the model was evaluated. Outside the bed: anomaly 0, class normal.
+
+    With stride s > 1 the maps have one cell per s x s frame pixels, sampled at the
+    cell's centre: the model sees a 512 px tile as 37 x 37 cells (about 14 px each), so
+    s = 4 keeps what it saw at s^2 less work. The tiles are where they are at s = 1 (the
+    model sees the same inputs): a tile whose origin lies on the cell grid is resized in
+    one call, any other is sampled at its cells' centres.
     """
     h, w = frame_shape[:2]
     box = bed.box
     c = class_probs.shape[1]
+    g = anomaly.shape[-1]
+    # the box's cells on the global grid (cell i covers frame pixels [i*s, (i+1)*s))
+    cy0, cx0 = box.y // stride, box.x // stride
+    bh, bw = _cells(box.y1, stride) - cy0, _cells(box.x1, stride) - cx0
     # channels last while accumulating: each tile adds one contiguous block
-    acc = np.zeros((box.height, box.width, c + 1), np.float32)
-    total = np.zeros((box.height, box.width, 1), np.float32)
+    acc = np.zeros((bh, bw, c + 1), np.float32)
+    total = np.zeros((bh, bw, 1), np.float32)
     maps = np.concatenate([anomaly[:, None], class_probs], axis=1).transpose(0, 2, 3, 1)
     for k, tile in enumerate(tiles):
-        weights = blend_weights(tile.size, overlap)[..., None]
-        up = cv2.resize(maps[k], (tile.size, tile.size), interpolation=cv2.INTER_LINEAR)
-        th, tw = tile.box.height, tile.box.width
-        y0, x0 = tile.box.y - box.y, tile.box.x - box.x
-        wt = weights[:th, :tw]
-        acc[y0 : y0 + th, x0 : x0 + tw] += up.reshape(tile.size, tile.size, c + 1)[:th, :tw] * wt
-        total[y0 : y0 + th, x0 : x0 + tw] += wt
+        ty, tx = tile.box.y // stride, tile.box.x // stride
+        ny, nx = _cells(tile.box.y1, stride) - ty, _cells(tile.box.x1, stride) - tx
+        aligned = tile.size % stride == 0 and tile.box.y % stride == 0 and tile.box.x % stride == 0
+        if aligned:
+            size = tile.size // stride
+            up = cv2.resize(maps[k], (size, size), interpolation=cv2.INTER_LINEAR)
+            up = up.reshape(size, size, c + 1)[:ny, :nx]
+            wt = blend_weights(size, max(1, overlap // stride))[:ny, :nx, None]
+        else:  # cell centres in tile pixels, then in the g x g grid
+            uy = np.arange(ty, ty + ny) * stride + (stride - 1) / 2 - tile.box.y
+            ux = np.arange(tx, tx + nx) * stride + (stride - 1) / 2 - tile.box.x
+            scale = g / tile.size
+            up = _bilinear_at(maps[k], (uy + 0.5) * scale - 0.5, (ux + 0.5) * scale - 0.5)
+            wt = np.outer(_ramp(uy, tile.size, overlap), _ramp(ux, tile.size, overlap))[..., None]
+        y0, x0 = ty - cy0, tx - cx0
+        acc[y0 : y0 + ny, x0 : x0 + nx] += up * wt
+        total[y0 : y0 + ny, x0 : x0 + nx] += wt
     acc /= total
     if sigma > 0:
-        acc = cv2.GaussianBlur(acc, (0, 0), sigma).reshape(acc.shape)
-    out_anomaly = np.zeros((h, w), np.float32)
-    out_classes = np.zeros((c, h, w), np.float32)
+        acc = cv2.GaussianBlur(acc, (0, 0), sigma / stride).reshape(acc.shape)
+    gh, gw = _cells(h, stride), _cells(w, stride)
+    scaled = np.asarray(bed.polygon) / stride
+    bed_mask = bed.mask if stride == 1 else polygon_mask(scaled, gh, gw)
+    out_anomaly = np.zeros((gh, gw), np.float32)
+    out_classes = np.zeros((c, gh, gw), np.float32)
     out_classes[0] = 1.0
-    rows, cols = box.slices()
-    inside = bed.mask[rows, cols]
+    rows, cols = slice(cy0, cy0 + bh), slice(cx0, cx0 + bw)
+    inside = bed_mask[rows, cols]
     np.copyto(out_anomaly[rows, cols], acc[..., 0], where=inside)
     np.copyto(out_classes[:, rows, cols], acc[..., 1:].transpose(2, 0, 1), where=inside)
-    return Merged(out_anomaly, out_classes)
+    return Merged(out_anomaly, out_classes, bed_mask, stride)
 
 
 # --- instances -------------------------------------------------------------------------------
@@ -206,43 +276,63 @@ def find_instances(
     """Threshold the anomaly map inside the bed, keep components of plausible size.
 
     Each kept component becomes an instance whose class is the argmax of the anomaly
-    classes' probabilities averaged over its pixels; the class-index mask marks its
-    pixels with that class. Components over `max_bed_fraction` of the bed are not a
-    contaminant (a whole-bed false alarm), those under `min_area` are noise.
+    classes' probabilities averaged over its cells; the class-index mask (full frame size)
+    marks its pixels with that class. Components over `max_bed_fraction` of the bed are
+    not a contaminant (a whole-bed false alarm), those under `min_area` frame pixels are
+    noise. Boxes, areas and polygons are in frame pixels whatever the map's stride.
     """
-    h, w = merged.anomaly.shape
-    binary = ((merged.anomaly >= threshold) & bed.mask).astype(np.uint8)
+    s = merged.stride
+    fh, fw = bed.mask.shape[:2]
+    binary = ((merged.anomaly >= threshold) & merged.bed_mask).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    class_mask = np.zeros((h, w), np.uint8)
+    gh, gw = merged.anomaly.shape[:2]
+    cells = np.zeros((gh, gw), np.uint8)
+    # frame pixels per cell: s x s, fewer in the last row and column of a frame whose
+    # size is not a multiple of s
+    row_px = np.minimum(s, fh - np.arange(gh) * s).astype(np.int64)
+    col_px = np.minimum(s, fw - np.arange(gw) * s).astype(np.int64)
     instances: list[Instance] = []
     largest = max_bed_fraction * bed.area
     names = classes[1:]
     for label in range(1, count):
-        x, y, bw, bh, area = (int(v) for v in stats[label])
+        x, y, bw, bh, _ = (int(v) for v in stats[label])
+        region = labels[y : y + bh, x : x + bw] == label
+        area = int((region * row_px[y : y + bh, None] * col_px[None, x : x + bw]).sum())
         if area < min_area or area > largest:
             continue
-        region = labels[y : y + bh, x : x + bw] == label
         per_class = merged.classes[1:, y : y + bh, x : x + bw][:, region].mean(axis=1)
         best = int(per_class.argmax())
-        contours, _ = cv2.findContours(
-            region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-        )
-        outline = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float64)
-        outline = cv2.approxPolyDP(outline.astype(np.float32), 1.0, True).reshape(-1, 2)
-        polygon = [(float(px) + x + 0.5, float(py) + y + 0.5) for px, py in outline]
-        class_mask[y : y + bh, x : x + bw][region] = best + 1
+        # outlined at frame resolution (each cell its s x s pixels), so that a region one
+        # cell wide still has an area, as at stride 1
+        pixels = region.astype(np.uint8)
+        if s > 1:
+            pixels = cv2.resize(pixels, (bw * s, bh * s), interpolation=cv2.INTER_NEAREST_EXACT)
+        contours, _ = cv2.findContours(pixels, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        outline = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float32)
+        outline = cv2.approxPolyDP(outline, 1.0, True).reshape(-1, 2)
+        polygon = [
+            (min(float(px) + x * s + 0.5, fw), min(float(py) + y * s + 0.5, fh))
+            for px, py in outline
+        ]
+        cells[y : y + bh, x : x + bw][region] = best + 1
+        x0, y0 = x * s, y * s
         instances.append(
             Instance(
                 names[best],
                 float(merged.anomaly[y : y + bh, x : x + bw][region].max()),
-                {n: float(s) for n, s in zip(names, per_class, strict=True)},
-                (x, y, bw, bh),
+                {n: float(v) for n, v in zip(names, per_class, strict=True)},
+                (x0, y0, min((x + bw) * s, fw) - x0, min((y + bh) * s, fh) - y0),
                 area,
                 polygon,
             )
         )
     instances.sort(key=lambda i: i.score, reverse=True)
-    inside = bed.mask
+    if s == 1:
+        class_mask = cells
+    else:  # each cell becomes its s x s block of frame pixels
+        up = cv2.resize(cells, (gw * s, gh * s), interpolation=cv2.INTER_NEAREST_EXACT)
+        class_mask = np.ascontiguousarray(up[:fh, :fw])
+    inside = merged.bed_mask
     scores = {"anomaly": float(merged.anomaly[inside].max())}
     for i, name in enumerate(names, start=1):
         scores[name] = float(merged.classes[i][inside].max())

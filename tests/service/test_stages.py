@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from common.imaging import polygon_mask
 from common.tiling import tile_grid
 from service.settings import CameraBed
 from service.stages import Merged, bed_crop, blend_weights, find_instances, make_tiles, merge
@@ -12,9 +13,9 @@ def full_bed(h, w):
     return bed_crop(np.zeros((h, w, 3), np.uint8), CameraBed())
 
 
-@pytest.mark.parametrize(("h", "w"), [(720, 1280), (2160, 3840), (300, 200), (512, 1030)])
-@pytest.mark.parametrize("overlap", [0, 64, 200])
-def test_a_constant_map_merges_back_to_itself(h, w, overlap):
+@pytest.mark.parametrize(("h", "w"), [(720, 1280), (2160, 3840), (300, 202), (513, 1030)])
+@pytest.mark.parametrize(("overlap", "stride"), [(0, 1), (64, 1), (200, 1), (64, 4), (0, 4)])
+def test_a_constant_map_merges_back_to_itself(h, w, overlap, stride):
     bed = full_bed(h, w)
     grid = tile_grid(bed.box, 512, overlap)
     n = len(grid.tiles)
@@ -22,8 +23,11 @@ def test_a_constant_map_merges_back_to_itself(h, w, overlap):
     classes = np.broadcast_to(
         np.array([0.1, 0.2, 0.3, 0.4], np.float32)[None, :, None, None], (n, 4, 37, 37)
     )
-    out = merge((h, w), bed, grid.tiles, anomaly, np.ascontiguousarray(classes), overlap)
-    assert out.anomaly.shape == (h, w) and out.classes.shape == (4, h, w)
+    out = merge(
+        (h, w), bed, grid.tiles, anomaly, np.ascontiguousarray(classes), overlap, stride=stride
+    )
+    gh, gw = -(-h // stride), -(-w // stride)
+    assert out.anomaly.shape == (gh, gw) and out.classes.shape == (4, gh, gw)
     np.testing.assert_allclose(out.anomaly, 0.3, atol=1e-5)
     np.testing.assert_allclose(out.classes[2], 0.3, atol=1e-5)
 
@@ -43,6 +47,27 @@ def test_a_smooth_map_cut_into_tiles_merges_back_without_seams(h, w, overlap):
     out = merge((h, w), bed, grid.tiles, maps, classes, overlap)
     np.testing.assert_allclose(out.anomaly, smooth, atol=1e-5)
     np.testing.assert_allclose(out.classes[1], smooth, atol=1e-5)
+
+
+@pytest.mark.parametrize(("h", "w"), [(720, 1280), (1100, 900), (601, 1037)])
+@pytest.mark.parametrize("overlap", [32, 64, 150])
+def test_at_stride_4_a_smooth_map_merges_back_to_its_value_at_each_cell(h, w, overlap):
+    """Each 4 x 4 cell holds the map at the cell's centre: same grid for every tile, no seams."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    smooth = 0.5 + 0.4 * np.sin(xx / 97.0) * np.cos(yy / 61.0)
+    bed = full_bed(h, w)
+    grid = tile_grid(bed.box, 512, overlap)
+    maps = np.zeros((len(grid.tiles), 512, 512), np.float32)
+    for k, t in enumerate(grid.tiles):
+        maps[k, : t.box.height, : t.box.width] = smooth[t.box.slices()]
+    classes = np.stack([1 - maps, maps, np.zeros_like(maps), np.zeros_like(maps)], axis=1)
+    out = merge((h, w), bed, grid.tiles, maps, classes, overlap, stride=4)
+    cy, cx = np.mgrid[0 : -(-h // 4), 0 : -(-w // 4)].astype(np.float32) * 4 + 1.5
+    # a partial last cell is sampled at the frame's last pixel
+    cy, cx = np.minimum(cy, h - 1), np.minimum(cx, w - 1)
+    at_centres = 0.5 + 0.4 * np.sin(cx / 97.0) * np.cos(cy / 61.0)
+    np.testing.assert_allclose(out.anomaly, at_centres, atol=1e-4)
+    np.testing.assert_allclose(out.classes[1], at_centres, atol=1e-4)
 
 
 def test_overlapping_tiles_are_weighted_towards_their_centres():
@@ -100,7 +125,7 @@ def test_instances_are_sized_classed_and_outlined():
     anomaly[100:150, 100:200] = 0.9  # a cable-like region: 5000 px
     classes[:, 100:150, 100:200] = np.array([0.1, 0.2, 0.6, 0.1])[:, None, None]
     anomaly[300:305, 300:305] = 0.95  # 25 px: noise
-    found = find_instances(Merged(anomaly, classes), bed, CLASSES, 0.5, 100, 0.5)
+    found = find_instances(Merged(anomaly, classes, bed.mask), bed, CLASSES, 0.5, 100, 0.5)
     assert len(found.instances) == 1
     inst = found.instances[0]
     assert inst.class_name == "cable" and inst.area == 5000 and inst.bbox == (100, 100, 100, 50)
@@ -118,5 +143,29 @@ def test_a_region_covering_most_of_the_bed_is_not_a_contaminant():
     bed = full_bed(h, w)
     anomaly = np.full((h, w), 0.8, np.float32)
     classes = np.zeros((4, h, w), np.float32)
-    found = find_instances(Merged(anomaly, classes), bed, CLASSES, 0.5, 10, 0.5)
+    found = find_instances(Merged(anomaly, classes, bed.mask), bed, CLASSES, 0.5, 10, 0.5)
     assert found.instances == [] and found.class_mask.max() == 0
+
+
+def test_at_stride_4_instances_are_in_frame_pixels():
+    h, w = 402, 601  # not multiples of 4: the last row and column of cells are partial
+    bed = full_bed(h, w)
+    gh, gw = 101, 151
+    anomaly = np.zeros((gh, gw), np.float32)
+    classes = np.zeros((4, gh, gw), np.float32)
+    classes[0] = 1.0
+    anomaly[25:38, 25:50] = 0.9  # 13 x 25 cells = 52 x 100 frame pixels
+    classes[:, 25:38, 25:50] = np.array([0.1, 0.7, 0.1, 0.1])[:, None, None]
+    anomaly[95:, 140:] = 0.8  # touches the frame's bottom right corner
+    classes[:, 95:, 140:] = np.array([0.1, 0.1, 0.1, 0.7])[:, None, None]
+    small = polygon_mask(np.asarray(bed.polygon) / 4, gh, gw)
+    found = find_instances(Merged(anomaly, classes, small, 4), bed, CLASSES, 0.5, 100, 0.5)
+    motor, can = sorted(found.instances, key=lambda i: i.class_name)
+    assert motor.class_name == "motor" and motor.bbox == (100, 100, 100, 52)
+    assert motor.area == 5200 and (found.class_mask == 1).sum() == 5200
+    assert min(p[0] for p in motor.polygon) == pytest.approx(100.5)  # as at stride 1
+    assert max(p[0] for p in motor.polygon) == pytest.approx(199.5)
+    # 6 rows x 11 columns of cells; the last row holds 2 frame rows, the last column 1
+    assert can.class_name == "spray_can" and can.bbox == (560, 380, 41, 22)
+    assert can.area == (5 * 4 + 2) * (10 * 4 + 1) == (found.class_mask == 3).sum()
+    assert found.class_mask.shape == (h, w)
