@@ -32,40 +32,40 @@ def test_a_constant_map_merges_back_to_itself(h, w, overlap, stride):
     np.testing.assert_allclose(out.classes[2], 0.3, atol=1e-5)
 
 
-@pytest.mark.parametrize(("h", "w"), [(720, 1280), (1100, 900), (400, 600)])
-@pytest.mark.parametrize("overlap", [32, 64, 150])
-def test_a_smooth_map_cut_into_tiles_merges_back_without_seams(h, w, overlap):
-    """Tile maps at the tile's own resolution: blending must give back the frame's map."""
+def smooth(y, x):
+    return 0.5 + 0.4 * np.sin(x / 97.0) * np.cos(y / 61.0)
+
+
+def merge_smooth(h, w, overlap, stride):
+    """Tile maps at the tile's own resolution, cut from a smooth map, merged back."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    smooth = 0.5 + 0.4 * np.sin(xx / 97.0) * np.cos(yy / 61.0)
+    frame_map = smooth(yy, xx)
     bed = full_bed(h, w)
     grid = tile_grid(bed.box, 512, overlap)
     maps = np.zeros((len(grid.tiles), 512, 512), np.float32)
     for k, t in enumerate(grid.tiles):
-        maps[k, : t.box.height, : t.box.width] = smooth[t.box.slices()]
+        maps[k, : t.box.height, : t.box.width] = frame_map[t.box.slices()]
     classes = np.stack([1 - maps, maps, np.zeros_like(maps), np.zeros_like(maps)], axis=1)
-    out = merge((h, w), bed, grid.tiles, maps, classes, overlap)
-    np.testing.assert_allclose(out.anomaly, smooth, atol=1e-5)
-    np.testing.assert_allclose(out.classes[1], smooth, atol=1e-5)
+    return frame_map, merge((h, w), bed, grid.tiles, maps, classes, overlap, stride=stride)
+
+
+@pytest.mark.parametrize(("h", "w"), [(720, 1280), (1100, 900), (400, 600)])
+@pytest.mark.parametrize("overlap", [32, 64, 150])
+def test_a_smooth_map_cut_into_tiles_merges_back_without_seams(h, w, overlap):
+    frame_map, out = merge_smooth(h, w, overlap, 1)
+    np.testing.assert_allclose(out.anomaly, frame_map, atol=1e-5)
+    np.testing.assert_allclose(out.classes[1], frame_map, atol=1e-5)
 
 
 @pytest.mark.parametrize(("h", "w"), [(720, 1280), (1100, 900), (601, 1037)])
 @pytest.mark.parametrize("overlap", [32, 64, 150])
 def test_at_stride_4_a_smooth_map_merges_back_to_its_value_at_each_cell(h, w, overlap):
     """Each 4 x 4 cell holds the map at the cell's centre: same grid for every tile, no seams."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    smooth = 0.5 + 0.4 * np.sin(xx / 97.0) * np.cos(yy / 61.0)
-    bed = full_bed(h, w)
-    grid = tile_grid(bed.box, 512, overlap)
-    maps = np.zeros((len(grid.tiles), 512, 512), np.float32)
-    for k, t in enumerate(grid.tiles):
-        maps[k, : t.box.height, : t.box.width] = smooth[t.box.slices()]
-    classes = np.stack([1 - maps, maps, np.zeros_like(maps), np.zeros_like(maps)], axis=1)
-    out = merge((h, w), bed, grid.tiles, maps, classes, overlap, stride=4)
+    _, out = merge_smooth(h, w, overlap, 4)
     cy, cx = np.mgrid[0 : -(-h // 4), 0 : -(-w // 4)].astype(np.float32) * 4 + 1.5
     # a partial last cell is sampled at the frame's last pixel
     cy, cx = np.minimum(cy, h - 1), np.minimum(cx, w - 1)
-    at_centres = 0.5 + 0.4 * np.sin(cx / 97.0) * np.cos(cy / 61.0)
+    at_centres = smooth(cy, cx)
     np.testing.assert_allclose(out.anomaly, at_centres, atol=1e-4)
     np.testing.assert_allclose(out.classes[1], at_centres, atol=1e-4)
 
