@@ -160,7 +160,13 @@ class Pipeline:
             post.max_bed_fraction,
         )
         timer.lap("postprocess")
-        files = await asyncio.to_thread(self._encode, frame, findings, bed)
+        # the mask's PNG and the overlay's drawing and JPEG in two threads (OpenCV lets go
+        # of the GIL): the frame's answer waits for the longer of the two, not their sum
+        mask_png, overlay_jpg = await asyncio.gather(
+            asyncio.to_thread(_encode, ".png", findings.class_mask),
+            asyncio.to_thread(self._overlay_jpg, frame, findings, bed),
+        )
+        files = {"mask.png": mask_png, "overlay.jpg": overlay_jpg}
         timer.lap("encode")
         h, w = frame.shape[:2]
         result = {
@@ -178,12 +184,13 @@ class Pipeline:
         }
         return Processed(result, files)
 
-    def _encode(
-        self, frame: npt.NDArray[np.uint8], findings: Findings, bed: Bed
-    ) -> dict[str, bytes]:
-        ok_mask, mask = cv2.imencode(".png", findings.class_mask)
+    def _overlay_jpg(self, frame: npt.NDArray[np.uint8], findings: Findings, bed: Bed) -> bytes:
         overlay = render_overlay(frame, findings, bed, self.classes, self.settings.overlay_max_side)
-        ok_overlay, jpg = cv2.imencode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, 85])
-        if not (ok_mask and ok_overlay):
-            raise RuntimeError("could not encode the result images")
-        return {"mask.png": mask.tobytes(), "overlay.jpg": jpg.tobytes()}
+        return _encode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, 85])
+
+
+def _encode(ext: str, image: npt.NDArray[np.uint8], params: list[int] | None = None) -> bytes:
+    ok, data = cv2.imencode(ext, image, params or [])
+    if not ok:
+        raise RuntimeError(f"could not encode the result image as {ext}")
+    return data.tobytes()

@@ -1,0 +1,428 @@
+"""scrapscan-bench: how fast the engine and the service are, measured honestly.
+
+    scrapscan-bench engine [--model paper|tiny|BUNDLE] [--batch 1 4 8 16 32] [--seconds 5]
+    scrapscan-bench e2e [--cameras 8] [--seconds 30] [--mode fast|naive] [--bundle DIR]
+
+engine: tiles/s by batch size for one model, PyTorch (bf16 on a GPU, fp32 on a CPU) for
+    `paper` (the paper-size model, random weights) and `tiny`, or the bundle's engine as
+    the service opens it. The same run measures the machine's dense matrix-product peak
+    (the same dtype) and reports the fraction of it the model reaches, from the model's
+    FLOPs per tile counted by torch's FLOP counter.
+e2e: the service on the given bundle started in this process (uvicorn, a temporary data
+    folder), N simulated cameras each posting synthetic 4K frames (`?wait=true`, the next
+    frame once the answer is in) for T seconds. Prints frames/s, latency p50/p95/p99, the
+    median time of the stages outside the model (decode, crop, tile, merge, postprocess,
+    encode) from the results' timings, and the GPU busy fraction where NVML can read it.
+    `--mode naive` is the baseline a user would otherwise write: one frame at a time (no
+    batching across frames), full-resolution maps and overlay, the same engine and
+    precision.
+
+Both print a Markdown table and write the figures as JSON with --json FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+NON_MODEL = ("decode", "crop", "tile", "merge", "postprocess", "encode")
+
+
+def machine() -> str:
+    """The machine in words: CPU model and count, and the GPU if torch sees one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    words = f"{cpu}, {os.cpu_count()} CPUs"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            words += f", {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return words
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), linear between ranks."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+# --- engine only ---------------------------------------------------------------------------
+
+
+def matmul_peak(device: str, dtype: Any, seconds: float = 2.0) -> float:
+    """Dense matrix-product FLOP/s of this device and dtype (square products)."""
+    import torch
+
+    n = 8192 if device == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+        if device == "cuda" and runs % 10:
+            continue
+        _sync(device)
+    _sync(device)
+    return 2 * n**3 * runs / (time.perf_counter() - start)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def torch_graph(model: str) -> tuple[Any, int]:
+    """The paper-size or tiny model's inference graph (random weights) and input size."""
+    import torch
+
+    from model_export.graph import InferenceGraph
+    from training.config import load_config
+    from training.model import build_model
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    cfg = load_config(configs / f"{model}.yaml").model
+    cfg = cfg.model_copy(update={"pretrained": None})
+    torch.manual_seed(0)
+    return InferenceGraph(build_model(cfg).eval()).eval(), cfg.input_size
+
+
+def bench_engine(args: argparse.Namespace) -> dict[str, Any]:
+    """Tiles/s per batch size and the fraction of the matrix-product peak."""
+    import numpy as np
+
+    rows: list[dict[str, Any]] = []
+    out: dict[str, Any] = {"kind": "engine", "machine": machine(), "model": args.model}
+    if args.model in ("paper", "tiny"):
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        graph, size = torch_graph(args.model)
+        graph = graph.to(device)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            graph(torch.zeros(1, 3, size, size, device=device))
+        per_tile = counter.get_total_flops()
+        peak = matmul_peak(device, dtype)
+        out.update(
+            engine=f"torch-{device}-{str(dtype).removeprefix('torch.')}",
+            flops_per_tile=per_tile,
+            matmul_peak_tflops=peak / 1e12,
+        )
+
+        def run(batch: int) -> float:
+            x = torch.randn(batch, 3, size, size, device=device)
+            with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
+                graph(x)
+                _sync(device)
+                n, start = 0, time.perf_counter()
+                while time.perf_counter() - start < args.seconds:
+                    graph(x)
+                    _sync(device)
+                    n += batch
+            return n / (time.perf_counter() - start)
+
+    else:
+        from service.bundle import load_bundle
+        from service.engine import open_engine
+
+        bundle = load_bundle(Path(args.model))
+        engine = open_engine(bundle, "auto", "auto", 0, args.precision)
+        size = bundle.manifest.input_size
+        out.update(engine=engine.name, flops_per_tile=None, matmul_peak_tflops=None)
+        per_tile, peak = 0, 0.0
+
+        def run(batch: int) -> float:
+            x = np.random.default_rng(0).standard_normal((batch, 3, size, size), np.float32)
+            engine.infer(x)
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < args.seconds:
+                engine.infer(x)
+                n += batch
+            return n / (time.perf_counter() - start)
+
+    for batch in args.batch:
+        tiles = run(batch)
+        row: dict[str, Any] = {"batch": batch, "tiles_per_s": round(tiles, 2)}
+        if per_tile and peak:
+            row["fraction_of_peak"] = round(tiles * per_tile / peak, 4)
+        rows.append(row)
+        print(f"batch {batch}: {tiles:.1f} tiles/s", file=sys.stderr)
+    out["rows"] = rows
+    return out
+
+
+def engine_table(r: dict[str, Any]) -> str:
+    """Markdown for an engine run."""
+    head = f"engine `{r['engine']}`, model `{r['model']}`, {r['machine']}"
+    if r.get("flops_per_tile"):
+        head += (
+            f"; {r['flops_per_tile'] / 1e9:.1f} GFLOP per tile, matrix-product peak "
+            f"{r['matmul_peak_tflops']:.2f} TFLOP/s"
+        )
+    lines = [head, "", "| batch | tiles/s | of the peak |", "|---|---|---|"]
+    for row in r["rows"]:
+        frac = row.get("fraction_of_peak")
+        lines.append(
+            f"| {row['batch']} | {row['tiles_per_s']:.1f} | "
+            f"{'-' if frac is None else f'{100 * frac:.1f}%'} |"
+        )
+    return "\n".join(lines)
+
+
+# --- end to end ----------------------------------------------------------------------------
+
+
+class GpuBusy:
+    """Samples NVML's GPU utilisation in a thread; None where NVML cannot be read."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handle: Any = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._nvml: Any = pynvml
+        except Exception:
+            self._nvml = None
+
+    def __enter__(self) -> GpuBusy:
+        if self._nvml is not None:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            rates = self._nvml.nvmlDeviceGetUtilizationRates(self._handle)
+            self.samples.append(rates.gpu / 100)
+
+    @property
+    def fraction(self) -> float | None:
+        """Mean busy fraction over the run."""
+        return statistics.fmean(self.samples) if self.samples else None
+
+
+def camera_frames(count: int, width: int, height: int) -> list[bytes]:
+    """Synthetic crane frames as JPEG (seed 300: held out from the demo bundle's training)."""
+    import cv2
+
+    from training.synth import render_frame
+
+    out = []
+    for i in range(count):
+        ok, data = cv2.imencode(
+            ".jpg", render_frame(300, i, width, height).image, [cv2.IMWRITE_JPEG_QUALITY, 90]
+        )
+        if not ok:
+            raise RuntimeError("could not encode a synthetic frame")
+        out.append(data.tobytes())
+    return out
+
+
+def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
+    """N cameras posting for T seconds against the service started here."""
+    import httpx
+
+    from service.demo import running_service
+    from service.settings import BatchSettings, CameraBed, Settings
+
+    frames = camera_frames(args.distinct_frames, args.width, args.height)
+    with tempfile.TemporaryDirectory() as tmp:
+        # the service's own settings (SCRAPSCAN_* and their defaults: WORKERS frames in
+        # flight, the batcher's limits) but for the data folder and the bed
+        base: dict[str, Any] = {
+            "data_dir": Path(tmp) / "data",
+            "default_bed": CameraBed(bed=args.bed),
+        }
+        if args.bundle:
+            base["bundle"] = args.bundle
+        if args.mode == "naive":  # one frame at a time, full-resolution maps and overlay
+            base.update(
+                workers=1,
+                map_stride=1,
+                overlay_max_side=16384,
+                batch=BatchSettings(max_batch=Settings().batch.max_batch, max_wait_ms=0),
+            )
+        settings = Settings(**base)
+        latencies: list[float] = []
+        non_model: list[float] = []
+        stages: dict[str, list[float]] = {}
+        lock = threading.Lock()
+        stop_at = 0.0
+
+        def camera(k: int, url: str) -> None:
+            i = k
+            with httpx.Client(timeout=600) as client:
+                while time.perf_counter() < stop_at:
+                    t0 = time.perf_counter()
+                    r = client.post(
+                        f"{url}/v1/frames",
+                        params={"wait": "true"},
+                        data={"camera_id": f"bench-{k}"},
+                        files={"image": ("f.jpg", frames[i % len(frames)], "image/jpeg")},
+                    )
+                    seconds = time.perf_counter() - t0
+                    i += args.cameras
+                    if r.status_code != 200:
+                        raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
+                    timings = r.json()["result"]["timings_ms"]
+                    with lock:
+                        latencies.append(seconds)
+                        non_model.append(sum(timings[s] for s in NON_MODEL) / 1000)
+                        for stage, ms in timings.items():
+                            stages.setdefault(stage, []).append(ms)
+
+        with running_service(settings) as url:
+            # one frame first: warm-up, not counted
+            httpx.post(
+                f"{url}/v1/frames",
+                params={"wait": "true"},
+                data={"camera_id": "warm-up"},
+                files={"image": ("f.jpg", frames[0], "image/jpeg")},
+                timeout=600,
+            )
+            config = httpx.get(f"{url}/v1/config").json()
+            info = next(
+                line
+                for line in httpx.get(f"{url}/metrics").text.splitlines()
+                if line.startswith("scrapscan_model_info{")
+            )
+            engine = info.split('engine="', 1)[1].split('"', 1)[0]
+            with GpuBusy() as gpu:
+                start = time.perf_counter()
+                stop_at = start + args.seconds
+                threads = [
+                    threading.Thread(target=camera, args=(k, url)) for k in range(args.cameras)
+                ]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                elapsed = time.perf_counter() - start
+    return {
+        "kind": "e2e",
+        "machine": machine(),
+        "mode": args.mode,
+        "cameras": args.cameras,
+        "seconds": round(elapsed, 2),
+        "frame_size": f"{args.width}x{args.height}",
+        "bundle": str(config["bundle"]),
+        "engine": engine,
+        "frames": len(latencies),
+        "frames_per_s": round(len(latencies) / elapsed, 3),
+        "latency_s": {q: round(percentile(latencies, q), 4) for q in (50, 95, 99)},
+        "non_model_ms_p50": round(1000 * percentile(non_model, 50), 1),
+        "stage_ms_p50": {k: round(percentile(v, 50), 1) for k, v in stages.items()},
+        "gpu_busy": None if gpu.fraction is None else round(gpu.fraction, 3),
+    }
+
+
+def e2e_table(r: dict[str, Any]) -> str:
+    """Markdown for an end-to-end run."""
+    gpu = "n/a (no NVML)" if r["gpu_busy"] is None else f"{100 * r['gpu_busy']:.0f}%"
+    lat = r["latency_s"]
+    return "\n".join(
+        [
+            f"{r['mode']} mode, {r['cameras']} cameras for {r['seconds']} s, "
+            f"{r['frame_size']} frames, engine {r['engine']}, {r['machine']}",
+            "",
+            "| frames | frames/s | p50 s | p95 s | p99 s | outside the model, p50 ms | GPU busy |",
+            "|---|---|---|---|---|---|---|",
+            f"| {r['frames']} | {r['frames_per_s']:.2f} | {lat[50]:.3f} | {lat[95]:.3f} | "
+            f"{lat[99]:.3f} | {r['non_model_ms_p50']:.1f} | {gpu} |",
+            "",
+            "stages, p50 ms: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_ms_p50"].items()),
+        ]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
+    p = argparse.ArgumentParser(
+        prog="scrapscan-bench",
+        description="Measure the engine (tiles/s, fraction of the matrix-product peak) or "
+        "the whole service through HTTP (frames/s, latency, time outside the model).",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("engine", help="tiles/s of one model by batch size")
+    e.add_argument(
+        "--model",
+        default="paper",
+        help="paper or tiny (PyTorch, random weights), or a bundle folder (its engine)",
+    )
+    e.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    e.add_argument("--seconds", type=float, default=5.0, help="per batch size")
+    e.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="bundle only")
+    s = sub.add_parser("e2e", help="N cameras posting 4K frames through HTTP")
+    s.add_argument("--cameras", type=int, default=8)
+    s.add_argument("--seconds", type=float, default=30.0)
+    s.add_argument("--mode", choices=("fast", "naive"), default="fast")
+    s.add_argument("--bundle", type=Path, help="model bundle (default: models/demo)")
+    s.add_argument("--bed", choices=("full", "learned"), default="learned")
+    s.add_argument("--width", type=int, default=3840)
+    s.add_argument("--height", type=int, default=2160)
+    s.add_argument("--distinct-frames", type=int, default=8)
+    for q in (e, s):
+        q.add_argument("--json", type=Path, help="also write the figures here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one benchmark, print its table (and write JSON)."""
+    args = build_parser().parse_args(argv)
+    if args.command == "engine":
+        result = bench_engine(args)
+        table = engine_table(result)
+    else:
+        if args.cameras < 1 or args.seconds <= 0:
+            print("scrapscan-bench: --cameras and --seconds must be positive", file=sys.stderr)
+            return 2
+        result = bench_e2e(args)
+        table = e2e_table(result)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""scrapscan-bench runs end to end and reports what it measured (not how fast: that is
+BENCHMARKS.md's business, never a test's)."""
+
+import json
+
+import pytest
+
+from service.bench import main, percentile
+
+pytestmark = pytest.mark.slow
+
+
+def test_engine_bench_counts_flops_and_the_peak(tmp_path, capsys):
+    out = tmp_path / "engine.json"
+    assert (
+        main(
+            [
+                "engine",
+                "--model",
+                "tiny",
+                "--batch",
+                "1",
+                "2",
+                "--seconds",
+                "0.2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    r = json.loads(out.read_text())
+    assert r["engine"].startswith("torch-cpu") and r["flops_per_tile"] > 0
+    assert [row["batch"] for row in r["rows"]] == [1, 2]
+    assert all(row["tiles_per_s"] > 0 and 0 < row["fraction_of_peak"] < 1 for row in r["rows"])
+    assert "| batch | tiles/s | of the peak |" in capsys.readouterr().out
+
+
+def test_e2e_bench_posts_frames_through_http(tmp_path, capsys):
+    out = tmp_path / "e2e.json"
+    args = [
+        "e2e",
+        "--cameras",
+        "2",
+        "--seconds",
+        "2",
+        "--width",
+        "640",
+        "--height",
+        "360",
+        "--distinct-frames",
+        "2",
+        "--bed",
+        "full",
+        "--json",
+        str(out),
+    ]
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["frames"] >= 2 and r["frames_per_s"] > 0 and r["engine"] == "onnxruntime-cpu"
+    assert r["latency_s"]["50"] <= r["latency_s"]["99"]
+    assert set(r["stage_ms_p50"]) >= {"decode", "tile", "infer", "merge", "encode"}
+    assert r["gpu_busy"] is None  # no NVML here: said, not made up
+    assert "outside the model" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_refused(capsys):
+    assert main(["e2e", "--cameras", "0"]) == 2
+    assert "positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["e2e", "--mode", "fastest"])
+
+
+def test_percentiles():
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([5.0], 99) == 5.0
