@@ -270,3 +270,23 @@ def test_the_worker_refuses_to_start_without_redis(tmp_path, capsys):
 
     assert main(["--name", "x"]) == 1
     assert "SCRAPSCAN_STORE=redis" in capsys.readouterr().err
+
+
+def test_several_api_processes_add_up_their_metrics(stack):
+    class TwoProcesses(Server):
+        def args(self) -> list[str]:
+            return [*super().args(), "--processes", "2"]
+
+    api = TwoProcesses(stack.folder / "multi" / "data", stack.env({}))
+    api.data_dir.parent.mkdir(parents=True)
+    stack.procs.append(api)
+    api.start()
+    for _ in range(40):  # a new connection each: the kernel spreads them over both
+        assert httpx.get(f"{api.url}/healthz").status_code == 200
+    text = httpx.get(f"{api.url}/metrics").text
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith("scrapscan_http_requests_total{") and 'route="/healthz"' in x
+    )
+    assert float(line.split()[-1]) == 40
