@@ -370,18 +370,19 @@ async def _feed_page(
     while True:
         async with svc.finished:
             try:
-                rows = await asyncio.to_thread(svc.store.feed, after, limit, camera_id)
+                page = await asyncio.to_thread(svc.store.feed, after, limit, camera_id)
             except ValueError:
                 raise APIError(
                     400, "invalid_cursor", "a cursor is the `next` value of an earlier page"
                 ) from None
+            after = page.next  # frames of other cameras looked at are not looked at again
             remaining = deadline - asyncio.get_running_loop().time()
-            if rows or remaining <= 0:
+            if page.items or remaining <= 0:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(svc.finished.wait(), remaining)
     items = []
-    for seq, r in rows:
+    for seq, r in page.items:
         res = r.result or {}
         items.append(
             {
@@ -399,7 +400,7 @@ async def _feed_page(
                 "links": frame_links(r.frame_id),
             }
         )
-    return items, rows[-1][0] if rows else after
+    return items, page.next
 
 
 async def _wait_for(svc: Service, frame_id: str) -> FrameStatus | None:

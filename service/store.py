@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 Status = Literal["queued", "processing", "done", "failed"]
 
@@ -50,6 +50,17 @@ CREATE TABLE IF NOT EXISTS feed (
 _COLUMNS = (
     "frame_id, camera_id, truck_id, captured_at, received_at, status, error, result, completed_at"
 )
+
+
+class FeedPage(NamedTuple):
+    """Ended frames after a cursor, each with its own cursor, and where the next page starts.
+
+    `next` can be past the last item: a page filtered by camera moves over the frames of
+    other cameras it looked at, so the next poll does not look at them again.
+    """
+
+    items: list[tuple[str, FrameRecord]]
+    next: str
 
 
 class IdempotencyConflict(Exception):
@@ -120,9 +131,7 @@ class Store(Protocol):
         """A result file of a done frame, or None."""
         ...
 
-    def feed(
-        self, after: str, limit: int, camera_id: str | None = None
-    ) -> list[tuple[str, FrameRecord]]:
+    def feed(self, after: str, limit: int, camera_id: str | None = None) -> FeedPage:
         """Ended frames after a cursor, in completion order."""
         ...
 
@@ -225,9 +234,7 @@ class SQLiteStore:
             ).fetchone()
         return None if row is None else _record(row)
 
-    def feed(
-        self, after: str, limit: int, camera_id: str | None = None
-    ) -> list[tuple[str, FrameRecord]]:
+    def feed(self, after: str, limit: int, camera_id: str | None = None) -> FeedPage:
         """Finished frames after the cursor `after` ("" for the start), in completion order.
 
         ValueError for a cursor this store did not give out.
@@ -243,7 +250,8 @@ class SQLiteStore:
                 f" WHERE {where} ORDER BY feed.seq LIMIT ?",
                 (int(after or 0), *params[1:]),
             ).fetchall()
-        return [(str(r[0]), _record(r[1:])) for r in rows]
+        items = [(str(r[0]), _record(r[1:])) for r in rows]
+        return FeedPage(items, items[-1][0] if items else after)
 
     def truck(self, truck_id: str) -> list[FrameRecord]:
         """Every frame of a truck, oldest first."""

@@ -11,7 +11,7 @@ Keys (prefix `scrapscan:`):
                         group "workers" (the queue); an entry is deleted once acknowledged
   dead                  stream: frames given up on (frame_id, reason, attempts)
   results               stream: one entry per ended frame (the dashboard feed; the entry
-                        id is the cursor)
+                        id is the cursor), trimmed to the frames' retention
   truck:<id>            sorted set: the truck's frame ids by time received
   trucks                sorted set: truck ids by their latest frame
 
@@ -36,7 +36,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from service.store import FrameRecord, IdempotencyConflict
+from service.store import FeedPage, FrameRecord, IdempotencyConflict
 
 P = "scrapscan:"
 FRAMES = f"{P}frames"
@@ -70,11 +70,12 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'completed_at', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
 redis.call('SREM', KEYS[2], ARGV[5])
-redis.call('XADD', KEYS[3], '*', 'frame_id', ARGV[5], 'camera_id',
+-- the feed keeps what is still retained: entries older than the result ttl go
+redis.call('XADD', KEYS[3], 'MINID', ARGV[7], '*', 'frame_id', ARGV[5], 'camera_id',
            redis.call('HGET', KEYS[1], 'camera_id'))
 redis.call('DEL', KEYS[4])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   redis.call('SET', KEYS[5] .. ARGV[i], ARGV[i + 1], 'EX', ARGV[6])
 end
 return 1
@@ -207,7 +208,9 @@ class RedisStore:
         """End the frame, its result and files in one script; False if it had ended."""
         frame = f"{P}frame:{frame_id}"
         keys = [frame, f"{P}open", f"{P}results", f"{frame}:image", f"{frame}:"]
-        args: list[Any] = [status, repr(time.time()), result, error, frame_id, self.result_ttl]
+        now = time.time()
+        oldest = f"{int((now - self.result_ttl) * 1000)}-0"  # feed entries worth keeping
+        args: list[Any] = [status, repr(now), result, error, frame_id, self.result_ttl, oldest]
         for name, data in (files or {}).items():
             args += [name, data]
         return bool(self._end(keys=keys, args=args))
@@ -223,12 +226,14 @@ class RedisStore:
         data = self.r.get(f"{P}frame:{frame_id}:{name}")
         return None if data is None else bytes(data)
 
-    def feed(
-        self, after: str, limit: int, camera_id: str | None = None
-    ) -> list[tuple[str, FrameRecord]]:
-        """Ended frames after the cursor (a stream entry id, "" for the start), in order."""
+    def feed(self, after: str, limit: int, camera_id: str | None = None) -> FeedPage:
+        """Ended frames after the cursor (a stream entry id, "" for the start), in order.
+
+        `next` is the last entry looked at, matched or not (another camera's, expired).
+        """
         start = f"({after}" if after else "-"
         out: list[tuple[str, FrameRecord]] = []
+        last = after
         while len(out) < limit:
             try:
                 entries = self.r.xrange(f"{P}results", start, "+", count=max(limit, 100))
@@ -237,15 +242,16 @@ class RedisStore:
             if not entries:
                 break
             for entry_id, fields in entries:
-                start = f"({entry_id.decode()}"
+                last = entry_id.decode()
+                start = f"({last}"
                 if camera_id and fields.get(b"camera_id", b"").decode() != camera_id:
                     continue
                 record = self.get(fields[b"frame_id"].decode())
                 if record is not None:  # expired frames leave the feed
-                    out.append((entry_id.decode(), record))
+                    out.append((last, record))
                 if len(out) == limit:
                     break
-        return out
+        return FeedPage(out, last)
 
     def truck(self, truck_id: str) -> list[FrameRecord]:
         """Every frame of a truck still kept, oldest first."""

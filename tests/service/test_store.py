@@ -70,7 +70,7 @@ def test_a_frame_ended_twice_is_stored_and_fed_once(store):
     store.fail("b" * 32, "late failure")
     r = store.get("b" * 32)
     assert r.status == "done" and r.result["instances"][0]["score"] == 0.4
-    assert [f.frame_id for _, f in store.feed("", 100)] == ["b" * 32]
+    assert [f.frame_id for _, f in store.feed("", 100).items] == ["b" * 32]
 
 
 def test_the_feed_pages_in_completion_order_exactly_once(store):
@@ -83,14 +83,19 @@ def test_the_feed_pages_in_completion_order_exactly_once(store):
         done(store, fid) if k % 3 else store.fail(fid, "x")
         if k % 2:  # page while frames keep ending
             page = store.feed(cursor, 2)
-            seen += [f.frame_id for _, f in page]
-            cursor = page[-1][0] if page else cursor
-    while page := store.feed(cursor, 2):
-        seen += [f.frame_id for _, f in page]
-        cursor = page[-1][0]
+            seen += [f.frame_id for _, f in page.items]
+            cursor = page.next
+    while (page := store.feed(cursor, 2)).items:
+        seen += [f.frame_id for _, f in page.items]
+        cursor = page.next
     assert seen == order
-    assert [f.frame_id for _, f in store.feed("", 10, camera_id="odd")] == [ids[3], ids[1], ids[5]]
-    assert store.feed(cursor, 10) == []
+    odd = store.feed("", 10, camera_id="odd")
+    assert [f.frame_id for _, f in odd.items] == [ids[3], ids[1], ids[5]]
+    assert store.feed(cursor, 10).items == [] and store.feed(cursor, 10).next == cursor
+    # paging one camera moves over the other camera's frames for good
+    first = store.feed("", 1, camera_id="even")
+    assert [f.frame_id for _, f in first.items] == [ids[0]]
+    assert store.feed(odd.next, 10, camera_id="odd").items == []
     with pytest.raises(ValueError, match="not a cursor"):
         store.feed("not-a-cursor", 10)
 
@@ -117,4 +122,8 @@ def test_redis_results_expire_and_reports_outlive_them(redis_url):
     assert 0 < s.r.ttl("scrapscan:frame:" + "9" * 32) <= 1
     assert s.r.ttl("scrapscan:truck:T-9") > 1
     assert s.r.exists("scrapscan:frame:" + "9" * 32 + ":image") == 0  # the upload is gone
+    time.sleep(1.1)
+    add(s, "8" * 32)
+    done(s, "8" * 32)  # the feed drops entries older than the retention as it grows
+    assert [f[b"frame_id"] for _, f in s.r.xrange("scrapscan:results")] == [b"8" * 32]
     s.close()
