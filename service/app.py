@@ -748,6 +748,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reports = []
         for truck_id in ids:
             frames = await asyncio.to_thread(svc.store.truck, truck_id)
+            if not frames:  # its frames have expired (store redis)
+                continue
             r = truck_report(truck_id, frames, s.reject_score)
             if verdict is None or r["verdict"] == verdict:
                 reports.append(r)

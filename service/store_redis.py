@@ -13,7 +13,7 @@ Keys (prefix `scrapscan:`):
   results               stream: one entry per ended frame (the dashboard feed; the entry
                         id is the cursor), trimmed to the frames' retention
   truck:<id>            sorted set: the truck's frame ids by time received
-  trucks                sorted set: truck ids by their latest frame
+  trucks                sorted set: truck ids by their latest frame (trimmed to report_ttl)
 
 Retention: a frame's hash and files expire `result_ttl` seconds after it ends; a truck's
 frame list expires `report_ttl` seconds after its latest frame (reports outlive masks).
@@ -60,6 +60,8 @@ if KEYS[6] ~= '' then
   redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
   redis.call('EXPIRE', KEYS[6], ARGV[4])
   redis.call('ZADD', KEYS[7], ARGV[3], ARGV[6])
+  -- trucks whose frame lists have expired leave the list of trucks
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[4])))
 end
 return false
 """

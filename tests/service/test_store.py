@@ -127,3 +127,9 @@ def test_redis_results_expire_and_reports_outlive_them(redis_url):
     done(s, "8" * 32)  # the feed drops entries older than the retention as it grows
     assert [f[b"frame_id"] for _, f in s.r.xrange("scrapscan:results")] == [b"8" * 32]
     s.close()
+    short = RedisStore(redis_url, result_ttl=1, report_ttl=1)
+    add(short, "7" * 32, truck="T-7")
+    time.sleep(1.1)
+    add(short, "6" * 32, truck="T-6")  # T-7's list has expired: it leaves the truck list
+    assert short.trucks() == ["T-6"]
+    short.close()
