@@ -293,6 +293,7 @@ class Service:
                 asyncio.create_task(self._work(), name=f"worker-{i}")
                 for i in range(self.settings.workers)
             ]
+            self.tasks.append(asyncio.create_task(self._purge(), name="retention"))
         else:
             self.tasks = [asyncio.create_task(self._follow(), name="feed-follower")]
 
@@ -342,6 +343,19 @@ class Service:
             finally:
                 self.queue.task_done()
                 await self.ended([frame_id])
+
+    async def _purge(self) -> None:
+        """Embedded: apply the retention at start and then every hour (Redis expires keys)."""
+        assert isinstance(self.store, SQLiteStore)
+        s = self.settings
+        while True:
+            try:
+                n = await asyncio.to_thread(self.store.purge, s.result_ttl_s, s.report_ttl_s)
+                if n:
+                    log.info("retention: %d frames purged", n)
+            except Exception:
+                log.exception("retention failed; trying again in an hour")
+            await asyncio.sleep(min(3600, s.result_ttl_s / 4))
 
     async def _follow(self) -> None:
         """Redis mode: read the feed stream as workers end frames."""

@@ -96,9 +96,10 @@ class Settings(BaseSettings):
     store: Literal["sqlite", "redis"] = "sqlite"
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     result_ttl_s: Annotated[int, Field(ge=60)] = 7 * 86400
-    """store redis: results and masks are kept this long after a frame ends (7 days)."""
+    """Uploads, results, masks and overlays are kept this long after a frame ends (7 days);
+    then only what truck reports need of the frame stays."""
     report_ttl_s: Annotated[int, Field(ge=60)] = 90 * 86400
-    """store redis: a truck's frame list is kept this long after its last frame (90 days)."""
+    """Truck reports are kept this long (90 days)."""
     engine: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
     precision: Literal["fp32", "fp16"] = "fp32"
     """Which ONNX file the ONNX Runtime engine loads (fp16 pays on GPUs only)."""

@@ -5,6 +5,9 @@ DATA_DIR/frames/<frame_id>/image.jpg  the upload as received (.png for PNG)
 DATA_DIR/frames/<frame_id>/mask.png   class index per pixel, full frame size
 DATA_DIR/frames/<frame_id>/overlay.jpg
 
+Retention (purge(), run by the service): result_ttl after a frame ends its files go and
+its result keeps what truck reports need; report_ttl after, the frame is forgotten.
+
 Status goes queued -> processing -> done | failed. A frame that ends (done or failed) gets
 the next number of the feed, in the same transaction, so the dashboard feed pages in
 completion order and sees each finished frame exactly once. Frames found queued or processing at
@@ -15,6 +18,7 @@ lost). RedisStore (store_redis.py) implements the same methods for the scaled-ou
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -50,6 +54,21 @@ CREATE TABLE IF NOT EXISTS feed (
 _COLUMNS = (
     "frame_id, camera_id, truck_id, captured_at, received_at, status, error, result, completed_at"
 )
+
+
+def report_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a truck report needs of a frame's result once its files are gone.
+
+    The verdict, the scores and each instance's class, score and area (no polygons).
+    """
+    if result is None:
+        return None
+    keep = ("class", "score", "area")
+    return {
+        "verdict": result.get("verdict"),
+        "scores": result.get("scores"),
+        "instances": [{k: i[k] for k in keep} for i in result.get("instances", [])],
+    }
 
 
 class FeedPage(NamedTuple):
@@ -315,6 +334,41 @@ class SQLiteStore:
         """A result file (mask.png, overlay.jpg) of a done frame, or None."""
         path = self.folder(frame_id) / name
         return path.read_bytes() if path.is_file() else None
+
+    def purge(self, result_ttl: float, report_ttl: float, now: float | None = None) -> int:
+        """Apply the retention; returns how many frames were changed.
+
+        Frames ended result_ttl ago lose their files (upload, mask, overlay) and keep only
+        what reports need of their result; frames ended report_ttl ago are forgotten.
+        Frames not ended are kept.
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            stale = self._db.execute(
+                "SELECT frame_id, result FROM frames WHERE completed_at < ? AND image_name != ''",
+                (now - result_ttl,),
+            ).fetchall()
+        for frame_id, result in stale:
+            shutil.rmtree(self.folder(frame_id), ignore_errors=True)
+            small = report_result(json.loads(result)) if result else None
+            with self._lock, self._db:
+                self._db.execute(
+                    "UPDATE frames SET image_name = '', result = ? WHERE frame_id = ?",
+                    (json.dumps(small) if small is not None else None, frame_id),
+                )
+        with self._lock, self._db:
+            old = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT frame_id FROM frames WHERE completed_at < ?", (now - report_ttl,)
+                ).fetchall()
+            ]
+            for frame_id in old:
+                self._db.execute("DELETE FROM feed WHERE frame_id = ?", (frame_id,))
+                self._db.execute("DELETE FROM frames WHERE frame_id = ?", (frame_id,))
+        for frame_id in old:
+            shutil.rmtree(self.folder(frame_id), ignore_errors=True)
+        return len(stale) + len(old)
 
     def _set(
         self, frame_id: str, status: Status, result: str | None = None, error: str | None = None

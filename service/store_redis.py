@@ -15,8 +15,10 @@ Keys (prefix `scrapscan:`):
   truck:<id>            sorted set: the truck's frame ids by time received
   trucks                sorted set: truck ids by their latest frame (trimmed to report_ttl)
 
-Retention: a frame's hash and files expire `result_ttl` seconds after it ends; a truck's
-frame list expires `report_ttl` seconds after its latest frame (reports outlive masks).
+Retention: a frame's hash and files expire `result_ttl` seconds after it ends; what its
+truck's report needs of it (frame:<id>:report: status, times, each instance's class,
+score and area) `report_ttl` after; a truck's frame list `report_ttl` after its latest
+frame. So reports outlive results and masks.
 A frame ends once: ending it again (a second worker after a takeover) changes nothing
 and adds nothing to the feed.
 
@@ -36,7 +38,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from service.store import FeedPage, FrameRecord, IdempotencyConflict
+from service.store import FeedPage, FrameRecord, IdempotencyConflict, report_result
 
 P = "scrapscan:"
 FRAMES = f"{P}frames"
@@ -77,7 +79,9 @@ redis.call('XADD', KEYS[3], 'MINID', ARGV[7], '*', 'frame_id', ARGV[5], 'camera_
            redis.call('HGET', KEYS[1], 'camera_id'))
 redis.call('DEL', KEYS[4])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-for i = 8, #ARGV, 2 do
+-- what a truck report needs of the frame, kept as long as reports are
+redis.call('SET', KEYS[5] .. 'report', ARGV[8], 'EX', ARGV[9])
+for i = 10, #ARGV, 2 do
   redis.call('SET', KEYS[5] .. ARGV[i], ARGV[i + 1], 'EX', ARGV[6])
 end
 return 1
@@ -208,11 +212,16 @@ class RedisStore:
         files: dict[str, bytes] | None = None,
     ) -> bool:
         """End the frame, its result and files in one script; False if it had ended."""
+        record = self.get(frame_id)
+        if record is None or record.status in ("done", "failed"):
+            return False
         frame = f"{P}frame:{frame_id}"
         keys = [frame, f"{P}open", f"{P}results", f"{frame}:image", f"{frame}:"]
         now = time.time()
         oldest = f"{int((now - self.result_ttl) * 1000)}-0"  # feed entries worth keeping
+        summary = _report_summary(record, status, now, result, error)
         args: list[Any] = [status, repr(now), result, error, frame_id, self.result_ttl, oldest]
+        args += [summary, self.report_ttl]
         for name, data in (files or {}).items():
             args += [name, data]
         return bool(self._end(keys=keys, args=args))
@@ -256,13 +265,25 @@ class RedisStore:
         return FeedPage(out, last)
 
     def truck(self, truck_id: str) -> list[FrameRecord]:
-        """Every frame of a truck still kept, oldest first."""
+        """Every frame of a truck still kept, oldest first.
+
+        A frame whose result has expired (result_ttl) comes back with what its report
+        needs (status, times, instances' class, score and area) until report_ttl.
+        """
         ids = [m.decode() for m in self.r.zrange(f"{P}truck:{truck_id}", 0, -1)]
         pipe = self.r.pipeline(transaction=False)
         for i in ids:
             pipe.hgetall(f"{P}frame:{i}")
-        records = [_record(i, h) for i, h in zip(ids, pipe.execute(), strict=True)]
-        return [r for r in records if r is not None]
+            pipe.get(f"{P}frame:{i}:report")
+        replies = pipe.execute()
+        records = []
+        for k, i in enumerate(ids):
+            record = _record(i, replies[2 * k])
+            if record is None and replies[2 * k + 1] is not None:  # the result has expired
+                record = FrameRecord(frame_id=i, **json.loads(replies[2 * k + 1]))
+            if record is not None:
+                records.append(record)
+        return records
 
     def trucks(self, since: float | None = None, until: float | None = None) -> list[str]:
         """Trucks whose latest frame was received in [since, until), most recent first."""
@@ -367,6 +388,22 @@ class RedisStore:
         for i in ids:
             pipe.hget(f"{P}frame:{i}", field)
         return list(pipe.execute())
+
+
+def _report_summary(record: FrameRecord, status: str, now: float, result: str, error: str) -> str:
+    """A frame's end as truck reports need it, without polygons, masks or overlays."""
+    return json.dumps(
+        {
+            "camera_id": record.camera_id,
+            "truck_id": record.truck_id,
+            "captured_at": record.captured_at,
+            "received_at": record.received_at,
+            "status": status,
+            "error": error or None,
+            "result": report_result(json.loads(result) if result else None),
+            "completed_at": now,
+        }
+    )
 
 
 def _entry(entry: tuple[bytes, dict[bytes, bytes]]) -> tuple[str, str]:

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from service.reports import truck_report
 from service.store import IdempotencyConflict, SQLiteStore
 from service.store_redis import RedisStore
 
@@ -123,6 +124,11 @@ def test_redis_results_expire_and_reports_outlive_them(redis_url):
     assert s.r.ttl("scrapscan:truck:T-9") > 1
     assert s.r.exists("scrapscan:frame:" + "9" * 32 + ":image") == 0  # the upload is gone
     time.sleep(1.1)
+    assert s.get("9" * 32) is None  # the result has expired; the report has not
+    (kept,) = s.truck("T-9")
+    assert kept.frame_id == "9" * 32 and kept.status == "done"
+    assert kept.result["instances"][0].keys() == {"class", "score", "area"}
+    assert truck_report("T-9", s.truck("T-9"), 0.8)["frames"] == 1
     add(s, "8" * 32)
     done(s, "8" * 32)  # the feed drops entries older than the retention as it grows
     assert [f[b"frame_id"] for _, f in s.r.xrange("scrapscan:results")] == [b"8" * 32]
@@ -133,3 +139,28 @@ def test_redis_results_expire_and_reports_outlive_them(redis_url):
     add(short, "6" * 32, truck="T-6")  # T-7's list has expired: it leaves the truck list
     assert short.trucks() == ["T-6"]
     short.close()
+
+
+def test_sqlite_retention_keeps_reports_longer_than_files(tmp_path):
+    s = SQLiteStore(tmp_path)
+    add(s, "5" * 32, truck="T-5")
+    done(s, "5" * 32)
+    add(s, "4" * 32, truck="T-5")  # not ended: never purged
+    folder = s.folder("5" * 32)
+    assert (folder / "mask.png").exists()
+    ended = s.get("5" * 32).completed_at
+    assert s.purge(60, 600, now=ended + 30) == 0  # too early for either
+    assert s.purge(60, 600, now=ended + 61) == 1
+    assert not folder.exists() and s.file_bytes("5" * 32, "mask.png") is None
+    kept = s.get("5" * 32)
+    assert kept.status == "done" and kept.result["instances"][0].keys() == {
+        "class",
+        "score",
+        "area",
+    }
+    assert truck_report("T-5", s.truck("T-5"), 0.8)["frames"] == 1
+    assert s.purge(60, 600, now=ended + 61) == 0  # done once
+    assert s.purge(60, 600, now=ended + 601) == 1
+    assert s.get("5" * 32) is None and s.feed("", 10).items == []
+    assert s.get("4" * 32).status == "queued" and s.folder("4" * 32).exists()
+    s.close()
