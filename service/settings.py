@@ -76,6 +76,9 @@ class QueueSettings(BaseModel):
     claim_idle_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     """A frame held this long by a worker that stopped answering is taken over by another.
     Live workers renew their frames every third of it, so it need not exceed a frame's time."""
+    max_frame_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    """A worker stops renewing a frame it has worked on this long (another worker takes it
+    over) and its /healthz fails, so that a hung worker is restarted."""
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     """Tries before a frame goes to the dead-letter stream and is marked failed."""
     block_ms: Annotated[int, Field(ge=10, le=4000)] = 1000

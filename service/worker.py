@@ -14,6 +14,8 @@ up to `workers` frames at once, their tiles sharing engine batches.
   frame has used them all (it kept killing its worker), the frame goes to the dead-letter
   stream with the reason and is marked failed.
 - While Redis is away the worker retries every second and goes on where it stopped.
+- A frame held longer than queue.max_frame_s is no longer renewed (others take it over)
+  and /healthz fails, so an orchestrator restarts a hung worker.
 
 The process serves /healthz, /readyz (the engine is loaded and warmed) and /metrics over
 HTTP for probes and Prometheus.
@@ -28,6 +30,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -64,6 +67,8 @@ class StreamWorker:
         )
         self.inflight: dict[str, asyncio.Task[None]] = {}
         """Entry id -> the task processing its frame."""
+        self.started: dict[str, float] = {}
+        """Entry id -> when this worker took it (time.monotonic())."""
         self._slot = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.failure: str | None = None
@@ -132,14 +137,26 @@ class StreamWorker:
                     continue
                 task = asyncio.create_task(self._handle(entry_id, frame_id), name=frame_id)
                 self.inflight[entry_id] = task
+                self.started[entry_id] = time.monotonic()
+
+    def stuck(self) -> list[str]:
+        """Entries this worker has held longer than queue.max_frame_s."""
+        limit = time.monotonic() - self.settings.queue.max_frame_s
+        return [e for e, t in self.started.items() if t < limit]
 
     async def _renew(self) -> None:
-        """Keep this worker's frames from looking stalled while it works on them."""
+        """Keep this worker's frames from looking stalled while it works on them.
+
+        A frame held longer than queue.max_frame_s is no longer renewed: if this worker
+        hangs on it, another takes it over.
+        """
         period = self.settings.queue.claim_idle_s / 3
         while True:
             await asyncio.sleep(period)
+            stuck = set(self.stuck())
+            live = [e for e in self.inflight if e not in stuck]
             try:
-                await asyncio.to_thread(self.store.renew, self.name, list(self.inflight))
+                await asyncio.to_thread(self.store.renew, self.name, live)
             except redis.RedisError as err:
                 log.warning("redis: could not renew frames in hand: %s", err)
 
@@ -179,6 +196,7 @@ class StreamWorker:
             log.warning("frame %s: redis: %s; left for a later attempt", frame_id, err)
         finally:
             self.inflight.pop(entry_id, None)
+            self.started.pop(entry_id, None)
             self._slot.set()
 
     async def _give_up(self, entry_id: str, frame_id: str, reason: str, attempts: int) -> None:
@@ -220,10 +238,21 @@ def create_worker_app(settings: Settings, name: str) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        """The process is up (503 once loading the engine has failed: restart it)."""
-        failure = worker_of(app).failure
-        if failure is not None:
-            err = APIError(503, "engine_failed", failure)
+        """The process is up.
+
+        503 once loading the engine has failed, or while a frame has been in hand longer
+        than queue.max_frame_s (a hung worker: restart it).
+        """
+        w = worker_of(app)
+        if w.failure is not None:
+            err = APIError(503, "engine_failed", w.failure)
+            return JSONResponse(err.body(), err.status)
+        if stuck := w.stuck():
+            err = APIError(
+                503,
+                "stuck",
+                f"{len(stuck)} frames in hand for more than {settings.queue.max_frame_s} s",
+            )
             return JSONResponse(err.body(), err.status)
         return JSONResponse({"status": "ok"})
 

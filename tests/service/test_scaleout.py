@@ -265,6 +265,23 @@ def test_a_worker_is_not_ready_until_its_engine_is_loaded(own_redis):
     assert asyncio.run(loaded()).json() == {"status": "ready", "consumer": "probe"}
 
 
+def test_a_hung_worker_stops_renewing_and_fails_its_health_check(own_redis):
+    from fastapi.testclient import TestClient
+
+    from service.settings import QueueSettings, Settings
+    from service.worker import StreamWorker, create_worker_app
+
+    settings = Settings(store="redis", redis_url=own_redis.url, queue=QueueSettings(max_frame_s=60))
+    app = create_worker_app(settings, "hung")
+    worker = app.state.worker = StreamWorker(settings, "hung")
+    client = TestClient(app)
+    worker.started = {"1-0": time.monotonic() - 5, "2-0": time.monotonic() - 61}
+    assert worker.stuck() == ["2-0"]
+    assert_error(client.get("/healthz"), 503, "stuck")
+    worker.started.pop("2-0")
+    assert client.get("/healthz").status_code == 200
+
+
 def test_the_worker_refuses_to_start_without_redis(tmp_path, capsys):
     from service.worker import main
 
