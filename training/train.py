@@ -291,6 +291,35 @@ def load_checkpoint(path: Path, model: ScrapAnomalyModel, optimizer: Any | None 
     return Position(**state["position"])
 
 
+def train_step(
+    net: torch.nn.Module,
+    optimizer: Any,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    weights: torch.Tensor,
+    cfg: RunConfig,
+    autocast: Any,
+    step: int = 0,
+) -> dict[str, float]:
+    """One optimisation step on a batch; returns the loss and its parts.
+
+    A loss that is not finite raises FloatingPointError before the weights change.
+    """
+    if cfg.model.prompt_mode == "binary":
+        masks = merge_anomaly_classes(masks)
+    with autocast:
+        output = net(images)
+    loss, parts = total_loss(
+        output, masks, weights, cfg.train.msm_stage_weights, cfg.train.focal_gamma
+    )
+    if not math.isfinite(parts["loss"]):
+        raise FloatingPointError(f"loss became {parts['loss']} at step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+    return parts
+
+
 def train(
     cfg: RunConfig, data: Path, out: Path, resume: bool, max_steps: int | None, device: str = "auto"
 ) -> int:
@@ -367,18 +396,7 @@ def train(
             for images, masks in loader:
                 images = images.to(env.device, non_blocking=True)
                 masks = masks.to(env.device, non_blocking=True)
-                if cfg.model.prompt_mode == "binary":
-                    masks = merge_anomaly_classes(masks)
-                with autocast:
-                    output = net(images)
-                loss, parts = total_loss(
-                    output, masks, weights, cfg.train.msm_stage_weights, cfg.train.focal_gamma
-                )
-                if not math.isfinite(parts["loss"]):
-                    raise FloatingPointError(f"loss became {parts['loss']} at step {pos.step}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
+                parts = train_step(net, optimizer, images, masks, weights, cfg, autocast, pos.step)
                 pos.batch += 1
                 pos.step += 1
                 seen += images.shape[0] * env.world
