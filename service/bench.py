@@ -393,14 +393,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seconds", type=float, default=5.0, help="per batch size")
     e.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="bundle only")
     s = sub.add_parser("e2e", help="N cameras posting 4K frames through HTTP")
-    s.add_argument("--cameras", type=int, default=8)
-    s.add_argument("--seconds", type=float, default=30.0)
-    s.add_argument("--mode", choices=("fast", "naive"), default="fast")
+    s.add_argument("--cameras", type=int, default=8, help="cameras posting at once (8)")
+    s.add_argument("--seconds", type=float, default=30.0, help="how long they post (30)")
+    s.add_argument(
+        "--mode",
+        choices=("fast", "naive"),
+        default="fast",
+        help="fast: the service as configured; naive: one frame at a time, full-resolution "
+        "maps and overlay, the same engine",
+    )
     s.add_argument("--bundle", type=Path, help="model bundle (default: models/demo)")
-    s.add_argument("--bed", choices=("full", "learned"), default="learned")
-    s.add_argument("--width", type=int, default=3840)
-    s.add_argument("--height", type=int, default=2160)
-    s.add_argument("--distinct-frames", type=int, default=8)
+    s.add_argument(
+        "--bed", choices=("full", "learned"), default="learned", help="bed crop strategy"
+    )
+    s.add_argument("--width", type=int, default=3840, help="synthetic frame width (3840)")
+    s.add_argument("--height", type=int, default=2160, help="synthetic frame height (2160)")
+    s.add_argument(
+        "--distinct-frames", type=int, default=8, help="different frames the cameras cycle"
+    )
     for q in (e, s):
         q.add_argument("--json", type=Path, help="also write the figures here")
     return p
