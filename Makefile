@@ -21,7 +21,7 @@ $(VENV)/.base: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.serve: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --editable '.[serve]'
+	$(PY) -m pip install --quiet --editable '.[serve,cpu]'
 	@touch $@ $(VENV)/.base
 
 $(VENV)/.dev: pyproject.toml | $(PY)

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The API image (CPU only, no torch): scrapscan-serve with SCRAPSCAN_STORE=redis.
+# The API image (no model runtime, no torch): scrapscan-serve with SCRAPSCAN_STORE=redis.
 # docker build -f docker/api.Dockerfile -t scrapscan-api .
 FROM python:3.11.11-slim-bookworm AS build
 WORKDIR /src

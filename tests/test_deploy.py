@@ -113,3 +113,35 @@ def test_keda_scales_workers_on_the_stream_the_workers_read():
     assert trigger["metadata"]["consumerGroup"] == GROUP
     assert int(trigger["metadata"]["lagCount"]) > 0
     assert scaled["spec"]["scaleTargetRef"]["name"] == "scrapscan-worker"
+
+
+BLOCKED_API_IMPORTS = """
+import sys
+class Block:
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("onnxruntime", "torch", "torchvision", "training",
+                                  "model_export", "open_clip"):
+            raise ImportError("not in the API image: " + name)
+sys.meta_path.insert(0, Block())
+from fastapi.testclient import TestClient
+from service.app import create_app
+from service.settings import Settings
+app = create_app(Settings(store="redis", redis_url=sys.argv[1]))
+with TestClient(app) as client:
+    assert client.get("/readyz").json() == {"status": "ready"}
+print("ok")
+"""
+
+
+def test_the_api_image_needs_no_model_runtime(redis_url):
+    """docker/api.Dockerfile installs .[serve] only: the API must run without them."""
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKED_API_IMPORTS, redis_url],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    assert '".[serve]"' in (ROOT / "docker" / "api.Dockerfile").read_text()
+    assert '".[serve,gpu]"' in (ROOT / "docker" / "worker.Dockerfile").read_text()
