@@ -760,9 +760,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             svc.store.trucks, _when(since, "since"), _when(until, "until")
         )
         reports = []
+        every = await asyncio.to_thread(svc.store.trucks_frames, ids)
         for truck_id in ids:
-            frames = await asyncio.to_thread(svc.store.truck, truck_id)
-            if not frames:  # its frames have expired (store redis)
+            frames = every[truck_id]
+            if not frames:  # its frames have expired
                 continue
             r = truck_report(truck_id, frames, s.reject_score)
             if verdict is None or r["verdict"] == verdict:

@@ -158,6 +158,10 @@ class Store(Protocol):
         """Every frame of a truck, oldest first."""
         ...
 
+    def trucks_frames(self, truck_ids: list[str]) -> dict[str, list[FrameRecord]]:
+        """Every frame of each truck, oldest first, in one go (the truck listing)."""
+        ...
+
     def trucks(self, since: float | None = None, until: float | None = None) -> list[str]:
         """Trucks whose latest frame was received in [since, until)."""
         ...
@@ -280,6 +284,22 @@ class SQLiteStore:
                 (truck_id,),
             ).fetchall()
         return [_record(r) for r in rows]
+
+    def trucks_frames(self, truck_ids: list[str]) -> dict[str, list[FrameRecord]]:
+        """Every frame of each truck, oldest first, in one query."""
+        out: dict[str, list[FrameRecord]] = {t: [] for t in truck_ids}
+        if not truck_ids:
+            return out
+        marks = ", ".join("?" * len(truck_ids))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM frames WHERE truck_id IN ({marks}) ORDER BY received_at",
+                truck_ids,
+            ).fetchall()
+        for r in rows:
+            record = _record(r)
+            out[str(record.truck_id)].append(record)
+        return out
 
     def trucks(self, since: float | None = None, until: float | None = None) -> list[str]:
         """Trucks whose latest frame was received in [since, until), most recent first."""

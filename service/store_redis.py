@@ -270,20 +270,34 @@ class RedisStore:
         A frame whose result has expired (result_ttl) comes back with what its report
         needs (status, times, instances' class, score and area) until report_ttl.
         """
-        ids = [m.decode() for m in self.r.zrange(f"{P}truck:{truck_id}", 0, -1)]
+        return self.trucks_frames([truck_id])[truck_id]
+
+    def trucks_frames(self, truck_ids: list[str]) -> dict[str, list[FrameRecord]]:
+        """Every frame of each truck, oldest first, in two round trips."""
         pipe = self.r.pipeline(transaction=False)
-        for i in ids:
-            pipe.hgetall(f"{P}frame:{i}")
-            pipe.get(f"{P}frame:{i}:report")
-        replies = pipe.execute()
-        records = []
-        for k, i in enumerate(ids):
-            record = _record(i, replies[2 * k])
-            if record is None and replies[2 * k + 1] is not None:  # the result has expired
-                record = FrameRecord(frame_id=i, **json.loads(replies[2 * k + 1]))
-            if record is not None:
-                records.append(record)
-        return records
+        for t in truck_ids:
+            pipe.zrange(f"{P}truck:{t}", 0, -1)
+        ids = {
+            t: [m.decode() for m in members]
+            for t, members in zip(truck_ids, pipe.execute(), strict=True)
+        }
+        pipe = self.r.pipeline(transaction=False)
+        for frames in ids.values():
+            for i in frames:
+                pipe.hgetall(f"{P}frame:{i}")
+                pipe.get(f"{P}frame:{i}:report")
+        replies = iter(pipe.execute())
+        out: dict[str, list[FrameRecord]] = {}
+        for t, frames in ids.items():
+            out[t] = []
+            for i in frames:
+                full, summary = next(replies), next(replies)
+                record = _record(i, full)
+                if record is None and summary is not None:  # the result has expired
+                    record = FrameRecord(frame_id=i, **json.loads(summary))
+                if record is not None:
+                    out[t].append(record)
+        return out
 
     def trucks(self, since: float | None = None, until: float | None = None) -> list[str]:
         """Trucks whose latest frame was received in [since, until), most recent first."""

@@ -101,6 +101,17 @@ def test_the_feed_pages_in_completion_order_exactly_once(store):
         store.feed("not-a-cursor", 10)
 
 
+def test_trucks_frames_in_one_go_equal_one_by_one(store):
+    add(store, "d" * 32, truck="T-A")
+    add(store, "e" * 32, truck="T-B")
+    add(store, "f" * 32, truck="T-A")
+    every = store.trucks_frames(["T-A", "T-B", "T-none"])
+    for t in ("T-A", "T-B", "T-none"):
+        assert [r.frame_id for r in every[t]] == [r.frame_id for r in store.truck(t)]
+    assert [r.frame_id for r in every["T-A"]] == ["d" * 32, "f" * 32]
+    assert store.trucks_frames([]) == {}
+
+
 def test_trucks_and_their_frames(store):
     add(store, "c" * 32, truck="T-1")
     time.sleep(0.01)
