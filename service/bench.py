@@ -285,6 +285,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
         settings = Settings(**base)
         latencies: list[float] = []
         non_model: list[float] = []
+        tiles: list[int] = []
         stages: dict[str, list[float]] = {}
         lock = threading.Lock()
         stop_at = 0.0
@@ -304,9 +305,11 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
                     i += args.cameras
                     if r.status_code != 200:
                         raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
-                    timings = r.json()["result"]["timings_ms"]
+                    result = r.json()["result"]
+                    timings = result["timings_ms"]
                     with lock:
                         latencies.append(seconds)
+                        tiles.append(result["tiles"])
                         non_model.append(sum(timings[s] for s in NON_MODEL) / 1000)
                         for stage, ms in timings.items():
                             stages.setdefault(stage, []).append(ms)
@@ -350,6 +353,8 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
         "frames": len(latencies),
         "frames_per_s": round(len(latencies) / elapsed, 3),
         "latency_s": {q: round(percentile(latencies, q), 4) for q in (50, 95, 99)},
+        "tiles_per_frame": round(statistics.fmean(tiles), 2) if tiles else None,
+        "engine_bound_frames_per_s": None,
         "non_model_ms_p50": round(1000 * percentile(non_model, 50), 1),
         "stage_ms_p50": {k: round(percentile(v, 50), 1) for k, v in stages.items()},
         "gpu_busy": None if gpu.fraction is None else round(gpu.fraction, 3),
@@ -360,6 +365,13 @@ def e2e_table(r: dict[str, Any]) -> str:
     """Markdown for an end-to-end run."""
     gpu = "n/a (no NVML)" if r["gpu_busy"] is None else f"{100 * r['gpu_busy']:.0f}%"
     lat = r["latency_s"]
+    bound = r.get("engine_bound_frames_per_s")
+    against = (
+        ""
+        if not bound
+        else f"; the engine alone allows {bound:.2f} frames/s of {r['tiles_per_frame']} "
+        f"tiles: {100 * r['frames_per_s'] / bound:.0f}% of it"
+    )
     return "\n".join(
         [
             f"{r['mode']} mode, {r['cameras']} cameras for {r['seconds']} s, "
@@ -370,7 +382,9 @@ def e2e_table(r: dict[str, Any]) -> str:
             f"| {r['frames']} | {r['frames_per_s']:.2f} | {lat[50]:.3f} | {lat[95]:.3f} | "
             f"{lat[99]:.3f} | {r['non_model_ms_p50']:.1f} | {gpu} |",
             "",
-            "stages, p50 ms: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_ms_p50"].items()),
+            "stages, p50 ms: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_ms_p50"].items())
+            + f"; {r['tiles_per_frame']} tiles per frame{against}",
         ]
     )
 
@@ -411,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--distinct-frames", type=int, default=8, help="different frames the cameras cycle"
     )
+    s.add_argument(
+        "--engine-tiles-per-s",
+        type=float,
+        help="the engine's tiles/s at the service's batch size (from `scrapscan-bench "
+        "engine`): the table then says what fraction of the engine-bound frame rate the "
+        "service reached",
+    )
     for q in (e, s):
         q.add_argument("--json", type=Path, help="also write the figures here")
     return p
@@ -427,6 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("scrapscan-bench: --cameras and --seconds must be positive", file=sys.stderr)
             return 2
         result = bench_e2e(args)
+        if args.engine_tiles_per_s and result["tiles_per_frame"]:
+            bound = args.engine_tiles_per_s / result["tiles_per_frame"]
+            result["engine_bound_frames_per_s"] = round(bound, 3)
         table = e2e_table(result)
     print(table)
     if args.json:

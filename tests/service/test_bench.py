@@ -52,6 +52,8 @@ def test_e2e_bench_posts_frames_through_http(tmp_path, capsys):
         "2",
         "--bed",
         "full",
+        "--engine-tiles-per-s",
+        "40",
         "--json",
         str(out),
     ]
@@ -61,6 +63,8 @@ def test_e2e_bench_posts_frames_through_http(tmp_path, capsys):
     assert r["latency_s"]["50"] <= r["latency_s"]["99"]
     assert set(r["stage_ms_p50"]) >= {"decode", "tile", "infer", "merge", "encode"}
     assert r["gpu_busy"] is None  # no NVML here: said, not made up
+    assert r["tiles_per_frame"] == 2  # 640x360 with a full bed: two 512 px tiles
+    assert r["engine_bound_frames_per_s"] == 20
     assert "outside the model" in capsys.readouterr().out
 
 
