@@ -127,16 +127,17 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_repeats_nothing(stack, fram
     with ThreadPoolExecutor(1) as pool:
         posting = pool.submit(post_many, api, frames, 50, "TRK-KILL")
         deadline = time.monotonic() + 120
-        while True:  # kill worker-a while it holds frames and others are done
-            held = r.xpending_range(FRAMES, GROUP, "-", "+", 100, consumername="worker-a")
-            if held and r.xlen("scrapscan:results") >= 3:
-                break
+        held_frames: list[str] = []
+        while not held_frames:  # kill worker-a while it holds frames and others are done
             assert time.monotonic() < deadline, "worker-a never held frames"
             time.sleep(0.02)
+            if r.xlen("scrapscan:results") < 3:
+                continue
+            held = r.xpending_range(FRAMES, GROUP, "-", "+", 100, consumername="worker-a")
+            entries = [r.xrange(FRAMES, e["message_id"], e["message_id"]) for e in held]
+            held_frames = [e[0][1][b"frame_id"].decode() for e in entries if e]
         a.kill()
         ids = posting.result()
-    held_ids = [r.xrange(FRAMES, e["message_id"], e["message_id"]) for e in held]
-    held_frames = [e[0][1][b"frame_id"].decode() for e in held_ids if e]
 
     items = feed(api, 50)
     seen = [i["frame_id"] for i in items]
