@@ -69,7 +69,8 @@ class OnnxRuntimeEngine:
         elif device == "cuda":
             raise EngineError(
                 "device cuda: onnxruntime has no CUDA provider here; install onnxruntime-gpu "
-                "(pip install 'scrapscan[gpu]') or set SCRAPSCAN_DEVICE=cpu"
+                "in place of onnxruntime (pip uninstall onnxruntime; pip install "
+                "'scrapscan[serve,gpu]') or set SCRAPSCAN_DEVICE=cpu"
             )
         options = ort.SessionOptions()
         if threads:
