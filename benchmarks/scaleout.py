@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -26,25 +25,11 @@ import cv2
 import httpx
 import redis
 
-from service.demo import free_port
+from service.bench import machine
+from service.demo import free_port, wait_ready
 from training.synth import render_frame
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    """Until the process answers /readyz with 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not get ready")
 
 
 def run(workers: int, frames: list[bytes], n: int, threads: int, folder: Path) -> dict[str, float]:
@@ -80,7 +65,7 @@ def run(workers: int, frames: list[bytes], n: int, threads: int, folder: Path) -
             stderr=subprocess.STDOUT,
         )
         procs.append(proc)
-        wait_ready(f"http://127.0.0.1:{p}", proc)
+        wait_ready(f"http://127.0.0.1:{p}", lambda: proc.poll() is None)
         return f"http://127.0.0.1:{p}"
 
     try:
@@ -142,9 +127,8 @@ def main() -> int:
         assert ok
         frames.append(data.tobytes())
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-        f"{args.frames} frames of {args.width}x{args.height}, demo bundle, learned bed, "
-        "ONNX Runtime CPU"
+        f"machine: {machine()}; {args.frames} frames of {args.width}x{args.height}, demo "
+        "bundle, learned bed, ONNX Runtime CPU"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for k in args.workers:

@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -57,6 +57,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def wait_ready(url: str, alive: Callable[[], bool], timeout: float = 120) -> None:
+    """Return once the service at `url` answers /readyz with 200.
+
+    RuntimeError when `alive()` turns false (the process or thread running it ended) or
+    after `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if not alive():
+            raise RuntimeError(f"{url}: the service stopped before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url}: the service was not ready after {timeout} s")
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def running_service(settings: Settings, timeout: float = 120) -> Iterator[str]:
     """The service on a free local port in a background thread; yields its base URL."""
@@ -65,19 +85,10 @@ def running_service(settings: Settings, timeout: float = 120) -> Iterator[str]:
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
-    start = time.perf_counter()
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if not thread.is_alive() or time.perf_counter() - start > timeout:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.2)
+        wait_ready(url, thread.is_alive, timeout)
         yield url
     finally:
         server.should_exit = True

@@ -100,6 +100,13 @@ def make_tiles(
 # --- merge -----------------------------------------------------------------------------------
 
 
+def _ramp(u: npt.NDArray[np.floating[Any]], size: int, ramp: int) -> npt.NDArray[np.float32]:
+    """The blend weights' 1-D profile at tile-local pixel positions u (pixel i at i)."""
+    ramp = max(1, min(ramp, size // 2))
+    edge = np.minimum(u + 0.5, size - u - 0.5) / ramp
+    return np.asarray(np.clip(edge, 1.0 / (2 * ramp), 1.0), np.float32)
+
+
 @functools.lru_cache(maxsize=8)
 def blend_weights(size: int, ramp: int) -> npt.NDArray[np.float32]:
     """(size, size) weights: 1 inside, falling linearly to a small positive value at the border.
@@ -108,10 +115,7 @@ def blend_weights(size: int, ramp: int) -> npt.NDArray[np.float32]:
     model sees least context) counts less than its neighbour's centre, and the sum of
     weights is never zero (no division by zero, no double counting).
     """
-    ramp = max(1, min(ramp, size // 2))
-    i = np.arange(size, dtype=np.float32)
-    edge = np.minimum(i + 0.5, size - i - 0.5) / ramp
-    w1 = np.clip(edge, 1.0 / (2 * ramp), 1.0)
+    w1 = _ramp(np.arange(size, dtype=np.float64), size, ramp)
     weights = np.outer(w1, w1).astype(np.float32)
     weights.flags.writeable = False  # cached: shared by every merge
     return weights
@@ -133,13 +137,6 @@ class Merged:
 
 def _cells(n: int, stride: int) -> int:
     return -(-n // stride)
-
-
-def _ramp(u: npt.NDArray[np.floating[Any]], size: int, ramp: int) -> npt.NDArray[np.float32]:
-    """blend_weights' 1-D profile at tile-local pixel positions u (pixel i at i)."""
-    ramp = max(1, min(ramp, size // 2))
-    edge = np.minimum(u + 0.5, size - u - 0.5) / ramp
-    return np.asarray(np.clip(edge, 1.0 / (2 * ramp), 1.0), np.float32)
 
 
 def _interpolation(pos: npt.NDArray[np.floating[Any]], n: int) -> npt.NDArray[np.float32]:

@@ -278,12 +278,7 @@ class SQLiteStore:
 
     def truck(self, truck_id: str) -> list[FrameRecord]:
         """Every frame of a truck, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM frames WHERE truck_id = ? ORDER BY received_at",
-                (truck_id,),
-            ).fetchall()
-        return [_record(r) for r in rows]
+        return self.trucks_frames([truck_id])[truck_id]
 
     def trucks_frames(self, truck_ids: list[str]) -> dict[str, list[FrameRecord]]:
         """Every frame of each truck, oldest first, in one query."""

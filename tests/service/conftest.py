@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from service.demo import free_port
+from service.demo import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,17 +41,11 @@ class Server:
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the service exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the service did not get ready: {self.log.read_text()[-2000:]}")
+        proc = self.proc
+        try:
+            wait_ready(self.url, lambda: proc.poll() is None, 60)
+        except RuntimeError as err:
+            raise RuntimeError(f"{err}: {self.log.read_text()[-2000:]}") from None
 
     def stop(self) -> None:
         if self.proc is not None:
