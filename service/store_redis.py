@@ -376,13 +376,6 @@ class RedisStore:
         self.ack(entry_id)
         return ended
 
-    def dead(self, count: int = 100) -> list[dict[str, str]]:
-        """The latest dead-lettered frames, newest first."""
-        return [
-            {k.decode(): v.decode() for k, v in fields.items()}
-            for _, fields in self.r.xrevrange(DEAD, count=count)
-        ]
-
     def results_tail(self) -> str:
         """The id of the newest feed entry ("0-0" for none): where follow() starts."""
         newest = self.r.xrevrange(f"{P}results", count=1)

@@ -231,7 +231,10 @@ def test_frames_that_keep_failing_go_to_the_dead_letter_stream(stack, frames):
     assert "stored upload is missing" in items[lost]["error"]
     assert items[crashy]["status"] == "failed"
     assert "stopped each time" in items[crashy]["error"]
-    dead = {d["frame_id"]: d for d in store.dead()}
+    dead = {
+        f[b"frame_id"].decode(): {k.decode(): v.decode() for k, v in f.items()}
+        for _, f in r.xrange(DEAD)
+    }
     assert set(dead) == {lost, crashy}
     assert dead[lost]["attempts"] == "3" and dead[crashy]["attempts"] == "3"
     assert r.xlen(FRAMES) == 0 and r.xpending(FRAMES, GROUP)["pending"] == 0
