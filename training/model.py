@@ -72,9 +72,11 @@ class ModelOutput(NamedTuple):
 
 def register_model_config(name: str, config: dict[str, Any]) -> None:
     """Make an open_clip architecture available under `name` (e.g. a tiny test model)."""
-    folder = Path(tempfile.mkdtemp(prefix="scrapscan-clip-"))
-    (folder / f"{name}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(folder / f"{name}.json")
+    # open_clip reads the file into its registry at once; the file is not needed after.
+    with tempfile.TemporaryDirectory(prefix="scrapscan-clip-") as folder:
+        path = Path(folder) / f"{name}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
 
 
 def create_clip(cfg: ModelConfig) -> Any:

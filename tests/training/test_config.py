@@ -86,3 +86,19 @@ def test_registering_a_config_makes_it_buildable(tiny_config):
 
     register_model_config("scrapscan-test-arch", tiny_config.model.tiny_config)
     assert "scrapscan-test-arch" in open_clip.list_models()
+
+
+def test_registering_leaves_no_file_behind_and_the_latest_config_wins(tiny_config):
+    import tempfile
+    from pathlib import Path
+
+    import open_clip
+
+    before = set(Path(tempfile.gettempdir()).glob("scrapscan-clip-*"))
+    first = dict(tiny_config.model.tiny_config)
+    second = {**first, "embed_dim": first["embed_dim"] * 2}
+    register_model_config("scrapscan-test-twice", first)
+    register_model_config("scrapscan-test-twice", second)
+    register_model_config("scrapscan-test-other", first)  # rescans every path registered
+    assert open_clip.get_model_config("scrapscan-test-twice")["embed_dim"] == second["embed_dim"]
+    assert set(Path(tempfile.gettempdir()).glob("scrapscan-clip-*")) == before
