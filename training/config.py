@@ -134,6 +134,10 @@ class TrainConfig(_Strict):
     """Class-balanced loss beta. "auto": 1 - 1 / (pixels of the largest class). The
     common 0.9999 suits counts of samples; counted in pixels (millions) every class looks
     infinitely large under it and the weights come out uniform."""
+    anomaly_share: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Share of each epoch's patches drawn from patches holding a contaminant (drawn again
+    when they are fewer). None: every patch once per epoch, the data's own mix, as the
+    paper trains."""
     bf16: bool = True
     """bf16 autocast on CUDA devices (ignored on the CPU)."""
     grad_checkpointing: bool = False

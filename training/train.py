@@ -31,6 +31,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import schedulefree
 import torch
 import torch.distributed as dist
@@ -62,14 +64,35 @@ class Position:
 
 
 class EpochSampler(Sampler[int]):
-    """Patches in a permutation fixed by (seed, epoch), split across ranks, resumable.
+    """Patches in an order fixed by (seed, epoch), split across ranks, resumable.
 
+    Without `anomaly_share` an epoch is a permutation of all patches. With it, that share
+    of the epoch's `size` draws comes from the patches in `anomalous` (those holding a
+    contaminant) and the rest from the others, each group gone through in shuffled
+    rounds (no patch drawn twice before its group has been drawn once), then mixed.
     `skip` leaves out the first items of this rank's share (batches already trained).
     """
 
-    def __init__(self, size: int, seed: int, epoch: int, rank: int, world: int, skip: int) -> None:
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        epoch: int,
+        rank: int,
+        world: int,
+        skip: int,
+        anomalous: Sequence[int] = (),
+        anomaly_share: float | None = None,
+    ) -> None:
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(size, generator=g).tolist()
+        flagged = set(anomalous)
+        if anomaly_share is None or not flagged or len(flagged) == size:
+            order = torch.randperm(size, generator=g).tolist()
+        else:
+            normal = [i for i in range(size) if i not in flagged]
+            wanted = round(anomaly_share * size)
+            drawn = _rounds(sorted(flagged), wanted, g) + _rounds(normal, size - wanted, g)
+            order = [drawn[i] for i in torch.randperm(size, generator=g).tolist()]
         share = len(order) // world  # every rank the same number of batches
         self.indices = order[rank * share : (rank + 1) * share][skip:]
 
@@ -78,6 +101,14 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def _rounds(group: list[int], count: int, g: torch.Generator) -> list[int]:
+    """`count` items of `group`: whole shuffled passes over it, then part of one more."""
+    out: list[int] = []
+    while len(out) < count:
+        out += [group[i] for i in torch.randperm(len(group), generator=g).tolist()]
+    return out[:count]
 
 
 @dataclass(slots=True)
@@ -229,7 +260,13 @@ def dry_run(cfg: RunConfig, data: Path | None) -> int:
 
 
 def _prepare_run(
-    out: Path, cfg: RunConfig, data: Path, resume: bool, patches: PatchSet, main_rank: bool
+    out: Path,
+    cfg: RunConfig,
+    data: Path,
+    resume: bool,
+    patches: PatchSet,
+    counts: npt.NDArray[np.int64],
+    main_rank: bool,
 ) -> dict[str, Any]:
     """Create or reopen the run folder; returns run.json's content."""
     ckpt = out / CHECKPOINT
@@ -243,7 +280,7 @@ def _prepare_run(
         raise FileExistsError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
-    stats = patches.class_stats()
+    stats = patches.class_stats(counts)
     pixels = list(stats.pixels)
     if cfg.model.prompt_mode == "binary":  # normal vs all contaminants together
         pixels = [pixels[0], sum(pixels[1:])]
@@ -327,7 +364,9 @@ def train(
     env = setup_distributed(device)
     torch.manual_seed(cfg.train.seed)
     patches = PatchSet.for_config(load_frames(data), cfg)
-    info = _prepare_run(out, cfg, data, resume, patches, env.main)
+    counts = patches.pixel_counts()
+    anomalous = np.flatnonzero(counts[:, 1:].sum(axis=1) > 0).tolist()
+    info = _prepare_run(out, cfg, data, resume, patches, counts, env.main)
     weights = torch.tensor(info["class_weights"], dtype=torch.float32, device=env.device)
 
     model = build_model(cfg.model).to(env.device)
@@ -381,6 +420,8 @@ def train(
                 env.rank,
                 env.world,
                 pos.batch * cfg.train.batch_size,
+                anomalous,
+                cfg.train.anomaly_share,
             )
             loader = DataLoader(
                 dataset,

@@ -40,12 +40,12 @@ def test_every_wrong_field_is_named():
             "feature_layers": [12, 6],
             "binary_mode": "vote",
         },
-        "train": {"lr": -1, "msm_stage_weights": [1, 1]},
+        "train": {"lr": -1, "msm_stage_weights": [1, 1], "anomaly_share": 1.5},
     }
     with pytest.raises(ConfigError) as exc:
         parse_config(bad, "bad.yaml")
     msg = str(exc.value)
-    assert msg.startswith("bad.yaml: 6 wrong field(s):")
+    assert msg.startswith("bad.yaml: 7 wrong field(s):")
     for expected in [
         "model.feature_layers: must be increasing layer numbers, got [12, 6]",
         "model.prompts.anomaly: must contain exactly one {}",
@@ -53,6 +53,7 @@ def test_every_wrong_field_is_named():
         "model.msm.windows: windows must be odd",
         "model.binary_mode: Input should be 'averaged_prompt' or 'class_sum'",
         "train.lr: Input should be greater than 0",
+        "train.anomaly_share: Input should be less than 1",
     ]:
         assert expected in msg
 

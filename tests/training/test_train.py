@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 import torch
@@ -196,6 +197,28 @@ def test_epoch_sampler_splits_ranks_and_skips_done_batches():
         EpochSampler(10, seed=1, epoch=1, rank=0, world=1, skip=0).indices
         != EpochSampler(10, seed=1, epoch=0, rank=0, world=1, skip=0).indices
     )
+
+
+def test_epoch_sampler_draws_the_asked_share_of_anomalous_patches():
+    anomalous = [3, 7, 11]  # 3 of 40 patches hold a contaminant
+    a = EpochSampler(40, 5, 0, 0, 1, 0, anomalous, anomaly_share=0.5).indices
+    assert len(a) == 40
+    drawn = Counter(a)
+    assert sum(drawn[i] for i in anomalous) == 20
+    # the 3 anomalous patches drawn in whole rounds: each 6 or 7 times, never 5 and 8
+    assert sorted(drawn[i] for i in anomalous) == [6, 7, 7]
+    # 20 draws among the 37 others: no normal patch twice
+    assert all(drawn[i] == 1 for i in drawn if i not in anomalous)
+    assert EpochSampler(40, 5, 0, 0, 1, 0, anomalous, anomaly_share=0.5).indices == a
+    assert EpochSampler(40, 5, 1, 0, 1, 0, anomalous, anomaly_share=0.5).indices != a
+    # ranks split the same order and skip what is done
+    r0 = EpochSampler(40, 5, 0, 0, 2, 0, anomalous, anomaly_share=0.5).indices
+    r1 = EpochSampler(40, 5, 0, 1, 2, 4, anomalous, anomaly_share=0.5).indices
+    assert r0 + EpochSampler(40, 5, 0, 1, 2, 0, anomalous, 0.5).indices == a
+    assert r1 == a[24:]
+    # without a share, or with nothing flagged, every patch once
+    assert sorted(EpochSampler(40, 5, 0, 0, 1, 0, anomalous).indices) == list(range(40))
+    assert sorted(EpochSampler(40, 5, 0, 0, 1, 0, (), 0.5).indices) == list(range(40))
 
 
 def test_two_gloo_processes_train_together(train_data, long_config, tmp_path):

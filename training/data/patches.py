@@ -165,22 +165,27 @@ class PatchSet:
             resize_mask(np.ascontiguousarray(tile_mask), self.input_size),
         )
 
-    def class_stats(self) -> ClassStats:
-        """Count labelled pixels and patches per class; reads the masks only."""
-        pixels = np.zeros(NUM_CLASSES, dtype=np.int64)
-        patches = np.zeros(NUM_CLASSES, dtype=np.int64)
+    def pixel_counts(self) -> npt.NDArray[np.int64]:
+        """(patches, NUM_CLASSES) labelled pixels of each class per patch; reads the masks only."""
+        counts = np.zeros((len(self.refs), NUM_CLASSES), dtype=np.int64)
         current, mask = -1, np.zeros((0, 0), dtype=np.uint8)
-        for ref in self.refs:
+        for i, ref in enumerate(self.refs):
             if ref.frame != current:
                 current, mask = ref.frame, self.frames.frames[ref.frame].load_mask()
             m = resize_mask(
                 np.ascontiguousarray(cut_tile(mask, ref.tile, fill=IGNORE_INDEX)), self.input_size
             )
-            counts = np.bincount(m.ravel(), minlength=256)[:NUM_CLASSES]
-            pixels += counts
-            present = counts > 0
-            present[0] = not present[1:].any()
-            patches += present
+            counts[i] = np.bincount(m.ravel(), minlength=256)[:NUM_CLASSES]
+        return counts
+
+    def class_stats(self, counts: npt.NDArray[np.int64] | None = None) -> ClassStats:
+        """Count labelled pixels and patches per class (from `pixel_counts()` if given)."""
+        if counts is None:
+            counts = self.pixel_counts()
+        present = counts > 0
+        present[:, 0] = ~present[:, 1:].any(axis=1)
         return ClassStats(
-            tuple(int(v) for v in pixels), tuple(int(v) for v in patches), len(self.refs)
+            tuple(int(v) for v in counts.sum(axis=0)),
+            tuple(int(v) for v in present.sum(axis=0)),
+            len(self.refs),
         )

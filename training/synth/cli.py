@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from training.synth.frame import COVER
 from training.synth.writer import write_dataset
 
 
@@ -28,6 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (0)")
     p.add_argument("--width", type=int, default=3840, help="frame width in pixels (3840)")
     p.add_argument("--height", type=int, default=2160, help="frame height in pixels (2160)")
+    p.add_argument(
+        "--cover",
+        type=float,
+        default=COVER,
+        metavar="F",
+        help=(
+            f"share of each bed's scrap laid over the contaminants ({COVER}: the median "
+            "contaminant about 60%% hidden); 0 leaves them all lying on top"
+        ),
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -56,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--frames must be at least 1, got {args.frames}")
     if args.width < 64 or args.height < 64:
         parser.error(f"--width and --height must be at least 64, got {args.width}x{args.height}")
+    if not 0.0 <= args.cover <= 1.0:
+        parser.error(f"--cover must be between 0 and 1, got {args.cover}")
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     start = time.perf_counter()
@@ -69,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.workers,
             args.overwrite,
             args.preview,
+            args.cover,
         )
     except (FileExistsError, OSError) as err:
         print(f"scrapscan-synth: {err}", file=sys.stderr)

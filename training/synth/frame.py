@@ -30,6 +30,11 @@ MIN_INSTANCE_AREA = 48
 masked); the limit scales with the frame's area, down to 4 pixels."""
 
 
+COVER = 0.25
+"""Default share of a bed's scrap pieces laid after the contaminants, over them: the
+median contaminant is then about 60% hidden. 0 leaves every contaminant lying on top."""
+
+
 def min_instance_area(width: int, height: int) -> int:
     """The smallest labelled fragment, in pixels, for a width x height frame."""
     return max(4, round(MIN_INSTANCE_AREA * width * height / (3840 * 2160)))
@@ -191,9 +196,13 @@ def _paint_yard(rng: np.random.Generator, width: int, height: int) -> npt.NDArra
 
 
 def _paint_bed(
-    rng: np.random.Generator, truck: _Truck, contaminants: list[int]
+    rng: np.random.Generator, truck: _Truck, contaminants: list[int], cover: float
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], list[float]]:
-    """Paint the bed canvas; return (image, instance map, full footprint area per instance)."""
+    """Paint the bed canvas; return (image, instance map, full footprint area per instance).
+
+    A share `cover` of the scrap pieces is laid after the contaminants, with up to two
+    pieces across each contaminant's edge (fewer when `cover` is below COVER).
+    """
     s = truck.px_per_m
     cw, ch = math.ceil(truck.bed_length * s), math.ceil(truck.bed_width * s)
     # the floor of the pile: dark gaps between pieces
@@ -219,7 +228,7 @@ def _paint_bed(
 
     area_m2 = truck.bed_length * truck.bed_width
     n_scrap = int(area_m2 * rng.uniform(22, 34))
-    under = int(n_scrap * 0.75)
+    under = int(n_scrap * (1.0 - cover))
     for _ in range(under):
         lay(scrap_piece(rng.uniform(-0.05, 1.05, 2) * (cw, ch)), occluding=False)
 
@@ -242,7 +251,8 @@ def _paint_bed(
         piece.draw_footprint(ids, k)
         full_area.append(float(piece.footprint_area()))
         # a piece or two lying across its edge
-        for _ in range(int(rng.integers(0, 3))):
+        across = int(rng.integers(0, 3))
+        for _ in range(across if cover >= COVER else round(across * cover / COVER)):
             edge = mid + rng.normal(0, 1, 2) * radius * 0.8
             lay(scrap_piece(edge), occluding=True)
 
@@ -285,10 +295,17 @@ def _fill_holes(
 # --- the frame -------------------------------------------------------------------------------
 
 
-def render_frame(seed: int, index: int, width: int = 3840, height: int = 2160) -> SyntheticFrame:
-    """Render frame `index` of a run seeded with `seed`, at width x height pixels."""
+def render_frame(
+    seed: int, index: int, width: int = 3840, height: int = 2160, cover: float = COVER
+) -> SyntheticFrame:
+    """Render frame `index` of a run seeded with `seed`, at width x height pixels.
+
+    `cover` is the share of the bed's scrap laid over the contaminants (see COVER).
+    """
     if width < 64 or height < 64:
         raise ValueError(f"frame size must be at least 64x64, got {width}x{height}")
+    if not 0.0 <= cover <= 1.0:
+        raise ValueError(f"cover must be in [0, 1], got {cover}")
     rng = frame_rng(seed, index)
     truck = _sample_truck(rng, width, height)
     # 30% drawn empty; with contaminants fully hidden under scrap, about a third end up clean
@@ -308,7 +325,7 @@ def render_frame(seed: int, index: int, width: int = 3840, height: int = 2160) -
     cv2.fillPoly(img, [_fixed(cab)], painters.scale_color(truck.paint, 1.15), cv2.LINE_AA, 4)
     cv2.fillPoly(img, [_fixed(glass)], (45, 40, 35), cv2.LINE_AA, 4)
 
-    canvas, canvas_ids, full_area = _paint_bed(rng, truck, contaminants)
+    canvas, canvas_ids, full_area = _paint_bed(rng, truck, contaminants, cover)
     # Bed corners in OpenCV's convention (pixel i has its centre at i), as warpPerspective
     # uses them; the COCO polygon written out is shifted by half a pixel.
     bed = truck.project([[0.0, 0.0], [L, 0.0], [L, W], [0.0, W]])

@@ -21,7 +21,7 @@ from common.classes import ANOMALY_CLASSES
 from common.overlay import draw_overlay
 from common.tiling import polygon_box
 from training.data.coco import mask_to_polygons
-from training.synth.frame import SyntheticFrame, render_frame
+from training.synth.frame import COVER, SyntheticFrame, render_frame
 
 JPEG_QUALITY = 92
 PREVIEW_FRAMES = 8
@@ -37,6 +37,7 @@ class _FrameJob:
     index: int
     width: int
     height: int
+    cover: float
 
 
 @dataclass(slots=True)
@@ -100,7 +101,7 @@ def frame_annotations(frame: SyntheticFrame) -> list[dict[str, Any]]:
 def _write_frame(job: _FrameJob) -> _FrameResult:
     cv2.setNumThreads(1)
     start = time.perf_counter()
-    frame = render_frame(job.seed, job.index, job.width, job.height)
+    frame = render_frame(job.seed, job.index, job.width, job.height, job.cover)
     name = frame_name(job.index)
     image_file = job.out / "images" / f"{name}.jpg"
     mask = frame.class_mask()
@@ -179,19 +180,23 @@ def write_dataset(
     workers: int = 1,
     overwrite: bool = False,
     preview: bool = False,
+    cover: float = COVER,
 ) -> DatasetSummary:
     """Render `frames` frames seeded with `seed` into `out` (layout: see DESIGN.md).
 
     Frame i depends only on (seed, i), so the result does not depend on `workers`.
-    With `preview`, a contact sheet of the first frames with their labels drawn over
-    them is written to out/preview.jpg.
+    `cover` is the share of each bed's scrap laid over the contaminants
+    (training.synth.frame.COVER). With `preview`, a contact sheet of the first frames
+    with their labels drawn over them is written to out/preview.jpg.
     """
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if not 0.0 <= cover <= 1.0:
+        raise ValueError(f"cover must be in [0, 1], got {cover}")
     prepare_folder(out, overwrite)
-    jobs = [_FrameJob(out, seed, i, width, height) for i in range(frames)]
+    jobs = [_FrameJob(out, seed, i, width, height, cover) for i in range(frames)]
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     sheet: list[np.ndarray] = []
@@ -210,6 +215,7 @@ def write_dataset(
             "description": "scrapscan synthetic crane frames",
             "seed": seed,
             "frame_size": [width, height],
+            "cover": cover,
         },
         "licenses": [],
         "categories": coco_categories(),

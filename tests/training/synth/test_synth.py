@@ -109,6 +109,19 @@ def test_instances_are_partly_hidden_under_scrap_in_some_frames():
     assert any(o < 0.05 for o in occlusions)
 
 
+def test_cover_sets_how_much_scrap_lies_over_the_contaminants():
+    def hidden(cover):
+        found = [
+            i.occluded for k in range(12) for i in render_frame(5, k, 640, 360, cover).instances
+        ]
+        return sum(found) / len(found)
+
+    on_top, default, buried = hidden(0.0), hidden(0.25), hidden(0.5)
+    assert on_top < 0.1 < default < buried
+    with pytest.raises(ValueError, match="cover must be in"):
+        render_frame(5, 0, 640, 360, cover=1.5)
+
+
 def digest(dir_):
     h = hashlib.sha256()
     for p in sorted(dir_.rglob("*")):
@@ -177,6 +190,7 @@ def test_cli_refuses_to_mix_into_an_existing_data_set(tmp_path, capsys):
         (["--frames", "0"], "--frames must be at least 1"),
         (["--width", "10"], "at least 64"),
         (["--workers", "0"], "--workers must be at least 1"),
+        (["--cover", "-0.1"], "--cover must be between 0 and 1"),
         (["--frames", "x"], "invalid int value"),
     ],
 )
