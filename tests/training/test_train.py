@@ -221,6 +221,28 @@ def test_epoch_sampler_draws_the_asked_share_of_anomalous_patches():
     assert sorted(EpochSampler(40, 5, 0, 0, 1, 0, (), 0.5).indices) == list(range(40))
 
 
+def test_training_draws_patches_with_contaminants_at_the_configured_share(
+    synth_dir, tmp_path, monkeypatch
+):
+    cfg = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    cfg["train"]["anomaly_share"] = 0.75
+    config = tmp_path / "share.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    seen = []
+
+    class Recording(EpochSampler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            seen.append((list(a[6]), self.indices))
+
+    monkeypatch.setattr(train_module, "EpochSampler", Recording)
+    assert main(args(config, synth_dir, tmp_path / "run", "--max-steps", "1")) == 0
+    (anomalous, order), *_ = seen
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert 0 < len(anomalous) == info["patches"] - info["class_patches"][0] < info["patches"]
+    assert sum(i in anomalous for i in order) == round(0.75 * info["patches"])
+
+
 def test_two_gloo_processes_train_together(train_data, long_config, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
