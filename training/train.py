@@ -265,7 +265,7 @@ def _prepare_run(
     data: Path,
     resume: bool,
     patches: PatchSet,
-    counts: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64] | None,
     main_rank: bool,
 ) -> dict[str, Any]:
     """Create or reopen the run folder; returns run.json's content."""
@@ -364,8 +364,10 @@ def train(
     env = setup_distributed(device)
     torch.manual_seed(cfg.train.seed)
     patches = PatchSet.for_config(load_frames(data), cfg)
-    counts = patches.pixel_counts()
-    anomalous = np.flatnonzero(counts[:, 1:].sum(axis=1) > 0).tolist()
+    # a pass over every mask: needed for new runs' class weights and for anomaly_share
+    needed = not resume or cfg.train.anomaly_share is not None
+    counts = patches.pixel_counts() if needed else None
+    anomalous = [] if counts is None else np.flatnonzero(counts[:, 1:].sum(axis=1)).tolist()
     info = _prepare_run(out, cfg, data, resume, patches, counts, env.main)
     weights = torch.tensor(info["class_weights"], dtype=torch.float32, device=env.device)
 
