@@ -21,17 +21,15 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
-import schedulefree
 import torch
 
 from common.classes import IGNORE_INDEX
 from training.config import load_config
 from training.data import PatchSet, load_frames
 from training.data.dataset import PatchDataset
-from training.losses import class_balanced_weights
 from training.metrics import pixel_metrics
 from training.model import build_model, upsample
-from training.train import train_step
+from training.train import class_weights, make_optimizer, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,17 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     items = [dataset[int(i)] for i in chosen]
     images = torch.stack([x for x, _ in items])
     masks = torch.stack([y for _, y in items])
-    weights = class_balanced_weights(
-        list(patches.class_stats(counts).pixels), cfg.train.class_balance_beta
-    )
+    weights = class_weights(patches.class_stats(counts).pixels, cfg)
     model = build_model(cfg.model)
-    optimizer = schedulefree.AdamWScheduleFree(
-        [q for q in model.parameters() if q.requires_grad],
-        lr=cfg.train.lr,
-        betas=cfg.train.betas,
-        weight_decay=cfg.train.weight_decay,
-        warmup_steps=cfg.train.warmup_steps,
-    )
+    optimizer = make_optimizer(model, cfg)
     labels = masks.numpy()
     keep = labels != IGNORE_INDEX
     truth = (labels > 0) & keep

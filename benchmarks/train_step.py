@@ -21,13 +21,12 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import schedulefree
 import torch
 
 from service.bench import machine
 from training.config import load_config
 from training.model import build_model
-from training.train import pick_device, train_step
+from training.train import make_optimizer, pick_device, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,10 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device)
     model.grad_checkpointing = args.grad_checkpointing
-    trainable = [q for q in model.parameters() if q.requires_grad]
-    optimizer = schedulefree.AdamWScheduleFree(
-        trainable, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
-    )
+    optimizer = make_optimizer(model, cfg)
     model.train()
     optimizer.train()
     size = cfg.model.input_size
@@ -77,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
         if k >= 2:
             times.append(time.perf_counter() - t0)
-    n_params = sum(q.numel() for q in trainable)
+    n_params = sum(q.numel() for q in model.parameters() if q.requires_grad)
     print(f"machine: {machine()}")
     print(
         f"config {args.config.name}: batch {args.batch} at {size} px, {n_params / 1e6:.1f} M "

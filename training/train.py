@@ -281,10 +281,7 @@ def _prepare_run(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
     stats = patches.class_stats(counts)
-    pixels = list(stats.pixels)
-    if cfg.model.prompt_mode == "binary":  # normal vs all contaminants together
-        pixels = [pixels[0], sum(pixels[1:])]
-    weights = class_balanced_weights(pixels, cfg.train.class_balance_beta)
+    weights = class_weights(stats.pixels, cfg)
     info = {
         "git_revision": git_revision(),
         "data": str(data.resolve()),
@@ -300,6 +297,28 @@ def _prepare_run(
         )
         (out / "run.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def class_weights(pixels: Sequence[int], cfg: RunConfig) -> torch.Tensor:
+    """The loss's class weights from the training set's labelled pixels per class.
+
+    With binary prompts the contaminant classes count together against normal.
+    """
+    counts = list(pixels)
+    if cfg.model.prompt_mode == "binary":  # normal vs all contaminants together
+        counts = [counts[0], sum(counts[1:])]
+    return class_balanced_weights(counts, cfg.train.class_balance_beta)
+
+
+def make_optimizer(model: ScrapAnomalyModel, cfg: RunConfig) -> Any:
+    """Schedule-free AdamW over the model's trainable parameters, as `cfg.train` sets it."""
+    return schedulefree.AdamWScheduleFree(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.train.lr,
+        betas=cfg.train.betas,
+        weight_decay=cfg.train.weight_decay,
+        warmup_steps=cfg.train.warmup_steps,
+    )
 
 
 def save_checkpoint(
@@ -373,14 +392,7 @@ def train(
 
     model = build_model(cfg.model).to(env.device)
     model.grad_checkpointing = cfg.train.grad_checkpointing
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = schedulefree.AdamWScheduleFree(
-        trainable,
-        lr=cfg.train.lr,
-        betas=cfg.train.betas,
-        weight_decay=cfg.train.weight_decay,
-        warmup_steps=cfg.train.warmup_steps,
-    )
+    optimizer = make_optimizer(model, cfg)
     pos = Position()
     if resume:
         model.eval()
