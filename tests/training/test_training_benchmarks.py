@@ -10,24 +10,27 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_the_step_benchmark_runs_the_tiny_config():
-    done = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/train_step.py",
-            "--config",
-            "configs/tiny.yaml",
-            "--batch",
-            "1",
-            "--steps",
-            "1",
-            "--device",
-            "cpu",
-        ],
+def bench(script, *args):
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
+    )
+
+
+def test_the_step_benchmark_runs_the_tiny_config():
+    done = bench(
+        "train_step.py",
+        "--config",
+        "configs/tiny.yaml",
+        "--batch",
+        "1",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
     )
     assert done.returncode == 0, done.stderr
     assert "trainable parameters" in done.stdout and "step: median" in done.stdout
@@ -35,13 +38,7 @@ def test_the_step_benchmark_runs_the_tiny_config():
 
 
 def fit_one_batch(data, *extra):
-    return subprocess.run(
-        [sys.executable, "benchmarks/fit_one_batch.py", "--data", str(data), *extra],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return bench("fit_one_batch.py", "--data", str(data), *extra)
 
 
 def test_the_one_batch_fit_prints_the_batch_ap(synth_dir):
@@ -59,3 +56,26 @@ def test_the_one_batch_fit_names_data_without_enough_contaminant(synth_dir):
     done = fit_one_batch(synth_dir, "--min-pixels", "100000000", "--steps", "1")
     assert done.returncode == 2
     assert str(synth_dir) in done.stderr and "lower --min-pixels" in done.stderr
+
+
+def map_ceiling(*args):
+    return bench("map_ceiling.py", *args)
+
+
+def test_the_map_ceiling_is_perfect_at_full_resolution_and_lower_on_a_coarse_grid(synth_dir):
+    done = map_ceiling(
+        "--data", str(synth_dir), "--input-size", "64", "--grid", "64", "4", "--sigma", "0"
+    )
+    assert done.returncode == 0, done.stderr
+    head, full, coarse = done.stdout.splitlines()
+    assert head.startswith(f"{synth_dir}: ") and "at 64 px" in head
+    ap = {line.split()[1].rstrip(":"): float(line.split()[5]) for line in (full, coarse)}
+    assert ap["64"] == pytest.approx(1.0, abs=1e-3)  # the mask itself, up to the bin width
+    assert 0.0 < ap["4"] < 0.9
+
+
+def test_the_map_ceiling_refuses_a_grid_finer_than_the_patch_and_names_missing_data(tmp_path):
+    done = map_ceiling("--data", str(tmp_path), "--input-size", "64", "--grid", "65")
+    assert done.returncode == 2 and "--grid must be in 1..64" in done.stderr
+    done = map_ceiling("--data", str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and "nowhere" in done.stderr

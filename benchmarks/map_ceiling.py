@@ -1,0 +1,78 @@
+"""The pixel AP a perfect map at a given grid could reach: resolution, not learning.
+
+python benchmarks/map_ceiling.py --data DIR [--grid 37 16 ...] [--input-size 518] [--sigma 4]
+
+The model scores a patch on a g x g grid of tokens (g = input size / patch size: 37 for
+both configs at 518 px) that scrapscan-eval upsamples bilinearly to the input size and
+smooths with a Gaussian. This script puts the ground truth itself through that path:
+each patch's contaminant mask is averaged over the g x g cells, upsampled and smoothed
+the same way, and scored against the mask with scrapscan-eval's streaming metrics. What
+it prints per grid is the best a model with that grid can reach on DIR; a trained
+model far below it is short of learning, not of resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.classes import IGNORE_INDEX
+from common.imaging import INPUT_SIZE
+from training.data import DataError, PatchSet, load_frames
+from training.evaluate import DEFAULT_SIGMA, smooth
+from training.metrics import PixelMetricAccumulator
+from training.model import upsample
+
+
+def ceiling(patches: PatchSet, grid: int, sigma: float) -> tuple[dict[str, float], float]:
+    """Pixel metrics of every patch's own mask seen through a grid x grid map; base rate."""
+    acc = PixelMetricAccumulator()
+    positives = labelled = 0
+    for i in range(len(patches)):
+        mask = patches[i].mask
+        valid = mask != IGNORE_INDEX
+        truth = valid & (mask > 0)
+        cells = F.adaptive_avg_pool2d(torch.from_numpy(truth[None, None].astype(np.float32)), grid)
+        scores = smooth(upsample(cells[:, 0], mask.shape[-1]).numpy(), sigma)
+        acc.update(scores, truth[None], valid[None])
+        positives += int(truth.sum())
+        labelled += int(valid.sum())
+    return acc.compute(), positives / max(labelled, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the metric ceiling of each grid."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="labelled frames")
+    p.add_argument("--grid", type=int, nargs="+", default=[37], help="map sizes to try")
+    p.add_argument("--input-size", type=int, default=INPUT_SIZE, help="patch size in px")
+    p.add_argument("--sigma", type=float, default=DEFAULT_SIGMA, help="Gaussian smoothing")
+    args = p.parse_args(argv)
+    bad = [g for g in args.grid if not 1 <= g <= args.input_size]
+    if bad or args.sigma < 0:
+        p.error(f"--grid must be in 1..{args.input_size} (got {bad}), --sigma >= 0")
+    try:
+        patches = PatchSet(load_frames(args.data), input_size=args.input_size)
+    except (DataError, FileNotFoundError) as err:
+        print(f"map_ceiling: {err}", file=sys.stderr)
+        return 2
+    for k, grid in enumerate(args.grid):
+        m, base = ceiling(patches, grid, args.sigma)
+        if k == 0:
+            print(
+                f"{args.data}: {len(patches)} patches at {args.input_size} px, base rate {base:.4f}"
+            )
+        print(
+            f"grid {grid:3d}: AUROC {m['auroc']:.4f}  AP {m['ap']:.4f}  AUPRO {m['aupro']:.4f}  "
+            f"F1-max {m['f1_max']:.4f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
