@@ -10,8 +10,10 @@ A run folder holds everything needed to continue or reproduce a run:
 
 A checkpoint is written at the end of every epoch, when --max-steps is reached, and
 when the run is interrupted (Ctrl-C or SIGTERM). `--resume` continues from it with the
-same optimizer state and the same order of patches. Under `torchrun` the same command
-trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs); rank 0 writes.
+same optimizer state, the same order of patches and the same settings; only RESUMABLE
+settings may change (train.epochs, to lengthen a run), and config.yaml records them.
+Under `torchrun` the same command trains with DistributedDataParallel (NCCL on GPUs,
+gloo on CPUs); rank 0 writes.
 """
 
 from __future__ import annotations
@@ -182,9 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         type=Path,
-        required=True,
         metavar="FILE",
-        help="training configuration (e.g. configs/paper.yaml, configs/tiny.yaml)",
+        help="training configuration (e.g. configs/paper.yaml, configs/tiny.yaml); with "
+        "--resume RUN_DIR/config.yaml by default, and a given one may differ from it only "
+        "in train.epochs, train.num_workers and train.grad_checkpointing",
     )
     p.add_argument("--data", type=Path, metavar="DIR", help="labelled frames to train on")
     p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder to create (or resume)")
@@ -223,8 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_steps is not None and args.max_steps < 1:
         parser.error(f"--max-steps must be at least 1, got {args.max_steps}")
+    config = args.config
+    if config is None:
+        if not (args.resume and args.out):
+            parser.error("--config is needed (with --resume it defaults to RUN_DIR/config.yaml)")
+        config = args.out / "config.yaml"
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(config)
     except ConfigError as err:
         return _fail(str(err))
     if args.dry_run:
@@ -235,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return train(cfg, args.data, args.out, args.resume, args.max_steps, args.device)
     except (DataError, WeightsError) as err:
         return _fail(str(err), 1)
-    except FileExistsError as err:
+    except (FileExistsError, ResumeError) as err:
         return _fail(str(err))
 
 
@@ -273,6 +281,7 @@ def _prepare_run(
     if resume:
         if not ckpt.is_file():
             raise FileExistsError(f"{out} holds no {CHECKPOINT} to resume from")
+        _check_resumed_config(out / "config.yaml", cfg, main_rank)
         info: dict[str, Any] = json.loads((out / "run.json").read_text())
         return info
     # rank 0 alone decides: it creates run.json while the others may still be checking
@@ -297,6 +306,51 @@ def _prepare_run(
         )
         (out / "run.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+class ResumeError(ValueError):
+    """A run cannot be resumed with the settings given; the message says why."""
+
+
+RESUMABLE: frozenset[str] = frozenset(
+    {"name", "train.epochs", "train.num_workers", "train.grad_checkpointing"}
+)
+"""Settings a resumed run may change: how long and how it runs, not what it computes."""
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_resumed_config(path: Path, cfg: RunConfig, main_rank: bool) -> None:
+    """Refuse to resume with settings other than the run's own, except RESUMABLE ones.
+
+    The run's config.yaml then records the settings it goes on with (a longer run's
+    epochs, say).
+    """
+    try:
+        started = _flatten(load_config(path).model_dump(mode="json"))
+    except ConfigError as err:
+        raise ResumeError(f"cannot resume: {err}") from None
+    now = _flatten(cfg.model_dump(mode="json"))
+    changed = [
+        f"{key}: the run has {started.get(key)!r}, the config {now.get(key)!r}"
+        for key in sorted(started.keys() | now.keys())
+        if key not in RESUMABLE and started.get(key) != now.get(key)
+    ]
+    if changed:
+        raise ResumeError(
+            f"{path.parent} was started with other settings; resume it with its own "
+            f"{path.name} (leave out --config) or start a new run. Changed: " + "; ".join(changed)
+        )
+    if main_rank and started != now:
+        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
 def class_weights(pixels: Sequence[int], cfg: RunConfig) -> torch.Tensor:

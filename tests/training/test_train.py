@@ -294,3 +294,50 @@ def test_binary_prompt_training_runs_and_evaluates(train_data, long_config, tmp_
     )
     per_class = json.loads((report / "report.json").read_text())["per_class_ap"]
     assert per_class == {"motor": None, "cable": None, "spray_can": None}
+
+
+def with_changes(config, tmp_path, name, **train):
+    cfg = yaml.safe_load(config.read_text())
+    cfg["train"].update(train)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_resume_refuses_a_config_that_changes_what_the_run_computes(
+    train_data, long_config, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    assert main(args(long_config, train_data, run, "--max-steps", 1)) == 0
+    before = (run / CHECKPOINT).read_bytes(), (run / "config.yaml").read_text()
+    other = with_changes(long_config, tmp_path, "other.yaml", lr=0.01, seed=3)
+    assert main(args(other, train_data, run, "--max-steps", 2, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "was started with other settings" in err and "leave out --config" in err
+    assert "train.lr: the run has 0.002, the config 0.01" in err and "train.seed" in err
+    assert ((run / CHECKPOINT).read_bytes(), (run / "config.yaml").read_text()) == before
+
+
+def test_a_finished_run_resumes_with_its_own_config_or_more_epochs(
+    train_data, long_config, tmp_path
+):
+    run = tmp_path / "run"
+    one = with_changes(long_config, tmp_path, "one.yaml", epochs=1)
+    assert main(args(one, train_data, run)) == 0
+    per_epoch = torch.load(run / CHECKPOINT, weights_only=False)["position"]["step"]
+    # its own config.yaml by default: one epoch was asked for and done, so nothing to do
+    assert main(["--data", str(train_data), "--out", str(run), "--resume"]) == 0
+    assert torch.load(run / CHECKPOINT, weights_only=False)["position"]["step"] == per_epoch
+    two = with_changes(long_config, tmp_path, "two.yaml", epochs=2, num_workers=1)
+    assert main(args(two, train_data, run, "--resume")) == 0
+    position = torch.load(run / CHECKPOINT, weights_only=False)["position"]
+    assert position == {"epoch": 2, "batch": 0, "step": 2 * per_epoch}
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert recorded["epochs"] == 2 and recorded["num_workers"] == 1
+
+
+def test_config_is_needed_unless_resuming(train_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--data", str(train_data), "--out", str(tmp_path / "run")])
+    assert exit_.value.code == 2
+    assert "--config is needed" in capsys.readouterr().err
