@@ -349,8 +349,10 @@ def _check_resumed_config(path: Path, cfg: RunConfig, main_rank: bool) -> None:
             f"{path.parent} was started with other settings; resume it with its own "
             f"{path.name} (leave out --config) or start a new run. Changed: " + "; ".join(changed)
         )
-    if main_rank and started != now:
-        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    if main_rank and started != now:  # replaced whole: other ranks may be reading it
+        fresh = path.with_suffix(".yaml.new")
+        fresh.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        fresh.replace(path)
 
 
 def class_weights(pixels: Sequence[int], cfg: RunConfig) -> torch.Tensor:

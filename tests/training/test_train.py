@@ -334,6 +334,7 @@ def test_a_finished_run_resumes_with_its_own_config_or_more_epochs(
     assert position == {"epoch": 2, "batch": 0, "step": 2 * per_epoch}
     recorded = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert recorded["epochs"] == 2 and recorded["num_workers"] == 1
+    assert sorted(p.name for p in run.glob("config*")) == ["config.yaml"]
 
 
 def test_config_is_needed_unless_resuming(train_data, tmp_path, capsys):
