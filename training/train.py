@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="training configuration (e.g. configs/paper.yaml, configs/tiny.yaml); with "
         "--resume RUN_DIR/config.yaml by default, and a given one may differ from it only "
-        "in train.epochs, train.num_workers and train.grad_checkpointing",
+        f"in {', '.join(sorted(RESUMABLE - {'name'}))}",
     )
     p.add_argument("--data", type=Path, metavar="DIR", help="labelled frames to train on")
     p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder to create (or resume)")
@@ -267,6 +267,20 @@ def dry_run(cfg: RunConfig, data: Path | None) -> int:
     return 0
 
 
+def _check_run_folder(out: Path, cfg: RunConfig, resume: bool, main_rank: bool) -> None:
+    """Refuse a run folder that cannot be used, before any data is read."""
+    ckpt = out / CHECKPOINT
+    if resume:
+        if not ckpt.is_file():
+            raise FileExistsError(f"{out} holds no {CHECKPOINT} to resume from")
+        _check_resumed_config(out / "config.yaml", cfg, main_rank)
+    # rank 0 alone decides: it creates run.json later, while the others may still check
+    elif main_rank and (ckpt.exists() or (out / "run.json").exists()):
+        raise FileExistsError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+
+
 def _prepare_run(
     out: Path,
     cfg: RunConfig,
@@ -276,19 +290,10 @@ def _prepare_run(
     counts: npt.NDArray[np.int64] | None,
     main_rank: bool,
 ) -> dict[str, Any]:
-    """Create or reopen the run folder; returns run.json's content."""
-    ckpt = out / CHECKPOINT
+    """Create or reopen the (checked) run folder; returns run.json's content."""
     if resume:
-        if not ckpt.is_file():
-            raise FileExistsError(f"{out} holds no {CHECKPOINT} to resume from")
-        _check_resumed_config(out / "config.yaml", cfg, main_rank)
         info: dict[str, Any] = json.loads((out / "run.json").read_text())
         return info
-    # rank 0 alone decides: it creates run.json while the others may still be checking
-    if main_rank and (ckpt.exists() or (out / "run.json").exists()):
-        raise FileExistsError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
     stats = patches.class_stats(counts)
     weights = class_weights(stats.pixels, cfg)
     info = {
@@ -437,6 +442,7 @@ def train(
 ) -> int:
     """Train; returns 0 when done, 130 when interrupted (checkpoint written either way)."""
     env = setup_distributed(device)
+    _check_run_folder(out, cfg, resume, env.main)
     torch.manual_seed(cfg.train.seed)
     patches = PatchSet.for_config(load_frames(data), cfg)
     # a pass over every mask: needed for new runs' class weights and for anomaly_share

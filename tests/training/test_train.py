@@ -316,6 +316,9 @@ def test_resume_refuses_a_config_that_changes_what_the_run_computes(
     assert "was started with other settings" in err and "leave out --config" in err
     assert "train.lr: the run has 0.002, the config 0.01" in err and "train.seed" in err
     assert ((run / CHECKPOINT).read_bytes(), (run / "config.yaml").read_text()) == before
+    # refused before any data is read: a missing data folder is not what it reports
+    assert main(args(other, tmp_path / "nowhere", run, "--resume")) == 2
+    assert "was started with other settings" in capsys.readouterr().err
 
 
 def test_a_finished_run_resumes_with_its_own_config_or_more_epochs(
