@@ -7,6 +7,7 @@ with IGNORE_INDEX on pixels that carry no label (tile padding).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -37,42 +38,63 @@ def class_balanced_weights(
     return (w * len(pixel_counts) / w.sum()).float()
 
 
-def focal_loss(
-    probs: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, gamma: float = 2.0
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class Target:
+    """A batch's class-index masks in the forms the losses use, computed once per batch.
+
+    The losses run on every stage's map (eight per step with MSM on); preparing the
+    target once and masking by multiplication instead of boolean indexing keeps them
+    free of data-dependent shapes, so they never wait on the device.
+    """
+
+    index: torch.Tensor  # (B, H, W) class index, ignored pixels clamped to the last class
+    pixel_weight: torch.Tensor  # (B, H, W) the class weight of each pixel, 0 where ignored
+    weight_sum: torch.Tensor  # () sum of pixel_weight
+    valid: torch.Tensor  # (B, 1, H, W) 1.0 on labelled pixels
+    onehot: torch.Tensor  # (B, C, H, W) one-hot class, 0 on ignored pixels
+    present: torch.Tensor  # (C,) 1.0 for the classes with labelled pixels in the batch
+
+
+def prepare_target(target: torch.Tensor, weights: torch.Tensor) -> Target:
+    """Integer masks (B, H, W) with IGNORE_INDEX, and per-class weights (C,), as a Target."""
+    classes = weights.shape[0]
+    valid = (target != IGNORE_INDEX).float()
+    index = target.clamp(max=classes - 1)
+    pixel_weight = weights.to(target.device, torch.float32)[index] * valid
+    onehot = F.one_hot(index, classes).permute(0, 3, 1, 2).float() * valid.unsqueeze(1)
+    return Target(
+        index=index,
+        pixel_weight=pixel_weight,
+        weight_sum=pixel_weight.sum(),
+        valid=valid.unsqueeze(1),
+        onehot=onehot,
+        present=(onehot.sum((0, 2, 3)) > 0).float(),
+    )
+
+
+def focal_loss(probs: torch.Tensor, target: Target, gamma: float = 2.0) -> torch.Tensor:
     """Weighted mean over labelled pixels of -(1 - p_y)^gamma log p_y, weights w_y.
 
     Normalised by the sum of the pixels' weights (as torch's weighted cross-entropy), so
     that rare classes with large weights and the many normal pixels with small ones
-    contribute on an equal footing whatever the weights' scale.
+    contribute on an equal footing whatever the weights' scale. 0 with no labelled pixel.
     """
-    valid = target != IGNORE_INDEX
-    if not valid.any():
-        return probs.sum() * 0.0
-    t = target.clamp(max=probs.shape[1] - 1)
-    p = probs.gather(1, t.unsqueeze(1)).squeeze(1).clamp(_EPS, 1.0)
-    w = weights.to(probs.device, probs.dtype)[t]
-    loss = -w * (1.0 - p).pow(gamma) * p.log()
-    return loss[valid].sum() / w[valid].sum().clamp_min(_EPS)
+    p = probs.gather(1, target.index.unsqueeze(1)).squeeze(1).clamp(_EPS, 1.0)
+    loss = -target.pixel_weight * (1.0 - p).pow(gamma) * p.log()
+    return loss.sum() / target.weight_sum.clamp_min(_EPS)
 
 
-def dice_loss(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+def dice_loss(probs: torch.Tensor, target: Target, smooth: float = 1.0) -> torch.Tensor:
     """Multiclass dice loss, averaged over the classes present in the batch's target.
 
-    Per class: 1 - (2 sum(p g) + s) / (sum(p) + sum(g) + s), with s = `smooth`.
+    Per class: 1 - (2 sum(p g) + s) / (sum(p) + sum(g) + s), with s = `smooth`; 0 when
+    no class is present (no labelled pixel).
     """
-    valid = (target != IGNORE_INDEX).unsqueeze(1).to(probs.dtype)
-    classes = probs.shape[1]
-    onehot = F.one_hot(target.clamp(max=classes - 1), classes).permute(0, 3, 1, 2)
-    g = onehot.to(probs.dtype) * valid
-    p = probs * valid
     dims = (0, 2, 3)
-    inter = (p * g).sum(dims)
-    present = g.sum(dims) > 0
-    if not present.any():
-        return probs.sum() * 0.0
-    dice = 1.0 - (2.0 * inter + smooth) / (p.sum(dims) + g.sum(dims) + smooth)
-    return dice[present].mean()
+    inter = (probs * target.onehot).sum(dims)
+    total = (probs * target.valid).sum(dims) + target.onehot.sum(dims)
+    dice = 1.0 - (2.0 * inter + smooth) / (total + smooth)
+    return (dice * target.present).sum() / target.present.sum().clamp_min(1.0)
 
 
 def merge_anomaly_classes(target: torch.Tensor) -> torch.Tensor:
@@ -92,10 +114,11 @@ def total_loss(
     Returns the loss and its parts as floats for logging.
     """
     size = target.shape[-1]
+    prepared = prepare_target(target, weights)
 
     def one(probs: torch.Tensor) -> torch.Tensor:
         up = upsample(probs.float(), size)
-        return focal_loss(up, target, weights, gamma) + dice_loss(up, target)
+        return focal_loss(up, prepared, gamma) + dice_loss(up, prepared)
 
     local = torch.stack([one(p) for p in output.stage_probs]).sum()
     parts = {"local": float(local.detach())}

@@ -3,7 +3,13 @@ import torch
 import torch.nn.functional as F
 
 from common.classes import IGNORE_INDEX
-from training.losses import class_balanced_weights, dice_loss, focal_loss, total_loss
+from training.losses import (
+    class_balanced_weights,
+    dice_loss,
+    focal_loss,
+    prepare_target,
+    total_loss,
+)
 from training.model import build_model
 
 
@@ -26,11 +32,11 @@ def test_perfect_prediction_costs_nothing_and_wrong_costs_more():
     torch.manual_seed(0)
     target = torch.randint(0, 4, (2, 16, 16))
     w = torch.ones(4)
-    assert focal_loss(onehot(target), target, w) == 0
-    assert dice_loss(onehot(target), target) == 0
+    assert focal_loss(onehot(target), prepare_target(target, w)) == 0
+    assert dice_loss(onehot(target), prepare_target(target, torch.ones(4))) == 0
     wrong = onehot((target + 1) % 4) * 0.97 + 0.01
-    assert focal_loss(wrong, target, w) > 1.0
-    assert dice_loss(wrong, target) > 0.9
+    assert focal_loss(wrong, prepare_target(target, w)) > 1.0
+    assert dice_loss(wrong, prepare_target(target, torch.ones(4))) > 0.9
 
 
 def test_ignored_pixels_do_not_count():
@@ -38,15 +44,44 @@ def test_ignored_pixels_do_not_count():
     target[0, :, 4:] = IGNORE_INDEX
     probs = onehot(torch.zeros_like(target))
     probs[0, :, :, 4:] = torch.tensor([0.0, 1.0, 0.0, 0.0])[:, None, None]  # wrong, but ignored
-    assert focal_loss(probs, target, torch.ones(4)) == 0
-    assert dice_loss(probs, target) == 0
+    assert focal_loss(probs, prepare_target(target, torch.ones(4))) == 0
+    assert dice_loss(probs, prepare_target(target, torch.ones(4))) == 0
+
+
+def test_a_batch_of_padding_alone_costs_nothing_and_keeps_gradients_finite():
+    target = torch.full((2, 8, 8), IGNORE_INDEX)
+    probs = torch.softmax(torch.randn(2, 4, 8, 8), 1).requires_grad_()
+    prepared = prepare_target(target, torch.ones(4))
+    loss = focal_loss(probs, prepared) + dice_loss(probs, prepared)
+    assert loss == 0
+    loss.backward()
+    assert torch.isfinite(probs.grad).all()
+
+
+def test_losses_equal_a_per_pixel_reference_with_ignored_pixels():
+    gen = torch.Generator().manual_seed(3)
+    probs = torch.softmax(torch.randn(3, 4, 20, 20, generator=gen), 1)
+    target = torch.randint(0, 3, (3, 20, 20), generator=gen)  # spray_can (3) absent
+    target[torch.rand(3, 20, 20, generator=gen) < 0.2] = IGNORE_INDEX
+    w = torch.tensor([0.5, 2.0, 3.0, 7.0])
+    keep = target != IGNORE_INDEX
+    y = target[keep]
+    p_y = probs.permute(0, 2, 3, 1)[keep].gather(1, y[:, None]).squeeze(1)
+    focal = (-w[y] * (1 - p_y) ** 2 * p_y.log()).sum() / w[y].sum()
+    dice = []
+    for c in (0, 1, 2):
+        p, g = probs.permute(0, 2, 3, 1)[keep][:, c], (y == c).float()
+        dice.append(1 - (2 * (p * g).sum() + 1) / (p.sum() + g.sum() + 1))
+    prepared = prepare_target(target, w)
+    torch.testing.assert_close(focal_loss(probs, prepared), focal)
+    torch.testing.assert_close(dice_loss(probs, prepared), torch.stack(dice).mean())
 
 
 def test_dice_leaves_out_classes_absent_from_the_target():
     target = torch.zeros(1, 8, 8, dtype=torch.long)
     target[0, :2, :2] = 1
     probs = onehot(target) * 0.7 + 0.075  # some mass on every class, spray_can included
-    got = dice_loss(probs, target)
+    got = dice_loss(probs, prepare_target(target, torch.ones(4)))
     expected = []
     for c in (0, 1):  # only the classes in the target
         p, g = probs[0, c], (target[0] == c).float()
@@ -82,14 +117,18 @@ def test_focal_loss_is_a_weighted_mean():
     probs = onehot(target) * 0.5 + 0.125  # p_y = 0.625 everywhere
     per_pixel = -((1 - 0.625) ** 2) * torch.log(torch.tensor(0.625))
     # uniform weights: the plain mean; any scale of the weights: the same value
-    torch.testing.assert_close(focal_loss(probs, target, torch.ones(4)), per_pixel)
-    torch.testing.assert_close(focal_loss(probs, target, torch.full((4,), 1e-3)), per_pixel)
+    torch.testing.assert_close(focal_loss(probs, prepare_target(target, torch.ones(4))), per_pixel)
+    torch.testing.assert_close(
+        focal_loss(probs, prepare_target(target, torch.full((4,), 1e-3))), per_pixel
+    )
     # a rare class weighted 99x counts as much as 99 normal pixels
     wrong = probs.clone()
     wrong[0, :, 0, 3] = torch.tensor([0.9, 0.05, 0.025, 0.025])  # the motor pixel is missed
     w = torch.tensor([1.0, 99.0, 1.0, 1.0])
     miss = -((1 - 0.05) ** 2) * torch.log(torch.tensor(0.05))
-    torch.testing.assert_close(focal_loss(wrong, target, w), (3 * per_pixel + 99 * miss) / 102)
+    torch.testing.assert_close(
+        focal_loss(wrong, prepare_target(target, w)), (3 * per_pixel + 99 * miss) / 102
+    )
 
 
 def test_two_class_losses_for_binary_prompts():
@@ -99,5 +138,5 @@ def test_two_class_losses_for_binary_prompts():
     merged = merge_anomaly_classes(target)
     assert merged.tolist() == [[[0, 1, 1, 1, 255]]]
     probs = F.one_hot(merged.clamp(max=1), 2).permute(0, 3, 1, 2).float()
-    assert focal_loss(probs, merged, torch.ones(2)) == 0
-    assert dice_loss(probs, merged) == 0
+    assert focal_loss(probs, prepare_target(merged, torch.ones(2))) == 0
+    assert dice_loss(probs, prepare_target(merged, torch.ones(2))) == 0
