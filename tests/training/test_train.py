@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from training import train as train_module
-from training.train import CHECKPOINT, EpochSampler, main
+from training.train import CHECKPOINT, RESUMABLE, EpochSampler, main
 
 from .conftest import CONFIGS
 
@@ -345,3 +345,10 @@ def test_config_is_needed_unless_resuming(train_data, tmp_path, capsys):
         main(["--data", str(train_data), "--out", str(tmp_path / "run")])
     assert exit_.value.code == 2
     assert "--config is needed" in capsys.readouterr().err
+
+
+def test_readme_names_the_settings_a_resume_may_change():
+    readme = (CONFIGS.parent / "README.md").read_text()
+    sentence = readme[readme.index("`--resume` continues it") :].split(". ")[0]
+    named = {s for s in RESUMABLE - {"name"} if f"`{s}`" in sentence}
+    assert named == RESUMABLE - {"name"}, f"README leaves out {RESUMABLE - {'name'} - named}"
