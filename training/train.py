@@ -12,6 +12,7 @@ A checkpoint is written at the end of every epoch, when --max-steps is reached, 
 when the run is interrupted (Ctrl-C or SIGTERM). `--resume` continues from it with the
 same optimizer state, the same order of patches and the same settings; only RESUMABLE
 settings may change (train.epochs, to lengthen a run), and config.yaml records them.
+The data must give as many patches as the run's own (run.json); new frames make a new run.
 Under `torchrun` the same command trains with DistributedDataParallel (NCCL on GPUs,
 gloo on CPUs); rank 0 writes.
 """
@@ -198,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after N optimizer steps in all (checkpoint written)",
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in RUN_DIR from its checkpoint, on its own data",
     )
     p.add_argument(
         "--dry-run",
@@ -360,6 +363,27 @@ def _check_resumed_config(path: Path, cfg: RunConfig, main_rank: bool) -> None:
         fresh.replace(path)
 
 
+def _check_resumed_data(out: Path, data: Path, count: int, main_rank: bool) -> None:
+    """Refuse to resume on a data set of another size than the run's own.
+
+    The epochs' patch order, the position within an epoch and the class weights all
+    come from the run's data set; new frames make a new run. A data folder that moved
+    (the same number of patches under another path) is noted and accepted.
+    """
+    info = json.loads((out / "run.json").read_text())
+    if info["patches"] != count:
+        raise ResumeError(
+            f"{out} was trained on {info['patches']} patches from {info['data']}; {data} "
+            f"gives {count}: resume it on its own data or start a new run"
+        )
+    if main_rank and info["data"] != str(data.resolve()):
+        print(
+            f"scrapscan-train: note: {out} was trained on {info['data']}; going on with "
+            f"{data}, which gives the same {count} patches",
+            file=sys.stderr,
+        )
+
+
 def class_weights(pixels: Sequence[int], cfg: RunConfig) -> torch.Tensor:
     """The loss's class weights from the training set's labelled pixels per class.
 
@@ -445,6 +469,8 @@ def train(
     _check_run_folder(out, cfg, resume, env.main)
     torch.manual_seed(cfg.train.seed)
     patches = PatchSet.for_config(load_frames(data), cfg)
+    if resume:
+        _check_resumed_data(out, data, len(patches), env.main)
     # a pass over every mask: needed for new runs' class weights and for anomaly_share
     needed = not resume or cfg.train.anomaly_share is not None
     counts = patches.pixel_counts() if needed else None

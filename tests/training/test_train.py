@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -319,6 +320,27 @@ def test_resume_refuses_a_config_that_changes_what_the_run_computes(
     # refused before any data is read: a missing data folder is not what it reports
     assert main(args(other, tmp_path / "nowhere", run, "--resume")) == 2
     assert "was started with other settings" in capsys.readouterr().err
+
+
+def test_resume_refuses_data_of_another_size_and_accepts_a_moved_folder(
+    train_data, long_config, tmp_path, capsys
+):
+    from training.synth import write_dataset
+
+    run = tmp_path / "run"
+    assert main(args(long_config, train_data, run, "--max-steps", 1)) == 0
+    before = (run / CHECKPOINT).read_bytes()
+    fewer = tmp_path / "fewer"
+    write_dataset(fewer, frames=2, seed=4, width=1280, height=720)
+    assert main(args(long_config, fewer, run, "--max-steps", 2, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "was trained on" in err and f"{fewer} gives" in err and "start a new run" in err
+    assert (run / CHECKPOINT).read_bytes() == before
+    moved = tmp_path / "moved"
+    shutil.copytree(train_data, moved)
+    assert main(args(long_config, moved, run, "--max-steps", 2, "--resume")) == 0
+    assert "going on with" in capsys.readouterr().err
+    assert torch.load(run / CHECKPOINT, weights_only=False)["position"]["step"] == 2
 
 
 def test_a_finished_run_resumes_with_its_own_config_or_more_epochs(
