@@ -288,15 +288,11 @@ def _prepare_run(
     out: Path,
     cfg: RunConfig,
     data: Path,
-    resume: bool,
     patches: PatchSet,
     counts: npt.NDArray[np.int64] | None,
     main_rank: bool,
 ) -> dict[str, Any]:
-    """Create or reopen the (checked) run folder; returns run.json's content."""
-    if resume:
-        info: dict[str, Any] = json.loads((out / "run.json").read_text())
-        return info
+    """Create the (checked) folder of a new run; returns run.json's content."""
     stats = patches.class_stats(counts)
     weights = class_weights(stats.pixels, cfg)
     info = {
@@ -363,14 +359,14 @@ def _check_resumed_config(path: Path, cfg: RunConfig, main_rank: bool) -> None:
         fresh.replace(path)
 
 
-def _check_resumed_data(out: Path, data: Path, count: int, main_rank: bool) -> None:
-    """Refuse to resume on a data set of another size than the run's own.
+def _check_resumed_data(out: Path, data: Path, count: int, main_rank: bool) -> dict[str, Any]:
+    """Refuse to resume on a data set of another size than the run's own; returns run.json.
 
     The epochs' patch order, the position within an epoch and the class weights all
     come from the run's data set; new frames make a new run. A data folder that moved
     (the same number of patches under another path) is noted and accepted.
     """
-    info = json.loads((out / "run.json").read_text())
+    info: dict[str, Any] = json.loads((out / "run.json").read_text())
     if info["patches"] != count:
         raise ResumeError(
             f"{out} was trained on {info['patches']} patches from {info['data']}; {data} "
@@ -382,6 +378,7 @@ def _check_resumed_data(out: Path, data: Path, count: int, main_rank: bool) -> N
             f"{data}, which gives the same {count} patches",
             file=sys.stderr,
         )
+    return info
 
 
 def class_weights(pixels: Sequence[int], cfg: RunConfig) -> torch.Tensor:
@@ -469,13 +466,12 @@ def train(
     _check_run_folder(out, cfg, resume, env.main)
     torch.manual_seed(cfg.train.seed)
     patches = PatchSet.for_config(load_frames(data), cfg)
-    if resume:
-        _check_resumed_data(out, data, len(patches), env.main)
+    resumed = _check_resumed_data(out, data, len(patches), env.main) if resume else None
     # a pass over every mask: needed for new runs' class weights and for anomaly_share
     needed = not resume or cfg.train.anomaly_share is not None
     counts = patches.pixel_counts() if needed else None
     anomalous = [] if counts is None else np.flatnonzero(counts[:, 1:].sum(axis=1)).tolist()
-    info = _prepare_run(out, cfg, data, resume, patches, counts, env.main)
+    info = resumed or _prepare_run(out, cfg, data, patches, counts, env.main)
     weights = torch.tensor(info["class_weights"], dtype=torch.float32, device=env.device)
 
     model = build_model(cfg.model).to(env.device)
