@@ -322,6 +322,18 @@ RESUMABLE: frozenset[str] = frozenset(
 """Settings a resumed run may change: how long and how it runs, not what it computes."""
 
 
+def _leave_signals_to_the_main_process(worker_id: int) -> None:
+    """Make a data-loader worker ignore SIGINT and SIGTERM.
+
+    Ctrl-C, systemd and Slurm signal the whole process group. A worker killed by the
+    signal makes the loader raise in the main process while it writes the interrupt
+    checkpoint; ignored, the workers are shut down by the loader once the main process
+    stops iterating.
+    """
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in d.items():
@@ -528,6 +540,7 @@ def train(
                 num_workers=cfg.train.num_workers,
                 drop_last=True,
                 pin_memory=env.device.type == "cuda",
+                worker_init_fn=_leave_signals_to_the_main_process,
             )
             model.train()
             optimizer.train()

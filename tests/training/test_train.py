@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,28 +107,50 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(train_data, long_confi
     assert state_mean < 1e-6 and state_share < 1e-3
 
 
-def test_sigterm_writes_a_checkpoint_and_the_run_resumes(train_data, long_config, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_writes_a_checkpoint_and_the_run_resumes(
+    train_data, long_config, tmp_path, workers
+):
+    """SIGTERM to the whole process group, as systemd, Slurm and Ctrl-C send it.
+
+    With data-loader workers the signal reaches them too; they must leave the checkpoint
+    to the main process rather than die under it.
+    """
+    cfg = yaml.safe_load(long_config.read_text())
+    cfg["train"]["num_workers"] = workers
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
     cmd = [
         sys.executable,
         "-m",
         "training",
-        *args(long_config, train_data, run, "--max-steps", 500),
+        *args(config, train_data, run, "--max-steps", 500),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         log = run / "metrics.jsonl"
         if log.exists() and any("loss" in json.loads(x) for x in log.read_text().splitlines()):
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    # Which process the kernel delivers to first varies; the workers first is the case
+    # that lost the checkpoint, so make it happen every time.
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == workers
+    for pid in children:
+        os.kill(int(pid), signal.SIGTERM)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
+    assert "killed by signal" not in err, err
     assert "SIGTERM: checkpoint written at step" in err and "--resume" in err
     step = torch.load(run / CHECKPOINT, weights_only=False)["position"]["step"]
     assert step >= 1
-    assert main(args(long_config, train_data, run, "--max-steps", step + 2, "--resume")) == 0
+    assert main(args(config, train_data, run, "--max-steps", step + 2, "--resume")) == 0
     assert torch.load(run / CHECKPOINT, weights_only=False)["position"]["step"] == step + 2
 
 
