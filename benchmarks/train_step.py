@@ -1,7 +1,7 @@
 """Time and peak memory of one training step of a config (the paper's by default).
 
 python benchmarks/train_step.py [--config configs/paper.yaml] [--batch 4] [--steps 10]
-                                [--grad-checkpointing] [--device auto|cpu|cuda]
+                                [--grad-checkpointing] [--compile] [--device auto|cpu|cuda]
 
 Builds the config's model with random weights (a step costs the same with the OpenAI
 weights, and nothing is downloaded), the full image encoder trainable as configured,
@@ -9,7 +9,7 @@ schedule-free AdamW as scrapscan-train sets it up, and runs the training loop's 
 (training.train.train_step: bf16 autocast on a GPU, focal + dice over the stages and MSM)
 on random batches at the config's input size. Prints the machine, the trainable
 parameters, the median step time after two warm-up steps and, on a GPU, the peak memory
-allocated.
+allocated. --compile runs the model through torch.compile (the losses stay eager).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=10, help="timed steps after 2 warm-up steps")
     p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = p.parse_args(argv)
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(cfg.model).to(device)
     model.grad_checkpointing = args.grad_checkpointing
     optimizer = make_optimizer(model, cfg)
+    net = torch.compile(model) if args.compile else model
     model.train()
     optimizer.train()
     size = cfg.model.input_size
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        parts = train_step(model, optimizer, images, masks, weights, cfg, autocast, k)
+        parts = train_step(net, optimizer, images, masks, weights, cfg, autocast, k)
         if cuda:
             torch.cuda.synchronize()
         if k >= 2:
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"config {args.config.name}: batch {args.batch} at {size} px, {n_params / 1e6:.1f} M "
         f"trainable parameters, grad checkpointing {'on' if args.grad_checkpointing else 'off'}, "
+        f"{'compiled' if args.compile else 'eager'}, "
         f"{'bf16 autocast' if cuda and cfg.train.bf16 else 'fp32'} on {device.type}"
     )
     print(
