@@ -145,3 +145,22 @@ def test_the_api_image_needs_no_model_runtime(redis_url):
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
     assert '".[serve]"' in (ROOT / "docker" / "api.Dockerfile").read_text()
     assert '".[serve,gpu]"' in (ROOT / "docker" / "worker.Dockerfile").read_text()
+
+
+def test_readme_commands_table_lists_every_console_script():
+    """One table (a blank line would end it), one row per script, each module runnable."""
+    import importlib.util
+    import re
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    section = (ROOT / "README.md").read_text().split("\n## Commands\n", 1)[1].split("\n## ", 1)[0]
+    tables = [t for t in section.split("\n\n") if t.startswith("| command |")]
+    assert len(tables) == 1
+    rows = tables[0].splitlines()[2:]
+    assert all(r.startswith("| `scrapscan-") for r in rows), rows
+    names = [re.match(r"\| `(scrapscan-[a-z-]+)", r).group(1) for r in rows]
+    assert sorted(names) == sorted(scripts)
+    for row in rows:
+        module = re.search(r"\| `([a-z_.]+)` \|", row).group(1)
+        assert importlib.util.find_spec(module) is not None, module
