@@ -44,6 +44,7 @@ from model_export.parity import (
 )
 from model_export.tensorrt import PRECISIONS, TensorRTError, build_engine, require_tensorrt
 from service.bundle import MANIFEST, BundleFile, Manifest, load_bundle, sha256_of
+from training.config import BinaryMode
 from training.evaluate import DEFAULT_SIGMA, CheckpointError, load_trained
 
 DEFAULT_THRESHOLD = 0.5
@@ -93,6 +94,11 @@ def _evaluation(report: Path) -> dict[str, Any]:
         raise ExportError(f"{report}: no pixel.f1_threshold; is it a scrapscan-eval report?")
     if data.get("checkpoint") is None:
         raise ExportError(f"{report}: evaluates no checkpoint (a WinCLIP report?)")
+    modes = [m.value for m in BinaryMode]
+    if data.get("binary_mode") not in modes:
+        raise ExportError(
+            f"{report}: binary_mode {data.get('binary_mode')!r} is not one of {', '.join(modes)}"
+        )
     return data
 
 
@@ -177,7 +183,9 @@ def export_bundle(
     if options.tensorrt:
         require_tensorrt()  # fail before the slow part
     evaluation = _evaluation(options.report) if options.report else None
-    model, cfg = load_trained(checkpoint)
+    # the report's threshold holds for the map it evaluated: the bundle forms that map
+    mode = BinaryMode(evaluation["binary_mode"]) if evaluation else None
+    model, cfg = load_trained(checkpoint, binary_mode=mode)
     graph = InferenceGraph(model).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -322,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="REPORT_JSON",
         help="scrapscan-eval report: its F1-max threshold and sigma go into the manifest "
-        f"(else threshold {DEFAULT_THRESHOLD}, sigma {DEFAULT_SIGMA})",
+        f"(else threshold {DEFAULT_THRESHOLD}, sigma {DEFAULT_SIGMA}), and the bundle forms "
+        "the binary map the way the report did (--binary-mode; else as the checkpoint)",
     )
     p.add_argument("--name", help="model name (default: the config's name)")
     p.add_argument("--version", help="model version (default: the UTC time of the export)")

@@ -50,9 +50,13 @@ class CheckpointError(ValueError):
 
 
 def load_trained(
-    path: Path, device: torch.device | str = "cpu"
+    path: Path, device: torch.device | str = "cpu", binary_mode: BinaryMode | None = None
 ) -> tuple[ScrapAnomalyModel, RunConfig]:
-    """The model of a scrapscan-train checkpoint, in eval mode, and its configuration."""
+    """The model of a scrapscan-train checkpoint, in eval mode, and its configuration.
+
+    `binary_mode` replaces the trained config's way of forming the binary anomaly map
+    (it changes no weight: the map is formed from the same outputs at inference).
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
@@ -65,6 +69,10 @@ def load_trained(
         cfg = parse_config(state["config"], str(path))
     except ConfigError as err:
         raise CheckpointError(str(err)) from err
+    if binary_mode is not None:
+        cfg = cfg.model_copy(
+            update={"model": cfg.model.model_copy(update={"binary_mode": binary_mode})}
+        )
     model = build_model(cfg.model.model_copy(update={"pretrained": None}))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg
@@ -282,11 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 update={"model": cfg.model.model_copy(update={"input_size": INPUT_SIZE})}
             )
         else:
-            trained, cfg = load_trained(args.checkpoint, device)
-            if args.binary_mode:
-                trained.cfg = trained.cfg.model_copy(
-                    update={"binary_mode": BinaryMode(args.binary_mode)}
-                )
+            mode_arg = BinaryMode(args.binary_mode) if args.binary_mode else None
+            trained, cfg = load_trained(args.checkpoint, device, mode_arg)
             model, mode = trained, trained.cfg.binary_mode.value
         patches = PatchSet.for_config(load_frames(args.data), cfg)
         start = time.perf_counter()

@@ -180,6 +180,7 @@ def test_report_threshold_goes_into_the_manifest(checkpoint, tmp_path, capsys):
                 "data": "d",
                 "patches": 3,
                 "sigma": 2.0,
+                "binary_mode": "averaged_prompt",
                 "pixel": {"auroc": 0.9, "ap": 0.6, "f1_max": 0.5, "f1_threshold": 0.37},
                 "per_class_ap": {"motor": 0.5, "cable": None, "spray_can": 0.2},
             }
@@ -198,12 +199,43 @@ def test_report_threshold_goes_into_the_manifest(checkpoint, tmp_path, capsys):
     assert "pass --overwrite" in capsys.readouterr().err
 
 
+def test_the_bundle_forms_the_binary_map_the_report_evaluated(checkpoint, tmp_path):
+    """A report scored with --binary-mode class_sum: its threshold is for 1 - p(normal)."""
+    model, cfg = load_trained(checkpoint)
+    assert cfg.model.binary_mode.value == "averaged_prompt"
+    report = tmp_path / "report.json"
+    pixel = {"auroc": 0.9, "ap": 0.6, "f1_max": 0.5, "f1_threshold": 0.42}
+    report.write_text(
+        json.dumps({"checkpoint": "c", "binary_mode": "class_sum", "sigma": 4.0, "pixel": pixel})
+    )
+    out = tmp_path / "b"
+    export_bundle(
+        checkpoint,
+        out,
+        ExportOptions(report=report, fp16=False, torch_export=False),
+        log=lambda _: None,
+    )
+    assert load_bundle(out).manifest.model.binary_mode == "class_sum"
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = parity_inputs(518, random=1, synthetic=1, seed=5)
+    class_probs, anomaly, _ = session.run(None, {"images": x})
+    np.testing.assert_allclose(anomaly, 1 - class_probs[:, 0], atol=1e-5)
+    with torch.no_grad():  # the checkpoint's own mode gives another map
+        own = model(torch.from_numpy(x)).anomaly.numpy()
+    assert np.abs(own - anomaly).max() > 1e-3
+
+
 def test_bad_inputs_are_named_and_leave_nothing(checkpoint, tmp_path, capsys):
     bad = tmp_path / "report.json"
     bad.write_text('{"pixel": {}}')
     out = tmp_path / "b"
     assert main(["--checkpoint", str(checkpoint), "--out", str(out), "--report", str(bad)]) == 1
     assert "report.json: no pixel.f1_threshold" in capsys.readouterr().err
+    bad.write_text('{"checkpoint": "c", "binary_mode": "max", "pixel": {"f1_threshold": 0.5}}')
+    assert main(["--checkpoint", str(checkpoint), "--out", str(out), "--report", str(bad)]) == 1
+    assert "report.json: binary_mode 'max' is not one of averaged_prompt, class_sum" in (
+        capsys.readouterr().err
+    )
     assert main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)]) == 1
     assert "none.pt: no such file" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == [bad]
