@@ -79,10 +79,18 @@ def test_msm_and_dpam_flags_change_the_model(tiny_config, images):
 
 
 def test_binary_modes(tiny_config, images):
+    torch.manual_seed(0)
     model = build_model(with_model(tiny_config, binary_mode=BinaryMode.CLASS_SUM))
     with torch.no_grad():
         out = model(images)
-    torch.testing.assert_close(out.anomaly, 1 - out.class_probs[:, 0])
+        torch.testing.assert_close(out.anomaly, 1 - out.class_probs[:, 0])
+        model.cfg = model.cfg.model_copy(update={"binary_mode": BinaryMode.AVERAGED_PROMPT})
+        prompt = model(images)
+    # the same class maps; the binary map from the averaged prompt and the MSM's normal
+    torch.testing.assert_close(prompt.class_probs, out.class_probs)
+    assert prompt.anomaly.shape == out.anomaly.shape
+    assert (prompt.anomaly - out.anomaly).abs().max() > 1e-3
+    assert bool(((prompt.anomaly >= 0) & (prompt.anomaly <= 1)).all())
 
 
 def test_deep_prompts_reach_the_text_features(tiny_config):
