@@ -10,8 +10,8 @@
 #   EPOCHS=3           train.epochs
 #   ANOMALY_SHARE=     train.anomaly_share (the config's default)
 #   RESUME=0           1: continue WORK_DIR/run with --resume instead of starting over
-# The best recipe measured so far (BENCHMARKS.md, run i), several hours on 2 cores:
-#   FRAMES=600 COVER=0 EPOCHS=12 ANOMALY_SHARE=0.5 benchmarks/train_tiny.sh /tmp/tiny-plain
+# The recipe that reaches held-out AP 0.507 (BENCHMARKS.md, run i), about 3 hours on 2 cores:
+#   FRAMES=600 COVER=0 EPOCHS=9 ANOMALY_SHARE=0.5 benchmarks/train_tiny.sh /tmp/tiny-plain
 # A run stopped with Ctrl-C goes on with the same settings and RESUME=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
