@@ -331,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REPORT_JSON",
         help="scrapscan-eval report: its F1-max threshold and sigma go into the manifest "
         f"(else threshold {DEFAULT_THRESHOLD}, sigma {DEFAULT_SIGMA}), and the bundle forms "
-        "the binary map the way the report did (--binary-mode; else as the checkpoint)",
+        "the binary map as the report did (scrapscan-eval --binary-mode); without a report, "
+        "as the checkpoint's config says",
     )
     p.add_argument("--name", help="model name (default: the config's name)")
     p.add_argument("--version", help="model version (default: the UTC time of the export)")
