@@ -145,12 +145,46 @@ class TrainConfig(_Strict):
     num_workers: Annotated[int, Field(ge=0)] = 2
 
 
+class AugmentConfig(_Strict):
+    """Training-patch augmentation (training.data.augment); the defaults change nothing."""
+
+    symmetries: bool = False
+    """Turns by 90 degrees and mirroring, image and mask alike (a top-down camera)."""
+    brightness: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Largest relative change of the patch's mean brightness."""
+    contrast: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Largest relative change of the spread around the mean."""
+    blur: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Share of patches blurred (Gaussian, sigma 0.5 to 1.5 px)."""
+    jpeg: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Share of patches re-encoded as JPEG at a quality drawn from `jpeg_quality`."""
+    jpeg_quality: tuple[
+        Annotated[int, Field(ge=1, le=100)], Annotated[int, Field(ge=1, le=100)]
+    ] = (
+        50,
+        95,
+    )
+
+    @field_validator("jpeg_quality")
+    @classmethod
+    def _ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] > v[1]:
+            raise ValueError(f"must be [lowest, highest], got {list(v)}")
+        return v
+
+    @property
+    def active(self) -> bool:
+        """Whether any change is enabled."""
+        return self.symmetries or any((self.brightness, self.contrast, self.blur, self.jpeg))
+
+
 class DataConfig(_Strict):
-    """How frames become patches (common.tiling geometry)."""
+    """How frames become patches (common.tiling geometry), and how they are augmented."""
 
     tile_size: Annotated[int, Field(ge=16)] = TILE_SIZE
     overlap: Annotated[int, Field(ge=0)] = DEFAULT_OVERLAP
     min_bed_fraction: Annotated[float, Field(ge=0, le=1)] = 0.25
+    augment: AugmentConfig = AugmentConfig()
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> DataConfig:

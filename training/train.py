@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Sampler
 from training.config import ConfigError, RunConfig, load_config
 from training.data import DataError, PatchSet, load_frames
 from training.data.dataset import PatchDataset
+from training.data.patch_cache import PatchCache
 from training.losses import class_balanced_weights, merge_anomaly_classes, total_loss
 from training.model import ScrapAnomalyModel, WeightsError, build_model
 
@@ -98,9 +99,17 @@ class EpochSampler(Sampler[int]):
             order = [drawn[i] for i in torch.randperm(size, generator=g).tolist()]
         share = len(order) // world  # every rank the same number of batches
         self.indices = order[rank * share : (rank + 1) * share][skip:]
+        self.epoch, self.start = epoch, rank * share + skip
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
+
+    def keys(self) -> list[tuple[int, int, int]]:
+        """The epoch's items as (patch index, epoch, position in the epoch's whole order).
+
+        These are the keys under which PatchDataset augments.
+        """
+        return [(i, self.epoch, self.start + n) for n, i in enumerate(self.indices)]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -210,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
         "parameters per part (and the data's patch counts with --data), then stop",
     )
     p.add_argument(
+        "--patch-cache",
+        type=Path,
+        metavar="DIR",
+        help="keep every patch at model size in DIR (about 1.1 MB a patch) and read them "
+        "from there: each frame is decoded once instead of once per patch; built on first "
+        "use, rebuilt when the data or the tiling differ, shared by runs on the same data",
+    )
+    p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
         default="auto",
@@ -243,7 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.data is None or args.out is None:
         parser.error("--data and --out are needed to train (or use --dry-run)")
     try:
-        return train(cfg, args.data, args.out, args.resume, args.max_steps, args.device)
+        return train(
+            cfg, args.data, args.out, args.resume, args.max_steps, args.device, args.patch_cache
+        )
     except (DataError, WeightsError) as err:
         return _fail(str(err), 1)
     except (FileExistsError, ResumeError) as err:
@@ -471,7 +490,13 @@ def train_step(
 
 
 def train(
-    cfg: RunConfig, data: Path, out: Path, resume: bool, max_steps: int | None, device: str = "auto"
+    cfg: RunConfig,
+    data: Path,
+    out: Path,
+    resume: bool,
+    max_steps: int | None,
+    device: str = "auto",
+    patch_cache: Path | None = None,
 ) -> int:
     """Train; returns 0 when done, 130 when interrupted (checkpoint written either way)."""
     env = setup_distributed(device)
@@ -500,7 +525,15 @@ def train(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None
         )
 
-    dataset = PatchDataset(patches)
+    cache = None
+    if patch_cache is not None:  # built by the main process; the others wait, then open it
+        if env.main:
+            cache = PatchCache.open(patches, patch_cache)
+        if env.world > 1:
+            dist.barrier()
+        if not env.main:
+            cache = PatchCache.open(patches, patch_cache, log=False)
+    dataset = PatchDataset(patches, cfg.data.augment, cfg.train.seed, cache)
     batches_per_epoch = len(patches) // env.world // cfg.train.batch_size
     if batches_per_epoch == 0:
         raise ValueError(
@@ -536,7 +569,7 @@ def train(
             loader = DataLoader(
                 dataset,
                 batch_size=cfg.train.batch_size,
-                sampler=sampler,
+                sampler=sampler.keys(),
                 num_workers=cfg.train.num_workers,
                 drop_last=True,
                 pin_memory=env.device.type == "cuda",
