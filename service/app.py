@@ -743,7 +743,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         frames = await asyncio.to_thread(svc.store.truck, truck_id)
         if not frames:
             raise APIError(404, "truck_not_found", f"no frame of truck {truck_id}")
-        report = truck_report(truck_id, frames, s.reject_score)
+        report = truck_report(truck_id, frames)
         return csv_or_json(report, report_csv(report), format)
 
     @app.get("/v1/trucks", responses=ERRORS, dependencies=[require("reports")])
@@ -765,7 +765,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             frames = every[truck_id]
             if not frames:  # its frames have expired
                 continue
-            r = truck_report(truck_id, frames, s.reject_score)
+            r = truck_report(truck_id, frames)
             if verdict is None or r["verdict"] == verdict:
                 reports.append(r)
         summary = [{k: v for k, v in r.items() if k != "evidence"} for r in reports]

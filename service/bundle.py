@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -45,11 +45,26 @@ class ModelInfo(_Strict):
     """The checkpoint, its training step, the git revision of the run."""
 
 
-class Postprocess(_Strict):
-    """How the service turns probability maps into instances."""
+Probability = Annotated[float, Field(ge=0, le=1)]
 
-    pixel_threshold: Annotated[float, Field(ge=0, le=1)]
-    threshold_source: Literal["f1_max", "default"]
+
+class Postprocess(_Strict):
+    """How the service turns probability maps into instances and a frame into a verdict."""
+
+    pixel_threshold: Probability
+    """The anomaly map's threshold (for every class unless `class_thresholds` are given)."""
+    threshold_source: Literal["f1_max", "default", "calibrated"]
+    class_thresholds: dict[str, Probability] | None = None
+    """Per contaminant class: a cell is on when its anomaly probability reaches the
+    threshold of its most likely class (calibrated on a validation split)."""
+    min_score: Probability = 0.0
+    """Instances scoring less are not reported: a frame whose instances all score less is
+    clean (calibrated for a target share of clean frames flagged)."""
+    reject_score: Probability | None = None
+    """A frame whose strongest instance scores this or more is rejected, below it is
+    inspected; None leaves it to the service's setting."""
+    calibration: dict[str, Any] = {}
+    """How the calibrated values were chosen: the data, the targets, the figures."""
     sigma: Annotated[float, Field(ge=0)]
     """Gaussian smoothing (pixels at input size) the model was evaluated with."""
     min_area_px: Annotated[int, Field(ge=0)]
@@ -103,6 +118,16 @@ class Manifest(_Strict):
     metrics: dict[str, Any]
     files: dict[str, BundleFile]
     bed_model: BedModelInfo | None = None
+
+    @model_validator(mode="after")
+    def _thresholds_name_the_classes(self) -> Manifest:
+        given = self.postprocess.class_thresholds
+        if given is not None and set(given) != set(self.classes[1:]):
+            raise ValueError(
+                f"postprocess.class_thresholds names {sorted(given)}, the bundle's "
+                f"contaminant classes are {list(self.classes[1:])}"
+            )
+        return self
 
     def file(self, kind: FileKind, precision: Precision | None = None) -> str | None:
         """The name of the first file of `kind` (and `precision`), or None."""

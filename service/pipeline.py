@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,41 @@ from service.batcher import Batcher
 from service.bundle import Bundle
 from service.decode import decode
 from service.settings import Settings
-from service.stages import Bed, BedFinder, Findings, bed_crop, find_instances, make_tiles, merge
+from service.stages import (
+    Bed,
+    BedFinder,
+    Findings,
+    Instance,
+    InstanceRule,
+    Merged,
+    bed_crop,
+    find_instances,
+    make_tiles,
+    merge,
+)
+
+DEFAULT_REJECT_SCORE = 0.8
+"""The reject score when neither the settings nor the bundle give one."""
+
+
+def verdict(instances: Sequence[Instance], reject_score: float) -> str:
+    """Clean (no instance), reject (an instance at or over `reject_score`), else inspect."""
+    if not instances:
+        return "clean"
+    return "reject" if max(i.score for i in instances) >= reject_score else "inspect"
+
+
+@dataclass(slots=True)
+class Analysis:
+    """A frame through every stage up to its instances (what evaluation reads too)."""
+
+    frame: npt.NDArray[np.uint8]
+    """(H, W, 3) uint8 BGR, as decoded."""
+    bed: Bed
+    tiles: int
+    merged: Merged
+    findings: Findings
+    timer: Timer
 
 
 @dataclass(slots=True)
@@ -110,24 +145,33 @@ class Pipeline:
         self.settings = settings
         m = bundle.manifest
         self.classes = m.classes
+        post = m.postprocess
         # sigma was measured at model-input pixels; frame pixels are tile / input as large
-        self.sigma = m.postprocess.sigma * m.tile_size / m.input_size
+        self.sigma = post.sigma * m.tile_size / m.input_size
+        per_class = post.class_thresholds
+        self.rule = InstanceRule(
+            post.pixel_threshold,
+            post.min_area_px,
+            post.max_bed_fraction,
+            None if per_class is None else tuple(per_class[c] for c in m.classes[1:]),
+            post.min_score,
+        )
+        self.reject_score = next(
+            v
+            for v in (settings.reject_score, post.reject_score, DEFAULT_REJECT_SCORE)
+            if v is not None
+        )
 
     def verdict(self, findings: Findings) -> str:
-        """Clean (nothing found), reject (an instance at or over reject_score), else inspect."""
-        if not findings.instances:
-            return "clean"
-        top = max(i.score for i in findings.instances)
-        return "reject" if top >= self.settings.reject_score else "inspect"
+        """The frame's verdict under this pipeline's reject score (see `verdict`)."""
+        return verdict(findings.instances, self.reject_score)
 
-    async def process(self, data: bytes, camera_id: str) -> Processed:
-        """Run every stage on one upload."""
+    async def analyse(self, data: bytes, camera_id: str) -> Analysis:
+        """Every stage up to the instances: what a frame's result is made from."""
         m = self.bundle.manifest
-        post = m.postprocess
         timer = Timer()
         frame = await asyncio.to_thread(decode, data, self.settings.max_pixels)
         timer.lap("decode")
-        stride = self.settings.map_stride
         bed = await asyncio.to_thread(
             bed_crop, frame, self.settings.bed_for(camera_id), self.bed_finder
         )
@@ -147,19 +191,18 @@ class Pipeline:
             out.class_probs,
             m.overlap,
             self.sigma,
-            stride,
+            self.settings.map_stride,
         )
         timer.lap("merge")
-        findings = await asyncio.to_thread(
-            find_instances,
-            merged,
-            bed,
-            self.classes,
-            post.pixel_threshold,
-            post.min_area_px,
-            post.max_bed_fraction,
-        )
+        findings = await asyncio.to_thread(find_instances, merged, bed, self.classes, self.rule)
         timer.lap("postprocess")
+        return Analysis(frame, bed, len(tiles), merged, findings, timer)
+
+    async def process(self, data: bytes, camera_id: str) -> Processed:
+        """Run every stage on one upload."""
+        m = self.bundle.manifest
+        a = await self.analyse(data, camera_id)
+        frame, bed, findings, timer = a.frame, a.bed, a.findings, a.timer
         # the mask's PNG and the overlay's drawing and JPEG in two threads (OpenCV lets go
         # of the GIL): the frame's answer waits for the longer of the two, not their sum
         mask_png, overlay_jpg = await asyncio.gather(
@@ -179,7 +222,8 @@ class Pipeline:
             "verdict": self.verdict(findings),
             "scores": {k: round(v, 4) for k, v in findings.frame_scores.items()},
             "instances": [i.as_dict() for i in findings.instances],
-            "tiles": len(tiles),
+            "thresholds": self.rule.describe(self.reject_score),
+            "tiles": a.tiles,
             "timings_ms": timer.ms,
         }
         return Processed(result, files)

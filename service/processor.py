@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -28,6 +29,31 @@ from service.settings import Settings
 from service.store import Store
 
 log = logging.getLogger("scrapscan.processor")
+
+
+async def open_pipeline(
+    s: Settings, on_batch: Callable[[BatchRecord], None] | None = None
+) -> Pipeline:
+    """The pipeline the settings describe: bundle, engine (warmed), batcher (started), bed model.
+
+    The bundle's bed model is loaded when a camera's bed is "learned", or "auto" and the
+    bundle has one. The caller stops `pipeline.batcher` when done.
+    """
+    bundle = await asyncio.to_thread(load_bundle, s.bundle)
+    engine = await asyncio.to_thread(
+        open_engine, bundle, s.engine, s.device, s.threads, s.precision
+    )
+    size = bundle.manifest.input_size
+    await asyncio.to_thread(engine.infer, np.zeros((1, 3, size, size), np.float32))
+    batcher = Batcher(engine, s.batch.max_batch, s.batch.max_wait_ms / 1000, on_batch=on_batch)
+    batcher.start()
+    finder = None
+    beds = {b.bed for b in (s.default_bed, *s.cameras.values())}
+    if "learned" in beds or ("auto" in beds and bundle.manifest.bed_model is not None):
+        from service.bedmodel import LearnedBed
+
+        finder = LearnedBed(bundle)
+    return Pipeline(bundle, batcher, s, finder)
 
 
 class FrameFailed(Exception):
@@ -48,28 +74,14 @@ class Processor:
 
     async def start(self) -> None:
         """Load the bundle and the engine, warm it with one batch, start the batcher."""
-        s = self.settings
-        bundle = await asyncio.to_thread(load_bundle, s.bundle)
-        engine = await asyncio.to_thread(
-            open_engine, bundle, s.engine, s.device, s.threads, s.precision
-        )
-        size = bundle.manifest.input_size
-        await asyncio.to_thread(engine.infer, np.zeros((1, 3, size, size), np.float32))
-        self.batcher = Batcher(
-            engine, s.batch.max_batch, s.batch.max_wait_ms / 1000, on_batch=self._batch_done
-        )
-        self.batcher.start()
-        finder = None
-        if any(b.bed == "learned" for b in (s.default_bed, *s.cameras.values())):
-            from service.bedmodel import LearnedBed
-
-            finder = LearnedBed(bundle)
-        self.pipeline = Pipeline(bundle, self.batcher, s, finder)
-        m = bundle.manifest.model
-        self.metrics.model.labels(m.name, m.version, engine.name).set(1)
+        self.pipeline = await open_pipeline(self.settings, on_batch=self._batch_done)
+        self.batcher = self.pipeline.batcher
+        m = self.pipeline.bundle.manifest.model
+        engine = self.batcher.engine.name
+        self.metrics.model.labels(m.name, m.version, engine).set(1)
         self.metrics.watch(LiveCollector("gpu_memory", gpu_memory))
         self.ready = True
-        log.info("engine ready: bundle %s, engine %s", bundle, engine.name)
+        log.info("engine ready: bundle %s, engine %s", self.pipeline.bundle, engine)
 
     async def stop(self) -> None:
         """Stop the batcher."""

@@ -35,10 +35,16 @@ def _seen(record: FrameRecord) -> str:
     return datetime.fromtimestamp(record.received_at, UTC).isoformat()
 
 
-def truck_report(
-    truck_id: str, frames: Iterable[FrameRecord], reject_score: float
-) -> dict[str, Any]:
-    """The report of one truck from its frames (any status; only done frames count)."""
+VERDICTS = ("clean", "inspect", "reject")
+"""Frame and truck verdicts, mildest first."""
+
+
+def truck_report(truck_id: str, frames: Iterable[FrameRecord]) -> dict[str, Any]:
+    """The report of one truck from its frames (any status; only done frames count).
+
+    The truck's verdict is the gravest of its frames' verdicts: each frame's was given by
+    the thresholds of the model that made it (its result says which).
+    """
     frames = list(frames)
     done = [f for f in frames if f.status == "done" and f.result is not None]
     classes: dict[str, dict[str, Any]] = {
@@ -71,8 +77,11 @@ def truck_report(
                 }
             )
     evidence.sort(key=lambda e: e["score"], reverse=True)
-    scores = [a["highest_score"] for a in classes.values() if a["highest_score"] is not None]
-    verdict = "clean" if not scores else "reject" if max(scores) >= reject_score else "inspect"
+    verdict = max(
+        (f.result.get("verdict", "clean") for f in done if f.result is not None),
+        key=VERDICTS.index,
+        default="clean",
+    )
     seen = sorted(_seen(f) for f in frames)
     return {
         "truck_id": truck_id,

@@ -30,9 +30,10 @@ class CameraBed(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bed: Literal["full", "polygon", "learned"] = "full"
-    """"full": the whole frame; "polygon": a fixed bed outline (the camera does not move);
-    "learned": the bundle's bed model finds the bed in each frame (trucks park anywhere)."""
+    bed: Literal["auto", "full", "polygon", "learned"] = "auto"
+    """"auto": "learned" when the bundle has a bed model, else "full"; "full": the whole
+    frame; "polygon": a fixed bed outline (the camera does not move); "learned": the
+    bundle's bed model finds the bed in each frame (trucks park anywhere)."""
     polygon: tuple[tuple[float, float], ...] | None = None
     """Bed corners as (x, y) fractions of the frame width and height, for bed: polygon."""
 
@@ -127,8 +128,9 @@ class Settings(BaseSettings):
     cameras: dict[str, CameraBed] = {}
     """Per camera_id; cameras not listed use default_bed."""
     default_bed: CameraBed = CameraBed()
-    reject_score: Annotated[float, Field(ge=0, le=1)] = 0.8
-    """A frame whose strongest instance scores this or more is "reject"; below, "inspect"."""
+    reject_score: Annotated[float, Field(ge=0, le=1)] | None = None
+    """A frame whose strongest instance scores this or more is "reject"; below, "inspect".
+    None: the bundle's calibrated reject score, else 0.8."""
     wait_timeout_s: Annotated[float, Field(gt=0, le=600)] = 60.0
     """How long POST /v1/frames?wait=true waits for the result before answering 202."""
     api_keys_file: Path | None = None

@@ -51,15 +51,19 @@ def bed_crop(
 ) -> Bed:
     """The bed of a frame for a camera's strategy: full frame, fixed polygon or learned.
 
-    When the learned model finds no bed, the whole frame is used and the strategy says so
+    "auto" is learned when there is a bed model (`finder`), else the full frame. When the
+    learned model finds no bed, the whole frame is used and the strategy says so
     ("learned-none-full").
     """
     h, w = frame_bgr.shape[:2]
     full = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
-    strategy: str = camera.bed
-    if camera.bed == "polygon" and camera.polygon is not None:
+    kind = camera.bed
+    if kind == "auto":
+        kind = "full" if finder is None else "learned"
+    strategy: str = kind
+    if kind == "polygon" and camera.polygon is not None:
         polygon = np.asarray(camera.polygon, dtype=np.float64) * [w, h]
-    elif camera.bed == "learned":
+    elif kind == "learned":
         if finder is None:
             raise ValueError("bed: learned needs the bundle's bed model")
         found = finder.polygon(frame_bgr)
@@ -268,25 +272,58 @@ class Findings:
     frame_scores: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceRule:
+    """What makes a region of the merged maps an instance (the bundle's postprocess).
+
+    A cell is on when its anomaly probability reaches the threshold of its most likely
+    contaminant class (`class_thresholds`, in the bundle's class order, else
+    `pixel_threshold` for all). A connected region of on cells is an instance when its
+    area lies between `min_area` frame pixels and `max_bed_fraction` of the bed, and its
+    score (its highest anomaly probability) reaches `min_score`.
+    """
+
+    pixel_threshold: float
+    min_area: int
+    max_bed_fraction: float
+    class_thresholds: tuple[float, ...] | None = None
+    min_score: float = 0.0
+
+    def cell_thresholds(self, classes: npt.NDArray[np.float32]) -> npt.NDArray[np.float32] | float:
+        """The threshold of each cell of (C, H, W) class probabilities (normal first)."""
+        if self.class_thresholds is None:
+            return self.pixel_threshold
+        table = np.asarray(self.class_thresholds, np.float32)
+        return np.asarray(table[classes[1:].argmax(axis=0)], np.float32)
+
+    def describe(self, reject_score: float) -> dict[str, Any]:
+        """The thresholds as a result states them."""
+        return {
+            "pixel": self.pixel_threshold,
+            "classes": list(self.class_thresholds) if self.class_thresholds else None,
+            "min_area_px": self.min_area,
+            "max_bed_fraction": self.max_bed_fraction,
+            "min_score": self.min_score,
+            "reject_score": reject_score,
+        }
+
+
 def find_instances(
-    merged: Merged,
-    bed: Bed,
-    classes: tuple[str, ...],
-    threshold: float,
-    min_area: int,
-    max_bed_fraction: float,
+    merged: Merged, bed: Bed, classes: tuple[str, ...], rule: InstanceRule
 ) -> Findings:
-    """Threshold the anomaly map inside the bed, keep components of plausible size.
+    """Threshold the anomaly map inside the bed, keep the regions `rule` accepts.
 
     Each kept component becomes an instance whose class is the argmax of the anomaly
     classes' probabilities averaged over its cells; the class-index mask (full frame size)
     marks its pixels with that class. Components over `max_bed_fraction` of the bed are
     not a contaminant (a whole-bed false alarm), those under `min_area` frame pixels are
-    noise. Boxes, areas and polygons are in frame pixels whatever the map's stride.
+    noise, those scoring under `min_score` are below what the frame verdict counts.
+    Boxes, areas and polygons are in frame pixels whatever the map's stride.
     """
     s = merged.stride
     fh, fw = bed.mask.shape[:2]
-    binary = ((merged.anomaly >= threshold) & merged.bed_mask).astype(np.uint8)
+    on = merged.anomaly >= rule.cell_thresholds(merged.classes)
+    binary = (on & merged.bed_mask).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     gh, gw = merged.anomaly.shape[:2]
     cells = np.zeros((gh, gw), np.uint8)
@@ -295,13 +332,14 @@ def find_instances(
     row_px = np.minimum(s, fh - np.arange(gh) * s).astype(np.int64)
     col_px = np.minimum(s, fw - np.arange(gw) * s).astype(np.int64)
     instances: list[Instance] = []
-    largest = max_bed_fraction * bed.area
+    largest = rule.max_bed_fraction * bed.area
     names = classes[1:]
     for label in range(1, count):
         x, y, bw, bh, _ = (int(v) for v in stats[label])
         region = labels[y : y + bh, x : x + bw] == label
         area = int((region * row_px[y : y + bh, None] * col_px[None, x : x + bw]).sum())
-        if area < min_area or area > largest:
+        score = float(merged.anomaly[y : y + bh, x : x + bw][region].max())
+        if area < rule.min_area or area > largest or score < rule.min_score:
             continue
         per_class = merged.classes[1:, y : y + bh, x : x + bw][:, region].mean(axis=1)
         best = int(per_class.argmax())
@@ -322,7 +360,7 @@ def find_instances(
         instances.append(
             Instance(
                 names[best],
-                float(merged.anomaly[y : y + bh, x : x + bw][region].max()),
+                score,
                 {n: float(v) for n, v in zip(names, per_class, strict=True)},
                 (x0, y0, min((x + bw) * s, fw) - x0, min((y + bh) * s, fh) - y0),
                 area,

@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import cv2
 import httpx
@@ -7,7 +8,11 @@ import pytest
 from PIL import Image
 
 from common.imaging import polygon_mask
+from common.tiling import polygon_box, tile_grid
+from service.bundle import read_manifest
 from training.synth import render_frame
+
+DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +58,14 @@ def test_a_frame_goes_through_and_its_result_matches_the_frame(server, frame):
     assert body["status"] == "done" and body["truck_id"] == "TRK-7"
     result = body["result"]
     assert result["image"] == {"width": 1280, "height": 720}
-    assert result["bed"]["strategy"] == "full" and len(result["bed"]["polygon"]) == 4
+    # no camera setting: the bundle's bed model finds the bed ("auto")
+    assert result["bed"]["strategy"] in {"learned", "learned-none-full"}
+    assert len(result["bed"]["polygon"]) >= 3
+    made = read_manifest(DEMO).postprocess  # each result says what made it
+    assert result["thresholds"]["pixel"] == pytest.approx(made.pixel_threshold)
+    assert result["thresholds"]["min_area_px"] == made.min_area_px
+    assert result["thresholds"]["min_score"] == pytest.approx(made.min_score)
+    assert result["thresholds"]["reject_score"] == pytest.approx(made.reject_score or 0.8)
     assert set(result["scores"]) == {"anomaly", "motor", "cable", "spray_can"}
     assert result["verdict"] in {"clean", "inspect", "reject"}
     assert set(result["timings_ms"]) == {
@@ -65,7 +77,9 @@ def test_a_frame_goes_through_and_its_result_matches_the_frame(server, frame):
         "postprocess",
         "encode",
     }
-    assert result["tiles"] == 6  # 1280x720 in 512 px tiles with >= 64 px overlap: 3 x 2
+    # the bed's box in 512 px tiles with >= 64 px overlap (the full 1280x720 frame: 3 x 2)
+    bed_box = polygon_box(np.asarray(result["bed"]["polygon"]), 1280, 720)
+    assert result["tiles"] == len(tile_grid(bed_box, 512, 64).tiles) <= 6
     for inst in result["instances"]:
         x, y, w, h = inst["bbox"]
         assert 0 <= x < 1280 and 0 <= y < 720 and inst["area"] <= w * h

@@ -5,7 +5,10 @@ from service.reports import report_csv, truck_report, trucks_csv
 from service.store import FrameRecord
 
 
-def frame(fid, instances, status="done", t=0.0, captured=None):
+def frame(fid, instances, status="done", t=0.0, captured=None, verdict=None):
+    if verdict is None:  # what a frame of reject score 0.8 says
+        top = max((i["score"] for i in instances), default=None)
+        verdict = "clean" if top is None else "reject" if top >= 0.8 else "inspect"
     return FrameRecord(
         fid,
         "cam",
@@ -14,7 +17,7 @@ def frame(fid, instances, status="done", t=0.0, captured=None):
         1795400000.0 + t,
         status,
         None,
-        {"instances": instances} if status == "done" else None,
+        {"instances": instances, "verdict": verdict} if status == "done" else None,
         None,
     )
 
@@ -31,7 +34,7 @@ def test_a_truck_report_aggregates_its_frames():
         frame("d", [], status="failed", t=4),
         frame("e", [], status="queued", t=5),
     ]
-    r = truck_report("T1", frames, reject_score=0.8)
+    r = truck_report("T1", frames)
     assert r["verdict"] == "inspect" and r["frames"] == 3
     assert (r["frames_failed"], r["frames_pending"]) == (1, 1)
     motor = r["classes"]["motor"]
@@ -44,15 +47,24 @@ def test_a_truck_report_aggregates_its_frames():
     assert r["first_seen"] < r["last_seen"]
 
 
-def test_verdicts():
-    assert truck_report("T", [frame("a", [])], 0.8)["verdict"] == "clean"
-    assert truck_report("T", [frame("a", [inst("cable", 0.85, 10)])], 0.8)["verdict"] == "reject"
-    assert truck_report("T", [frame("a", [inst("cable", 0.79, 10)])], 0.8)["verdict"] == "inspect"
+def test_a_truck_takes_the_gravest_verdict_of_its_frames():
+    assert truck_report("T", [frame("a", [])])["verdict"] == "clean"
+    assert truck_report("T", [frame("a", [inst("cable", 0.85, 10)])])["verdict"] == "reject"
+    assert truck_report("T", [frame("a", [inst("cable", 0.79, 10)])])["verdict"] == "inspect"
+    mixed = [
+        frame("a", [inst("cable", 0.9, 10)], verdict="inspect"),  # made by another model
+        frame("b", []),
+        frame("c", [inst("motor", 0.3, 10)], verdict="reject"),
+    ]
+    assert truck_report("T", mixed)["verdict"] == "reject"
+    assert truck_report("T", mixed[:2])["verdict"] == "inspect"
+    failed_only = [frame("a", [], status="failed")]
+    assert truck_report("T", failed_only)["verdict"] == "clean"
 
 
 def test_csv_has_a_row_per_class_and_per_truck():
     r = truck_report(
-        "T1", [frame("a", [inst("motor", 0.6, 1000)], captured="2026-11-24T06:00:00Z")], 0.8
+        "T1", [frame("a", [inst("motor", 0.6, 1000)], captured="2026-11-24T06:00:00Z")]
     )
     rows = list(csv.DictReader(io.StringIO(report_csv(r))))
     assert [row["class"] for row in rows] == ["motor", "cable", "spray_can"]

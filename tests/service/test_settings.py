@@ -17,7 +17,7 @@ def test_defaults_env_and_file(tmp_path, monkeypatch):
     monkeypatch.setenv("SCRAPSCAN_BATCH__MAX_WAIT_MS", "25")
     s = Settings()
     assert s.workers == 5 and s.batch.max_batch == 16 and s.batch.max_wait_ms == 25
-    assert s.bed_for("crane-2").bed == "polygon" and s.bed_for("crane-9").bed == "full"
+    assert s.bed_for("crane-2").bed == "polygon" and s.bed_for("crane-9").bed == "auto"
 
 
 def test_secrets_are_masked():

@@ -4,7 +4,15 @@ import pytest
 from common.imaging import polygon_mask
 from common.tiling import tile_grid
 from service.settings import CameraBed
-from service.stages import Merged, bed_crop, blend_weights, find_instances, make_tiles, merge
+from service.stages import (
+    InstanceRule,
+    Merged,
+    bed_crop,
+    blend_weights,
+    find_instances,
+    make_tiles,
+    merge,
+)
 
 CLASSES = ("normal", "motor", "cable", "spray_can")
 
@@ -125,7 +133,9 @@ def test_instances_are_sized_classed_and_outlined():
     anomaly[100:150, 100:200] = 0.9  # a cable-like region: 5000 px
     classes[:, 100:150, 100:200] = np.array([0.1, 0.2, 0.6, 0.1])[:, None, None]
     anomaly[300:305, 300:305] = 0.95  # 25 px: noise
-    found = find_instances(Merged(anomaly, classes, bed.mask), bed, CLASSES, 0.5, 100, 0.5)
+    found = find_instances(
+        Merged(anomaly, classes, bed.mask), bed, CLASSES, InstanceRule(0.5, 100, 0.5)
+    )
     assert len(found.instances) == 1
     inst = found.instances[0]
     assert inst.class_name == "cable" and inst.area == 5000 and inst.bbox == (100, 100, 100, 50)
@@ -138,12 +148,72 @@ def test_instances_are_sized_classed_and_outlined():
     assert found.frame_scores["cable"] == pytest.approx(0.6)
 
 
+def _two_regions(h=300, w=400):
+    """A motor region scoring 0.6 and a cable region scoring 0.9, each 50 x 50 px."""
+    anomaly = np.zeros((h, w), np.float32)
+    classes = np.zeros((4, h, w), np.float32)
+    classes[0] = 1.0
+    anomaly[50:100, 50:100] = 0.6
+    classes[:, 50:100, 50:100] = np.array([0.4, 0.5, 0.05, 0.05])[:, None, None]
+    anomaly[150:200, 200:250] = 0.9
+    classes[:, 150:200, 200:250] = np.array([0.1, 0.1, 0.7, 0.1])[:, None, None]
+    return anomaly, classes
+
+
+def test_each_class_has_its_own_threshold():
+    anomaly, classes = _two_regions()
+    bed = full_bed(*anomaly.shape)
+    merged = Merged(anomaly, classes, bed.mask)
+    both = find_instances(merged, bed, CLASSES, InstanceRule(0.5, 10, 0.5))
+    assert sorted(i.class_name for i in both.instances) == ["cable", "motor"]
+    # a motor threshold over the motor region's 0.6 leaves the cable alone, and the
+    # other way round: each region is held to the threshold of its own class
+    per_class = InstanceRule(0.5, 10, 0.5, class_thresholds=(0.7, 0.5, 0.5))
+    assert [i.class_name for i in find_instances(merged, bed, CLASSES, per_class).instances] == [
+        "cable"
+    ]
+    cable_high = InstanceRule(0.1, 10, 0.5, class_thresholds=(0.5, 0.95, 0.5))
+    found = find_instances(merged, bed, CLASSES, cable_high)
+    assert [i.class_name for i in found.instances] == ["motor"]
+    assert (found.class_mask == 2).sum() == 0
+
+
+def test_instances_under_the_min_score_are_not_reported():
+    anomaly, classes = _two_regions()
+    bed = full_bed(*anomaly.shape)
+    merged = Merged(anomaly, classes, bed.mask)
+    found = find_instances(merged, bed, CLASSES, InstanceRule(0.5, 10, 0.5, min_score=0.7))
+    assert [i.class_name for i in found.instances] == ["cable"]
+    assert (found.class_mask == 1).sum() == 0  # the motor region is not drawn either
+    assert found.frame_scores["anomaly"] == pytest.approx(0.9)
+    none = find_instances(merged, bed, CLASSES, InstanceRule(0.5, 10, 0.5, min_score=0.95))
+    assert none.instances == [] and none.class_mask.max() == 0
+
+
+def test_auto_bed_is_learned_with_a_bed_model_and_full_without():
+    frame = np.zeros((100, 200, 3), np.uint8)
+
+    class Finder:
+        def polygon(self, frame_bgr):
+            return np.array([[20, 10], [180, 10], [180, 90], [20, 90]], np.float64)
+
+    assert CameraBed().bed == "auto"
+    learned = bed_crop(frame, CameraBed(), Finder())
+    assert learned.strategy == "learned" and 160 * 80 <= learned.area <= 161 * 81
+    full = bed_crop(frame, CameraBed(), None)
+    assert full.strategy == "full" and full.area == 100 * 200
+    with pytest.raises(ValueError, match="bed model"):
+        bed_crop(frame, CameraBed(bed="learned"), None)
+
+
 def test_a_region_covering_most_of_the_bed_is_not_a_contaminant():
     h, w = 200, 300
     bed = full_bed(h, w)
     anomaly = np.full((h, w), 0.8, np.float32)
     classes = np.zeros((4, h, w), np.float32)
-    found = find_instances(Merged(anomaly, classes, bed.mask), bed, CLASSES, 0.5, 10, 0.5)
+    found = find_instances(
+        Merged(anomaly, classes, bed.mask), bed, CLASSES, InstanceRule(0.5, 10, 0.5)
+    )
     assert found.instances == [] and found.class_mask.max() == 0
 
 
@@ -159,7 +229,9 @@ def test_at_stride_4_instances_are_in_frame_pixels():
     anomaly[95:, 140:] = 0.8  # touches the frame's bottom right corner
     classes[:, 95:, 140:] = np.array([0.1, 0.1, 0.1, 0.7])[:, None, None]
     small = polygon_mask(np.asarray(bed.polygon) / 4, gh, gw)
-    found = find_instances(Merged(anomaly, classes, small, 4), bed, CLASSES, 0.5, 100, 0.5)
+    found = find_instances(
+        Merged(anomaly, classes, small, 4), bed, CLASSES, InstanceRule(0.5, 100, 0.5)
+    )
     motor, can = sorted(found.instances, key=lambda i: i.class_name)
     assert motor.class_name == "motor" and motor.bbox == (100, 100, 100, 52)
     assert motor.area == 5200 and (found.class_mask == 1).sum() == 5200

@@ -139,7 +139,7 @@ def test_redis_results_expire_and_reports_outlive_them(redis_url):
     (kept,) = s.truck("T-9")
     assert kept.frame_id == "9" * 32 and kept.status == "done"
     assert kept.result["instances"][0].keys() == {"class", "score", "area"}
-    assert truck_report("T-9", s.truck("T-9"), 0.8)["frames"] == 1
+    assert truck_report("T-9", s.truck("T-9"))["frames"] == 1
     add(s, "8" * 32)
     done(s, "8" * 32)  # the feed drops entries older than the retention as it grows
     assert [f[b"frame_id"] for _, f in s.r.xrange("scrapscan:results")] == [b"8" * 32]
@@ -169,7 +169,7 @@ def test_sqlite_retention_keeps_reports_longer_than_files(tmp_path):
         "score",
         "area",
     }
-    assert truck_report("T-5", s.truck("T-5"), 0.8)["frames"] == 1
+    assert truck_report("T-5", s.truck("T-5"))["frames"] == 1
     assert s.purge(60, 600, now=ended + 61) == 0  # done once
     assert s.purge(60, 600, now=ended + 601) == 1
     assert s.get("5" * 32) is None and s.feed("", 10).items == []
