@@ -70,6 +70,7 @@ class ExportOptions:
     tensorrt: bool = False
     precision: str = "fp16"
     calibration: Path | None = None
+    thresholds: Path | None = None
     min_area_px: int = DEFAULT_MIN_AREA
     max_bed_fraction: float = DEFAULT_MAX_BED_FRACTION
     bed_model: Path | None = None
@@ -100,6 +101,48 @@ def _evaluation(report: Path) -> dict[str, Any]:
             f"{report}: binary_mode {data.get('binary_mode')!r} is not one of {', '.join(modes)}"
         )
     return data
+
+
+def _calibrated(path: Path, checkpoint: Path, mode: str, sigma: float) -> dict[str, Any]:
+    """The thresholds of `scrapscan-eval --bundle --calibrate`, checked against this export.
+
+    They hold for the maps of the bundle they were chosen on: the same checkpoint, binary
+    mode and smoothing. Returns the manifest's postprocess fields they set.
+    """
+    data = _read_json(path, "the thresholds.json of scrapscan-eval --bundle --calibrate")
+    fields = ("pixel", "classes", "min_area_px", "min_score", "reject_score", "bundle")
+    missing = [k for k in fields if k not in data]
+    if missing:
+        raise ExportError(f"{path}: no {', '.join(missing)}; is it a thresholds.json?")
+    made = data["bundle"]
+    source = str((made.get("source") or {}).get("checkpoint", ""))
+    if not source or Path(source).resolve() != checkpoint.resolve():
+        raise ExportError(
+            f"{path}: calibrated on the bundle of {source or 'an unknown checkpoint'}, not of "
+            f"{checkpoint}; calibrate a bundle of this checkpoint"
+        )
+    if made.get("binary_mode") != mode or made.get("sigma") != sigma:
+        raise ExportError(
+            f"{path}: calibrated on maps formed as {made.get('binary_mode')} with sigma "
+            f"{made.get('sigma')}; this export forms them as {mode} with sigma {sigma}"
+        )
+    classes = data["classes"]
+    if not isinstance(classes, list) or len(classes) != len(CLASS_NAMES) - 1:
+        raise ExportError(f"{path}: classes must list one threshold per contaminant class")
+    scores = [data["pixel"], *classes, data["min_score"], data["reject_score"]]
+    if not all(isinstance(v, int | float) and 0 <= v <= 1 for v in scores):
+        raise ExportError(f"{path}: thresholds and scores must be numbers in [0, 1]")
+    if not isinstance(data["min_area_px"], int) or data["min_area_px"] < 0:
+        raise ExportError(f"{path}: min_area_px must be a whole number of pixels >= 0")
+    return {
+        "pixel_threshold": data["pixel"],
+        "threshold_source": "calibrated",
+        "class_thresholds": dict(zip(CLASS_NAMES[1:], classes, strict=True)),
+        "min_area_px": data["min_area_px"],
+        "min_score": data["min_score"],
+        "reject_score": data["reject_score"],
+        "calibration": data.get("calibration", {}),
+    }
 
 
 def _training_metrics(checkpoint: Path) -> dict[str, Any]:
@@ -186,6 +229,16 @@ def export_bundle(
     # the report's threshold holds for the map it evaluated: the bundle forms that map
     mode = BinaryMode(evaluation["binary_mode"]) if evaluation else None
     model, cfg = load_trained(checkpoint, binary_mode=mode)
+    threshold = DEFAULT_THRESHOLD
+    sigma = DEFAULT_SIGMA
+    if evaluation is not None:
+        threshold = float(evaluation["pixel"]["f1_threshold"])
+        sigma = float(evaluation.get("sigma", DEFAULT_SIGMA))
+    calibrated = (  # checked before the slow part
+        {}
+        if options.thresholds is None
+        else _calibrated(options.thresholds, checkpoint, cfg.model.binary_mode.value, sigma)
+    )
     graph = InferenceGraph(model).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -256,11 +309,6 @@ def export_bundle(
             )
         log(f"  exported and checked in {time.perf_counter() - start:.1f} s")
 
-        threshold = DEFAULT_THRESHOLD
-        sigma = DEFAULT_SIGMA
-        if evaluation is not None:
-            threshold = float(evaluation["pixel"]["f1_threshold"])
-            sigma = float(evaluation.get("sigma", DEFAULT_SIGMA))
         manifest = Manifest.model_validate(
             {
                 "schema_version": 1,
@@ -290,6 +338,7 @@ def export_bundle(
                     "sigma": sigma,
                     "min_area_px": options.min_area_px,
                     "max_bed_fraction": options.max_bed_fraction,
+                    **calibrated,
                 },
                 "prompts": cfg.model.prompts.model_dump(mode="json"),
                 "metrics": {
@@ -377,6 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="labelled frames whose patches calibrate int8/fp8",
     )
     p.add_argument(
+        "--thresholds",
+        type=Path,
+        metavar="FILE",
+        help="thresholds.json of scrapscan-eval --bundle --calibrate on a bundle of this "
+        "checkpoint: per-class pixel thresholds, minimum instance area, minimum and reject "
+        "scores go into the manifest (over --min-area and the report's threshold)",
+    )
+    p.add_argument(
         "--bed-model",
         type=Path,
         metavar="FILE",
@@ -410,6 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tensorrt=args.tensorrt,
         precision=args.precision,
         calibration=args.calibration,
+        thresholds=args.thresholds,
         min_area_px=args.min_area,
         max_bed_fraction=args.max_bed_fraction,
         bed_model=args.bed_model,

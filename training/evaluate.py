@@ -224,8 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
     p = argparse.ArgumentParser(
         prog="scrapscan-eval",
-        description="Evaluate a scrapscan-train checkpoint on labelled frames: pixel AUROC, "
-        "AP, AUPRO, F1-max (and its threshold), per-class AP, curves, overlays.",
+        description="Evaluate a scrapscan-train checkpoint on labelled frames' patches: pixel "
+        "AUROC, AP, AUPRO, F1-max (and its threshold), per-class AP, curves, overlays. A "
+        "bundle on the served path (instances, frame verdicts, trucks) and its calibration: "
+        "scrapscan-eval --bundle DIR --help.",
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(

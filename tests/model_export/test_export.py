@@ -228,6 +228,67 @@ def test_the_bundle_forms_the_binary_map_the_report_evaluated(checkpoint, tmp_pa
         assert np.abs(own(torch.from_numpy(x)).anomaly.numpy() - anomaly).max() > 1e-3
 
 
+def _thresholds(checkpoint, **bundle):
+    made = {"source": {"checkpoint": str(checkpoint)}, "binary_mode": "class_sum", "sigma": 4.0}
+    return {
+        "bundle": {**made, **bundle},
+        "pixel": 0.5,
+        "classes": [0.45, 0.6, 0.3],
+        "min_area_px": 900,
+        "max_bed_fraction": 0.5,
+        "min_score": 0.71,
+        "reject_score": 0.93,
+        "calibration": {"frames": 48, "clean_frames": 11},
+    }
+
+
+def test_calibrated_thresholds_go_into_the_manifest_and_the_pipeline(checkpoint, tmp_path):
+    from service.pipeline import Pipeline
+    from service.settings import Settings
+
+    _, cfg = load_trained(checkpoint)
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps(_thresholds(checkpoint, binary_mode=cfg.model.binary_mode.value)))
+    out = tmp_path / "b"
+    args = ["--checkpoint", str(checkpoint), "--out", str(out), "--thresholds", str(path)]
+    assert main([*args, "--no-fp16", "--no-torch-export", "--min-area", "100"]) == 0
+    bundle = load_bundle(out)
+    post = bundle.manifest.postprocess
+    assert post.threshold_source == "calibrated" and post.min_area_px == 900
+    assert post.class_thresholds == {"motor": 0.45, "cable": 0.6, "spray_can": 0.3}
+    assert (post.min_score, post.reject_score) == (0.71, 0.93)
+    assert post.calibration["clean_frames"] == 11
+    pipeline = Pipeline(bundle, None, Settings())  # the rule the service applies
+    assert pipeline.rule.class_thresholds == (0.45, 0.6, 0.3)
+    assert (pipeline.rule.min_area, pipeline.rule.min_score) == (900, 0.71)
+    assert pipeline.reject_score == 0.93
+    assert Pipeline(bundle, None, Settings(reject_score=0.5)).reject_score == 0.5
+
+
+def test_thresholds_of_another_model_are_refused_before_any_work(checkpoint, tmp_path, capsys):
+    _, cfg = load_trained(checkpoint)
+    mode = cfg.model.binary_mode.value
+    other_mode = next(m.value for m in BinaryMode if m.value != mode)
+    path = tmp_path / "thresholds.json"
+    out = tmp_path / "b"
+    args = ["--checkpoint", str(checkpoint), "--out", str(out), "--thresholds", str(path)]
+    cases = [
+        (_thresholds(tmp_path / "other.pt", binary_mode=mode), "calibrate a bundle of this"),
+        (_thresholds(checkpoint, binary_mode=other_mode), f"this export forms them as {mode}"),
+        (_thresholds(checkpoint, binary_mode=mode, sigma=2.0), "with sigma 2.0"),
+        ({"pixel": 0.5}, "is it a thresholds.json"),
+        ({**_thresholds(checkpoint, binary_mode=mode), "classes": [0.5]}, "one threshold per"),
+        ({**_thresholds(checkpoint, binary_mode=mode), "min_score": 1.5}, "numbers in [0, 1]"),
+        ({**_thresholds(checkpoint, binary_mode=mode), "min_area_px": -1}, "min_area_px must"),
+    ]
+    for data, message in cases:
+        path.write_text(json.dumps(data))
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "thresholds.json" in err and message in err, err
+    assert not out.exists() and sorted(tmp_path.iterdir()) == [path]
+
+
 def test_bad_inputs_are_named_and_leave_nothing(checkpoint, tmp_path, capsys):
     bad = tmp_path / "report.json"
     bad.write_text('{"pixel": {}}')

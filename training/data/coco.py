@@ -47,6 +47,15 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int) -> npt.NDAr
 
     Raises ValueError for a segmentation of no known form or the wrong size.
     """
+    out: npt.NDArray[np.bool_] = mask_utils.decode(segmentation_to_rle(segmentation, height, width))
+    return out.astype(bool)
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+    """A COCO segmentation (polygons, or RLE compressed or not) as one compressed RLE.
+
+    Raises ValueError for a segmentation of no known form or the wrong size.
+    """
     if isinstance(segmentation, list):
         polygons = [p for p in segmentation if len(p) >= 6]
         if len(polygons) != len(segmentation):
@@ -65,5 +74,4 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int) -> npt.NDAr
             rle = mask_utils.frPyObjects(rle, height, width)
     else:
         raise ValueError("segmentation is neither a list of polygons nor an RLE dict")
-    out: npt.NDArray[np.bool_] = mask_utils.decode(rle).astype(bool)
-    return out
+    return dict(rle)

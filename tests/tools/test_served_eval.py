@@ -1,0 +1,223 @@
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from common.classes import CLASS_NAMES
+from common.tiling import Box
+from service.processor import open_pipeline
+from service.settings import Settings
+from service.stages import Bed, InstanceRule, Merged
+from tools.calibrate import _lowest_above, calibrate
+from tools.evaluate import main
+from tools.served_eval import Seen, Truth, match, score, truth_of
+from training.data import FrameRecord, load_frames
+from training.data.frames import LabelledInstance
+
+DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
+H, W = 200, 300
+
+
+def _rle(y0, y1, x0, x1, h=H, w=W):
+    m = np.zeros((h, w), np.uint8, order="F")
+    m[y0:y1, x0:x1] = 1
+    return mask_utils.encode(m)
+
+
+def test_matching_is_greedy_by_score_and_needs_the_iou():
+    truth = Truth([1, 2], [_rle(0, 50, 0, 50), _rle(100, 150, 100, 150)], [2500, 2500])
+    preds = [
+        _rle(0, 50, 0, 40),  # IoU 0.8 with truth 0
+        _rle(0, 50, 0, 50),  # IoU 1.0 with truth 0, but scores lower
+        _rle(100, 150, 100, 110),  # IoU 0.2 with truth 1
+    ]
+    assert match([0.9, 0.5, 0.8], preds, truth, 0.25) == [0, None, None]
+    assert match([0.9, 0.5, 0.8], preds, truth, 0.15) == [0, None, 1]
+    assert match([0.4, 0.5, 0.8], preds, truth, 0.25) == [None, 0, None]
+    assert match([], [], truth, 0.25) == []
+
+
+def _seen(name, regions, truth_regions):
+    """A frame whose served maps are given: regions (y0, y1, x0, x1, anomaly, class index)."""
+    anomaly = np.zeros((H, W), np.float32)
+    classes = np.zeros((4, H, W), np.float32)
+    classes[0] = 1.0
+    for y0, y1, x0, x1, a, k in regions:
+        anomaly[y0:y1, x0:x1] = a
+        classes[:, y0:y1, x0:x1] = 0.1 / 3
+        classes[k, y0:y1, x0:x1] = 0.9
+    cells = np.zeros((H, W), np.uint8)
+    instances = []
+    for n, (y0, y1, x0, x1, k) in enumerate(truth_regions):
+        cells[y0:y1, x0:x1] = k
+        poly = [x0, y0, x1, y0, x1, y1, x0, y1]
+        instances.append(LabelledInstance(n + 1, k, [poly], (x0, y0, x1 - x0, y1 - y0), 0.0))
+    record = FrameRecord(name, Path(f"/nowhere/{name}.jpg"), W, H, tuple(instances))
+    rles = [_rle(y0, y1, x0, x1) for y0, y1, x0, x1, _ in truth_regions]
+    truth = Truth([k for *_, k in truth_regions], rles, [int(mask_utils.area(r)) for r in rles])
+    full = np.array([[0, 0], [W, 0], [W, H], [0, H]], np.float64)
+    bed = Bed(full, Box(0, 0, W, H), np.ones((H, W), bool), "full")
+    return Seen(record, name, bed, Merged(anomaly, classes, bed.mask), truth, cells, 1, {})
+
+
+def test_a_perfect_map_scores_full_marks_and_a_wrong_class_is_counted():
+    seen = [
+        _seen("a", [(20, 60, 20, 80, 0.9, 1)], [(20, 60, 20, 80, 1)]),
+        _seen("b", [(100, 150, 100, 140, 0.7, 2)], [(100, 150, 100, 140, 2)]),
+        _seen("c", [], []),
+    ]
+    rule = InstanceRule(0.5, 10, 0.5)
+    r = score(seen, rule, 0.8, CLASS_NAMES, 0.25).report
+    inst = r["instances"]
+    assert (inst["recall"], inst["precision"], inst["class_accuracy"]) == (1.0, 1.0, 1.0)
+    assert r["instance_ap"]["iou_0.5"]["per_class"]["motor"] == pytest.approx(1.0)
+    assert r["instance_ap"]["iou_0.5"]["per_class"]["spray_can"] is None  # no true spray can
+    assert r["frames"]["confusion"] == {
+        "clean": {"clean": 1, "inspect": 0, "reject": 0},
+        "contaminated": {"clean": 0, "inspect": 1, "reject": 1},
+    }
+    assert r["frames"]["accuracy"] == 1.0 and r["frames"]["false_alarm_rate"] == 0.0
+    assert r["frames"]["frame_score_roc"]["auroc"] == pytest.approx(1.0)
+    assert r["trucks"]["carried_and_flagged"] == 2 and r["trucks"]["clean_not_flagged"] == 1
+    assert r["pixel"]["ap"] == pytest.approx(1.0)
+
+    wrong = [_seen("a", [(20, 60, 20, 80, 0.9, 3)], [(20, 60, 20, 80, 1)]), seen[2]]
+    r = score(wrong, rule, 0.8, CLASS_NAMES, 0.25).report
+    assert r["instances"]["recall"] == 1.0 and r["instances"]["class_accuracy"] == 0.0
+    assert r["instance_ap"]["iou_0.25"]["per_class"]["motor"] == 0.0
+    # the same frames missed and falsely flagged
+    missed = [_seen("a", [], [(20, 60, 20, 80, 1)]), _seen("c", [(0, 30, 0, 30, 0.9, 1)], [])]
+    r = score(missed, rule, 0.8, CLASS_NAMES, 0.25).report
+    assert r["frames"]["miss_rate"] == 1.0 and r["frames"]["false_alarm_rate"] == 1.0
+    assert r["instances"]["recall"] == 0.0 and r["instances"]["precision"] == 0.0
+
+
+def test_calibration_cuts_what_the_data_says_is_false():
+    # true motors, each with a tiny bright speck beside it
+    seen = [
+        _seen(
+            f"t{k}",
+            [(20, 80, 20, 80, 0.9, 1), (150, 156, 200, 206, 0.95, 1)],
+            [(20, 80, 20, 80, 1)],
+        )
+        for k in range(4)
+    ]
+    # clean frames with a large, weaker region the model calls cable
+    seen += [_seen(f"c{k}", [(60, 140, 100, 200, 0.6, 2)], []) for k in range(4)]
+    base = InstanceRule(0.5, 0, 0.5)
+    before = score(seen, base, 0.8, CLASS_NAMES, 0.25).report
+    assert before["instances"]["precision"] < 0.5 and before["frames"]["false_alarm_rate"] == 1.0
+    rule, reject, details = calibrate(seen, base, CLASS_NAMES, 0.25, 0.05, log=lambda _: None)
+    assert rule.class_thresholds[1] > 0.6  # cable: above the false regions
+    assert rule.class_thresholds[0] < 0.9  # motor: below the true ones
+    assert 36 < rule.min_area <= 3600  # above the 6 x 6 specks, below every true motor
+    after = score(seen, rule, reject, CLASS_NAMES, 0.25).report
+    assert after["instances"]["recall"] == 1.0 and after["instances"]["precision"] == 1.0
+    assert after["frames"]["accuracy"] == 1.0
+    assert details["instance_f1_after"] == 1.0 > details["instance_f1_before"]
+    assert details["true_area_percentiles"]["50"] == 3600
+
+
+def test_frame_cuts_flag_at_most_the_target_share_of_clean_frames():
+    scores = [0.9, 0.7, 0.7, 0.4, 0.0, 0.0]
+    assert _lowest_above(scores, 0) > 0.9
+    assert 0.7 < _lowest_above(scores, 1) < 0.70001  # 0.9 flagged, both 0.7 not
+    assert 0.7 < _lowest_above(scores, 2) < 0.70001  # ties cannot be split
+    assert 0.4 < _lowest_above(scores, 3) < 0.40001
+    assert _lowest_above(scores, 4) == 0.0  # only frames without instances are left
+    assert _lowest_above(scores, 10) == 0.0
+
+
+@pytest.mark.slow
+def test_the_cli_runs_the_service_pipeline_and_calibrates(synth_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    code = main(["--bundle", str(DEMO), "--data", str(synth_dir), "--out", str(out), "--calibrate"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "instances: recall" in printed and "frames: accuracy" in printed
+    report = json.loads((out / "report.json").read_text())
+    labels = json.loads((synth_dir / "annotations.json").read_text())
+    contaminants = [a for a in labels["annotations"] if a["category_id"] in range(1, 4)]
+    assert report["instances"]["true"] == len(contaminants)
+    assert len(report["per_frame"]) == 8 and report["bed_strategies"] == ["learned"]
+    assert report["bed_iou"]["min"] > 0.8  # the learned bed finds the labelled one
+    assert (out / "roc.png").stat().st_size > 0 and (out / "pr.png").stat().st_size > 0
+    for name in report["worst_frames"]["false_alarms"] + report["worst_frames"]["misses"]:
+        assert (out / name).stat().st_size > 0
+    thresholds = json.loads((out / "thresholds.json").read_text())
+    assert thresholds == {**thresholds, **report["thresholds"]}  # the report is under them
+    assert len(thresholds["classes"]) == 3 and thresholds["bundle"]["name"] == "demo"
+
+    # the report's verdicts are what the service answers for the same frames
+    async def served():
+        pipeline = await open_pipeline(Settings(bundle=DEMO))
+        try:
+            rows = []
+            for row in report["per_frame"][:3]:
+                data = (synth_dir / "images" / f"{row['frame']}.jpg").read_bytes()
+                rows.append((await pipeline.process(data, "any")).result)
+            return rows
+        finally:
+            await pipeline.batcher.stop()
+
+    plain = tmp_path / "plain"
+    assert main(["--bundle", str(DEMO), "--data", str(synth_dir), "--out", str(plain)]) == 0
+    rows = json.loads((plain / "report.json").read_text())["per_frame"]
+    for row, result in zip(rows, asyncio.run(served()), strict=False):
+        assert row["verdict"] == result["verdict"]
+        assert row["served_instances"] == len(result["instances"])
+
+
+def test_bad_inputs_are_named_and_nothing_is_written(synth_dir, tmp_path, capsys):
+    out = tmp_path / "r"
+    images_only = tmp_path / "unlabelled"
+    shutil.copytree(synth_dir / "images", images_only / "images")
+    assert main(["--bundle", str(DEMO), "--data", str(images_only), "--out", str(out)]) == 1
+    assert str(images_only) in capsys.readouterr().err and not out.exists()
+
+    assert main(["--bundle", str(DEMO), "--data", str(tmp_path / "nope"), "--out", str(out)]) == 1
+    assert "nope" in capsys.readouterr().err and not out.exists()
+
+    binary = tmp_path / "binary"
+    shutil.copytree(DEMO, binary)
+    manifest = json.loads((binary / "manifest.json").read_text())
+    manifest["classes"] = ["normal", "anomaly"]
+    (binary / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["--bundle", str(binary), "--data", str(synth_dir), "--out", str(out)]) == 1
+    assert "differ from the data's" in capsys.readouterr().err and not out.exists()
+
+    broken = tmp_path / "broken"
+    shutil.copytree(synth_dir, broken)
+    bad = sorted((broken / "images").iterdir())[2]
+    bad.write_bytes(b"not a jpeg")
+    assert main(["--bundle", str(DEMO), "--data", str(broken), "--out", str(out)]) == 1
+    assert bad.name in capsys.readouterr().err and not out.exists()
+
+    out.mkdir()
+    assert main(["--bundle", str(DEMO), "--data", str(synth_dir), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(
+            ["--bundle", str(DEMO), "--data", str(synth_dir), "--out", str(out), "--match-iou", "0"]
+        )
+
+
+def test_a_frame_labelled_by_its_mask_alone_has_one_instance_per_region(synth_dir, tmp_path):
+    folder = tmp_path / "folders"
+    shutil.copytree(synth_dir / "images", folder / "images")
+    shutil.copytree(synth_dir / "masks", folder / "masks")
+    frames = load_frames(folder)
+    assert frames.layout != "coco"
+    for record in frames.frames:
+        mask = record.load_mask()
+        truth = truth_of(record)
+        drawn = np.zeros_like(mask)
+        for k, rle in zip(truth.classes, truth.rles, strict=True):
+            region = mask_utils.decode(rle).astype(bool)
+            assert (mask[region] == k).all() and not drawn[region].any()
+            drawn[region] = k
+        assert np.array_equal(drawn, np.where(mask < 4, mask, 0))

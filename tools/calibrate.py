@@ -1,0 +1,154 @@
+"""Thresholds chosen for the decisions a yard sees, on a labelled validation split.
+
+The served path runs once per frame (tools.served_eval.run_frames); every choice below
+re-reads the kept maps under another rule:
+
+1. Per-class pixel thresholds: coordinate ascent on the served instances' F1 (the
+   evaluation's matching rule), each class's threshold over a grid with the others fixed,
+   two passes, from the bundle's own threshold for all.
+2. The minimum instance area, from the sizes of the true contaminants and of the false
+   regions (the size filter of IAP-AS, fitted to data rather than a constant): every area
+   at which a false region could be cut is tried, no higher than the 5th percentile of
+   the true contaminants' areas, and the one of best F1 kept.
+3. The frame decisions: the frame score is the highest instance score. The minimum score
+   (below it a frame is clean and its instances are not reported) is the lowest that
+   flags at most `false_alarm_rate` of the clean frames; the reject score flags at most a
+   fifth of that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from service.stages import InstanceRule
+from tools.served_eval import Seen, count, outcome
+
+GRID = tuple(round(float(t), 3) for t in np.arange(0.05, 0.951, 0.05))
+TRUE_AREA_PERCENTILE = 5.0
+REJECT_SHARE = 0.2
+"""The reject score's false-alarm rate, as a share of the flagging one."""
+
+
+class CalibrationError(ValueError):
+    """The validation data cannot calibrate (no contaminant, or no clean frame)."""
+
+
+def _f1(
+    seen: Sequence[Seen],
+    rule: InstanceRule,
+    classes: tuple[str, ...],
+    iou: float,
+    min_score: float = 0.0,
+) -> float:
+    outcomes = [outcome(s, rule, classes, iou) for s in seen]
+    return float(count(seen, outcomes, classes, min_score).figures()["f1"])
+
+
+def _lowest_above(scores: Sequence[float], allowed: int) -> float:
+    """The lowest threshold at which at most `allowed` of `scores` are at or over it."""
+    ranked = sorted(scores, reverse=True)
+    if allowed >= len(ranked) or ranked[allowed] <= 0.0:
+        return 0.0
+    return float(min(1.0, np.nextafter(ranked[allowed], 2.0)))
+
+
+def calibrate(
+    seen: Sequence[Seen],
+    base: InstanceRule,
+    classes: tuple[str, ...],
+    match_iou: float,
+    false_alarm_rate: float,
+    log: Any = print,
+) -> tuple[InstanceRule, float, dict[str, Any]]:
+    """The calibrated rule, reject score, and how they were chosen."""
+    true_areas = [a for s in seen for a in s.truth.areas]
+    clean = [s for s in seen if not s.truth.contaminated]
+    if not true_areas:
+        raise CalibrationError("the validation frames hold no contaminant to calibrate on")
+    if not clean:
+        raise CalibrationError("the validation frames hold no clean frame to calibrate on")
+
+    rule = replace(
+        base, class_thresholds=(base.pixel_threshold,) * (len(classes) - 1), min_score=0.0
+    )
+    best = _f1(seen, rule, classes, match_iou)
+    log(f"calibrate: F1 {best:.3f} at the bundle's threshold {base.pixel_threshold:.3f}")
+    for _ in range(2):
+        for k in range(len(classes) - 1):
+            for t in GRID:
+                assert rule.class_thresholds is not None
+                trial = list(rule.class_thresholds)
+                trial[k] = t
+                candidate = replace(rule, class_thresholds=tuple(trial))
+                f1 = _f1(seen, candidate, classes, match_iou)
+                if f1 > best:
+                    best, rule = f1, candidate
+            chosen = rule.class_thresholds[k] if rule.class_thresholds else base.pixel_threshold
+            log(f"calibrate: {classes[k + 1]} threshold {chosen:.2f}, F1 {best:.3f}")
+
+    # 2. minimum area: candidates at no area limit, marked found or false
+    cap = float(np.percentile(true_areas, TRUE_AREA_PERCENTILE))
+    loose = replace(rule, min_area=0)
+    outcomes = [outcome(s, loose, classes, match_iou) for s in seen]
+    regions = [
+        (inst.area, t is not None)
+        for o in outcomes
+        for inst, t in zip(o.candidates, o.matched, strict=True)
+    ]
+    false_areas = sorted(a for a, ok in regions if not ok)
+    options = sorted({0, *(a + 1 for a in false_areas if a + 1 <= cap)})
+    n_true = len(true_areas)
+
+    def area_f1(limit: int) -> float:
+        kept = [ok for a, ok in regions if a >= limit]
+        found, served = sum(kept), len(kept)
+        if not found:
+            return 0.0
+        recall, precision = found / n_true, found / served
+        return 2 * recall * precision / (recall + precision)
+
+    min_area = max(options, key=lambda a: (area_f1(a), -a))
+    rule = replace(rule, min_area=int(min_area))
+    log(
+        f"calibrate: minimum area {min_area} px (true areas' p{TRUE_AREA_PERCENTILE:g} "
+        f"{cap:.0f}), F1 {area_f1(min_area):.3f}"
+    )
+
+    # 3. frame decisions on the clean frames' scores
+    scores = [outcome(s, rule, classes, match_iou).frame_score for s in clean]
+    min_score = _lowest_above(scores, int(np.floor(false_alarm_rate * len(clean))))
+    reject = max(
+        min_score,
+        _lowest_above(scores, int(np.floor(false_alarm_rate * REJECT_SHARE * len(clean)))),
+    )
+    rule = replace(rule, min_score=min_score)
+    log(
+        f"calibrate: minimum score {min_score:.4f}, reject score {reject:.4f} "
+        f"({len(clean)} clean frames)"
+    )
+    details = {
+        "frames": len(seen),
+        "clean_frames": len(clean),
+        "true_instances": n_true,
+        "target_false_alarm_rate": false_alarm_rate,
+        "reject_false_alarm_rate": false_alarm_rate * REJECT_SHARE,
+        "match_iou": match_iou,
+        "threshold_grid": [GRID[0], GRID[-1], len(GRID)],
+        "instance_f1_before": _f1(seen, base, classes, match_iou, base.min_score),
+        "instance_f1_thresholds": best,
+        "instance_f1_after": _f1(seen, rule, classes, match_iou, rule.min_score),
+        "true_area_percentiles": {
+            str(p): float(np.percentile(true_areas, p)) for p in (5, 25, 50, 75, 95)
+        },
+        "false_area_percentiles": {
+            str(p): float(np.percentile(false_areas, p)) for p in (5, 25, 50, 75, 95)
+        }
+        if false_areas
+        else None,
+        "clean_frame_scores": sorted((round(s, 4) for s in scores), reverse=True),
+    }
+    return rule, reject, details

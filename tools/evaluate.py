@@ -1,0 +1,249 @@
+"""scrapscan-eval: evaluate a checkpoint on patches, or a bundle on the served path.
+
+    scrapscan-eval --checkpoint FILE --data DIR --out REPORT_DIR    (training.evaluate)
+    scrapscan-eval --winclip CONFIG --data DIR --out REPORT_DIR     (training.evaluate)
+    scrapscan-eval --bundle DIR --data DIR [DIR ...] --out REPORT_DIR [--calibrate]
+
+With --bundle, labelled full frames go through the service's own pipeline and are judged
+as a yard judges them (tools.served_eval): instance AP, recall and precision, frame
+verdicts, trucks, full-frame pixel metrics. With --calibrate the thresholds are chosen
+on those frames first (tools.calibrate), written to REPORT_DIR/thresholds.json for
+`scrapscan-export --thresholds`, and the report gives the figures under them.
+
+REPORT_DIR/report.json     the figures, the thresholds that made them, per-frame rows
+REPORT_DIR/roc.png, pr.png pixel and frame-score ROC, pixel precision-recall
+REPORT_DIR/false_alarms_*.jpg, misses_*.jpg   the served overlay beside the truth
+REPORT_DIR/thresholds.json (--calibrate) what scrapscan-export puts into the manifest
+
+Nothing is written until every frame has gone through; REPORT_DIR appears whole or not
+at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from common.classes import CLASS_NAMES
+from service.bundle import BundleError, load_bundle
+from service.pipeline import Pipeline
+from service.processor import open_pipeline
+from service.settings import CameraBed, Settings
+from tools.calibrate import CalibrationError, calibrate
+from tools.served_eval import Seen, run_frames, score, write_report
+from training import evaluate as patch_evaluate
+from training.data import DataError, FrameRecord, load_frames
+
+THRESHOLDS = "thresholds.json"
+
+
+class EvalError(ValueError):
+    """The evaluation cannot run; the message names the file and the problem."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The arguments of the served-path form (--bundle)."""
+    p = argparse.ArgumentParser(
+        prog="scrapscan-eval --bundle",
+        description="Run labelled full frames through the service's pipeline and report "
+        "instance AP, recall and precision, frame verdicts, trucks and full-frame pixel "
+        "metrics; with --calibrate choose the bundle's thresholds on them first. (The "
+        "patch-level forms: scrapscan-eval --checkpoint FILE or --winclip CONFIG.)",
+    )
+    p.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="model bundle")
+    p.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="labelled frame folders (as scrapscan-data check accepts), taken together",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR", help="report folder")
+    p.add_argument(
+        "--bed",
+        choices=("auto", "full", "learned"),
+        default="auto",
+        help="how the bed is found, as a camera setting (auto: the bundle's bed model when "
+        "it has one, as the service does for a camera without a setting)",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help=f"choose the thresholds on these frames and write {THRESHOLDS}",
+    )
+    p.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=0.05,
+        metavar="R",
+        help="with --calibrate: share of clean frames allowed to be flagged (0.05)",
+    )
+    p.add_argument(
+        "--match-iou",
+        type=float,
+        default=0.25,
+        metavar="IOU",
+        help="mask IoU at which a served instance finds a true one (0.25)",
+    )
+    p.add_argument("--worst", type=int, default=4, metavar="N", help="overlays of each kind (4)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing REPORT_DIR")
+    return p
+
+
+def _frames(folders: Sequence[Path]) -> tuple[list[FrameRecord], dict[Path, str]]:
+    """The labelled frames of every folder, and the truck of each image that names one."""
+    records: list[FrameRecord] = []
+    trucks: dict[Path, str] = {}
+    for folder in folders:
+        try:
+            frames = load_frames(folder)
+        except FileNotFoundError as err:
+            raise EvalError(str(err)) from None
+        unlabelled = [f for f in frames.frames if f.mask_path is None and frames.layout != "coco"]
+        if frames.layout != "coco" and unlabelled:
+            raise EvalError(f"{folder}: {unlabelled[0].image_path.name} has no mask")
+        if frames.layout == "coco":
+            coco = json.loads((frames.root / "annotations.json").read_text())
+            for image in coco.get("images", []):
+                if image.get("truck_id"):
+                    trucks[(frames.root / "images" / image["file_name"]).resolve()] = str(
+                        image["truck_id"]
+                    )
+        records += frames.frames
+    if not records:
+        raise EvalError(f"{', '.join(map(str, folders))}: no labelled frame")
+    trucks = {
+        r.image_path: trucks[r.image_path.resolve()]
+        for r in records
+        if r.image_path.resolve() in trucks
+    }
+    return records, trucks
+
+
+async def _run(
+    settings: Settings, records: list[FrameRecord], trucks: dict[Path, str]
+) -> tuple[Pipeline, list[Seen], float]:
+    pipeline = await open_pipeline(settings)
+    try:
+        start = time.perf_counter()
+        seen = await run_frames(pipeline, records, trucks)
+        return pipeline, seen, time.perf_counter() - start
+    finally:
+        await pipeline.batcher.stop()
+
+
+def served_main(argv: Sequence[str]) -> int:
+    """The --bundle form; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 < args.match_iou <= 1 or not 0 <= args.false_alarm_rate < 1 or args.worst < 0:
+        parser.error("--match-iou in (0, 1], --false-alarm-rate in [0, 1), --worst >= 0")
+    if args.out.exists() and not args.overwrite:
+        return _fail(f"{args.out} exists; pass --overwrite to replace it")
+    try:
+        bundle = load_bundle(args.bundle)
+        classes = bundle.manifest.classes
+        if tuple(classes) != CLASS_NAMES:
+            raise EvalError(
+                f"{args.bundle}: the bundle's classes {list(classes)} differ from the data's "
+                f"{list(CLASS_NAMES)}"
+            )
+        if args.bed == "learned" and bundle.manifest.bed_model is None:
+            raise EvalError(f"{args.bundle}: --bed learned, but the bundle has no bed model")
+        records, trucks = _frames(args.data)
+        settings = Settings(bundle=args.bundle, default_bed=CameraBed(bed=args.bed))
+        print(f"scrapscan-eval: {len(records)} frames through {bundle}", flush=True)
+        pipeline, seen, seconds = asyncio.run(_run(settings, records, trucks))
+        rule, reject = pipeline.rule, pipeline.reject_score
+        header: dict[str, Any] = {
+            "bundle": {
+                "path": str(args.bundle),
+                "name": bundle.manifest.model.name,
+                "version": bundle.manifest.model.version,
+                "source": bundle.manifest.model.source,
+                "binary_mode": bundle.manifest.model.binary_mode,
+                "sigma": bundle.manifest.postprocess.sigma,
+            },
+            "data": [str(d) for d in args.data],
+            "bed": args.bed,
+            "map_stride": settings.map_stride,
+            "seconds_per_frame": seconds / len(seen),
+        }
+        thresholds = None
+        if args.calibrate:
+            rule, reject, details = calibrate(
+                seen, rule, classes, args.match_iou, args.false_alarm_rate
+            )
+            header["calibration"] = details
+            thresholds = {
+                "bundle": header["bundle"],
+                **rule.describe(reject),
+                "calibration": details,
+            }
+        scored = score(seen, rule, reject, classes, args.match_iou)
+        with tempfile.TemporaryDirectory(
+            dir=args.out.parent if args.out.parent.exists() else None
+        ) as tmp:
+            work = Path(tmp) / "report"
+            work.mkdir()
+            write_report(work, seen, scored, rule, classes, header, args.worst)
+            if thresholds is not None:
+                (work / THRESHOLDS).write_text(json.dumps(thresholds, indent=2) + "\n")
+            if args.out.exists():
+                shutil.rmtree(args.out)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(work), args.out)
+    except (BundleError, DataError, EvalError, CalibrationError, OSError) as err:
+        return _fail(str(err), 1)
+    r = scored.report
+    inst, frames = r["instances"], r["frames"]
+    ap = r["instance_ap"]
+    print(
+        f"instances: recall {_pct(inst['recall'])}, precision {_pct(inst['precision'])}, "
+        f"class right {_pct(inst['class_accuracy'])} ({inst['found']} of {inst['true']} "
+        f"found, {inst['served']} served); AP@0.25 {_num(ap['iou_0.25'])}, "
+        f"AP@0.5 {_num(ap['iou_0.5'])}"
+    )
+    print(
+        f"frames: accuracy {_pct(frames['accuracy'])}, false alarms "
+        f"{_pct(frames['false_alarm_rate'])} of {frames['clean_frames']} clean, misses "
+        f"{_pct(frames['miss_rate'])} of "
+        f"{frames['contaminated_frames']} contaminated; pixel AP "
+        f"{'-' if r['pixel'] is None else format(r['pixel']['ap'], '.3f')}; "
+        f"{header['seconds_per_frame']:.2f} s a frame; report in {args.out}"
+    )
+    return 0
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _num(section: dict[str, Any] | None) -> str:
+    return "-" if not section or section.get("ap") is None else f"{section['ap']:.3f}"
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"scrapscan-eval: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command: the --bundle form here, the patch-level forms in training.evaluate."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--bundle" or a.startswith("--bundle=") for a in args):
+        return served_main(args)
+    return patch_evaluate.main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

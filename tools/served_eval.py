@@ -1,0 +1,593 @@
+"""The served path judged where a yard judges it: instances, frame verdicts, trucks, pixels.
+
+Labelled full frames go through the service's own pipeline (service.processor.open_pipeline
+and Pipeline.analyse: decode, bed crop per the camera setting, tiles, engine through the
+batcher, merge, instances), with no HTTP in between and no second copy of any stage. What
+the service would answer is then compared with the labels:
+
+- instances: COCO mask AP per class and overall at IoU 0.25 and 0.5 (pycocotools'
+  COCOeval over the served instances' polygons, scored by the instance score), and
+  recall, precision and class accuracy at the bundle's thresholds. Matching rule: within
+  a frame, served instances in descending score each take the unmatched true instance of
+  highest mask IoU, of any class, when that IoU is at least `match_iou` (0.25); a matched
+  served instance is found, its class is right when it equals the true one.
+- frames: the verdict (clean, inspect, reject) against the truth (a frame holding a true
+  instance is contaminated): a confusion table, the share of clean frames flagged (false
+  alarms), the share of contaminated frames passed as clean (misses), and the ROC of the
+  frame score (the highest instance score before the verdict's minimum score, 0 without).
+- trucks: frames grouped by the COCO image's `truck_id` (one truck per frame without):
+  a truck is flagged when any of its frames is, contaminated when any of its frames is.
+- pixels: AUROC, AP, AUPRO and F1-max of the served anomaly map on the full frame
+  (at the map's stride, the truth sampled at each cell's centre).
+- the bed: IoU of the bed the service cropped with the labelled bed polygon.
+
+Stage one (`run_frames`) runs the engine once per frame and keeps each frame's merged
+maps; stage two (`score`) turns maps into instances under a rule. Calibration
+(tools.calibrate) repeats stage two under many rules without running the model again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from common.classes import CLASS_NAMES, IGNORE_INDEX
+from common.imaging import polygon_mask
+from service.pipeline import Pipeline, render_overlay, verdict
+from service.stages import Bed, Findings, Instance, InstanceRule, Merged, find_instances
+from training.data import FrameRecord
+from training.data.coco import segmentation_to_rle
+from training.metrics import PixelMetricAccumulator
+
+IOUS = (0.25, 0.5)
+VERDICTS = ("clean", "inspect", "reject")
+
+
+@dataclass(slots=True)
+class Truth:
+    """A frame's labels: its true instances (class index, compressed RLE, area)."""
+
+    classes: list[int]
+    rles: list[dict[str, Any]]
+    areas: list[int]
+
+    @property
+    def contaminated(self) -> bool:
+        """Whether the frame holds a contaminant."""
+        return bool(self.classes)
+
+
+@dataclass(slots=True)
+class Seen:
+    """One labelled frame after the engine: what stage two needs, and where it came from."""
+
+    record: FrameRecord
+    truck: str
+    bed: Bed
+    merged: Merged
+    truth: Truth
+    truth_cells: npt.NDArray[np.uint8]
+    """The class mask sampled at the merged maps' cell centres."""
+    tiles: int
+    timings_ms: dict[str, float]
+    bed_iou: float | None = None
+    """IoU of the bed the service used with the labelled bed, when the frame has one."""
+
+
+def bed_iou(bed: Bed, record: FrameRecord) -> float | None:
+    """IoU of the served bed's pixels with the labelled bed polygon's (None without one)."""
+    if record.bed_polygon is None:
+        return None
+    truth = polygon_mask(record.bed_polygon, record.height, record.width)
+    union = int((truth | bed.mask).sum())
+    return float((truth & bed.mask).sum() / union) if union else None
+
+
+def truth_of(record: FrameRecord) -> Truth:
+    """The true instances of a labelled frame.
+
+    COCO annotations give them; a frame labelled by its mask alone (the folder layout)
+    has one instance per connected region of each class.
+    """
+    h, w = record.height, record.width
+    if record.instances or record.mask_path is None:
+        classes = [i.class_index for i in record.instances]
+        rles = [segmentation_to_rle(i.segmentation, h, w) for i in record.instances]
+    else:
+        mask = record.load_mask()
+        classes, rles = [], []
+        for k in range(1, len(CLASS_NAMES)):
+            count, labels = cv2.connectedComponents((mask == k).astype(np.uint8), connectivity=8)
+            for label in range(1, count):
+                classes.append(k)
+                rles.append(dict(mask_utils.encode(np.asfortranarray(labels == label, np.uint8))))
+    return Truth(classes, rles, [int(mask_utils.area(r)) for r in rles])
+
+
+def _cells(mask: npt.NDArray[np.uint8], stride: int) -> npt.NDArray[np.uint8]:
+    """The mask at each stride x stride cell's centre pixel (the merged maps' grid)."""
+    if stride == 1:
+        return mask
+    c = stride // 2
+    return np.ascontiguousarray(mask[c::stride, c::stride])
+
+
+async def run_frames(
+    pipeline: Pipeline,
+    records: Sequence[FrameRecord],
+    trucks: dict[Path, str],
+    camera: str = "eval",
+    in_flight: int = 2,
+) -> list[Seen]:
+    """Every frame through the served path up to its merged maps, `in_flight` at a time."""
+    gate = asyncio.Semaphore(in_flight)
+    stride = pipeline.settings.map_stride
+
+    async def one(record: FrameRecord) -> Seen:
+        async with gate:
+            data = await asyncio.to_thread(record.image_path.read_bytes)
+            a = await pipeline.analyse(data, camera)
+            if a.frame.shape[:2] != (record.height, record.width):
+                raise ValueError(
+                    f"{record.image_path}: decoded {a.frame.shape[1]}x{a.frame.shape[0]}, the "
+                    f"labels say {record.width}x{record.height}"
+                )
+            cells = _cells(await asyncio.to_thread(record.load_mask), stride)
+            # the merged maps have ceil(H / stride) rows; centre sampling may give one fewer
+            gh, gw = a.merged.anomaly.shape
+            padded = np.full((gh, gw), IGNORE_INDEX, np.uint8)
+            padded[: cells.shape[0], : cells.shape[1]] = cells[:gh, :gw]
+            return Seen(
+                record,
+                trucks.get(record.image_path, record.name),
+                a.bed,
+                a.merged,
+                truth_of(record),
+                padded,
+                a.tiles,
+                a.timer.ms,
+                await asyncio.to_thread(bed_iou, a.bed, record),
+            )
+
+    return list(await asyncio.gather(*(one(r) for r in records)))
+
+
+# --- stage two: a rule's instances against the truth ------------------------------------------
+
+
+@dataclass(slots=True)
+class FrameOutcome:
+    """One frame under a rule: the candidate instances and how they matched."""
+
+    candidates: list[Instance]
+    """Instances before the minimum score (the frame score is their highest)."""
+    rles: list[dict[str, Any]]
+    matched: list[int | None]
+    """Per candidate: the index of the true instance it found, or None."""
+
+    @property
+    def frame_score(self) -> float:
+        """The highest candidate score, 0 without candidates."""
+        return max((i.score for i in self.candidates), default=0.0)
+
+
+def polygon_rle(instance: Instance, height: int, width: int) -> dict[str, Any]:
+    """A served instance's outline as a compressed RLE (the pixels the overlay shows)."""
+    flat = [float(v) for xy in instance.polygon for v in xy]
+    if len(flat) < 6:  # a region one cell wide: its box
+        x, y, w, h = instance.bbox
+        flat = [x, y, x + w, y, x + w, y + h, x, y + h]
+    return dict(mask_utils.merge(mask_utils.frPyObjects([flat], height, width)))
+
+
+def match(
+    scores: Sequence[float],
+    rles: list[dict[str, Any]],
+    truth: Truth,
+    match_iou: float,
+) -> list[int | None]:
+    """Greedy matching by score (the rule in the module docstring)."""
+    out: list[int | None] = [None] * len(rles)
+    if not rles or not truth.rles:
+        return out
+    iou = np.asarray(mask_utils.iou(rles, truth.rles, [0] * len(truth.rles)))
+    taken: set[int] = set()
+    for p in np.argsort(-np.asarray(scores), kind="stable"):
+        for t in np.argsort(-iou[p], kind="stable"):
+            if iou[p, t] < match_iou:
+                break
+            if int(t) not in taken:
+                taken.add(int(t))
+                out[p] = int(t)
+                break
+    return out
+
+
+def outcome(
+    seen: Seen, rule: InstanceRule, classes: tuple[str, ...], match_iou: float
+) -> FrameOutcome:
+    """The frame's candidate instances under `rule` (minimum score aside), matched."""
+    found = find_instances(seen.merged, seen.bed, classes, replace(rule, min_score=0.0))
+    h, w = seen.record.height, seen.record.width
+    rles = [polygon_rle(i, h, w) for i in found.instances]
+    return FrameOutcome(
+        found.instances,
+        rles,
+        match([i.score for i in found.instances], rles, seen.truth, match_iou),
+    )
+
+
+@dataclass(slots=True)
+class Counts:
+    """Instance counts over frames: true, served, found (matched), class right."""
+
+    true: int = 0
+    served: int = 0
+    found: int = 0
+    class_right: int = 0
+    per_class: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def figures(self) -> dict[str, Any]:
+        """Recall, precision, F1 and class accuracy, with the counts."""
+        recall = self.found / self.true if self.true else None
+        precision = self.found / self.served if self.served else None
+        f1 = (
+            2 * recall * precision / (recall + precision)
+            if recall is not None and precision is not None and recall + precision > 0
+            else 0.0
+        )
+        return {
+            "recall": recall,
+            "precision": precision,
+            "f1": f1,
+            "class_accuracy": self.class_right / self.found if self.found else None,
+            "true": self.true,
+            "served": self.served,
+            "found": self.found,
+            "per_class": self.per_class,
+        }
+
+
+def count(
+    seen: Sequence[Seen],
+    outcomes: Sequence[FrameOutcome],
+    classes: tuple[str, ...],
+    min_score: float,
+) -> Counts:
+    """Instance counts of the served instances (those at or over `min_score`)."""
+    c = Counts(per_class={n: {"true": 0, "found": 0, "served": 0, "right": 0} for n in classes[1:]})
+    for s, o in zip(seen, outcomes, strict=True):
+        c.true += len(s.truth.classes)
+        for k in s.truth.classes:
+            c.per_class[classes[k]]["true"] += 1
+        for inst, t in zip(o.candidates, o.matched, strict=True):
+            if inst.score < min_score:
+                continue
+            c.served += 1
+            c.per_class[inst.class_name]["served"] += 1
+            if t is None:
+                continue
+            c.found += 1
+            true_class = classes[s.truth.classes[t]]
+            c.per_class[true_class]["found"] += 1
+            if true_class == inst.class_name:
+                c.class_right += 1
+                c.per_class[true_class]["right"] += 1
+    return c
+
+
+def served(o: FrameOutcome, min_score: float) -> list[Instance]:
+    """The instances the service reports: candidates at or over the minimum score."""
+    return [i for i in o.candidates if i.score >= min_score]
+
+
+def coco_ap(
+    seen: Sequence[Seen],
+    outcomes: Sequence[FrameOutcome],
+    classes: tuple[str, ...],
+    min_score: float,
+) -> dict[str, Any]:
+    """COCO mask AP per class and overall (mean over classes with true instances) at IOUS."""
+    images = [
+        {"id": k, "width": s.record.width, "height": s.record.height} for k, s in enumerate(seen)
+    ]
+    gts: list[dict[str, Any]] = []
+    dts: list[dict[str, Any]] = []
+    for k, (s, o) in enumerate(zip(seen, outcomes, strict=True)):
+        for cls, rle, area in zip(s.truth.classes, s.truth.rles, s.truth.areas, strict=True):
+            gts.append(
+                {
+                    "id": len(gts) + 1,
+                    "image_id": k,
+                    "category_id": cls,
+                    "segmentation": rle,
+                    "area": area,
+                    "bbox": list(mask_utils.toBbox(rle)),
+                    "iscrowd": 0,
+                }
+            )
+        for inst, rle in zip(o.candidates, o.rles, strict=True):
+            if inst.score >= min_score:
+                cls = classes.index(inst.class_name)
+                dts.append(
+                    {"image_id": k, "category_id": cls, "segmentation": rle, "score": inst.score}
+                )
+    out: dict[str, Any] = {}
+    if not gts:
+        return {f"iou_{t}": None for t in IOUS}
+    gt = COCO()
+    gt.dataset = {
+        "images": images,
+        "annotations": gts,
+        "categories": [{"id": k, "name": n} for k, n in enumerate(classes) if k > 0],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its progress
+        gt.createIndex()
+        dt = gt.loadRes(dts) if dts else COCO()
+        if not dts:
+            dt.dataset = {
+                "images": images,
+                "annotations": [],
+                "categories": gt.dataset["categories"],
+            }
+            dt.createIndex()
+        ev = COCOeval(gt, dt, "segm")
+        ev.params.iouThrs = np.asarray(IOUS)
+        ev.evaluate()
+        ev.accumulate()
+    precision = ev.eval["precision"]  # [iou, recall, class, area range, max dets]
+    for ti, t in enumerate(IOUS):
+        per: dict[str, float | None] = {}
+        for ki, k in enumerate(ev.params.catIds):
+            p = precision[ti, :, ki, 0, -1]
+            has_truth = any(g["category_id"] == k for g in gts)
+            per[classes[k]] = float(p[p > -1].mean()) if has_truth and (p > -1).any() else None
+        known = [v for v in per.values() if v is not None]
+        out[f"iou_{t}"] = {"ap": float(np.mean(known)) if known else None, "per_class": per}
+    return out
+
+
+def frame_table(
+    seen: Sequence[Seen], outcomes: Sequence[FrameOutcome], min_score: float, reject: float
+) -> tuple[dict[str, Any], list[str]]:
+    """Frame verdicts against the truth, and each frame's verdict."""
+    verdicts = [verdict(served(o, min_score), reject) for o in outcomes]
+    table = {truth: dict.fromkeys(VERDICTS, 0) for truth in ("clean", "contaminated")}
+    for s, v in zip(seen, verdicts, strict=True):
+        table["contaminated" if s.truth.contaminated else "clean"][v] += 1
+    clean, dirty = sum(table["clean"].values()), sum(table["contaminated"].values())
+    right = table["clean"]["clean"] + dirty - table["contaminated"]["clean"]
+    scores = np.asarray([o.frame_score for o in outcomes], np.float64)
+    truth = np.asarray([s.truth.contaminated for s in seen])
+    roc = None
+    if clean and dirty:
+        acc = PixelMetricAccumulator(bins=10_000)
+        acc.update(scores[None], truth[None])
+        roc = {
+            "auroc": acc.compute()["auroc"],
+            **{k: v.tolist() for k, v in acc.curves().items() if k in ("fpr", "tpr")},
+        }
+    figures = {
+        "frames": len(seen),
+        "clean_frames": clean,
+        "contaminated_frames": dirty,
+        "confusion": table,
+        "accuracy": right / len(seen) if seen else None,
+        "false_alarm_rate": (clean - table["clean"]["clean"]) / clean if clean else None,
+        "miss_rate": table["contaminated"]["clean"] / dirty if dirty else None,
+        "frame_score_roc": roc,
+    }
+    return figures, verdicts
+
+
+def truck_table(seen: Sequence[Seen], verdicts: Sequence[str]) -> dict[str, Any]:
+    """Trucks flagged (any frame not clean) against trucks that carried a contaminant."""
+    flagged: dict[str, bool] = {}
+    carried: dict[str, bool] = {}
+    for s, v in zip(seen, verdicts, strict=True):
+        flagged[s.truck] = flagged.get(s.truck, False) or v != "clean"
+        carried[s.truck] = carried.get(s.truck, False) or s.truth.contaminated
+    pairs = [(carried[t], flagged[t]) for t in flagged]
+    return {
+        "trucks": len(pairs),
+        "carried_and_flagged": sum(c and f for c, f in pairs),
+        "carried_not_flagged": sum(c and not f for c, f in pairs),
+        "clean_and_flagged": sum(f and not c for c, f in pairs),
+        "clean_not_flagged": sum(not c and not f for c, f in pairs),
+    }
+
+
+def pixel_figures(seen: Sequence[Seen]) -> tuple[dict[str, float] | None, dict[str, Any]]:
+    """Pixel metrics of the served anomaly maps over the full frames, and their curves."""
+    acc = PixelMetricAccumulator()
+    anomalous = False
+    for s in seen:
+        valid = s.truth_cells != IGNORE_INDEX
+        truth = (s.truth_cells > 0) & valid
+        anomalous |= bool(truth.any())
+        acc.update(s.merged.anomaly, truth, valid)
+    if not anomalous:
+        return None, {}
+    return acc.compute(), acc.curves()
+
+
+@dataclass(slots=True)
+class Scored:
+    """Everything stage two measured under one rule."""
+
+    report: dict[str, Any]
+    outcomes: list[FrameOutcome]
+    verdicts: list[str]
+    curves: dict[str, Any]
+
+
+def score(
+    seen: Sequence[Seen],
+    rule: InstanceRule,
+    reject: float,
+    classes: tuple[str, ...],
+    match_iou: float,
+) -> Scored:
+    """The served path's figures under `rule` and `reject` (see the module docstring)."""
+    outcomes = [outcome(s, rule, classes, match_iou) for s in seen]
+    instances = count(seen, outcomes, classes, rule.min_score).figures()
+    frames, verdicts = frame_table(seen, outcomes, rule.min_score, reject)
+    pixel, curves = pixel_figures(seen)
+    tiles = [s.tiles for s in seen]
+    report = {
+        "instances": {**instances, "match": f"mask IoU >= {match_iou}, greedy by score"},
+        "instance_ap": coco_ap(seen, outcomes, classes, rule.min_score),
+        "frames": frames,
+        "trucks": truck_table(seen, verdicts),
+        "pixel": pixel,
+        "thresholds": rule.describe(reject),
+        "tiles_per_frame": float(np.mean(tiles)) if tiles else None,
+        "bed_iou": _spread([s.bed_iou for s in seen if s.bed_iou is not None]),
+        "bed_strategies": sorted({s.bed.strategy for s in seen}),
+    }
+    return Scored(report, outcomes, verdicts, curves)
+
+
+def _spread(values: Sequence[float]) -> dict[str, float] | None:
+    """Mean, lowest and median of some figures (None without any)."""
+    if not values:
+        return None
+    return {
+        "mean": float(np.mean(values)),
+        "min": float(min(values)),
+        "median": float(np.median(values)),
+    }
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def plot_curves(out: Path, scored: Scored) -> None:
+    """roc.png (pixels and frames) and pr.png (pixels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c, frames = scored.curves, scored.report["frames"]["frame_score_roc"]
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    if c:
+        ax.plot(c["fpr"], c["tpr"], label=f"pixels (AUROC {scored.report['pixel']['auroc']:.3f})")
+    if frames:
+        ax.plot(frames["fpr"], frames["tpr"], label=f"frame score (AUROC {frames['auroc']:.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, served path")
+    ax.legend(loc="lower right")
+    fig.savefig(out / "roc.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    if c:
+        ax.plot(
+            c["recall"], c["precision"], label=f"pixels (AP {scored.report['pixel']['ap']:.3f})"
+        )
+        ax.legend(loc="upper right")
+    ax.set(
+        xlabel="recall",
+        ylabel="precision",
+        title="Precision-recall, served path",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    fig.savefig(out / "pr.png")
+    plt.close(fig)
+
+
+def side_by_side(
+    seen: Seen, o: FrameOutcome, rule: InstanceRule, classes: tuple[str, ...], max_side: int = 1280
+) -> npt.NDArray[np.uint8]:
+    """The served overlay (left) beside the truth drawn the same way (right)."""
+    frame = cv2.imread(str(seen.record.image_path), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise OSError(f"{seen.record.image_path}: cannot decode image")
+    found = find_instances(seen.merged, seen.bed, classes, rule)
+    left = render_overlay(np.asarray(frame, np.uint8), found, seen.bed, classes, max_side)
+    h, w = seen.record.height, seen.record.width
+    mask = np.zeros((h, w), np.uint8)
+    for k, rle in zip(seen.truth.classes, seen.truth.rles, strict=True):
+        mask[mask_utils.decode(rle).astype(bool)] = k
+    truth = Findings([], mask)
+    right = render_overlay(np.asarray(frame, np.uint8), truth, seen.bed, classes, max_side)
+    return np.concatenate([left, np.full((left.shape[0], 8, 3), 255, np.uint8), right], axis=1)
+
+
+def worst_frames(seen: Sequence[Seen], scored: Scored, keep: int) -> dict[str, list[int]]:
+    """The false alarms with the highest frame scores, and the misses.
+
+    Misses: contaminated frames passed as clean first, then those with the most true
+    instances left unfound.
+    """
+    alarms = [
+        k
+        for k, (s, v) in enumerate(zip(seen, scored.verdicts, strict=True))
+        if not s.truth.contaminated and v != "clean"
+    ]
+    alarms.sort(key=lambda k: -scored.outcomes[k].frame_score)
+
+    def unfound(k: int) -> int:
+        return len(seen[k].truth.classes) - sum(t is not None for t in scored.outcomes[k].matched)
+
+    misses = [
+        k
+        for k, s in enumerate(seen)
+        if s.truth.contaminated and (scored.verdicts[k] == "clean" or unfound(k))
+    ]
+    misses.sort(key=lambda k: (scored.verdicts[k] != "clean", -unfound(k)))
+    return {"false_alarms": alarms[:keep], "misses": misses[:keep]}
+
+
+def write_report(
+    out: Path,
+    seen: Sequence[Seen],
+    scored: Scored,
+    rule: InstanceRule,
+    classes: tuple[str, ...],
+    header: dict[str, Any],
+    keep: int = 4,
+) -> None:
+    """report.json, roc.png, pr.png and the worst frames' overlays into `out` (which exists)."""
+    worst = worst_frames(seen, scored, keep)
+    files: dict[str, list[str]] = {}
+    for kind, ks in worst.items():
+        files[kind] = []
+        for k in ks:
+            name = f"{kind}_{len(files[kind]) + 1}_{seen[k].record.name}.jpg"
+            image = side_by_side(seen[k], scored.outcomes[k], rule, classes)
+            if not cv2.imwrite(str(out / name), image, [cv2.IMWRITE_JPEG_QUALITY, 85]):
+                raise OSError(f"{out / name}: could not write")
+            files[kind].append(name)
+    per_frame = [
+        {
+            "frame": s.record.name,
+            "truck": s.truck,
+            "contaminated": s.truth.contaminated,
+            "verdict": v,
+            "frame_score": round(o.frame_score, 4),
+            "true_instances": len(s.truth.classes),
+            "served_instances": len(served(o, rule.min_score)),
+            "tiles": s.tiles,
+            "bed_iou": None if s.bed_iou is None else round(s.bed_iou, 4),
+            "timings_ms": s.timings_ms,
+        }
+        for s, o, v in zip(seen, scored.outcomes, scored.verdicts, strict=True)
+    ]
+    body = {**header, **scored.report, "worst_frames": files, "per_frame": per_frame}
+    (out / "report.json").write_text(json.dumps(body, indent=2) + "\n")
+    plot_curves(out, scored)
