@@ -504,9 +504,19 @@ def train(
     torch.manual_seed(cfg.train.seed)
     patches = PatchSet.for_config(load_frames(data), cfg)
     resumed = _check_resumed_data(out, data, len(patches), env.main) if resume else None
-    # a pass over every mask: needed for new runs' class weights and for anomaly_share
+    cache = None
+    if patch_cache is not None:  # built by the main process; the others wait, then open it
+        if env.main:
+            cache = PatchCache.open(patches, patch_cache)
+        if env.world > 1:
+            dist.barrier()
+        if not env.main:
+            cache = PatchCache.open(patches, patch_cache, log=False)
+    # a pass over every mask (the cache's, when there is one): needed for new runs' class
+    # weights and for anomaly_share
     needed = not resume or cfg.train.anomaly_share is not None
-    counts = patches.pixel_counts() if needed else None
+    source = patches if cache is None else cache
+    counts = source.pixel_counts() if needed else None
     anomalous = [] if counts is None else np.flatnonzero(counts[:, 1:].sum(axis=1)).tolist()
     info = resumed or _prepare_run(out, cfg, data, patches, counts, env.main)
     weights = torch.tensor(info["class_weights"], dtype=torch.float32, device=env.device)
@@ -525,14 +535,6 @@ def train(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None
         )
 
-    cache = None
-    if patch_cache is not None:  # built by the main process; the others wait, then open it
-        if env.main:
-            cache = PatchCache.open(patches, patch_cache)
-        if env.world > 1:
-            dist.barrier()
-        if not env.main:
-            cache = PatchCache.open(patches, patch_cache, log=False)
     dataset = PatchDataset(patches, cfg.data.augment, cfg.train.seed, cache)
     batches_per_epoch = len(patches) // env.world // cfg.train.batch_size
     if batches_per_epoch == 0:

@@ -154,6 +154,22 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(
     assert torch.load(run / CHECKPOINT, weights_only=False)["position"]["step"] == step + 2
 
 
+def test_a_run_from_the_patch_cache_trains_exactly_as_one_from_the_frames(
+    train_data, long_config, tmp_path
+):
+    cache = tmp_path / "cache"
+    assert main(args(long_config, train_data, tmp_path / "plain", "--max-steps", "3")) == 0
+    cached = args(long_config, train_data, tmp_path / "cached", "--max-steps", "3")
+    assert main([*cached, "--patch-cache", str(cache)]) == 0
+    assert (cache / "meta.json").is_file()
+    plain = torch.load(tmp_path / "plain" / CHECKPOINT, weights_only=False)["model"]
+    from_cache = torch.load(tmp_path / "cached" / CHECKPOINT, weights_only=False)["model"]
+    assert plain.keys() == from_cache.keys()
+    assert all(torch.equal(plain[k], from_cache[k]) for k in plain)
+    info = [json.loads((tmp_path / r / "run.json").read_text()) for r in ("plain", "cached")]
+    assert info[0]["class_weights"] == info[1]["class_weights"]
+
+
 def test_refuses_to_overwrite_a_run_or_resume_nothing(train_data, long_config, tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--config", str(long_config), "--data", str(train_data), "--out", str(run)]
