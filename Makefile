@@ -29,12 +29,13 @@ $(VENV)/.dev: pyproject.toml | $(PY)
 	@touch $@ $(VENV)/.base $(VENV)/.serve
 
 demo: $(VENV)/.serve
-	$(PY) -m service.demo --out $(DEMO) --frames 3 --seed 4
+	$(PY) -m tools.demo --out $(DEMO) --frames 3 --seed 4
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 unit: $(VENV)/.dev
 	scripts/ensure-test-tools.sh

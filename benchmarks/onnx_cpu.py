@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from common.bundle import load_bundle
 from model_export.onnx_export import simplify
-from service.bundle import load_bundle
 
 
 def median_seconds(path: Path, batch: int, size: int, runs: int) -> float:

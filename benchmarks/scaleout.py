@@ -25,8 +25,8 @@ import cv2
 import httpx
 import redis
 
-from service.bench import machine
-from service.demo import free_port, wait_ready
+from service.local import free_port, wait_ready
+from tools.bench import machine
 from training.synth import render_frame
 
 ROOT = Path(__file__).resolve().parents[1]

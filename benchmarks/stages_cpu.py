@@ -20,14 +20,14 @@ import time
 import cv2
 import numpy as np
 
+from common.bundle import load_bundle
+from common.inputs import make_tiles
 from common.tiling import Box
 from service.batcher import Batcher
 from service.bedmodel import LearnedBed
-from service.bundle import load_bundle
 from service.engine import open_engine
 from service.pipeline import Pipeline
 from service.settings import CameraBed, Settings
-from service.stages import make_tiles
 from training.synth import render_frame
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from service.bench import machine
+from tools.bench import machine
 from training.config import load_config
 from training.model import build_model
 from training.train import make_optimizer, pick_device, train_step

@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from common.bundle import MANIFEST, BundleFile, Manifest, load_bundle, sha256_of
 from common.classes import CLASS_NAMES
 from common.imaging import CLIP_MEAN, CLIP_STD, normalize
 from model_export.graph import INPUT_NAMES, OUTPUT_NAMES, InferenceGraph
@@ -43,7 +44,6 @@ from model_export.parity import (
     torch_runner,
 )
 from model_export.tensorrt import PRECISIONS, TensorRTError, build_engine, require_tensorrt
-from service.bundle import MANIFEST, BundleFile, Manifest, load_bundle, sha256_of
 from training.config import BinaryMode
 from training.evaluate import DEFAULT_SIGMA, CheckpointError, load_trained
 

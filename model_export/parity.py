@@ -15,9 +15,9 @@ import numpy.typing as npt
 import torch
 
 from common.imaging import DEFAULT_OVERLAP, TILE_SIZE
+from common.inputs import make_tiles
 from common.tiling import polygon_box
 from model_export.graph import OUTPUT_NAMES, InferenceGraph
-from service.stages import make_tiles
 
 Outputs = tuple[npt.NDArray[np.float32], ...]
 Runner = Callable[[npt.NDArray[np.float32]], Outputs]

@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 
 from common.bed import bed_input, mask_polygon
-from service.bundle import Bundle
+from common.bundle import Bundle
 
 
 class LearnedBed:

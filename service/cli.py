@@ -65,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import uvicorn
 
+    from common.bundle import BundleError, load_bundle
     from service.auth import KeyRing, KeysFileError
-    from service.bundle import BundleError, load_bundle
     from service.logs import configure_logging
     from service.settings import Settings
 

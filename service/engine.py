@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from service.bundle import Bundle, Precision
+from common.bundle import Bundle, Precision
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from common.bundle import Bundle
+from common.inputs import make_tiles
 from common.overlay import CLASS_COLORS_BGR, draw_overlay
 from service.batcher import Batcher
-from service.bundle import Bundle
 from service.decode import decode
 from service.settings import Settings
 from service.stages import (
@@ -30,7 +31,6 @@ from service.stages import (
     Merged,
     bed_crop,
     find_instances,
-    make_tiles,
     merge,
 )
 

@@ -19,8 +19,8 @@ from typing import Literal
 
 import numpy as np
 
+from common.bundle import load_bundle
 from service.batcher import Batcher, BatchRecord
-from service.bundle import load_bundle
 from service.engine import open_engine
 from service.errors import APIError
 from service.metrics import LiveCollector, Metrics, gpu_memory

@@ -1,6 +1,7 @@
 """The pure stages of a frame's path, each a function of arrays (no I/O, no engine).
 
-bed_crop -> make_tiles -> (engine, through the batcher) -> merge -> find_instances
+bed_crop -> (common.inputs.make_tiles) -> (engine, through the batcher) -> merge ->
+find_instances
 
 Coordinates are frame pixels in COCO convention (pixel i spans [i, i + 1)).
 """
@@ -8,7 +9,6 @@ Coordinates are frame pixels in COCO convention (pixel i spans [i, i + 1)).
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from common.imaging import PAD_RGB, normalize, polygon_mask, resize_tile
-from common.tiling import Box, Tile, cut_tile, polygon_box, tile_grid
+from common.imaging import polygon_mask
+from common.tiling import Box, Tile, polygon_box
 from service.settings import CameraBed
 
 # --- bed crop ------------------------------------------------------------------------------
@@ -76,29 +76,6 @@ def bed_crop(
     if not mask.any():
         raise ValueError("the bed polygon covers no pixel of the frame")
     return Bed(polygon, box, mask, strategy)
-
-
-# --- tiles -----------------------------------------------------------------------------------
-
-_TILE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tiles")
-
-
-def make_tiles(
-    frame_bgr: npt.NDArray[np.uint8], region: Box, tile_size: int, overlap: int, input_size: int
-) -> tuple[tuple[Tile, ...], npt.NDArray[np.float32]]:
-    """The tiles over `region` (the bed's box) and their (N, 3, S, S) CLIP-normalised inputs."""
-    grid = tile_grid(region, tile_size, overlap)
-    inputs = np.empty((len(grid.tiles), 3, input_size, input_size), np.float32)
-    bgr_pad = PAD_RGB[::-1]
-
-    def one(i: int) -> None:
-        # resized in BGR (each channel on its own: the same values), normalised as RGB
-        cut = np.asarray(cut_tile(frame_bgr, grid.tiles[i], fill=bgr_pad), np.uint8)
-        normalize(resize_tile(cut, input_size), out=inputs[i], bgr=True)
-
-    # OpenCV and numpy let go of the GIL here: two threads halve the stage on two cores
-    list(_TILE_POOL.map(one, range(len(grid.tiles))))
-    return grid.tiles, inputs
 
 
 # --- merge -----------------------------------------------------------------------------------

@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import uvicorn
 
-    from service.bundle import BundleError, load_bundle
+    from common.bundle import BundleError, load_bundle
 
     try:
         settings = Settings(**({"bundle": args.bundle} if args.bundle else {}))

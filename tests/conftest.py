@@ -55,7 +55,7 @@ class RedisServer:
     AOF, fsync always); kill() and start() again keep its data folder, as a restart does."""
 
     def __init__(self, folder: Path) -> None:
-        from service.demo import free_port
+        from service.local import free_port
 
         server = shutil.which("redis-server")
         if server is None:

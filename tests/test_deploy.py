@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -164,3 +165,27 @@ def test_readme_commands_table_lists_every_console_script():
     for row in rows:
         module = re.search(r"\| `([a-z_.]+)` \|", row).group(1)
         assert importlib.util.find_spec(module) is not None, module
+
+
+def test_imports_go_one_way_and_a_back_import_breaks_the_contracts(tmp_path):
+    """lint-imports (make lint) keeps its contracts here, and fails on a tree with the
+    service importing training."""
+    packages = ("common", "training", "model_export", "service", "tools")
+    for name in packages:
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    lint = Path(sys.executable).with_name("lint-imports")
+
+    def run(where):
+        env = {**os.environ, "PYTHONPATH": str(where)}
+        return subprocess.run([lint], cwd=where, env=env, capture_output=True, text=True)
+
+    kept = run(ROOT)
+    assert kept.returncode == 0, kept.stdout[-2000:]
+    assert "4 kept, 0 broken" in kept.stdout
+    stages = tmp_path / "service" / "stages.py"
+    stages.write_text(stages.read_text() + "\nimport training.metrics  # noqa: E402\n")
+    broken = run(tmp_path)
+    assert broken.returncode != 0
+    assert "the service imports only common BROKEN" in broken.stdout
+    assert "service.stages -> training.metrics" in broken.stdout

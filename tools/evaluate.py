@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.bundle import BundleError, load_bundle
 from common.classes import CLASS_NAMES
-from service.bundle import BundleError, load_bundle
 from service.pipeline import Pipeline
 from service.processor import open_pipeline
 from service.settings import CameraBed, Settings

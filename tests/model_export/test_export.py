@@ -6,6 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from common.bundle import BundleError, load_bundle
 from model_export.export import ExportOptions, export_bundle, main
 from model_export.graph import OUTPUT_NAMES, InferenceGraph
 from model_export.parity import (
@@ -17,7 +18,6 @@ from model_export.parity import (
     torch_runner,
 )
 from model_export.tensorrt import TensorRTError, build_engine, engine_name
-from service.bundle import BundleError, load_bundle
 from training.config import BinaryMode
 from training.evaluate import load_trained
 

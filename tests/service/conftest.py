@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.demo import free_port, wait_ready
+from service.local import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 

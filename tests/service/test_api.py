@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.bundle import read_manifest
 from common.imaging import polygon_mask
 from common.tiling import polygon_box, tile_grid
-from service.bundle import read_manifest
 from training.synth import render_frame
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"

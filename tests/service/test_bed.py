@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from common.bed import BED_INPUT, bed_input, mask_polygon
+from common.bundle import load_bundle
 from service.bedmodel import LearnedBed
-from service.bundle import load_bundle
 from service.settings import CameraBed
 from service.stages import bed_crop
 from training.synth import render_frame

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.bundle import load_bundle
+from common.bundle import load_bundle
 from service.engine import EngineError, OnnxRuntimeEngine, TorchEngine, open_engine
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from common.imaging import polygon_mask
+from common.inputs import make_tiles
 from common.tiling import tile_grid
 from service.settings import CameraBed
 from service.stages import (
@@ -10,7 +11,6 @@ from service.stages import (
     bed_crop,
     blend_weights,
     find_instances,
-    make_tiles,
     merge,
 )
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from service.bench import main, percentile
+from tools.bench import main, percentile
 
 pytestmark = pytest.mark.slow
 

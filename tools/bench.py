@@ -153,7 +153,7 @@ def bench_engine(args: argparse.Namespace) -> dict[str, Any]:
             return n / (time.perf_counter() - start)
 
     else:
-        from service.bundle import load_bundle
+        from common.bundle import load_bundle
         from service.engine import open_engine
 
         bundle = load_bundle(Path(args.model))
@@ -262,7 +262,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     """N cameras posting for T seconds against the service started here."""
     import httpx
 
-    from service.demo import running_service
+    from service.local import running_service
     from service.settings import BatchSettings, CameraBed, Settings
 
     frames = camera_frames(args.distinct_frames, args.width, args.height)

@@ -1,6 +1,6 @@
 """The main job on the embedded default: start the service, post frames as a camera would.
 
-python -m service.demo [--frames 3] [--seed 4] [--out demo-out]
+python -m tools.demo [--frames 3] [--seed 4] [--out demo-out]
 
 Starts scrapscan (uvicorn, the demo bundle with its learned bed cropper, a SQLite store
 in OUT/data) on a free local port, renders synthetic 4K crane frames, posts each to
@@ -12,41 +12,31 @@ to OUT/.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import socket
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import httpx
-import uvicorn
 
 from common.classes import CLASS_NAMES
-from service.app import create_app
-from service.settings import CameraBed, Settings
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from service.local import running_service
+from service.settings import Settings
+from training.synth import render_frame
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit code."""
-    p = argparse.ArgumentParser(prog="python -m service.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=3)
     p.add_argument("--seed", type=int, default=4)
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--bundle", type=Path, help="model bundle (default: models/demo)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    # the demo bundle carries the learned bed cropper: every frame's bed is found anew
-    settings = Settings(default_bed=CameraBed(bed="learned"), data_dir=args.out / "data")
+    # no camera setting: the bed is "auto", the demo bundle's learned bed cropper
+    settings = Settings(data_dir=args.out / "data")
     if args.bundle:
         settings = settings.model_copy(update={"bundle": args.bundle})
     try:
@@ -57,47 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def wait_ready(url: str, alive: Callable[[], bool], timeout: float = 120) -> None:
-    """Return once the service at `url` answers /readyz with 200.
-
-    RuntimeError when `alive()` turns false (the process or thread running it ended) or
-    after `timeout` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if not alive():
-            raise RuntimeError(f"{url}: the service stopped before it was ready")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url}: the service was not ready after {timeout} s")
-        time.sleep(0.2)
-
-
-@contextlib.contextmanager
-def running_service(settings: Settings, timeout: float = 120) -> Iterator[str]:
-    """The service on a free local port in a background thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, thread.is_alive, timeout)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def _post_frames(url: str, settings: Settings, args: argparse.Namespace) -> int:
-    from training.synth import render_frame
-
     print(f"demo: scrapscan serving {settings.bundle} at {url} (docs at {url}/docs)")
     for i in range(args.frames):
         frame = render_frame(args.seed, i)

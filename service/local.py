@@ -1,0 +1,63 @@
+"""The service on a local port: start it in this process and wait until it is ready.
+
+Used by the demo, the benchmarks and the tests; nothing here is needed to serve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, alive: Callable[[], bool], timeout: float = 120) -> None:
+    """Return once the service at `url` answers /readyz with 200.
+
+    RuntimeError when `alive()` turns false (the process or thread running it ended) or
+    after `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if not alive():
+            raise RuntimeError(f"{url}: the service stopped before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url}: the service was not ready after {timeout} s")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def running_service(settings: Settings, timeout: float = 120) -> Iterator[str]:
+    """The service on a free local port in a background thread; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, thread.is_alive, timeout)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
