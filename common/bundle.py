@@ -13,12 +13,18 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+
+INPUT_NAMES: Final = ("images",)
+"""The model's input: (N, 3, input_size, input_size) float32, normalised with mean/std."""
+OUTPUT_NAMES: Final = ("class_probs", "anomaly", "scores")
+"""The model's outputs: (N, C, grid, grid) class probabilities (normal first), the
+(N, grid, grid) anomaly map, and (N, C) scores."""
 
 FileKind = Literal["onnx", "torch_export", "tensorrt", "bed_model"]
 Precision = Literal["fp32", "fp16", "int8", "fp8"]
@@ -137,6 +143,30 @@ class Manifest(_Strict):
         return None
 
 
+def servable(manifest: Manifest) -> list[str]:
+    """Why a service that feeds INPUT_NAMES and reads OUTPUT_NAMES cannot serve the bundle.
+
+    Empty when it can. Normalisation, input size, tile geometry and thresholds are the
+    bundle's own and any valid values are served as they are.
+    """
+    problems = []
+    if tuple(manifest.inputs) != INPUT_NAMES:
+        problems.append(f"inputs {list(manifest.inputs)}; the service feeds {list(INPUT_NAMES)}")
+    if tuple(manifest.outputs) != OUTPUT_NAMES:
+        problems.append(f"outputs {list(manifest.outputs)}; the service reads {list(OUTPUT_NAMES)}")
+    if len(manifest.classes) < 2 or manifest.classes[0] != "normal":
+        problems.append(
+            f"classes {list(manifest.classes)}; the first must be normal, then the contaminants"
+        )
+    if manifest.overlap >= manifest.tile_size:
+        problems.append(
+            f"overlap {manifest.overlap} is not smaller than tile_size {manifest.tile_size}"
+        )
+    if not all(s > 0 for s in manifest.std):
+        problems.append(f"std {list(manifest.std)} has a value that is not positive")
+    return problems
+
+
 class Bundle:
     """A checked bundle: its folder and manifest."""
 
@@ -185,11 +215,12 @@ def read_manifest(root: Path) -> Manifest:
         raise BundleError(f"{path}: {problems}") from None
 
 
-def load_bundle(path: Path | str, verify: bool = True) -> Bundle:
+def load_bundle(path: Path | str, verify: bool = True, serving: bool = False) -> Bundle:
     """The bundle at `path`, with every listed file present and matching its sha256.
 
     Raises BundleError naming the file that is missing, has another size or another hash.
-    `verify=False` skips the hashes (sizes are still checked).
+    `verify=False` skips the hashes (sizes are still checked). `serving=True` also refuses
+    a bundle the service cannot serve (`servable`), with the reasons.
     """
     root = Path(path)
     if not root.is_dir():
@@ -210,4 +241,7 @@ def load_bundle(path: Path | str, verify: bool = True) -> Bundle:
             raise BundleError(
                 f"{file}: sha256 differs from {MANIFEST}; the file was changed or damaged"
             )
+    problems = servable(manifest) if serving else []
+    if problems:
+        raise BundleError(f"{root / MANIFEST}: the service cannot serve it: {'; '.join(problems)}")
     return Bundle(root, manifest)

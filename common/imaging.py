@@ -47,17 +47,25 @@ def normalize(
     rgb: npt.NDArray[np.uint8],
     out: npt.NDArray[np.float32] | None = None,
     bgr: bool = False,
+    mean: tuple[float, float, float] = CLIP_MEAN,
+    std: tuple[float, float, float] = CLIP_STD,
 ) -> npt.NDArray[np.float32]:
-    """Turn an (H, W, 3) uint8 RGB image into a (3, H, W) float32 CLIP-normalised array.
+    """Turn an (H, W, 3) uint8 RGB image into a (3, H, W) float32 normalised array.
 
-    `out`: where to write it (one slot of a batch); `bgr`: the image is BGR (as OpenCV
-    decodes), its channels are taken in RGB order without a copy.
+    (pixel / 255 - mean) / std per RGB channel, CLIP's by default. `out`: where to write
+    it (one slot of a batch); `bgr`: the image is BGR (as OpenCV decodes), its channels
+    are taken in RGB order without a copy.
     """
     if out is None:
         out = np.empty((3, *rgb.shape[:2]), np.float32)
+    if (mean, std) == (CLIP_MEAN, CLIP_STD):
+        mean_255, inv_std_255 = _MEAN_255, _INV_STD_255
+    else:
+        mean_255 = np.asarray(mean, dtype=np.float32) * np.float32(255.0)
+        inv_std_255 = np.float32(1.0) / (np.asarray(std, dtype=np.float32) * np.float32(255.0))
     for c in range(3):  # channel by channel, straight into CHW: 6x faster, the same values
-        np.subtract(rgb[..., 2 - c if bgr else c], _MEAN_255[c], out=out[c], dtype=np.float32)
-        out[c] *= _INV_STD_255[c]
+        np.subtract(rgb[..., 2 - c if bgr else c], mean_255[c], out=out[c], dtype=np.float32)
+        out[c] *= inv_std_255[c]
     return out
 
 

@@ -18,10 +18,10 @@ import copy
 import torch
 from torch import nn
 
+from common.bundle import INPUT_NAMES, OUTPUT_NAMES
 from training.model import ScrapAnomalyModel, TextFeatures
 
-INPUT_NAMES = ("images",)
-OUTPUT_NAMES = ("class_probs", "anomaly", "scores")
+__all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "InferenceGraph"]
 
 
 class InferenceGraph(nn.Module):

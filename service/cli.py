@@ -74,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings(**overrides)
         if settings.store == "sqlite":  # with store redis the workers load the model
-            load_bundle(settings.bundle)  # fail here, with the file named, not in the server
+            # fail here, with the file named, not in the server
+            load_bundle(settings.bundle, serving=True)
         KeyRing(settings.api_keys_file)
         if settings.api_keys_file is None and args.host not in LOOPBACK:
             raise ValueError(

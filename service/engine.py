@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from common.bundle import Bundle, Precision
+from common.bundle import OUTPUT_NAMES, Bundle, Precision
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,9 @@ class EngineOutput(NamedTuple):
     class_probs: Array
     anomaly: Array
     scores: Array
+
+
+assert EngineOutput._fields == OUTPUT_NAMES, "EngineOutput follows the bundle's output names"
 
 
 class Engine(Protocol):
@@ -83,7 +86,7 @@ class OnnxRuntimeEngine:
 
     def infer(self, images: Array) -> EngineOutput:
         """Run one batch."""
-        out = self.session.run(list(EngineOutput._fields), {"images": images})
+        out = self.session.run(list(OUTPUT_NAMES), {"images": images})
         return EngineOutput(*(np.asarray(o, dtype=np.float32) for o in out))
 
 

@@ -177,7 +177,7 @@ class Pipeline:
         )
         timer.lap("crop")
         tiles, inputs = await asyncio.to_thread(
-            make_tiles, frame, bed.box, m.tile_size, m.overlap, m.input_size
+            make_tiles, frame, bed.box, m.tile_size, m.overlap, m.input_size, m.mean, m.std
         )
         timer.lap("tile")
         out = await self.batcher.infer(inputs)

@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from common.bundle import load_bundle
+from common.bundle import BundleError, load_bundle
 from service.batcher import Batcher, BatchRecord
 from service.engine import open_engine
 from service.errors import APIError
@@ -39,12 +39,20 @@ async def open_pipeline(
     The bundle's bed model is loaded when a camera's bed is "learned", or "auto" and the
     bundle has one. The caller stops `pipeline.batcher` when done.
     """
-    bundle = await asyncio.to_thread(load_bundle, s.bundle)
+    bundle = await asyncio.to_thread(load_bundle, s.bundle, True, True)
     engine = await asyncio.to_thread(
         open_engine, bundle, s.engine, s.device, s.threads, s.precision
     )
-    size = bundle.manifest.input_size
-    await asyncio.to_thread(engine.infer, np.zeros((1, 3, size, size), np.float32))
+    m = bundle.manifest
+    size = m.input_size
+    out = await asyncio.to_thread(engine.infer, np.zeros((1, 3, size, size), np.float32))
+    wanted = (1, len(m.classes), m.grid, m.grid)
+    if out.class_probs.shape != wanted or out.anomaly.shape != (1, m.grid, m.grid):
+        raise BundleError(
+            f"{bundle.root}: its {engine.name} engine answers class_probs "
+            f"{out.class_probs.shape} and anomaly {out.anomaly.shape} for one tile; the "
+            f"manifest says {len(m.classes)} classes on a {m.grid} x {m.grid} grid"
+        )
     batcher = Batcher(engine, s.batch.max_batch, s.batch.max_wait_ms / 1000, on_batch=on_batch)
     batcher.start()
     finder = None

@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "a worker reads the Redis stream: set SCRAPSCAN_STORE=redis and "
                 "SCRAPSCAN_REDIS_URL (embedded mode needs no worker: scrapscan-serve has one)"
             )
-        load_bundle(settings.bundle)
+        load_bundle(settings.bundle, serving=True)
     except (ValidationError, BundleError, ValueError, OSError) as err:
         print(f"scrapscan-worker: {err}", file=sys.stderr)
         return 1

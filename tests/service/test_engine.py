@@ -1,10 +1,18 @@
+import asyncio
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from common.bundle import load_bundle
+from common.bundle import BundleError, load_bundle
+from common.imaging import CLIP_MEAN, CLIP_STD
+from common.inputs import make_tiles
+from common.tiling import Box
 from service.engine import EngineError, OnnxRuntimeEngine, TorchEngine, open_engine
+from service.processor import open_pipeline
+from service.settings import Settings
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 
@@ -50,3 +58,50 @@ def test_engines_that_cannot_run_here_say_why(bundle):
         open_engine(bundle, "onnxruntime", device="cuda")
     with pytest.raises(EngineError, match="torch sees no CUDA GPU"):
         open_engine(bundle, "torch", device="cuda")
+
+
+def _edited(tmp_path, **changes):
+    copy = tmp_path / "bundle"
+    shutil.copytree(DEMO, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest.update(changes)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"outputs": ["probs", "anomaly", "scores"]}, "outputs ['probs', 'anomaly', 'scores']"),
+        ({"inputs": ["pixel_values"]}, "the service feeds ['images']"),
+        ({"classes": ["motor", "normal", "cable", "spray_can"]}, "the first must be normal"),
+        ({"overlap": 512}, "overlap 512 is not smaller than tile_size 512"),
+        ({"std": [0.3, 0.0, 0.3]}, "not positive"),
+    ],
+)
+def test_a_bundle_the_service_cannot_serve_is_refused_with_the_reason(tmp_path, changes, reason):
+    copy = _edited(tmp_path, **changes)
+    load_bundle(copy)  # a valid bundle as such
+    with pytest.raises(BundleError, match="cannot serve it") as err:
+        load_bundle(copy, serving=True)
+    assert reason in str(err.value)
+    with pytest.raises(BundleError, match="cannot serve it"):
+        asyncio.run(open_pipeline(Settings(bundle=copy)))
+
+
+def test_a_manifest_grid_the_engine_does_not_answer_is_refused(tmp_path):
+    copy = _edited(tmp_path, grid=36)
+    with pytest.raises(BundleError, match=r"manifest says 4 classes on a 36 x 36 grid"):
+        asyncio.run(open_pipeline(Settings(bundle=copy)))
+
+
+def test_tiles_are_normalised_with_the_bundle_mean_and_std():
+    frame = np.random.default_rng(1).integers(0, 256, (600, 700, 3), dtype=np.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    box = Box(0, 0, 700, 600)
+    _, clip = make_tiles(frame, box, 512, 64, 518)
+    tiles, other = make_tiles(frame, box, 512, 64, 518, mean, std)
+    rgb = clip * np.asarray(CLIP_STD)[:, None, None] + np.asarray(CLIP_MEAN)[:, None, None]
+    expected = (rgb - np.asarray(mean)[:, None, None]) / np.asarray(std)[:, None, None]
+    np.testing.assert_allclose(other, expected, atol=1e-4)
+    assert len(tiles) == 4 and not np.allclose(other, clip)
