@@ -8,8 +8,8 @@ or with a double underscore (SCRAPSCAN_BATCH__MAX_BATCH=16).
 
 from __future__ import annotations
 
-import json
 import os
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,6 +18,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    YamlConfigSettingsSource,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -172,26 +173,21 @@ class Settings(BaseSettings):
         return data
 
 
-class _FileSource(PydanticBaseSettingsSource):
-    """SCRAPSCAN_SETTINGS_FILE: a YAML or JSON mapping of the same fields."""
+class _FileSource(YamlConfigSettingsSource):
+    """SCRAPSCAN_SETTINGS_FILE: a YAML (or JSON, which YAML reads) mapping of the same fields.
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        """Unused: __call__ returns the whole mapping."""
-        return None, field_name, False
+    pydantic-settings' YAML source, made strict: a named file that is missing or holds
+    something other than a mapping is an error naming the file, not silently no settings.
+    """
 
-    def __call__(self) -> dict[str, Any]:
-        """The file's mapping, or {} when no file is named."""
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
         name = os.environ.get("SCRAPSCAN_SETTINGS_FILE")
-        if not name:
-            return {}
-        path = Path(name)
-        text = path.read_text()
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+        if name and not Path(name).is_file():
+            raise ValueError(f"{name}: SCRAPSCAN_SETTINGS_FILE names no file")
+        super().__init__(settings_cls, yaml_file=Path(name) if name else None)
 
-            data = yaml.safe_load(text) or {}
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        data = super()._read_file(file_path)
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: the settings file must hold a mapping")
+            raise ValueError(f"{file_path}: the settings file must hold a mapping")
         return data

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 NON_MODEL = ("decode", "crop", "tile", "merge", "postprocess", "encode")
 
 
@@ -60,14 +62,8 @@ def machine() -> str:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), linear between ranks."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+    """The q-th percentile (0..100), linear between ranks (numpy's); NaN without values."""
+    return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
 # --- engine only ---------------------------------------------------------------------------

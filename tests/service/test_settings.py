@@ -46,3 +46,19 @@ def test_serve_refuses_a_bad_bundle_naming_it(tmp_path, capsys):
 
     assert main(["--bundle", str(tmp_path)]) == 1
     assert f"{tmp_path}/manifest.json: no such file" in capsys.readouterr().err
+
+
+def test_a_json_settings_file_is_read_and_a_wrong_one_is_named(tmp_path, monkeypatch):
+    f = tmp_path / "settings.json"
+    f.write_text('{"workers": 4, "reject_score": 0.7}')
+    monkeypatch.setenv("SCRAPSCAN_SETTINGS_FILE", str(f))
+    assert (Settings().workers, Settings().reject_score) == (4, 0.7)
+    f.write_text("- workers\n- 4\n")
+    with pytest.raises(ValueError, match=r"settings.json: the settings file must hold a mapping"):
+        Settings()
+    monkeypatch.setenv("SCRAPSCAN_SETTINGS_FILE", str(tmp_path / "typo.yaml"))
+    with pytest.raises(ValueError, match=r"typo.yaml: SCRAPSCAN_SETTINGS_FILE names no file"):
+        Settings()
+    f.write_text("")  # an empty file: no settings
+    monkeypatch.setenv("SCRAPSCAN_SETTINGS_FILE", str(f))
+    assert Settings().workers == Settings.model_fields["workers"].default
