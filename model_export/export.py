@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,16 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from common.bundle import MANIFEST, BundleFile, Manifest, load_bundle, sha256_of
+from common.bundle import (
+    MANIFEST,
+    BedModelInfo,
+    Bundle,
+    BundleError,
+    BundleFile,
+    Manifest,
+    load_bundle,
+    sha256_of,
+)
 from common.classes import CLASS_NAMES
 from common.imaging import CLIP_MEAN, CLIP_STD, normalize
 from model_export.graph import INPUT_NAMES, OUTPUT_NAMES, InferenceGraph
@@ -44,8 +53,9 @@ from model_export.parity import (
     torch_runner,
 )
 from model_export.tensorrt import PRECISIONS, TensorRTError, build_engine, require_tensorrt
+from training.checkpoint import CheckpointError, load_trained
 from training.config import BinaryMode
-from training.evaluate import DEFAULT_SIGMA, CheckpointError, load_trained
+from training.evaluate import DEFAULT_SIGMA
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_AREA = 400
@@ -74,6 +84,7 @@ class ExportOptions:
     min_area_px: int = DEFAULT_MIN_AREA
     max_bed_fraction: float = DEFAULT_MAX_BED_FRACTION
     bed_model: Path | None = None
+    bed_from: Path | None = None
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -207,6 +218,18 @@ def export_bed_model(path: Path, out: Path) -> dict[str, Any]:
     }
 
 
+def _bundle_bed(bundle_dir: Path) -> tuple[Bundle, BedModelInfo]:
+    """The bed cropper of an existing bundle (checked against its manifest), to reuse."""
+    try:
+        bundle = load_bundle(bundle_dir)
+    except BundleError as err:
+        raise ExportError(f"--bed-from: {err}") from None
+    info = bundle.manifest.bed_model
+    if info is None:
+        raise ExportError(f"{bundle_dir / MANIFEST}: --bed-from: the bundle has no bed model")
+    return bundle, info
+
+
 def _entry(path: Path, kind: str, precision: str, **extra: Any) -> BundleFile:
     return BundleFile.model_validate(
         {
@@ -234,6 +257,9 @@ def export_bundle(
     if evaluation is not None:
         threshold = float(evaluation["pixel"]["f1_threshold"])
         sigma = float(evaluation.get("sigma", DEFAULT_SIGMA))
+    if options.bed_model is not None and options.bed_from is not None:
+        raise ExportError("give the bed cropper once: --bed-model or --bed-from, not both")
+    reused = None if options.bed_from is None else _bundle_bed(options.bed_from)
     calibrated = (  # checked before the slow part
         {}
         if options.thresholds is None
@@ -280,12 +306,23 @@ def export_bundle(
             files["model.pt2"] = _entry(
                 work / "model.pt2", "torch_export", "fp32", max_batch=options.max_batch
             )
-        bed_info = None
+        bed_info: dict[str, Any] | None = None
         if options.bed_model is not None:
             bed_info = export_bed_model(options.bed_model, work / BED_FILE)
             parity[BED_FILE] = bed_info.pop("parity")
             files[BED_FILE] = _entry(work / BED_FILE, "bed_model", "fp32")
             log(f"  {BED_FILE}: parity max abs {parity[BED_FILE]['max_abs']:.1e}")
+        elif reused is not None:  # checked when that bundle was exported; copied as it is
+            source, info = reused
+            shutil.copyfile(source.path(info.file), work / BED_FILE)
+            bed_info = {**info.model_dump(mode="json"), "file": BED_FILE}
+            made = source.manifest.model
+            parity[BED_FILE] = {
+                **source.manifest.metrics.get("parity", {}).get(info.file, {}),
+                "from": f"{source.root} ({made.name} {made.version})",
+            }
+            files[BED_FILE] = _entry(work / BED_FILE, "bed_model", "fp32")
+            log(f"  {BED_FILE}: from {source}")
         if options.tensorrt:
             calib = (
                 _calibration_patches(options.calibration, cfg.model.input_size)
@@ -439,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the learned bed cropper (scrapscan-train-bed) to put into the bundle as bed.onnx",
     )
+    p.add_argument(
+        "--bed-from",
+        type=Path,
+        metavar="BUNDLE_DIR",
+        help="reuse the bed cropper (bed.onnx and its figures) of an existing bundle",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     return p
 
@@ -471,8 +514,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         min_area_px=args.min_area,
         max_bed_fraction=args.max_bed_fraction,
         bed_model=args.bed_model,
+        bed_from=args.bed_from,
     )
     staged = args.out.with_name(f".{args.out.name}.old") if args.out.exists() else None
+    if staged is not None and args.bed_from and args.bed_from.resolve() == args.out.resolve():
+        options = replace(options, bed_from=staged)  # the bundle being replaced: read it there
     try:
         if staged is not None:
             args.out.rename(staged)

@@ -38,8 +38,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_config: RunCo
     import schedulefree
     import torch
 
+    from training.checkpoint import Position, save_checkpoint
     from training.model import build_model
-    from training.train import Position, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(tiny_config.model).eval()

@@ -33,49 +33,17 @@ import torch
 from common.classes import ANOMALY_CLASSES, IGNORE_INDEX
 from common.imaging import INPUT_SIZE, normalize
 from common.overlay import draw_overlay
-from training.config import BinaryMode, ConfigError, RunConfig, load_config, parse_config
+from training.checkpoint import CheckpointError, load_trained
+from training.config import BinaryMode, ConfigError, load_config
 from training.data import DataError, PatchSet, load_frames
 from training.metrics import PixelMetricAccumulator
-from training.model import ModelOutput, ScrapAnomalyModel, WeightsError, build_model, upsample
+from training.model import ModelOutput, WeightsError, upsample
 from training.train import pick_device
 
 DEFAULT_SIGMA = 4.0
 
 Scorer = Callable[[torch.Tensor], ModelOutput]
 """What is evaluated: a trained ScrapAnomalyModel or the WinCLIP baseline."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be used; the message names the file."""
-
-
-def load_trained(
-    path: Path, device: torch.device | str = "cpu", binary_mode: BinaryMode | None = None
-) -> tuple[ScrapAnomalyModel, RunConfig]:
-    """The model of a scrapscan-train checkpoint, in eval mode, and its configuration.
-
-    `binary_mode` replaces the trained config's way of forming the binary anomaly map
-    (it changes no weight: the map is formed from the same outputs at inference).
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except Exception as err:  # torch.load raises many kinds on a foreign file
-        raise CheckpointError(f"{path}: not a checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
-        raise CheckpointError(f"{path}: not a scrapscan-train checkpoint (no model or config)")
-    try:
-        cfg = parse_config(state["config"], str(path))
-    except ConfigError as err:
-        raise CheckpointError(str(err)) from err
-    if binary_mode is not None:
-        cfg = cfg.model_copy(
-            update={"model": cfg.model.model_copy(update={"binary_mode": binary_mode})}
-        )
-    model = build_model(cfg.model.model_copy(update={"pretrained": None}))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg
 
 
 def smooth(maps: npt.NDArray[np.float32], sigma: float) -> npt.NDArray[np.float32]:

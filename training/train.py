@@ -43,6 +43,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
+from training.checkpoint import CHECKPOINT, Position, load_checkpoint, save_checkpoint
 from training.config import ConfigError, RunConfig, load_config
 from training.data import DataError, PatchSet, load_frames
 from training.data.dataset import PatchDataset
@@ -50,21 +51,11 @@ from training.data.patch_cache import PatchCache
 from training.losses import class_balanced_weights, merge_anomaly_classes, total_loss
 from training.model import ScrapAnomalyModel, WeightsError, build_model
 
-CHECKPOINT = "checkpoint.pt"
 LOG_EVERY = 10
 
 
 class Interrupted(Exception):
     """Raised in the training loop when SIGINT or SIGTERM arrives."""
-
-
-@dataclass(slots=True)
-class Position:
-    """Where training stands: epochs done, batches done in the current epoch, steps in all."""
-
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
 
 
 class EpochSampler(Sampler[int]):
@@ -432,32 +423,6 @@ def make_optimizer(model: ScrapAnomalyModel, cfg: RunConfig) -> Any:
         weight_decay=cfg.train.weight_decay,
         warmup_steps=cfg.train.warmup_steps,
     )
-
-
-def save_checkpoint(
-    path: Path, model: ScrapAnomalyModel, optimizer: Any, pos: Position, cfg: RunConfig
-) -> None:
-    """Write the checkpoint atomically. Model and optimizer must be in eval mode."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "position": {"epoch": pos.epoch, "batch": pos.batch, "step": pos.step},
-            "config": cfg.model_dump(mode="json"),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, model: ScrapAnomalyModel, optimizer: Any | None = None) -> Position:
-    """Restore weights (and optimizer state) from `path`; returns where the run stood."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    return Position(**state["position"])
 
 
 def train_step(

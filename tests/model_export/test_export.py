@@ -18,12 +18,14 @@ from model_export.parity import (
     torch_runner,
 )
 from model_export.tensorrt import TensorRTError, build_engine, engine_name
+from training.checkpoint import load_trained
 from training.config import BinaryMode
-from training.evaluate import load_trained
 
 from ..conftest import CONFIGS
 
 pytestmark = pytest.mark.slow
+
+DEMO = CONFIGS.parent / "models" / "demo"
 
 
 @pytest.fixture(scope="module")
@@ -363,3 +365,26 @@ def test_a_bed_model_goes_into_the_bundle_with_its_parity(checkpoint, tmp_path):
     junk.write_bytes(b"junk")
     args = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "c"), "--bed-model", str(junk)]
     assert main(args) == 1
+
+
+def test_the_bed_cropper_of_another_bundle_is_reused_as_it_is(checkpoint, tmp_path, capsys):
+    demo = load_bundle(DEMO)
+    target = tmp_path / "b"
+    shutil.copytree(DEMO, target)  # replaced in place, its own bed cropper kept
+    args = ["--checkpoint", str(checkpoint), "--out", str(target), "--no-fp16", "--no-torch-export"]
+    assert main([*args, "--bed-from", str(target), "--overwrite"]) == 0
+    bundle = load_bundle(target)
+    assert bundle.manifest.bed_model == demo.manifest.bed_model
+    assert bundle.manifest.files["bed.onnx"].sha256 == demo.manifest.files["bed.onnx"].sha256
+    parity = bundle.manifest.metrics["parity"]["bed.onnx"]
+    assert parity["max_abs"] == demo.manifest.metrics["parity"]["bed.onnx"]["max_abs"]
+    assert "demo" in parity["from"] and bundle.manifest.model.name != "demo"
+    assert not list(tmp_path.glob(".b*"))  # the replaced bundle is gone
+    capsys.readouterr()
+    other = tmp_path / "c"
+    assert main([*args[:2], "--out", str(other), "--bed-from", str(tmp_path / "none")]) == 1
+    assert "--bed-from" in capsys.readouterr().err and not other.exists()
+    plain = tmp_path / "plain"
+    main([*args[:2], "--out", str(plain), "--no-fp16", "--no-torch-export"])
+    assert main([*args[:2], "--out", str(other), "--bed-from", str(plain)]) == 1
+    assert "the bundle has no bed model" in capsys.readouterr().err and not other.exists()

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from training.checkpoint import CheckpointError, load_trained
 from training.data import PatchSet, load_frames
-from training.evaluate import CheckpointError, evaluate, load_trained, main
+from training.evaluate import evaluate, main
 from training.metrics import pixel_metrics
 from training.model import build_model
 
