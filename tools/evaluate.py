@@ -52,7 +52,7 @@ class EvalError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     """The arguments of the served-path form (--bundle)."""
     p = argparse.ArgumentParser(
-        prog="scrapscan-eval --bundle",
+        prog="scrapscan-eval",
         description="Run labelled full frames through the service's pipeline and report "
         "instance AP, recall and precision, frame verdicts, trucks and full-frame pixel "
         "metrics; with --calibrate choose the bundle's thresholds on them first. (The "
