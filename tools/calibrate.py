@@ -8,12 +8,13 @@ re-reads the kept maps under another rule:
    two passes, from the bundle's own threshold for all.
 2. The minimum instance area, from the sizes of the true contaminants and of the false
    regions (the size filter of IAP-AS, fitted to data rather than a constant): every area
-   at which a false region could be cut is tried, no higher than the 5th percentile of
-   the true contaminants' areas, and the one of best F1 kept.
+   at which a false region could be cut is tried (and the bundle's own), no higher than
+   the median true contaminant's area, and the one of best F1 kept.
 3. The frame decisions: the frame score is the highest instance score. The minimum score
    (below it a frame is clean and its instances are not reported) is the lowest that
    flags at most `false_alarm_rate` of the clean frames; the reject score flags at most a
-   fifth of that.
+   fifth of that. A model that cannot tell clean frames from contaminated ones pays for
+   the false-alarm target in misses: the report says how many.
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ import numpy as np
 from service.stages import InstanceRule
 from tools.served_eval import Seen, count, outcome
 
-GRID = tuple(round(float(t), 3) for t in np.arange(0.05, 0.951, 0.05))
-TRUE_AREA_PERCENTILE = 5.0
+GRID = tuple(
+    round(float(t), 3)
+    for t in (*np.arange(0.05, 0.851, 0.05), *np.arange(0.9, 0.991, 0.01), 0.995, 0.999)
+)
+"""Pixel thresholds tried: finer near 1, where a trained model's probabilities crowd."""
+TRUE_AREA_PERCENTILE = 50.0
+"""The minimum area never exceeds this percentile of the true contaminants' areas."""
 REJECT_SHARE = 0.2
 """The reject score's false-alarm rate, as a share of the flagging one."""
 
@@ -100,7 +106,9 @@ def calibrate(
         for inst, t in zip(o.candidates, o.matched, strict=True)
     ]
     false_areas = sorted(a for a, ok in regions if not ok)
-    options = sorted({0, *(a + 1 for a in false_areas if a + 1 <= cap)})
+    options = sorted(
+        {0, *(a + 1 for a in false_areas if a + 1 <= cap)} | {min(base.min_area, int(cap))}
+    )
     n_true = len(true_areas)
 
     def area_f1(limit: int) -> float:
