@@ -338,8 +338,11 @@ def test_engine_names_carry_gpu_and_version():
 def test_the_committed_demo_bundle_loads_and_runs():
     demo = load_bundle(CONFIGS.parent / "models" / "demo")
     m = demo.manifest
-    assert m.postprocess.threshold_source == "f1_max"
+    # calibrated on validation frames, starting from its report's F1-max threshold
+    assert m.postprocess.threshold_source == "calibrated"
     assert m.postprocess.pixel_threshold == m.metrics["evaluation"]["pixel"]["f1_threshold"]
+    assert set(m.postprocess.class_thresholds) == set(m.classes[1:])
+    assert m.postprocess.calibration["frames"] >= 48
     run = onnx_runner(demo.path("model.onnx"))
     probs, anomaly, _ = run(parity_inputs(m.input_size, random=1, synthetic=1))
     assert probs.shape == (2, 4, m.grid, m.grid) and np.all((anomaly >= 0) & (anomaly <= 1))

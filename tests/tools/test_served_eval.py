@@ -186,6 +186,7 @@ def test_bad_inputs_are_named_and_nothing_is_written(synth_dir, tmp_path, capsys
     shutil.copytree(DEMO, binary)
     manifest = json.loads((binary / "manifest.json").read_text())
     manifest["classes"] = ["normal", "anomaly"]
+    manifest["postprocess"]["class_thresholds"] = None
     (binary / "manifest.json").write_text(json.dumps(manifest))
     assert main(["--bundle", str(binary), "--data", str(synth_dir), "--out", str(out)]) == 1
     assert "differ from the data's" in capsys.readouterr().err and not out.exists()
