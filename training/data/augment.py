@@ -35,7 +35,10 @@ def augment(
     gain = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
     contrast = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
     blur_draw, sigma = rng.random(), rng.uniform(0.5, 1.5)
-    jpeg_draw, quality = rng.random(), int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+    jpeg_draw, quality = (
+        rng.random(),
+        int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)),
+    )
 
     if cfg.symmetries:
         image, mask = np.rot90(image, turns), np.rot90(mask, turns)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -21,8 +20,8 @@ from common.imaging import (
     DEFAULT_OVERLAP,
     INPUT_SIZE,
     PAD_RGB,
-    polygon_mask,
     TILE_SIZE,
+    polygon_mask,
     resize_mask,
     resize_tile,
 )

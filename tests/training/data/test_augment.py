@@ -54,9 +54,10 @@ def test_photometric_changes_leave_the_mask_and_stay_in_range():
     assert out_image.dtype == np.uint8 and out_image.shape == image.shape
     assert not np.array_equal(out_image, image)
     # blur and JPEG at low quality take away most of the random image's fine detail
-    assert np.abs(np.diff(out_image.astype(int), axis=1)).mean() < np.abs(
-        np.diff(image.astype(int), axis=1)
-    ).mean() / 2
+    assert (
+        np.abs(np.diff(out_image.astype(int), axis=1)).mean()
+        < np.abs(np.diff(image.astype(int), axis=1)).mean() / 2
+    )
 
 
 def test_brightness_moves_the_mean_within_its_bound():
@@ -78,9 +79,7 @@ def test_same_seed_same_draw():
 
 def test_bad_augment_settings_are_named():
     with pytest.raises(ConfigError) as err:
-        parse_config(
-            {"data": {"augment": {"blur": 1.5, "jpeg_quality": [90, 50], "flips": True}}}
-        )
+        parse_config({"data": {"augment": {"blur": 1.5, "jpeg_quality": [90, 50], "flips": True}}})
     text = str(err.value)
     assert "data.augment.blur" in text
     assert "data.augment.jpeg_quality" in text and "[lowest, highest]" in text
@@ -106,9 +105,7 @@ def test_patch_cache_gives_the_patches_and_is_reused(patches, tmp_path):
     for i in (0, len(patches) // 2, len(patches) - 1):
         image, mask = cache[i]
         assert np.array_equal(image, patches[i].image) and np.array_equal(mask, patches[i].mask)
-    assert torch.equal(
-        PatchDataset(patches, cache=cache)[3][0], PatchDataset(patches)[3][0]
-    )
+    assert torch.equal(PatchDataset(patches, cache=cache)[3][0], PatchDataset(patches)[3][0])
     assert np.array_equal(cache.pixel_counts(), patches.pixel_counts())
     stamp = (folder / "images.u8").stat().st_mtime_ns
     PatchCache.open(patches, folder, log=False)
