@@ -100,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _frames(folders: Sequence[Path]) -> tuple[list[FrameRecord], dict[Path, str]]:
-    """The labelled frames of every folder, and the truck of each image that names one."""
+    """The labelled frames of every folder, and the truck of each image that names one.
+
+    load_frames refuses a folder without labels, naming it; a COCO image's `truck_id`
+    (a field the loader does not keep) is read from annotations.json here.
+    """
     records: list[FrameRecord] = []
     trucks: dict[Path, str] = {}
     for folder in folders:
@@ -108,24 +112,19 @@ def _frames(folders: Sequence[Path]) -> tuple[list[FrameRecord], dict[Path, str]
             frames = load_frames(folder)
         except FileNotFoundError as err:
             raise EvalError(str(err)) from None
-        unlabelled = [f for f in frames.frames if f.mask_path is None and frames.layout != "coco"]
-        if frames.layout != "coco" and unlabelled:
-            raise EvalError(f"{folder}: {unlabelled[0].image_path.name} has no mask")
         if frames.layout == "coco":
             coco = json.loads((frames.root / "annotations.json").read_text())
-            for image in coco.get("images", []):
-                if image.get("truck_id"):
-                    trucks[(frames.root / "images" / image["file_name"]).resolve()] = str(
-                        image["truck_id"]
-                    )
+            named = {
+                (frames.root / "images" / i["file_name"]).resolve(): str(i["truck_id"])
+                for i in coco["images"]
+                if i.get("truck_id")
+            }
+            for r in frames.frames:
+                if r.image_path.resolve() in named:
+                    trucks[r.image_path] = named[r.image_path.resolve()]
         records += frames.frames
     if not records:
         raise EvalError(f"{', '.join(map(str, folders))}: no labelled frame")
-    trucks = {
-        r.image_path: trucks[r.image_path.resolve()]
-        for r in records
-        if r.image_path.resolve() in trucks
-    }
     return records, trucks
 
 

@@ -47,13 +47,13 @@ from pycocotools.cocoeval import COCOeval
 from common.classes import CLASS_NAMES, IGNORE_INDEX
 from common.imaging import polygon_mask
 from service.pipeline import Pipeline, render_overlay, verdict
+from service.reports import VERDICTS
 from service.stages import Bed, Findings, Instance, InstanceRule, Merged, find_instances
 from training.data import FrameRecord
 from training.data.coco import segmentation_to_rle
 from training.metrics import PixelMetricAccumulator
 
 IOUS = (0.25, 0.5)
-VERDICTS = ("clean", "inspect", "reject")
 
 
 @dataclass(slots=True)
@@ -511,7 +511,7 @@ def plot_curves(out: Path, scored: Scored) -> None:
 
 
 def side_by_side(
-    seen: Seen, o: FrameOutcome, rule: InstanceRule, classes: tuple[str, ...], max_side: int = 1280
+    seen: Seen, rule: InstanceRule, classes: tuple[str, ...], max_side: int = 1280
 ) -> npt.NDArray[np.uint8]:
     """The served overlay (left) beside the truth drawn the same way (right)."""
     frame = cv2.imread(str(seen.record.image_path), cv2.IMREAD_COLOR)
@@ -569,7 +569,7 @@ def write_report(
         files[kind] = []
         for k in ks:
             name = f"{kind}_{len(files[kind]) + 1}_{seen[k].record.name}.jpg"
-            image = side_by_side(seen[k], scored.outcomes[k], rule, classes)
+            image = side_by_side(seen[k], rule, classes)
             if not cv2.imwrite(str(out / name), image, [cv2.IMWRITE_JPEG_QUALITY, 85]):
                 raise OSError(f"{out / name}: could not write")
             files[kind].append(name)

@@ -43,11 +43,10 @@ def cache_key(patches: PatchSet) -> str:
     h = hashlib.sha256(f"input {patches.input_size}\n".encode())
     annotations = patches.frames.root / "annotations.json"
     h.update(_stat(annotations if annotations.exists() else None).encode())
+    files = [f"{_stat(f.image_path)} {_stat(f.mask_path)}" for f in patches.frames.frames]
     for ref in patches.refs:
-        frame = patches.frames.frames[ref.frame]
         b = ref.tile.box
-        line = f"{_stat(frame.image_path)} {_stat(frame.mask_path)} {b.x} {b.y} {b.x1} {b.y1}\n"
-        h.update(line.encode())
+        h.update(f"{files[ref.frame]} {b.x} {b.y} {b.x1} {b.y1}\n".encode())
     return h.hexdigest()
 
 
