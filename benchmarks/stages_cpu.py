@@ -45,9 +45,7 @@ async def stages(frames: int, bed: str) -> dict[str, float]:
         ok, data = cv2.imencode(".jpg", render_frame(300, i).image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         assert ok
         jpgs.append(data.tobytes())
-    rows = [
-        (await pipeline.process(jpgs[k % 4], "bench")).result["timings_ms"] for k in range(frames)
-    ]
+    rows = [(await pipeline.process(jpgs[k % 4], "bench")).result.timings_ms for k in range(frames)]
     await batcher.stop()
     rows = rows[2:]
     out = {stage: statistics.median(r[stage] for r in rows) for stage in rows[0]}

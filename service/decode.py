@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import BadImage
+from service.errors import BadImage, ImageTooLarge
 
 FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png"}
 
@@ -40,18 +40,16 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
             with Image.open(io.BytesIO(data)) as im:
                 fmt, (w, h) = str(im.format), im.size
     except Image.DecompressionBombError:
-        raise BadImage(
-            "image_too_large", "the image declares more pixels than this service accepts", 413
+        raise ImageTooLarge(
+            "image_too_large", "the image declares more pixels than this service accepts"
         ) from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise BadImage("not_an_image", "the upload is not a JPEG or PNG image") from None
     if fmt not in FORMATS:
         raise BadImage("unsupported_format", f"{fmt} images are not accepted; send JPEG or PNG")
     if w * h > max_pixels:
-        raise BadImage(
-            "image_too_large",
-            f"the image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}",
-            413,
+        raise ImageTooLarge(
+            "image_too_large", f"the image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}"
         )
     if not _complete(fmt, data):
         raise BadImage("corrupt_image", f"the {fmt} data is truncated (no end marker)")

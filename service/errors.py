@@ -1,27 +1,66 @@
-"""Errors the API answers with: `{"error": {"code": "...", "message": "..."}}` and a 4xx/5xx."""
+"""What can go wrong, as the service's own exceptions (no HTTP here).
+
+Each error has a stable code for programs and a message for people. Its class says what
+kind of failure it is; the API layer (service/routes/errors.py) maps each class to an
+HTTP status in one table, and a worker reads the same classes (a bad image fails a frame
+at once, anything else may be retried).
+"""
 
 from __future__ import annotations
 
 
-class APIError(Exception):
-    """An error with an HTTP status, a stable machine-readable code and a human message."""
+class ServiceError(Exception):
+    """A failure the caller can act on: `code` (stable) and `message` (for people).
 
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
+    `retry_after`: seconds after which trying again may succeed (busy, store away).
+    """
+
+    def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
         self.message = message
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, dict[str, str]]:
-        """The JSON body."""
-        return {"error": {"code": self.code, "message": self.message}}
+        self.retry_after = retry_after
 
 
-class BadImage(APIError):
-    """The upload is not an image the service can use (400 or 413)."""
+class InvalidInput(ServiceError):
+    """A field, query or header the service cannot use."""
 
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(status, code, message)
+
+class BadImage(InvalidInput):
+    """The upload is not an image the service can use (empty, not JPEG or PNG, corrupt)."""
+
+
+class NotAuthenticated(ServiceError):
+    """No API key, or one the service does not know."""
+
+
+class NotAllowed(ServiceError):
+    """The caller's role may not do this."""
+
+
+class NotFound(ServiceError):
+    """No such frame or truck, or the result is not there (yet, or any more)."""
+
+
+class Conflict(ServiceError):
+    """The request contradicts an earlier one (an Idempotency-Key reused with other bytes)."""
+
+
+class TooLarge(ServiceError):
+    """The upload is over the byte limit."""
+
+
+class ImageTooLarge(TooLarge, BadImage):
+    """The image declares more pixels than the service accepts."""
+
+
+class UnsupportedMedia(ServiceError):
+    """The body is not multipart/form-data."""
+
+
+class Busy(ServiceError):
+    """Too much work is waiting; try again after `retry_after` seconds."""
+
+
+class Unavailable(ServiceError):
+    """The service cannot take work now: the model is loading, or the store is away."""

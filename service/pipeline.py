@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
@@ -21,12 +19,20 @@ from common.inputs import make_tiles
 from common.overlay import CLASS_COLORS_BGR, draw_overlay
 from service.batcher import Batcher
 from service.decode import decode
+from service.result import (
+    BedUsed,
+    FrameResult,
+    ImageSize,
+    ModelRef,
+    Thresholds,
+    Verdict,
+    frame_verdict,
+)
 from service.settings import Settings
 from service.stages import (
     Bed,
     BedFinder,
     Findings,
-    Instance,
     InstanceRule,
     Merged,
     bed_crop,
@@ -36,13 +42,6 @@ from service.stages import (
 
 DEFAULT_REJECT_SCORE = 0.8
 """The reject score when neither the settings nor the bundle give one."""
-
-
-def verdict(instances: Sequence[Instance], reject_score: float) -> str:
-    """Clean (no instance), reject (an instance at or over `reject_score`), else inspect."""
-    if not instances:
-        return "clean"
-    return "reject" if max(i.score for i in instances) >= reject_score else "inspect"
 
 
 @dataclass(slots=True)
@@ -60,9 +59,9 @@ class Analysis:
 
 @dataclass(slots=True)
 class Processed:
-    """A finished frame: the result JSON and its files."""
+    """A finished frame: its result and its files (mask.png, overlay.jpg)."""
 
-    result: dict[str, Any]
+    result: FrameResult
     files: dict[str, bytes]
 
 
@@ -162,9 +161,9 @@ class Pipeline:
             if v is not None
         )
 
-    def verdict(self, findings: Findings) -> str:
-        """The frame's verdict under this pipeline's reject score (see `verdict`)."""
-        return verdict(findings.instances, self.reject_score)
+    def verdict(self, findings: Findings) -> Verdict:
+        """The frame's verdict under this pipeline's reject score."""
+        return frame_verdict([i.score for i in findings.instances], self.reject_score)
 
     async def analyse(self, data: bytes, camera_id: str) -> Analysis:
         """Every stage up to the instances: what a frame's result is made from."""
@@ -212,20 +211,20 @@ class Pipeline:
         files = {"mask.png": mask_png, "overlay.jpg": overlay_jpg}
         timer.lap("encode")
         h, w = frame.shape[:2]
-        result = {
-            "model": {"name": m.model.name, "version": m.model.version},
-            "image": {"width": w, "height": h},
-            "bed": {
-                "strategy": bed.strategy,
-                "polygon": [[round(float(x), 1), round(float(y), 1)] for x, y in bed.polygon],
-            },
-            "verdict": self.verdict(findings),
-            "scores": {k: round(v, 4) for k, v in findings.frame_scores.items()},
-            "instances": [i.as_dict() for i in findings.instances],
-            "thresholds": self.rule.describe(self.reject_score),
-            "tiles": a.tiles,
-            "timings_ms": timer.ms,
-        }
+        result = FrameResult(
+            model=ModelRef(name=m.model.name, version=m.model.version),
+            image=ImageSize(width=w, height=h),
+            bed=BedUsed(
+                strategy=bed.strategy,
+                polygon=[(round(float(x), 1), round(float(y), 1)) for x, y in bed.polygon],
+            ),
+            verdict=self.verdict(findings),
+            scores={k: round(v, 4) for k, v in findings.frame_scores.items()},
+            instances=[i.result() for i in findings.instances],
+            thresholds=Thresholds(**self.rule.describe(self.reject_score)),
+            tiles=a.tiles,
+            timings_ms=timer.ms,
+        )
         return Processed(result, files)
 
     def _overlay_jpg(self, frame: npt.NDArray[np.uint8], findings: Findings, bed: Bed) -> bytes:

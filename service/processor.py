@@ -22,7 +22,7 @@ import numpy as np
 from common.bundle import BundleError, load_bundle
 from service.batcher import Batcher, BatchRecord
 from service.engine import open_engine
-from service.errors import APIError
+from service.errors import BadImage
 from service.metrics import LiveCollector, Metrics, gpu_memory
 from service.pipeline import Pipeline
 from service.settings import Settings
@@ -118,7 +118,7 @@ class Processor:
             raise FrameFailed("internal_error: the stored upload is missing") from None
         try:
             processed = await self.pipeline.process(data, record.camera_id)
-        except APIError as err:  # the bytes passed the header check but not decoding
+        except BadImage as err:  # the bytes passed the header check but not decoding
             if await asyncio.to_thread(store.fail, frame_id, f"{err.code}: {err.message}"):
                 self.count_failed(record.camera_id)
             return "failed"
@@ -128,10 +128,10 @@ class Processor:
         ended = await asyncio.to_thread(store.complete, frame_id, processed.result, processed.files)
         if not ended:  # another worker finished it first; its result stands
             return "skipped"
-        for stage, ms in processed.result["timings_ms"].items():
+        for stage, ms in processed.result.timings_ms.items():
             self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
-        for inst in processed.result["instances"]:
-            self.metrics.detections.labels(inst["class"]).inc()
+        for inst in processed.result.instances:
+            self.metrics.detections.labels(inst.class_name).inc()
         self.metrics.frames.labels("done", record.camera_id).inc()
         return "done"
 

@@ -15,11 +15,13 @@ import csv
 import io
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.classes import ANOMALY_CLASSES
+from service.result import Verdict, gravest
 from service.store import FrameRecord
 
-ANOMALY_CLASSES = ("motor", "cable", "spray_can")
 EVIDENCE_FRAMES = 5
 
 
@@ -29,74 +31,103 @@ def frame_links(frame_id: str) -> dict[str, str]:
     return {"self": base, "mask": f"{base}/mask.png", "overlay": f"{base}/overlay.jpg"}
 
 
+class ClassFigures(BaseModel):
+    """One anomaly class over a truck's frames."""
+
+    highest_score: float | None = None
+    frames: int = Field(0, description="frames it was seen in")
+    instances: int = Field(0, description="distinct instances (the most in any one frame)")
+    area_px: int = Field(0, description="the largest total area in one frame")
+
+
+class Evidence(BaseModel):
+    """A frame with instances: its strongest one and where to see it."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    frame_id: str
+    score: float
+    class_name: str = Field(alias="class")
+    overlay: str
+
+
+class TruckSummary(BaseModel):
+    """A truck's verdict and figures (the truck listing's row)."""
+
+    truck_id: str
+    verdict: Verdict
+    frames: int = Field(description="frames processed")
+    frames_failed: int
+    frames_pending: int = Field(description="frames queued or processing")
+    first_seen: str | None
+    last_seen: str | None
+    classes: dict[str, ClassFigures]
+
+
+class TruckReport(TruckSummary):
+    """Every frame of a truck aggregated, with the evidence frames, strongest first."""
+
+    evidence: list[Evidence]
+
+
+class TruckList(BaseModel):
+    """Trucks seen in a time range, most recent first."""
+
+    trucks: list[TruckSummary]
+
+
 def _seen(record: FrameRecord) -> str:
     if record.captured_at:
         return record.captured_at
     return datetime.fromtimestamp(record.received_at, UTC).isoformat()
 
 
-VERDICTS = ("clean", "inspect", "reject")
-"""Frame and truck verdicts, mildest first."""
-
-
-def truck_report(truck_id: str, frames: Iterable[FrameRecord]) -> dict[str, Any]:
+def truck_report(truck_id: str, frames: Iterable[FrameRecord]) -> TruckReport:
     """The report of one truck from its frames (any status; only done frames count).
 
     The truck's verdict is the gravest of its frames' verdicts: each frame's was given by
     the thresholds of the model that made it (its result says which).
     """
     frames = list(frames)
-    done = [f for f in frames if f.status == "done" and f.result is not None]
-    classes: dict[str, dict[str, Any]] = {
-        c: {"highest_score": None, "frames": 0, "instances": 0, "area_px": 0}
-        for c in ANOMALY_CLASSES
-    }
+    done = [(f.frame_id, f.result) for f in frames if f.status == "done" and f.result is not None]
+    classes = {c: ClassFigures() for c in ANOMALY_CLASSES}
     evidence = []
-    for f in done:
-        assert f.result is not None
-        instances = f.result.get("instances", [])
+    for frame_id, result in done:
         for c, agg in classes.items():
-            mine = [i for i in instances if i["class"] == c]
+            mine = [i for i in result.instances if i.class_name == c]
             if not mine:
                 continue
-            agg["frames"] += 1
-            agg["instances"] = max(agg["instances"], len(mine))
-            agg["area_px"] = max(agg["area_px"], sum(i["area"] for i in mine))
-            best = max(i["score"] for i in mine)
-            agg["highest_score"] = (
-                best if agg["highest_score"] is None else max(agg["highest_score"], best)
-            )
-        if instances:
-            top = max(instances, key=lambda i: i["score"])
+            agg.frames += 1
+            agg.instances = max(agg.instances, len(mine))
+            agg.area_px = max(agg.area_px, sum(i.area for i in mine))
+            best = max(i.score for i in mine)
+            agg.highest_score = best if agg.highest_score is None else max(agg.highest_score, best)
+        if result.instances:
+            top = max(result.instances, key=lambda i: i.score)
             evidence.append(
-                {
-                    "frame_id": f.frame_id,
-                    "score": top["score"],
-                    "class": top["class"],
-                    "overlay": frame_links(f.frame_id)["overlay"],
-                }
+                Evidence(
+                    frame_id=frame_id,
+                    score=top.score,
+                    class_name=top.class_name,
+                    overlay=frame_links(frame_id)["overlay"],
+                )
             )
-    evidence.sort(key=lambda e: e["score"], reverse=True)
-    verdict = max(
-        (f.result.get("verdict", "clean") for f in done if f.result is not None),
-        key=VERDICTS.index,
-        default="clean",
-    )
+    evidence.sort(key=lambda e: e.score, reverse=True)
     seen = sorted(_seen(f) for f in frames)
-    return {
-        "truck_id": truck_id,
-        "verdict": verdict,
-        "frames": len(done),
-        "frames_failed": sum(f.status == "failed" for f in frames),
-        "frames_pending": sum(f.status in ("queued", "processing") for f in frames),
-        "first_seen": seen[0] if seen else None,
-        "last_seen": seen[-1] if seen else None,
-        "classes": classes,
-        "evidence": evidence[:EVIDENCE_FRAMES],
-    }
+    return TruckReport(
+        truck_id=truck_id,
+        verdict=gravest(r.verdict for _, r in done),
+        frames=len(done),
+        frames_failed=sum(f.status == "failed" for f in frames),
+        frames_pending=sum(f.status in ("queued", "processing") for f in frames),
+        first_seen=seen[0] if seen else None,
+        last_seen=seen[-1] if seen else None,
+        classes=classes,
+        evidence=evidence[:EVIDENCE_FRAMES],
+    )
 
 
-def report_csv(report: dict[str, Any]) -> str:
+def report_csv(report: TruckReport) -> str:
     """One row per class, the truck's facts repeated (pastes into a spreadsheet as is)."""
     out = io.StringIO()
     w = csv.writer(out)
@@ -114,25 +145,25 @@ def report_csv(report: dict[str, Any]) -> str:
             "area_px",
         ]
     )
-    for c, agg in report["classes"].items():
+    for c, agg in report.classes.items():
         w.writerow(
             [
-                report["truck_id"],
-                report["verdict"],
-                report["frames"],
-                report["first_seen"],
-                report["last_seen"],
+                report.truck_id,
+                report.verdict,
+                report.frames,
+                report.first_seen,
+                report.last_seen,
                 c,
-                "" if agg["highest_score"] is None else agg["highest_score"],
-                agg["frames"],
-                agg["instances"],
-                agg["area_px"],
+                "" if agg.highest_score is None else agg.highest_score,
+                agg.frames,
+                agg.instances,
+                agg.area_px,
             ]
         )
     return out.getvalue()
 
 
-def trucks_csv(reports: list[dict[str, Any]]) -> str:
+def trucks_csv(reports: Iterable[TruckSummary]) -> str:
     """One row per truck: verdict, frames, first and last seen, strongest class and score."""
     out = io.StringIO()
     w = csv.writer(out)
@@ -140,13 +171,7 @@ def trucks_csv(reports: list[dict[str, Any]]) -> str:
         ["truck_id", "verdict", "frames", "first_seen", "last_seen", "top_class", "top_score"]
     )
     for r in reports:
-        scored = [
-            (a["highest_score"], c)
-            for c, a in r["classes"].items()
-            if a["highest_score"] is not None
-        ]
+        scored = [(a.highest_score, c) for c, a in r.classes.items() if a.highest_score is not None]
         score, cls = max(scored) if scored else ("", "")
-        w.writerow(
-            [r["truck_id"], r["verdict"], r["frames"], r["first_seen"], r["last_seen"], cls, score]
-        )
+        w.writerow([r.truck_id, r.verdict, r.frames, r.first_seen, r.last_seen, cls, score])
     return out.getvalue()

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from common.imaging import polygon_mask
 from common.tiling import Box, Tile, polygon_box
+from service import result
 from service.settings import CameraBed
 
 # --- bed crop ------------------------------------------------------------------------------
@@ -228,16 +229,16 @@ class Instance:
     area: int
     polygon: list[tuple[float, float]]
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return {
-            "class": self.class_name,
-            "score": round(self.score, 4),
-            "class_scores": {k: round(v, 4) for k, v in self.class_scores.items()},
-            "bbox": list(self.bbox),
-            "area": self.area,
-            "polygon": [[round(x, 1), round(y, 1)] for x, y in self.polygon],
-        }
+    def result(self) -> result.Instance:
+        """As a frame's result states it (scores to 4 places, outline to 0.1 px)."""
+        return result.Instance(
+            class_name=self.class_name,
+            score=round(self.score, 4),
+            class_scores={k: round(v, 4) for k, v in self.class_scores.items()},
+            bbox=self.bbox,
+            area=self.area,
+            polygon=[(round(x, 1), round(y, 1)) for x, y in self.polygon],
+        )
 
 
 @dataclass(slots=True)

@@ -17,7 +17,6 @@ lost). RedisStore (store_redis.py) implements the same methods for the scaled-ou
 
 from __future__ import annotations
 
-import json
 import shutil
 import sqlite3
 import threading
@@ -25,6 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
+
+from service.errors import Conflict
+from service.result import FrameResult, Summary, load_result
 
 Status = Literal["queued", "processing", "done", "failed"]
 
@@ -56,21 +58,6 @@ _COLUMNS = (
 )
 
 
-def report_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What a truck report needs of a frame's result once its files are gone.
-
-    The verdict, the scores and each instance's class, score and area (no polygons).
-    """
-    if result is None:
-        return None
-    keep = ("class", "score", "area")
-    return {
-        "verdict": result.get("verdict"),
-        "scores": result.get("scores"),
-        "instances": [{k: i[k] for k in keep} for i in result.get("instances", [])],
-    }
-
-
 class FeedPage(NamedTuple):
     """Ended frames after a cursor, each with its own cursor, and where the next page starts.
 
@@ -82,8 +69,12 @@ class FeedPage(NamedTuple):
     next: str
 
 
-class IdempotencyConflict(Exception):
+class IdempotencyConflict(Conflict):
     """The key was used before with other bytes."""
+
+    def __init__(self, key: str | None) -> None:
+        super().__init__("idempotency_conflict", "this Idempotency-Key was used with other bytes")
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +88,8 @@ class FrameRecord:
     received_at: float
     status: Status
     error: str | None
-    result: dict[str, Any] | None
+    result: FrameResult | Summary | None
+    """The full result of a done frame; only its Summary once result_ttl has passed."""
     completed_at: float | None
 
 
@@ -130,7 +122,7 @@ class Store(Protocol):
         """Mark a frame as being processed."""
         ...
 
-    def complete(self, frame_id: str, result: dict[str, Any], files: dict[str, bytes]) -> bool:
+    def complete(self, frame_id: str, result: FrameResult, files: dict[str, bytes]) -> bool:
         """Store the result and files; the frame is done. False if it had ended already."""
         ...
 
@@ -311,7 +303,7 @@ class SQLiteStore:
         """Mark a frame as being processed."""
         self._set(frame_id, "processing")
 
-    def complete(self, frame_id: str, result: dict[str, Any], files: dict[str, bytes]) -> bool:
+    def complete(self, frame_id: str, result: FrameResult, files: dict[str, bytes]) -> bool:
         """Store the result and its files (mask.png, overlay.jpg) and mark the frame done.
 
         A frame that has ended already keeps its first result and files (returns False).
@@ -322,7 +314,7 @@ class SQLiteStore:
         folder = self.folder(frame_id)
         for name, data in files.items():
             _write_atomic(folder / name, data)
-        return self._set(frame_id, "done", result=json.dumps(result))
+        return self._set(frame_id, "done", result=result.model_dump_json())
 
     def fail(self, frame_id: str, reason: str) -> bool:
         """Mark a frame failed with the reason; False if it had ended already."""
@@ -365,11 +357,11 @@ class SQLiteStore:
             ).fetchall()
         for frame_id, result in stale:
             shutil.rmtree(self.folder(frame_id), ignore_errors=True)
-            small = report_result(json.loads(result)) if result else None
+            small = load_result(result).summary() if result else None
             with self._lock, self._db:
                 self._db.execute(
                     "UPDATE frames SET image_name = '', result = ? WHERE frame_id = ?",
-                    (json.dumps(small) if small is not None else None, frame_id),
+                    (small.model_dump_json() if small is not None else None, frame_id),
                 )
         with self._lock, self._db:
             old = [
@@ -410,7 +402,7 @@ def _record(row: tuple[Any, ...]) -> FrameRecord:
         received_at=row[4],
         status=row[5],
         error=row[6],
-        result=json.loads(row[7]) if row[7] else None,
+        result=load_result(row[7]) if row[7] else None,
         completed_at=row[8],
     )
 

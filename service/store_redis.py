@@ -38,7 +38,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from service.store import FeedPage, FrameRecord, IdempotencyConflict, report_result
+from service.result import FrameResult, Summary, load_result
+from service.store import FeedPage, FrameRecord, IdempotencyConflict
 
 P = "scrapscan:"
 FRAMES = f"{P}frames"
@@ -191,9 +192,9 @@ class RedisStore:
         if self.r.hget(key, "status") in (b"queued", b"processing"):
             self.r.hset(key, "status", "processing")
 
-    def complete(self, frame_id: str, result: dict[str, Any], files: dict[str, bytes]) -> bool:
+    def complete(self, frame_id: str, result: FrameResult, files: dict[str, bytes]) -> bool:
         """Store the result and files and end the frame; False if it had ended already."""
-        return self._finish(frame_id, "done", json.dumps(result), "", files)
+        return self._finish(frame_id, "done", result.model_dump_json(), "", files)
 
     def fail(self, frame_id: str, reason: str) -> bool:
         """End a frame as failed with the reason; False if it had ended already."""
@@ -294,7 +295,10 @@ class RedisStore:
                 full, summary = next(replies), next(replies)
                 record = _record(i, full)
                 if record is None and summary is not None:  # the result has expired
-                    record = FrameRecord(frame_id=i, **json.loads(summary))
+                    kept = json.loads(summary)
+                    if kept["result"] is not None:
+                        kept["result"] = Summary.model_validate(kept["result"])
+                    record = FrameRecord(frame_id=i, **kept)
                 if record is not None:
                     out[t].append(record)
         return out
@@ -407,7 +411,7 @@ def _report_summary(record: FrameRecord, status: str, now: float, result: str, e
             "received_at": record.received_at,
             "status": status,
             "error": error or None,
-            "result": report_result(json.loads(result) if result else None),
+            "result": load_result(result).summary().model_dump() if result else None,
             "completed_at": now,
         }
     )
@@ -435,6 +439,6 @@ def _record(frame_id: str, h: dict[bytes, bytes]) -> FrameRecord | None:
         received_at=float(text("received_at") or 0),
         status=text("status"),  # type: ignore[arg-type]
         error=text("error"),
-        result=json.loads(result) if result else None,
+        result=load_result(result) if result else None,
         completed_at=float(completed) if completed else None,
     )

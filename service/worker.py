@@ -41,10 +41,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from service.cli import add_log_arguments
-from service.errors import APIError
+from service.errors import Unavailable
 from service.logs import RequestId, configure_logging
 from service.metrics import HTTPMetrics, LiveCollector, Metrics, queue_gauges
 from service.processor import FrameFailed, Processor
+from service.routes.errors import error_response
 from service.settings import Settings
 from service.store_redis import RedisStore
 
@@ -245,15 +246,14 @@ def create_worker_app(settings: Settings, name: str) -> FastAPI:
         """
         w = worker_of(app)
         if w.failure is not None:
-            err = APIError(503, "engine_failed", w.failure)
-            return JSONResponse(err.body(), err.status)
+            return error_response(Unavailable("engine_failed", w.failure))
         if stuck := w.stuck():
-            err = APIError(
-                503,
-                "stuck",
-                f"{len(stuck)} frames in hand for more than {settings.queue.max_frame_s} s",
+            return error_response(
+                Unavailable(
+                    "stuck",
+                    f"{len(stuck)} frames in hand for more than {settings.queue.max_frame_s} s",
+                )
             )
-            return JSONResponse(err.body(), err.status)
         return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
@@ -261,8 +261,9 @@ def create_worker_app(settings: Settings, name: str) -> FastAPI:
         """The engine is loaded and warmed: 503 not_ready while it loads."""
         worker = worker_of(app)
         if not worker.ready:
-            err = APIError(503, "not_ready", worker.failure or "the model is loading")
-            return JSONResponse(err.body(), err.status)
+            return error_response(
+                Unavailable("not_ready", worker.failure or "the model is loading")
+            )
         return JSONResponse({"status": "ready", "consumer": name})
 
     @app.get("/metrics")

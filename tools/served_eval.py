@@ -46,8 +46,8 @@ from pycocotools.cocoeval import COCOeval
 
 from common.classes import CLASS_NAMES, IGNORE_INDEX
 from common.imaging import polygon_mask
-from service.pipeline import Pipeline, render_overlay, verdict
-from service.reports import VERDICTS
+from service.pipeline import Pipeline, render_overlay
+from service.result import VERDICTS, Verdict, frame_verdict
 from service.stages import Bed, Findings, Instance, InstanceRule, Merged, find_instances
 from training.data import FrameRecord
 from training.data.coco import segmentation_to_rle
@@ -362,9 +362,9 @@ def coco_ap(
 
 def frame_table(
     seen: Sequence[Seen], outcomes: Sequence[FrameOutcome], min_score: float, reject: float
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[dict[str, Any], list[Verdict]]:
     """Frame verdicts against the truth, and each frame's verdict."""
-    verdicts = [verdict(served(o, min_score), reject) for o in outcomes]
+    verdicts = [frame_verdict([i.score for i in served(o, min_score)], reject) for o in outcomes]
     table = {truth: dict.fromkeys(VERDICTS, 0) for truth in ("clean", "contaminated")}
     for s, v in zip(seen, verdicts, strict=True):
         table["contaminated" if s.truth.contaminated else "clean"][v] += 1
@@ -430,7 +430,7 @@ class Scored:
 
     report: dict[str, Any]
     outcomes: list[FrameOutcome]
-    verdicts: list[str]
+    verdicts: list[Verdict]
     curves: dict[str, Any]
 
 

@@ -12,6 +12,42 @@ from pathlib import Path
 import pytest
 
 from service.local import free_port, wait_ready
+from service.result import FrameResult, Instance, Summary
+
+THRESHOLDS = {
+    "pixel": 0.5,
+    "classes": None,
+    "min_area_px": 64,
+    "max_bed_fraction": 0.5,
+    "min_score": None,
+    "reject_score": 0.8,
+}
+
+
+def frame_result(instances: list[dict], verdict: str = "inspect") -> FrameResult:
+    """A result as the pipeline makes it, holding these instances (class, score, area)."""
+    return FrameResult(
+        model={"name": "test", "version": "0"},
+        image={"width": 64, "height": 48},
+        bed={"strategy": "full", "polygon": [(0, 0), (64, 0), (64, 48), (0, 48)]},
+        verdict=verdict,
+        scores={"anomaly": max((i["score"] for i in instances), default=0.0)},
+        instances=[
+            Instance(
+                class_scores={i["class"]: 1.0}, bbox=(0, 0, 8, 8), polygon=[(0, 0), (8, 8)], **i
+            )
+            for i in instances
+        ],
+        thresholds=THRESHOLDS,
+        tiles=1,
+        timings_ms={"decode": 1.0},
+    )
+
+
+def summary(instances: list[dict], verdict: str) -> Summary:
+    """What a truck report reads of a frame."""
+    return Summary(verdict=verdict, scores={}, instances=instances)
+
 
 REPO = Path(__file__).resolve().parents[2]
 

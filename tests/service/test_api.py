@@ -1,4 +1,5 @@
 import io
+import time
 from pathlib import Path
 
 import cv2
@@ -104,7 +105,6 @@ def test_without_wait_the_answer_is_202_and_the_frame_finishes(server, frame):
         if status == "done":
             break
         assert status in {"queued", "processing"}
-        import time
 
         time.sleep(0.1)
     assert status == "done"
@@ -287,6 +287,33 @@ def test_results_and_queued_frames_survive_a_restart(server, frame):
     assert httpx.get(f"{server.url}{done['links']['overlay']}").status_code == 200
 
 
+def test_a_frame_still_queued_at_a_restart_is_processed_after_it(server, frame):
+    """What the service had accepted and not finished when it stopped is queued again."""
+    import hashlib
+
+    from service.store import SQLiteStore
+
+    server.stop()
+    data = jpeg(frame.image)
+    store = SQLiteStore(server.data_dir)  # accepted, never picked up: the process died
+    frame_id, _ = store.add(
+        "7" * 32, "crane-1", None, None, data, ".jpg", hashlib.sha256(data).hexdigest()
+    )
+    store.close()
+    server.start()
+    deadline = time.monotonic() + 60
+    while (status := httpx.get(f"{server.url}/v1/frames/{frame_id}").json())["status"] != "done":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["result"]["verdict"] in {"clean", "inspect", "reject"}
+
+
+def test_a_method_a_route_lacks_is_a_405_that_says_which_it_has(server):
+    r = httpx.delete(f"{server.url}/v1/frames")
+    assert_error(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "POST"
+
+
 def fill(polygon, shape):
     """Polygon (COCO convention) to a pixel mask."""
     return polygon_mask(polygon, *shape).astype(np.uint8)
@@ -358,7 +385,6 @@ def test_the_feed_pages_every_frame_exactly_once_while_frames_arrive(server):
 
 
 def test_an_empty_long_poll_waits_and_keeps_the_cursor(server):
-    import time
 
     last = httpx.get(f"{server.url}/v1/results", params={"limit": 1000}).json()["next"]
     t0 = time.monotonic()
@@ -386,6 +412,24 @@ def test_the_feed_as_server_sent_events(server):
                 break
     assert lines[0].startswith("id: ") and lines[1] == "event: result"
     assert frame_id in lines[2]
+    # a client that reconnects with Last-Event-ID gets what came after that event only
+    second = post(server, small_png(8), name="g.png", ctype="image/png", wait=True).json()
+    with httpx.stream(
+        "GET",
+        f"{server.url}/v1/results/stream",
+        headers={"Last-Event-ID": lines[0].removeprefix("id: ")},
+        timeout=30,
+    ) as r:
+        data = next(line for line in r.iter_lines() if line.startswith("data: "))
+    assert second["frame_id"] in data and frame_id not in data
+
+
+@pytest.mark.parametrize(
+    ("params", "headers"), [({"after": "null"}, {}), ({}, {"Last-Event-ID": "x-1"})]
+)
+def test_a_bad_stream_cursor_is_a_400_before_the_stream_starts(server, params, headers):
+    r = httpx.get(f"{server.url}/v1/results/stream", params=params, headers=headers, timeout=10)
+    assert_error(r, 400, "invalid_cursor")
 
 
 def test_truck_report_and_listing_through_http(server, frame):

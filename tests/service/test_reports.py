@@ -1,8 +1,11 @@
 import csv
 import io
 
-from service.reports import report_csv, truck_report, trucks_csv
+from service import reports
+from service.reports import report_csv, trucks_csv
 from service.store import FrameRecord
+
+from .conftest import summary
 
 
 def frame(fid, instances, status="done", t=0.0, captured=None, verdict=None):
@@ -17,9 +20,14 @@ def frame(fid, instances, status="done", t=0.0, captured=None, verdict=None):
         1795400000.0 + t,
         status,
         None,
-        {"instances": instances, "verdict": verdict} if status == "done" else None,
+        summary(instances, verdict) if status == "done" else None,
         None,
     )
+
+
+def truck_report(truck_id, frames):
+    """The report as its JSON has it."""
+    return reports.truck_report(truck_id, frames).model_dump(mode="json")
 
 
 def inst(cls, score, area):
@@ -63,10 +71,22 @@ def test_a_truck_takes_the_gravest_verdict_of_its_frames():
 
 
 def test_csv_has_a_row_per_class_and_per_truck():
-    r = truck_report(
+    r = reports.truck_report(
         "T1", [frame("a", [inst("motor", 0.6, 1000)], captured="2026-11-24T06:00:00Z")]
     )
     rows = list(csv.DictReader(io.StringIO(report_csv(r))))
+    assert list(rows[0]) == [
+        "truck_id",
+        "verdict",
+        "frames",
+        "first_seen",
+        "last_seen",
+        "class",
+        "highest_score",
+        "frames_with_class",
+        "instances",
+        "area_px",
+    ]
     assert [row["class"] for row in rows] == ["motor", "cable", "spray_can"]
     assert rows[0]["highest_score"] == "0.6" and rows[1]["highest_score"] == ""
     listing = list(csv.DictReader(io.StringIO(trucks_csv([r]))))
@@ -81,3 +101,13 @@ def test_csv_has_a_row_per_class_and_per_truck():
             "top_score": "0.6",
         }
     ]
+
+
+def test_a_frame_is_rejected_from_the_reject_score_on():
+    from service.result import frame_verdict, gravest
+
+    assert frame_verdict([], 0.8) == "clean"
+    assert frame_verdict([0.3, 0.7999], 0.8) == "inspect"
+    assert frame_verdict([0.3, 0.8], 0.8) == "reject"
+    assert gravest([]) == "clean" and gravest(["inspect", "clean"]) == "inspect"
+    assert gravest(["clean", "reject", "inspect"]) == "reject"

@@ -9,6 +9,8 @@ from service.reports import truck_report
 from service.store import IdempotencyConflict, SQLiteStore
 from service.store_redis import RedisStore
 
+from .conftest import frame_result
+
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path):
@@ -30,7 +32,7 @@ def add(store, frame_id, data=b"jpeg-bytes", camera="cam", truck=None, key=None)
 def done(store, frame_id, score=0.5, cls="motor"):
     store.set_processing(frame_id)
     inst = {"class": cls, "score": score, "area": 100}
-    store.complete(frame_id, {"verdict": "inspect", "instances": [inst]}, {"mask.png": b"png"})
+    store.complete(frame_id, frame_result([inst]), {"mask.png": b"png"})
 
 
 def test_a_frame_goes_from_queued_to_done(store):
@@ -43,7 +45,7 @@ def test_a_frame_goes_from_queued_to_done(store):
     assert store.get("f" * 32).status == "processing"
     done(store, "f" * 32)
     r = store.get("f" * 32)
-    assert r.status == "done" and r.result["verdict"] == "inspect" and r.completed_at
+    assert r.status == "done" and r.result.verdict == "inspect" and r.completed_at
     assert store.file_bytes("f" * 32, "mask.png") == b"png"
     assert store.file_bytes("f" * 32, "overlay.jpg") is None
     assert store.unfinished() == [] and store.get("0" * 32) is None
@@ -70,7 +72,7 @@ def test_a_frame_ended_twice_is_stored_and_fed_once(store):
     done(store, "b" * 32, score=0.9)  # a second worker after a takeover
     store.fail("b" * 32, "late failure")
     r = store.get("b" * 32)
-    assert r.status == "done" and r.result["instances"][0]["score"] == 0.4
+    assert r.status == "done" and r.result.instances[0].score == 0.4
     assert [f.frame_id for _, f in store.feed("", 100).items] == ["b" * 32]
 
 
@@ -138,8 +140,8 @@ def test_redis_results_expire_and_reports_outlive_them(redis_url):
     assert s.get("9" * 32) is None  # the result has expired; the report has not
     (kept,) = s.truck("T-9")
     assert kept.frame_id == "9" * 32 and kept.status == "done"
-    assert kept.result["instances"][0].keys() == {"class", "score", "area"}
-    assert truck_report("T-9", s.truck("T-9"))["frames"] == 1
+    assert kept.result.model_dump()["instances"][0].keys() == {"class", "score", "area"}
+    assert truck_report("T-9", s.truck("T-9")).frames == 1
     add(s, "8" * 32)
     done(s, "8" * 32)  # the feed drops entries older than the retention as it grows
     assert [f[b"frame_id"] for _, f in s.r.xrange("scrapscan:results")] == [b"8" * 32]
@@ -164,12 +166,12 @@ def test_sqlite_retention_keeps_reports_longer_than_files(tmp_path):
     assert s.purge(60, 600, now=ended + 61) == 1
     assert not folder.exists() and s.file_bytes("5" * 32, "mask.png") is None
     kept = s.get("5" * 32)
-    assert kept.status == "done" and kept.result["instances"][0].keys() == {
+    assert kept.status == "done" and kept.result.model_dump()["instances"][0].keys() == {
         "class",
         "score",
         "area",
     }
-    assert truck_report("T-5", s.truck("T-5"))["frames"] == 1
+    assert truck_report("T-5", s.truck("T-5")).frames == 1
     assert s.purge(60, 600, now=ended + 61) == 0  # done once
     assert s.purge(60, 600, now=ended + 601) == 1
     assert s.get("5" * 32) is None and s.feed("", 10).items == []

@@ -168,8 +168,8 @@ def test_the_cli_runs_the_service_pipeline_and_calibrates(synth_dir, tmp_path, c
     assert main(["--bundle", str(DEMO), "--data", str(synth_dir), "--out", str(plain)]) == 0
     rows = json.loads((plain / "report.json").read_text())["per_frame"]
     for row, result in zip(rows, asyncio.run(served()), strict=False):
-        assert row["verdict"] == result["verdict"]
-        assert row["served_instances"] == len(result["instances"])
+        assert row["verdict"] == result.verdict
+        assert row["served_instances"] == len(result.instances)
 
 
 def test_bad_inputs_are_named_and_nothing_is_written(synth_dir, tmp_path, capsys):

@@ -1,0 +1,123 @@
+"""A frame's result, typed: what the pipeline makes, the stores keep and the API answers.
+
+`FrameResult` is the whole answer for one frame. `Summary` is the part a truck report
+needs (verdict, scores, each instance's class, score and area); a store keeps only that
+once a frame's retention for results has passed. The verdict rules of a frame and of a
+truck are here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Verdict = Literal["clean", "inspect", "reject"]
+VERDICTS: tuple[Verdict, ...] = ("clean", "inspect", "reject")
+"""Frame and truck verdicts, mildest first."""
+
+
+def frame_verdict(scores: Sequence[float], reject_score: float) -> Verdict:
+    """Clean (no instance), reject (an instance at or over `reject_score`), else inspect."""
+    if not scores:
+        return "clean"
+    return "reject" if max(scores) >= reject_score else "inspect"
+
+
+def gravest(verdicts: Iterable[Verdict]) -> Verdict:
+    """The gravest verdict of several (a truck's from its frames'); clean when there is none."""
+    return max(verdicts, key=VERDICTS.index, default="clean")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        populate_by_name=True, serialize_by_alias=True, extra="forbid", frozen=True
+    )
+
+
+class InstanceSummary(_Model):
+    """An instance as a truck report counts it."""
+
+    class_name: str = Field(alias="class", examples=["motor"])
+    score: float = Field(description="the instance's anomaly score, 0 to 1")
+    area: int = Field(description="pixels of the full frame")
+
+
+class Instance(InstanceSummary):
+    """One contaminant found in a frame."""
+
+    class_scores: dict[str, float] = Field(description="mean probability of each class")
+    bbox: tuple[int, int, int, int] = Field(description="x, y, width, height in frame pixels")
+    polygon: list[tuple[float, float]] = Field(description="its outline in frame pixels")
+
+
+class ModelRef(_Model):
+    """The model that made a result."""
+
+    name: str
+    version: str
+
+
+class ImageSize(_Model):
+    """The frame's size in pixels, upright."""
+
+    width: int
+    height: int
+
+
+class BedUsed(_Model):
+    """The truck bed the frame was cropped to."""
+
+    strategy: str = Field(examples=["learned"], description="how the bed was found")
+    polygon: list[tuple[float, float]]
+
+
+class Thresholds(_Model):
+    """The thresholds that turned the model's maps into instances and the verdict."""
+
+    pixel: float
+    classes: list[float] | None = Field(description="per anomaly class, in the bundle's order")
+    min_area_px: int
+    max_bed_fraction: float
+    min_score: float | None
+    reject_score: float
+
+
+class Summary(_Model):
+    """What a truck report needs of a frame."""
+
+    verdict: Verdict
+    scores: dict[str, float] = Field(description="the frame's highest score per anomaly class")
+    instances: Sequence[InstanceSummary]
+
+    def summary(self) -> Summary:
+        """What is kept for truck reports once the full result has expired."""
+        return Summary(
+            verdict=self.verdict,
+            scores=self.scores,
+            instances=[
+                InstanceSummary(class_name=i.class_name, score=i.score, area=i.area)
+                for i in self.instances
+            ],
+        )
+
+
+class FrameResult(Summary):
+    """A processed frame: the model, the bed, the verdict, instances, scores and timings."""
+
+    model: ModelRef
+    image: ImageSize
+    bed: BedUsed
+    instances: Sequence[Instance]
+    thresholds: Thresholds
+    tiles: int = Field(description="512 px tiles the bed was cut into")
+    timings_ms: dict[str, float] = Field(description="milliseconds per stage, in order")
+
+
+def load_result(text: str | bytes) -> FrameResult | Summary:
+    """A stored result (JSON): the full one, or the summary kept after retention."""
+    try:
+        return FrameResult.model_validate_json(text)
+    except ValueError:
+        return Summary.model_validate_json(text)

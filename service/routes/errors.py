@@ -1,0 +1,112 @@
+"""The one table from the service's errors to HTTP answers, and the handlers that apply it.
+
+Every 4xx and 5xx answer is JSON: {"error": {"code": "...", "message": "..."}}.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import (
+    Busy,
+    Conflict,
+    InvalidInput,
+    NotAllowed,
+    NotAuthenticated,
+    NotFound,
+    ServiceError,
+    TooLarge,
+    Unavailable,
+    UnsupportedMedia,
+)
+
+log = logging.getLogger("scrapscan.service")
+
+STATUS: dict[type[ServiceError], tuple[int, str]] = {
+    InvalidInput: (400, "bad request: a missing or invalid field, query or header, not an image"),
+    NotAuthenticated: (401, "unauthorized: no API key, or a key this service does not know"),
+    NotAllowed: (403, "forbidden: the key's role may not use this route"),
+    NotFound: (404, "no such frame or truck, or its result is not ready"),
+    Conflict: (409, "Idempotency-Key reused with other bytes"),
+    TooLarge: (413, "upload or image too large"),
+    UnsupportedMedia: (415, "not multipart/form-data"),
+    Busy: (429, "queue_full: too many frames wait; retry after Retry-After seconds"),
+    Unavailable: (503, "not_ready: the model is loading; store_unavailable: Redis is away"),
+}
+"""Each kind of error: its HTTP status and what that status means here (the OpenAPI text)."""
+
+
+class ErrorBody(BaseModel):
+    """An error's code (stable, for programs) and message (for people)."""
+
+    code: str = Field(examples=["image_too_large"])
+    message: str = Field(examples=["the image is 9000x9000 = 81000000 pixels; the limit is ..."])
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx answer."""
+
+    error: ErrorBody
+
+
+def status_of(err: ServiceError) -> int:
+    """The HTTP status of an error: its nearest class in STATUS (500 if none)."""
+    for cls in type(err).__mro__:
+        if cls in STATUS:
+            return STATUS[cls][0]
+    return 500
+
+
+def error_response(err: ServiceError, status: int | None = None) -> JSONResponse:
+    """The JSON answer for an error, with Retry-After and WWW-Authenticate where they apply."""
+    headers = {}
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(err.retry_after)
+    if isinstance(err, NotAuthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    body = {"error": {"code": err.code, "message": err.message}}
+    return JSONResponse(body, status or status_of(err), headers=headers)
+
+
+def responses(*kinds: type[ServiceError]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route that can answer with these kinds of error."""
+    return {STATUS[k][0]: {"model": ErrorResponse, "description": STATUS[k][1]} for k in kinds}
+
+
+def install(app: FastAPI, retry_after_s: int) -> None:
+    """Answer every error as the table says, the framework's own ones included."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, err: ServiceError) -> JSONResponse:
+        return error_response(err)
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def store_away(_: Request, err: redis.RedisError) -> JSONResponse:
+        log.warning("redis unreachable: %s", err)
+        away = Unavailable(
+            "store_unavailable",
+            "the frame store (Redis) cannot be reached; nothing was changed, retry later",
+            retry_after_s,
+        )
+        return error_response(away)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(err.status_code, "http_error")
+        body = {"error": {"code": code, "message": str(err.detail)}}
+        return JSONResponse(body, err.status_code, headers=err.headers)  # 405 keeps Allow
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        return error_response(InvalidInput("invalid_request", where))

@@ -1,0 +1,117 @@
+"""The results feed for dashboards: pages, long-polls and server-sent events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from service.errors import InvalidInput, NotAllowed, NotAuthenticated, Unavailable
+from service.reports import frame_links
+from service.result import Verdict
+from service.routes.deps import ServiceDep, require
+from service.routes.errors import responses
+from service.settings import ID_PATTERN
+from service.store import FeedPage
+
+router = APIRouter(tags=["results"])
+
+READ = (InvalidInput, NotAuthenticated, NotAllowed, Unavailable)
+
+
+class FeedItem(BaseModel):
+    """An ended frame in the feed."""
+
+    cursor: str = Field(description="this item's place in the feed (resume after it)")
+    frame_id: str
+    camera_id: str
+    truck_id: str | None
+    captured_at: str | None
+    status: str = Field(description="done or failed")
+    error: str | None
+    completed_at: float | None
+    verdict: Verdict | None
+    scores: dict[str, float] | None
+    instances: int = Field(description="how many instances were found")
+    links: dict[str, str]
+
+
+class Page(BaseModel):
+    """A page of the feed and the cursor of the next one."""
+
+    items: list[FeedItem]
+    next: str = Field(description="pass as `after` for the next page")
+
+
+def feed_items(page: FeedPage) -> list[FeedItem]:
+    """The page's frames as the feed shows them."""
+    return [
+        FeedItem(
+            cursor=seq,
+            frame_id=r.frame_id,
+            camera_id=r.camera_id,
+            truck_id=r.truck_id,
+            captured_at=r.captured_at,
+            status=r.status,
+            error=r.error,
+            completed_at=r.completed_at,
+            verdict=r.result.verdict if r.result else None,
+            scores=r.result.scores if r.result else None,
+            instances=len(r.result.instances) if r.result else 0,
+            links=frame_links(r.frame_id),
+        )
+        for seq, r in page.items
+    ]
+
+
+@router.get(
+    "/v1/results", response_model=Page, responses=responses(*READ), dependencies=[require("feed")]
+)
+async def results(
+    svc: ServiceDep,
+    after: str | None = Query(None, description="the `next` of the previous page"),
+    limit: int = Query(100, ge=1, le=1000),
+    camera_id: str | None = Query(None, pattern=ID_PATTERN),
+    wait: float = Query(0, ge=0, le=60, description="long-poll up to this many seconds"),
+) -> Page:
+    """Finished frames (done or failed) in completion order, for dashboards.
+
+    Page with `after=<next>`: each finished frame appears exactly once, however many
+    arrive while paging. With `wait`, an empty page waits for the next frame to finish.
+    """
+    page = await svc.feed(after or "", limit, camera_id, wait)
+    return Page(items=feed_items(page), next=page.next)
+
+
+@router.get(
+    "/v1/results/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **responses(*READ)},
+    dependencies=[require("feed")],
+)
+async def results_stream(
+    request: Request,
+    svc: ServiceDep,
+    after: str | None = Query(None, description="the cursor to start after"),
+    camera_id: str | None = Query(None, pattern=ID_PATTERN),
+    last_event_id: str | None = Header(None, description="resume after this event's id"),
+) -> StreamingResponse:
+    """The same feed as server-sent events (`id:` is the cursor; Last-Event-ID resumes)."""
+    # the first page is read before the answer starts, so a bad cursor is a 400
+    first = await svc.feed(last_event_id or after or "", 100, camera_id, 0)
+
+    async def events() -> AsyncIterator[str]:
+        page = first
+        while True:
+            items = feed_items(page)
+            if not items:
+                yield ": keep-alive\n\n"
+            for item in items:
+                yield f"id: {item.cursor}\nevent: result\ndata: {item.model_dump_json()}\n\n"
+            if await request.is_disconnected():
+                return
+            page = await svc.feed(page.next, 100, camera_id, 15)
+
+    return StreamingResponse(events(), media_type="text/event-stream")

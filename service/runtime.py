@@ -1,0 +1,197 @@
+"""What the API process holds while it runs: the store, the metrics and, embedded, the worker.
+
+Embedded (store sqlite): accepted frames go on an in-process queue that `workers` tasks
+drain through the Processor. Scaled out (store redis): the store puts each frame on the
+Redis stream that scrapscan-worker processes read; this process only follows the feed
+stream to wake long-polls and ?wait=true requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import redis
+
+from service.errors import InvalidInput, NotFound, Unavailable
+from service.metrics import LiveCollector, Metrics, queue_gauges
+from service.processor import FrameFailed, Processor
+from service.settings import Settings
+from service.store import FeedPage, FrameRecord, SQLiteStore, Store
+from service.store_redis import RedisStore
+
+log = logging.getLogger("scrapscan.service")
+
+
+class Service:
+    """The running service: store, metrics, the embedded worker or the feed follower."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.redis: RedisStore | None = None
+        self.store: Store
+        if settings.store == "redis":
+            self.redis = RedisStore(
+                settings.redis_url.get_secret_value(), settings.result_ttl_s, settings.report_ttl_s
+            )
+            self.store = self.redis
+            self.processor: Processor | None = None
+        else:
+            self.store = SQLiteStore(settings.data_dir)
+            self.processor = Processor(settings, self.store, self.metrics)
+        group = self.redis.group_info if self.redis is not None else None
+        self.metrics.watch(LiveCollector("queue", lambda: queue_gauges(self.store.backlog, group)))
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.done: dict[str, asyncio.Event] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.finished = asyncio.Condition()
+        """Notified each time a frame ends (done or failed): wakes feed long-polls."""
+
+    async def start(self) -> None:
+        """Start the worker tasks (embedded) or the feed follower (redis).
+
+        Embedded: load the engine, queue the unfinished frames, start the workers. Redis:
+        follow the feed stream (Redis may still be away; /readyz says so).
+        """
+        if self.processor is not None:
+            await self.processor.start()
+            for frame_id in self.store.unfinished():
+                self.queue.put_nowait(frame_id)
+            self.tasks = [
+                asyncio.create_task(self._work(), name=f"worker-{i}")
+                for i in range(self.settings.workers)
+            ]
+            self.tasks.append(asyncio.create_task(self._purge(), name="retention"))
+        else:
+            self.tasks = [asyncio.create_task(self._follow(), name="feed-follower")]
+
+    async def stop(self) -> None:
+        """Stop the tasks and the engine (unfinished frames stay queued in the store)."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.processor is not None:
+            await self.processor.stop()
+        self.store.close()
+
+    async def ready(self) -> None:
+        """Raise Unavailable unless frames can be taken and processed."""
+        if self.processor is not None and not self.processor.ready:
+            raise Unavailable("not_ready", "the model is loading")
+        if self.redis is not None:
+            await asyncio.to_thread(self.redis.ping)  # store_unavailable when away
+
+    def accept(self, frame_id: str, camera_id: str, wait: bool) -> None:
+        """A frame was stored: queue it (embedded) and note who waits for it."""
+        self.metrics.frames.labels("accepted", camera_id).inc()
+        if wait:
+            self.done[frame_id] = asyncio.Event()
+        if self.processor is not None:
+            self.queue.put_nowait(frame_id)
+
+    async def record(self, frame_id: str) -> FrameRecord:
+        """The stored frame; NotFound when there is none."""
+        record = await asyncio.to_thread(self.store.get, frame_id)
+        if record is None:
+            raise NotFound("frame_not_found", f"no frame {frame_id}")
+        return record
+
+    async def wait_for(self, frame_id: str) -> FrameRecord | None:
+        """The frame once it has ended, or None after settings.wait_timeout_s.
+
+        Woken by the frame's event; looks at the store every second as well, so a frame
+        that ended before the event was set (or on another API process) is not missed.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.wait_timeout_s
+        event = self.done.get(frame_id)
+        while True:
+            record = await self.record(frame_id)
+            remaining = deadline - loop.time()
+            if record.status in ("done", "failed"):
+                return record
+            if remaining <= 0:
+                return None
+            if event is None:
+                await asyncio.sleep(min(1.0, remaining))
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(1.0, remaining))
+
+    async def feed(self, after: str, limit: int, camera_id: str | None, wait: float) -> FeedPage:
+        """Up to `limit` ended frames after `after`; waits up to `wait` s for the first one.
+
+        InvalidInput for a cursor the store did not give out.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            async with self.finished:
+                try:
+                    page = await asyncio.to_thread(self.store.feed, after, limit, camera_id)
+                except ValueError:
+                    raise InvalidInput(
+                        "invalid_cursor", "a cursor is the `next` value of an earlier page"
+                    ) from None
+                after = page.next  # frames of other cameras looked at are not looked at again
+                remaining = deadline - loop.time()
+                if page.items or remaining <= 0:
+                    return page
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.finished.wait(), remaining)
+
+    async def ended(self, frame_ids: list[str]) -> None:
+        """Wake the feed's long-polls and the requests waiting for these frames."""
+        async with self.finished:
+            self.finished.notify_all()
+        for frame_id in frame_ids:
+            event = self.done.pop(frame_id, None)
+            if event is not None:
+                event.set()
+
+    async def _work(self) -> None:
+        assert self.processor is not None
+        while True:
+            frame_id = await self.queue.get()
+            try:
+                await self.processor.run(frame_id)
+            except FrameFailed as err:  # embedded: one attempt, the frame fails
+                await self.processor.fail(frame_id, str(err))
+            except Exception:
+                log.exception("frame %s: the store failed", frame_id)
+            finally:
+                self.queue.task_done()
+                await self.ended([frame_id])
+
+    async def _purge(self) -> None:
+        """Embedded: apply the retention at start and then every hour (Redis expires keys)."""
+        assert isinstance(self.store, SQLiteStore)
+        s = self.settings
+        while True:
+            try:
+                n = await asyncio.to_thread(self.store.purge, s.result_ttl_s, s.report_ttl_s)
+                if n:
+                    log.info("retention: %d frames purged", n)
+            except Exception:
+                log.exception("retention failed; trying again in an hour")
+            await asyncio.sleep(min(3600, s.result_ttl_s / 4))
+
+    async def _follow(self) -> None:
+        """Redis mode: read the feed stream as workers end frames."""
+        assert self.redis is not None
+        last: str | None = None
+        while True:
+            try:
+                if last is None:
+                    last = await asyncio.to_thread(self.redis.results_tail)
+                last, frame_ids = await asyncio.to_thread(
+                    self.redis.follow, last, self.settings.queue.block_ms
+                )
+            except redis.RedisError as err:
+                log.warning("feed follower: %s; retrying in 1 s", err)
+                await asyncio.sleep(1)
+                continue
+            if frame_ids:
+                await self.ended(frame_ids)
