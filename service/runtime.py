@@ -1,9 +1,9 @@
-"""What the API process holds while it runs: the store, the metrics and, embedded, the worker.
+"""What the API process holds while it runs: the store, the metrics and, embedded, the runner.
 
-Embedded (store sqlite): accepted frames go on an in-process queue that `workers` tasks
-drain through the Processor. Scaled out (store redis): the store puts each frame on the
-Redis stream that scrapscan-worker processes read; this process only follows the feed
-stream to wake long-polls and ?wait=true requests.
+Embedded (store sqlite): accepted frames go on an in-process queue that a FrameRunner
+(service/runner.py) drains through the pipeline. Scaled out (store redis): the store
+puts each frame on the Redis stream that scrapscan-worker processes read; this process
+only follows the feed stream to wake long-polls and ?wait=true requests.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import redis
 
 from service.errors import InvalidInput, NotFound, Unavailable
 from service.metrics import LiveCollector, Metrics, queue_gauges
-from service.processor import FrameFailed, Processor
+from service.queue import LocalQueue, group_info
+from service.runner import FrameRunner
 from service.settings import Settings
 from service.store import FeedPage, FrameRecord, SQLiteStore, Store
 from service.store_redis import RedisStore
@@ -37,13 +38,16 @@ class Service:
                 settings.redis_url.get_secret_value(), settings.result_ttl_s, settings.report_ttl_s
             )
             self.store = self.redis
-            self.processor: Processor | None = None
+            self.runner: FrameRunner | None = None
         else:
             self.store = SQLiteStore(settings.data_dir)
-            self.processor = Processor(settings, self.store, self.metrics)
-        group = self.redis.group_info if self.redis is not None else None
+            self.queue = LocalQueue()
+            self.runner = FrameRunner(
+                settings, self.store, self.queue, self.metrics, on_end=self.ended
+            )
+        redis_client = self.redis.r if self.redis is not None else None
+        group = None if redis_client is None else lambda: group_info(redis_client)
         self.metrics.watch(LiveCollector("queue", lambda: queue_gauges(self.store.backlog, group)))
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.done: dict[str, asyncio.Event] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.finished = asyncio.Condition()
@@ -55,15 +59,11 @@ class Service:
         Embedded: load the engine, queue the unfinished frames, start the workers. Redis:
         follow the feed stream (Redis may still be away; /readyz says so).
         """
-        if self.processor is not None:
-            await self.processor.start()
-            for frame_id in self.store.unfinished():
-                self.queue.put_nowait(frame_id)
-            self.tasks = [
-                asyncio.create_task(self._work(), name=f"worker-{i}")
-                for i in range(self.settings.workers)
-            ]
-            self.tasks.append(asyncio.create_task(self._purge(), name="retention"))
+        if self.runner is not None:
+            for frame_id in await asyncio.to_thread(self.store.unfinished):
+                self.queue.put(frame_id)
+            await self.runner.start()
+            self.tasks = [asyncio.create_task(self._purge(), name="retention")]
         else:
             self.tasks = [asyncio.create_task(self._follow(), name="feed-follower")]
 
@@ -72,13 +72,13 @@ class Service:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.processor is not None:
-            await self.processor.stop()
+        if self.runner is not None:
+            await self.runner.stop()
         self.store.close()
 
     async def ready(self) -> None:
         """Raise Unavailable unless frames can be taken and processed."""
-        if self.processor is not None and not self.processor.ready:
+        if self.runner is not None and not self.runner.ready:
             raise Unavailable("not_ready", "the model is loading")
         if self.redis is not None:
             await asyncio.to_thread(self.redis.ping)  # store_unavailable when away
@@ -88,8 +88,8 @@ class Service:
         self.metrics.frames.labels("accepted", camera_id).inc()
         if wait:
             self.done[frame_id] = asyncio.Event()
-        if self.processor is not None:
-            self.queue.put_nowait(frame_id)
+        if self.runner is not None:
+            self.queue.put(frame_id)
 
     async def record(self, frame_id: str) -> FrameRecord:
         """The stored frame; NotFound when there is none."""
@@ -142,7 +142,7 @@ class Service:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.finished.wait(), remaining)
 
-    async def ended(self, frame_ids: list[str]) -> None:
+    async def ended(self, *frame_ids: str) -> None:
         """Wake the feed's long-polls and the requests waiting for these frames."""
         async with self.finished:
             self.finished.notify_all()
@@ -150,20 +150,6 @@ class Service:
             event = self.done.pop(frame_id, None)
             if event is not None:
                 event.set()
-
-    async def _work(self) -> None:
-        assert self.processor is not None
-        while True:
-            frame_id = await self.queue.get()
-            try:
-                await self.processor.run(frame_id)
-            except FrameFailed as err:  # embedded: one attempt, the frame fails
-                await self.processor.fail(frame_id, str(err))
-            except Exception:
-                log.exception("frame %s: the store failed", frame_id)
-            finally:
-                self.queue.task_done()
-                await self.ended([frame_id])
 
     async def _purge(self) -> None:
         """Embedded: apply the retention at start and then every hour (Redis expires keys)."""
@@ -194,4 +180,4 @@ class Service:
                 await asyncio.sleep(1)
                 continue
             if frame_ids:
-                await self.ended(frame_ids)
+                await self.ended(*frame_ids)

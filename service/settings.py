@@ -82,7 +82,8 @@ class QueueSettings(BaseModel):
     """A worker stops renewing a frame it has worked on this long (another worker takes it
     over) and its /healthz fails, so that a hung worker is restarted."""
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
-    """Tries before a frame goes to the dead-letter stream and is marked failed."""
+    """Tries at a frame before it is marked failed (with Redis, also put on the dead-letter
+    stream); a frame that cannot be decoded fails at once."""
     block_ms: Annotated[int, Field(ge=10, le=4000)] = 1000
     """How long a worker's read waits for new frames before it looks for stalled ones."""
 

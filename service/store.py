@@ -17,6 +17,7 @@ lost). RedisStore (store_redis.py) implements the same methods for the scaled-ou
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sqlite3
 import threading
@@ -69,6 +70,25 @@ class FeedPage(NamedTuple):
     next: str
 
 
+@dataclass(frozen=True, slots=True)
+class NewFrame:
+    """An upload the API accepted, to be stored as queued."""
+
+    frame_id: str
+    camera_id: str
+    truck_id: str | None
+    captured_at: str | None
+    image: bytes
+    image_ext: str
+    """.jpg or .png"""
+    idempotency_key: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        """The upload's digest (an Idempotency-Key's retry must bring the same bytes)."""
+        return hashlib.sha256(self.image).hexdigest()
+
+
 class IdempotencyConflict(Conflict):
     """The key was used before with other bytes."""
 
@@ -96,17 +116,7 @@ class FrameRecord:
 class Store(Protocol):
     """What the service needs of a store (SQLiteStore here, RedisStore in store_redis)."""
 
-    def add(
-        self,
-        frame_id: str,
-        camera_id: str,
-        truck_id: str | None,
-        captured_at: str | None,
-        image: bytes,
-        image_ext: str,
-        sha256: str,
-        idempotency_key: str | None = None,
-    ) -> tuple[str, bool]:
+    def add(self, frame: NewFrame) -> tuple[str, bool]:
         """Store an accepted frame as queued; (frame_id, created)."""
         ...
 
@@ -128,6 +138,10 @@ class Store(Protocol):
 
     def fail(self, frame_id: str, reason: str) -> bool:
         """The frame failed, with the reason. False if it had ended already."""
+        ...
+
+    def requeue(self, frame_id: str) -> None:
+        """An attempt failed: the frame is queued again (unless it has ended)."""
         ...
 
     def unfinished(self) -> list[str]:
@@ -183,53 +197,43 @@ class SQLiteStore:
         """The frame's file folder."""
         return self.root / "frames" / frame_id
 
-    def add(
-        self,
-        frame_id: str,
-        camera_id: str,
-        truck_id: str | None,
-        captured_at: str | None,
-        image: bytes,
-        image_ext: str,
-        sha256: str,
-        idempotency_key: str | None = None,
-    ) -> tuple[str, bool]:
+    def add(self, frame: NewFrame) -> tuple[str, bool]:
         """Store an accepted frame as queued; returns (frame_id, created).
 
         With an idempotency key seen before and the same bytes, returns the first frame's
         id and created=False; with other bytes raises IdempotencyConflict.
         """
+        key, sha256 = frame.idempotency_key, frame.sha256
         with self._lock:
-            if idempotency_key is not None:
+            if key is not None:
                 row = self._db.execute(
-                    "SELECT frame_id, sha256 FROM frames WHERE idempotency_key = ?",
-                    (idempotency_key,),
+                    "SELECT frame_id, sha256 FROM frames WHERE idempotency_key = ?", (key,)
                 ).fetchone()
                 if row is not None:
                     if row[1] != sha256:
-                        raise IdempotencyConflict(idempotency_key)
+                        raise IdempotencyConflict(key)
                     return str(row[0]), False
-            folder = self.folder(frame_id)
+            folder = self.folder(frame.frame_id)
             folder.mkdir(parents=True, exist_ok=False)
-            name = f"image{image_ext}"
-            _write_atomic(folder / name, image)
+            name = f"image{frame.image_ext}"
+            _write_atomic(folder / name, frame.image)
             with self._db:
                 self._db.execute(
                     "INSERT INTO frames (frame_id, camera_id, truck_id, captured_at, received_at,"
                     " image_name, status, idempotency_key, sha256)"
                     " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
                     (
-                        frame_id,
-                        camera_id,
-                        truck_id,
-                        captured_at,
+                        frame.frame_id,
+                        frame.camera_id,
+                        frame.truck_id,
+                        frame.captured_at,
                         time.time(),
                         name,
-                        idempotency_key,
+                        key,
                         sha256,
                     ),
                 )
-        return frame_id, True
+        return frame.frame_id, True
 
     def image(self, frame_id: str) -> bytes:
         """The upload's bytes."""
@@ -319,6 +323,10 @@ class SQLiteStore:
     def fail(self, frame_id: str, reason: str) -> bool:
         """Mark a frame failed with the reason; False if it had ended already."""
         return self._set(frame_id, "failed", error=reason)
+
+    def requeue(self, frame_id: str) -> None:
+        """An attempt failed: the frame is queued again (unless it has ended)."""
+        self._set(frame_id, "queued")
 
     def backlog(self) -> int:
         """Frames queued or processing."""

@@ -7,9 +7,8 @@ Keys (prefix `scrapscan:`):
   frame:<id>:<file>     mask.png, overlay.jpg
   idem:<key>            "<frame_id> <sha256>" of the frame an Idempotency-Key was first used for
   open                  set of frames accepted and not ended (its size is the backlog)
-  frames                stream: one entry per accepted frame, read by the workers' consumer
-                        group "workers" (the queue); an entry is deleted once acknowledged
-  dead                  stream: frames given up on (frame_id, reason, attempts)
+  frames                stream: one entry per accepted frame, the queue that the workers
+                        read (service/queue.py: RedisQueue, with its attempts and dead letters)
   results               stream: one entry per ended frame (the dashboard feed; the entry
                         id is the cursor), trimmed to the frames' retention
   truck:<id>            sorted set: the truck's frame ids by time received
@@ -38,14 +37,9 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from service.queue import FRAMES, P
 from service.result import FrameResult, Summary, load_result
-from service.store import FeedPage, FrameRecord, IdempotencyConflict
-
-P = "scrapscan:"
-FRAMES = f"{P}frames"
-GROUP = "workers"
-DEAD = f"{P}dead"
-DEAD_MAXLEN = 100_000
+from service.store import FeedPage, FrameRecord, IdempotencyConflict, NewFrame
 
 _ADD = """
 -- KEYS: frame hash, image, open set, frames stream, idempotency key or '', truck or '', trucks
@@ -88,18 +82,6 @@ end
 return 1
 """
 
-_RETRY = """
--- KEYS: frame hash, frames stream; ARGV: frame_id, entry id, group, reason
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'queued' or status == 'processing' then
-  redis.call('HSET', KEYS[1], 'status', 'queued', 'last_error', ARGV[4])
-  redis.call('XADD', KEYS[2], '*', 'frame_id', ARGV[1])
-end
-redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
-redis.call('XDEL', KEYS[2], ARGV[2])
-return 0
-"""
-
 
 class RedisStore:
     """Frames, results, the feed and truck lists in Redis."""
@@ -118,7 +100,6 @@ class RedisStore:
         self.report_ttl = report_ttl
         self._add = self.r.register_script(_ADD)
         self._end = self.r.register_script(_END)
-        self._retry = self.r.register_script(_RETRY)
 
     def ping(self) -> None:
         """Raise redis.ConnectionError when Redis cannot be reached."""
@@ -128,51 +109,42 @@ class RedisStore:
         """Close the connections."""
         self.r.close()
 
-    def add(
-        self,
-        frame_id: str,
-        camera_id: str,
-        truck_id: str | None,
-        captured_at: str | None,
-        image: bytes,
-        image_ext: str,
-        sha256: str,
-        idempotency_key: str | None = None,
-    ) -> tuple[str, bool]:
+    def add(self, frame: NewFrame) -> tuple[str, bool]:
         """Store an accepted frame as queued and put it on the workers' stream (one script).
 
         See SQLiteStore.add for the idempotency key.
         """
         now = repr(time.time())
+        key, sha256, truck_id = frame.idempotency_key, frame.sha256, frame.truck_id
         fields = {
-            "camera_id": camera_id,
+            "camera_id": frame.camera_id,
             "truck_id": truck_id or "",
-            "captured_at": captured_at or "",
+            "captured_at": frame.captured_at or "",
             "received_at": now,
             "status": "queued",
             "sha256": sha256,
-            "image_ext": image_ext,
+            "image_ext": frame.image_ext,
         }
-        frame = f"{P}frame:{frame_id}"
+        hash_key = f"{P}frame:{frame.frame_id}"
         keys = [
-            frame,
-            f"{frame}:image",
+            hash_key,
+            f"{hash_key}:image",
             f"{P}open",
             FRAMES,
-            f"{P}idem:{idempotency_key}" if idempotency_key is not None else "",
+            f"{P}idem:{key}" if key is not None else "",
             f"{P}truck:{truck_id}" if truck_id else "",
             f"{P}trucks",
         ]
-        args: list[Any] = [frame_id, image, now, self.report_ttl, f"{frame_id} {sha256}"]
-        args.append(truck_id or "")
+        args: list[Any] = [frame.frame_id, frame.image, now, self.report_ttl]
+        args += [f"{frame.frame_id} {sha256}", truck_id or ""]
         for name, value in fields.items():
             args += [name, value]
         first = self._add(keys=keys, args=args)
         if first is None:
-            return frame_id, True
+            return frame.frame_id, True
         first_id, _, first_sha = first.decode().partition(" ")
         if first_sha != sha256:
-            raise IdempotencyConflict(idempotency_key)
+            raise IdempotencyConflict(key)
         return first_id, False
 
     def image(self, frame_id: str) -> bytes:
@@ -309,76 +281,11 @@ class RedisStore:
         high = f"({until}" if until is not None else "+inf"
         return [m.decode() for m in self.r.zrevrangebyscore(f"{P}trucks", high, low)]
 
-    # --- the frame queue: the stream the workers read through one consumer group -----------
-
-    def ensure_group(self) -> None:
-        """Create the workers' consumer group (and the stream) unless they exist."""
-        try:
-            self.r.xgroup_create(FRAMES, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as err:
-            if "BUSYGROUP" not in str(err):
-                raise
-
-    def read(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, str]]:
-        """Up to `count` new (entry_id, frame_id); waits up to block_ms for the first."""
-        reply = self.r.xreadgroup(GROUP, consumer, {FRAMES: ">"}, count=count, block=block_ms)
-        return [_entry(e) for _, entries in reply or [] for e in entries]
-
-    def claim(self, consumer: str, min_idle_ms: int, count: int) -> list[tuple[str, str]]:
-        """Take over up to `count` frames held by a consumer silent for min_idle_ms.
-
-        Their worker died or hangs; live workers renew() what they work on.
-        """
-        _, entries, *_ = self.r.xautoclaim(FRAMES, GROUP, consumer, min_idle_ms, "0-0", count)
-        return [_entry(e) for e in entries if e[1]]
-
-    def renew(self, consumer: str, entry_ids: list[str]) -> None:
-        """Reset the idle time of frames this consumer is still working on."""
-        if entry_ids:
-            self.r.xclaim(FRAMES, GROUP, consumer, 0, entry_ids, justid=True)
-
-    def group_info(self) -> dict[str, Any]:
-        """The workers' group as XINFO GROUPS has it (lag, pending, consumers); {} if none."""
-        try:
-            groups = self.r.xinfo_groups(FRAMES)
-        except redis.ResponseError:  # no stream yet: nothing was ever queued
-            return {}
-        for g in groups:
-            if g["name"] in (GROUP, GROUP.encode()):
-                return dict(g)
-        return {}
-
-    def attempt(self, frame_id: str) -> int:
-        """Count one more attempt at a frame; returns the count so far."""
-        return int(self.r.hincrby(f"{P}frame:{frame_id}", "attempts", 1))
-
-    def ack(self, entry_id: str) -> None:
-        """The frame of this entry is finished with: off the queue."""
-        pipe = self.r.pipeline(transaction=True)
-        pipe.xack(FRAMES, GROUP, entry_id)
-        pipe.xdel(FRAMES, entry_id)
-        pipe.execute()
-
-    def retry(self, entry_id: str, frame_id: str, reason: str) -> None:
-        """Queue a frame again at the end of the stream, noting why the attempt failed."""
-        self._retry(keys=[f"{P}frame:{frame_id}", FRAMES], args=[frame_id, entry_id, GROUP, reason])
-
-    def last_error(self, frame_id: str) -> str | None:
-        """Why the frame's last failed attempt failed, if one did."""
-        value = self.r.hget(f"{P}frame:{frame_id}", "last_error")
-        return value.decode() if value else None
-
-    def dead_letter(self, entry_id: str, frame_id: str, reason: str, attempts: int) -> bool:
-        """Give up on a frame: failed, on the dead-letter stream, off the queue.
-
-        False if the frame had ended already (nothing is added to the dead letters then).
-        """
-        ended = self.fail(frame_id, reason)
-        if ended:
-            fields = {"frame_id": frame_id, "reason": reason, "attempts": attempts}
-            self.r.xadd(DEAD, fields, maxlen=DEAD_MAXLEN, approximate=True)
-        self.ack(entry_id)
-        return ended
+    def requeue(self, frame_id: str) -> None:
+        """An attempt failed: the frame is queued again (unless it has ended)."""
+        key = f"{P}frame:{frame_id}"
+        if self.r.hget(key, "status") in (b"queued", b"processing"):
+            self.r.hset(key, "status", "queued")
 
     def results_tail(self) -> str:
         """The id of the newest feed entry ("0-0" for none): where follow() starts."""

@@ -9,7 +9,7 @@ up to `workers` frames at once, their tiles sharing engine batches.
   stops (SIGKILL, lost host) stops renewing, and after claim_idle_s the others take its
   frames over with XAUTOCLAIM. Results are written once per frame, so a frame that two
   workers finish is stored, counted and in the feed once.
-- Every attempt is counted in the frame's hash. An attempt that fails (not a bad image:
+- Every attempt is counted (by the queue, service/queue.py). An attempt that fails (not a bad image:
   that fails at once) queues the frame again; after queue.max_attempts, or when a taken-over
   frame has used them all (it kept killing its worker), the frame goes to the dead-letter
   stream with the reason and is marked failed.
@@ -30,12 +30,10 @@ import logging
 import os
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import redis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
@@ -44,8 +42,9 @@ from service.cli import add_log_arguments
 from service.errors import Unavailable
 from service.logs import RequestId, configure_logging
 from service.metrics import HTTPMetrics, LiveCollector, Metrics, queue_gauges
-from service.processor import FrameFailed, Processor
+from service.queue import RedisQueue, group_info
 from service.routes.errors import error_response
+from service.runner import FrameRunner
 from service.settings import Settings
 from service.store_redis import RedisStore
 
@@ -53,7 +52,7 @@ log = logging.getLogger("scrapscan.worker")
 
 
 class StreamWorker:
-    """Reads the frame stream as consumer `name` and processes what it gets."""
+    """A FrameRunner on the Redis stream, as consumer `name`."""
 
     def __init__(self, settings: Settings, name: str) -> None:
         self.settings = settings
@@ -62,150 +61,40 @@ class StreamWorker:
         self.store = RedisStore(
             settings.redis_url.get_secret_value(), settings.result_ttl_s, settings.report_ttl_s
         )
-        self.processor = Processor(settings, self.store, self.metrics)
+        q = settings.queue
+        self.queue = RedisQueue(self.store.r, name, q.block_ms, q.claim_idle_s)
+        self.runner = FrameRunner(settings, self.store, self.queue, self.metrics)
         self.metrics.watch(
-            LiveCollector("queue", lambda: queue_gauges(self.store.backlog, self.store.group_info))
+            LiveCollector(
+                "queue", lambda: queue_gauges(self.store.backlog, lambda: group_info(self.store.r))
+            )
         )
-        self.inflight: dict[str, asyncio.Task[None]] = {}
-        """Entry id -> the task processing its frame."""
-        self.started: dict[str, float] = {}
-        """Entry id -> when this worker took it (time.monotonic())."""
-        self._slot = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self.failure: str | None = None
-        """Why loading the engine failed, if it did."""
 
     @property
     def ready(self) -> bool:
         """The engine is loaded and warmed."""
-        return self.processor.ready
+        return self.runner.ready
 
-    async def start(self) -> None:
-        """Load the engine, then read and renew in the background."""
-        try:
-            await self.processor.start()
-        except Exception as err:
-            self.failure = f"loading the engine failed: {type(err).__name__}: {err}"
-            raise
-        self._tasks = [
-            asyncio.create_task(self._read(), name="read"),
-            asyncio.create_task(self._renew(), name="renew"),
-        ]
-
-    async def stop(self, grace_s: float = 30) -> None:
-        """Stop reading, let the frames in hand finish (up to grace_s), stop the engine.
-
-        Frames still unfinished then stay pending and are taken over by other workers.
-        """
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.inflight:
-            _, late = await asyncio.wait(list(self.inflight.values()), timeout=grace_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        await self.processor.stop()
-        self.store.close()
-
-    async def _read(self) -> None:
-        q = self.settings.queue
-        idle_ms = int(q.claim_idle_s * 1000)
-        group_ready = False
-        while True:
-            free = self.settings.workers - len(self.inflight)
-            if free <= 0:
-                self._slot.clear()
-                await self._slot.wait()
-                continue
-            try:
-                if not group_ready:
-                    await asyncio.to_thread(self.store.ensure_group)
-                    group_ready = True
-                entries = await asyncio.to_thread(self.store.claim, self.name, idle_ms, free)
-                if entries:
-                    self.metrics.claimed.inc(len(entries))
-                    log.info("took over %d frames of a stopped worker", len(entries))
-                else:
-                    entries = await asyncio.to_thread(self.store.read, self.name, free, q.block_ms)
-            except redis.RedisError as err:
-                log.warning("redis: %s; retrying in 1 s", err)
-                group_ready = False
-                await asyncio.sleep(1)
-                continue
-            for entry_id, frame_id in entries:
-                if entry_id in self.inflight:  # ours already (a renewal came late)
-                    continue
-                task = asyncio.create_task(self._handle(entry_id, frame_id), name=frame_id)
-                self.inflight[entry_id] = task
-                self.started[entry_id] = time.monotonic()
+    @property
+    def failure(self) -> str | None:
+        """Why loading the engine failed, if it did."""
+        return self.runner.failure
 
     def stuck(self) -> list[str]:
         """Entries this worker has held longer than queue.max_frame_s."""
-        limit = time.monotonic() - self.settings.queue.max_frame_s
-        return [e for e, t in self.started.items() if t < limit]
+        return self.runner.stuck()
 
-    async def _renew(self) -> None:
-        """Keep this worker's frames from looking stalled while it works on them.
+    async def start(self) -> None:
+        """Load the engine, then take and renew frames in the background."""
+        await self.runner.start()
 
-        A frame held longer than queue.max_frame_s is no longer renewed: if this worker
-        hangs on it, another takes it over.
+    async def stop(self, grace_s: float = 30) -> None:
+        """Stop taking frames, let those in hand finish (up to grace_s), stop the engine.
+
+        Frames still unfinished then stay pending and are taken over by other workers.
         """
-        period = self.settings.queue.claim_idle_s / 3
-        while True:
-            await asyncio.sleep(period)
-            stuck = set(self.stuck())
-            live = [e for e in self.inflight if e not in stuck]
-            try:
-                await asyncio.to_thread(self.store.renew, self.name, live)
-            except redis.RedisError as err:
-                log.warning("redis: could not renew frames in hand: %s", err)
-
-    async def _handle(self, entry_id: str, frame_id: str) -> None:
-        store = self.store
-        limit = self.settings.queue.max_attempts
-        try:
-            record = await asyncio.to_thread(store.get, frame_id)
-            if record is None or record.status in ("done", "failed"):
-                await asyncio.to_thread(store.ack, entry_id)
-                return
-            attempts = await asyncio.to_thread(store.attempt, frame_id)
-            if attempts > limit:  # it was taken over with every attempt used up
-                why = await asyncio.to_thread(store.last_error, frame_id)
-                await self._give_up(
-                    entry_id,
-                    frame_id,
-                    f"gave up after {limit} attempts: "
-                    f"{why or 'the worker processing it stopped each time'}",
-                    attempts - 1,
-                )
-                return
-            try:
-                await self.processor.run(frame_id)
-            except FrameFailed as err:
-                if attempts >= limit:
-                    await self._give_up(
-                        entry_id, frame_id, f"gave up after {limit} attempts: {err}", attempts
-                    )
-                else:
-                    await asyncio.to_thread(store.retry, entry_id, frame_id, str(err))
-                    self.metrics.retries.inc()
-                return
-            await asyncio.to_thread(store.ack, entry_id)
-        except redis.RedisError as err:
-            # the frame stays pending: taken over (perhaps by this worker) once Redis is back
-            log.warning("frame %s: redis: %s; left for a later attempt", frame_id, err)
-        finally:
-            self.inflight.pop(entry_id, None)
-            self.started.pop(entry_id, None)
-            self._slot.set()
-
-    async def _give_up(self, entry_id: str, frame_id: str, reason: str, attempts: int) -> None:
-        log.error("frame %s: %s", frame_id, reason)
-        record = await asyncio.to_thread(self.store.get, frame_id)
-        if await asyncio.to_thread(self.store.dead_letter, entry_id, frame_id, reason, attempts):
-            self.metrics.dead_letters.inc()
-            self.processor.count_failed(record.camera_id if record else "")
+        await self.runner.stop(grace_s)
+        self.store.close()
 
 
 def create_worker_app(settings: Settings, name: str) -> FastAPI:

@@ -18,6 +18,25 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SMALL = (1280, 720)  # a third of 4K: same scenes, faster tests
 
 
+def _has_gpu() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() or importlib.util.find_spec("tensorrt") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests without a GPU, and `no_gpu` tests (they check what a CPU-only
+    machine says) on a machine with CUDA or TensorRT."""
+    gpu = _has_gpu()
+    for item in items:
+        if "gpu" in item.keywords and not gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "no_gpu" in item.keywords and gpu:
+            item.add_marker(pytest.mark.skip(reason="checks a machine without CUDA or TensorRT"))
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight synthetic frames at 1280x720, seed 7 (COCO layout with masks/)."""

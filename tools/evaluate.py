@@ -35,7 +35,7 @@ from typing import Any
 from common.bundle import BundleError, load_bundle
 from common.classes import CLASS_NAMES
 from service.pipeline import Pipeline
-from service.processor import open_pipeline
+from service.runner import open_pipeline
 from service.settings import CameraBed, Settings
 from tools.calibrate import CalibrationError, calibrate
 from tools.served_eval import Seen, run_frames, score, write_report

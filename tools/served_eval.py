@@ -1,6 +1,6 @@
 """The served path judged where a yard judges it: instances, frame verdicts, trucks, pixels.
 
-Labelled full frames go through the service's own pipeline (service.processor.open_pipeline
+Labelled full frames go through the service's own pipeline (service.runner.open_pipeline
 and Pipeline.analyse: decode, bed crop per the camera setting, tiles, engine through the
 batcher, merge, instances), with no HTTP in between and no second copy of any stage. What
 the service would answer is then compared with the labels:

@@ -1,15 +1,15 @@
 """POST /v1/frames and a frame's status, mask and overlay.
 
-A frame's path: `post_frame` checks and stores the upload and hands it to the Service
-(service/runtime.py), whose worker runs it through the Processor (service/processor.py)
-and the Pipeline (service/pipeline.py); the result (service/result.py) is kept by the
-store (service/store.py) and read back here.
+A frame's path, in the order it runs: `post_frame` here checks and stores the upload and
+hands it to the Service (service/runtime.py); the FrameRunner (service/runner.py) takes it
+from the queue and runs it through the Pipeline (service/pipeline.py, over the stages of
+service/stages.py); its FrameResult (service/result.py) is kept by the store
+(service/store.py) and read back by `get_frame` here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import uuid
 from dataclasses import dataclass
@@ -38,7 +38,7 @@ from service.routes.deps import BodyTooLarge, ServiceDep, require
 from service.routes.errors import responses
 from service.runtime import Service
 from service.settings import ID_PATTERN
-from service.store import FrameRecord
+from service.store import FrameRecord, NewFrame
 
 router = APIRouter(tags=["frames"])
 
@@ -184,18 +184,16 @@ async def post_frame(
         raise InvalidInput("invalid_idempotency_key", "1 to 128 printable ASCII characters")
     upload = await read_form(request)
     header = read_header(upload.image, s.max_pixels)
-    ext = ".jpg" if FORMATS[header.format] == "image/jpeg" else ".png"
-    frame_id, created = await asyncio.to_thread(
-        svc.store.add,
+    new = NewFrame(
         uuid.uuid4().hex,
         upload.camera_id,
         upload.truck_id,
         upload.captured_at,
         upload.image,
-        ext,
-        hashlib.sha256(upload.image).hexdigest(),
+        ".jpg" if FORMATS[header.format] == "image/jpeg" else ".png",
         key,
     )
+    frame_id, created = await asyncio.to_thread(svc.store.add, new)
     if created:
         svc.accept(frame_id, upload.camera_id, wait)
     if wait and (record := await svc.wait_for(frame_id)) is not None:

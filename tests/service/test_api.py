@@ -289,16 +289,11 @@ def test_results_and_queued_frames_survive_a_restart(server, frame):
 
 def test_a_frame_still_queued_at_a_restart_is_processed_after_it(server, frame):
     """What the service had accepted and not finished when it stopped is queued again."""
-    import hashlib
-
-    from service.store import SQLiteStore
+    from service.store import NewFrame, SQLiteStore
 
     server.stop()
-    data = jpeg(frame.image)
     store = SQLiteStore(server.data_dir)  # accepted, never picked up: the process died
-    frame_id, _ = store.add(
-        "7" * 32, "crane-1", None, None, data, ".jpg", hashlib.sha256(data).hexdigest()
-    )
+    frame_id, _ = store.add(NewFrame("7" * 32, "crane-1", None, None, jpeg(frame.image), ".jpg"))
     store.close()
     server.start()
     deadline = time.monotonic() + 60

@@ -11,7 +11,7 @@ from common.imaging import CLIP_MEAN, CLIP_STD
 from common.inputs import make_tiles
 from common.tiling import Box
 from service.engine import EngineError, OnnxRuntimeEngine, TorchEngine, open_engine
-from service.processor import open_pipeline
+from service.runner import open_pipeline
 from service.settings import Settings
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
@@ -27,6 +27,7 @@ def images():
     return np.random.default_rng(0).standard_normal((3, 3, 518, 518)).astype(np.float32)
 
 
+@pytest.mark.no_gpu
 def test_auto_on_a_cpu_machine_is_onnxruntime(bundle):
     engine = open_engine(bundle)  # CI has no GPU: this is what a CPU yard box gets
     assert isinstance(engine, OnnxRuntimeEngine) and engine.name == "onnxruntime-cpu"
@@ -51,6 +52,17 @@ def test_fp16_onnx_is_chosen_by_precision(bundle, images):
     )
 
 
+@pytest.mark.gpu
+def test_the_torch_engine_on_cuda_agrees_with_onnxruntime_on_the_cpu(bundle, images):
+    cuda = open_engine(bundle, "torch", device="cuda")
+    np.testing.assert_allclose(
+        cuda.infer(images).anomaly,
+        open_engine(bundle, "onnxruntime").infer(images).anomaly,
+        atol=1e-3,
+    )
+
+
+@pytest.mark.no_gpu
 def test_engines_that_cannot_run_here_say_why(bundle):
     with pytest.raises(EngineError, match="no TensorRT engine for this GPU"):
         open_engine(bundle, "tensorrt")

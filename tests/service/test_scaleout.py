@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 
-from service.store_redis import DEAD, FRAMES, GROUP, RedisStore
+from service.queue import ATTEMPTS, DEAD, FRAMES, GROUP, RedisQueue
 from training.synth import render_frame
 
 from ..conftest import RedisServer
@@ -217,10 +217,9 @@ def test_frames_that_keep_failing_go_to_the_dead_letter_stream(stack, frames):
     r = redis.Redis.from_url(stack.redis.url)
     crashy, lost = post_many(api, frames, 2, "TRK-DEAD", threads=1)
     # crashy: read by a worker that died, after two earlier workers died on it as well
-    store = RedisStore(stack.redis.url)
-    store.ensure_group()
+    RedisQueue(r, "ghost").ensure_group()
     r.xreadgroup(GROUP, "ghost", {FRAMES: ">"}, count=1)  # the oldest: crashy
-    r.hset(f"scrapscan:frame:{crashy}", "attempts", 3)
+    r.hset(ATTEMPTS, crashy, 3)
     # lost: its stored upload is gone, so every attempt fails
     r.delete(f"scrapscan:frame:{lost}:image")
     worker = stack.worker("worker-d", SCRAPSCAN_QUEUE__MAX_ATTEMPTS="3")
@@ -241,7 +240,6 @@ def test_frames_that_keep_failing_go_to_the_dead_letter_stream(stack, frames):
     assert metric(worker, "scrapscan_worker_dead_letters_total") == 2
     assert metric(worker, "scrapscan_worker_retries_total") == 2
     assert r.xlen(DEAD) == 2
-    store.close()
 
 
 def test_a_worker_is_not_ready_until_its_engine_is_loaded(own_redis):
@@ -260,11 +258,11 @@ def test_a_worker_is_not_ready_until_its_engine_is_loaded(own_redis):
     assert client.get("/healthz").status_code == 200
 
     async def loaded() -> httpx.Response:
-        await app.state.worker.processor.start()
+        await app.state.worker.runner.start()
         try:
             return client.get("/readyz")
         finally:
-            await app.state.worker.processor.stop()
+            await app.state.worker.runner.stop()
 
     assert asyncio.run(loaded()).json() == {"status": "ready", "consumer": "probe"}
 
@@ -279,10 +277,10 @@ def test_a_hung_worker_stops_renewing_and_fails_its_health_check(own_redis):
     app = create_worker_app(settings, "hung")
     worker = app.state.worker = StreamWorker(settings, "hung")
     client = TestClient(app)
-    worker.started = {"1-0": time.monotonic() - 5, "2-0": time.monotonic() - 61}
+    worker.runner.started = {"1-0": time.monotonic() - 5, "2-0": time.monotonic() - 61}
     assert worker.stuck() == ["2-0"]
     assert_error(client.get("/healthz"), 503, "stuck")
-    worker.started.pop("2-0")
+    worker.runner.started.pop("2-0")
     assert client.get("/healthz").status_code == 200
 
 

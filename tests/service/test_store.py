@@ -1,12 +1,11 @@
 """One contract, two stores: SQLite (embedded) and Redis (a real redis-server)."""
 
-import hashlib
 import time
 
 import pytest
 
 from service.reports import truck_report
-from service.store import IdempotencyConflict, SQLiteStore
+from service.store import IdempotencyConflict, NewFrame, SQLiteStore
 from service.store_redis import RedisStore
 
 from .conftest import frame_result
@@ -25,8 +24,7 @@ def store(request, tmp_path):
 
 
 def add(store, frame_id, data=b"jpeg-bytes", camera="cam", truck=None, key=None):
-    sha = hashlib.sha256(data).hexdigest()
-    return store.add(frame_id, camera, truck, None, data, ".jpg", sha, key)
+    return store.add(NewFrame(frame_id, camera, truck, None, data, ".jpg", key))
 
 
 def done(store, frame_id, score=0.5, cls="motor"):

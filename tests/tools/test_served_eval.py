@@ -9,7 +9,7 @@ from pycocotools import mask as mask_utils
 
 from common.classes import CLASS_NAMES
 from common.tiling import Box
-from service.processor import open_pipeline
+from service.runner import open_pipeline
 from service.settings import Settings
 from service.stages import Bed, InstanceRule, Merged
 from tools.calibrate import _lowest_above, calibrate

@@ -1,0 +1,270 @@
+"""The frame runner: take a frame from the queue, run the pipeline, store how it ended.
+
+One runner in the embedded service (an in-process queue) and one in each scrapscan-worker
+(the Redis stream); they differ only in their queue (service/queue.py). Per delivery:
+
+- a frame that has ended already (a second delivery after a takeover) is let go;
+- a frame that cannot be decoded fails at once (trying again cannot help);
+- any other failure is tried again, up to queue.max_attempts; then the frame fails with
+  the reason and the queue records it as given up on (dead letter). A frame taken over
+  with its attempts used up (it kept killing its worker) is given up on at once;
+- while the store or Redis is away the delivery is left where it is, for a later attempt.
+
+Up to `workers` frames run at once, their tiles sharing engine batches. The runner
+renews the deliveries it holds every third of queue.claim_idle_s, except those held
+longer than queue.max_frame_s (a hung frame: another worker may take it over, and the
+worker's /healthz fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+import numpy as np
+import redis
+
+from common.bundle import BundleError, load_bundle
+from service.batcher import Batcher, BatchRecord
+from service.engine import open_engine
+from service.errors import BadImage
+from service.metrics import LiveCollector, Metrics, gpu_memory
+from service.pipeline import Pipeline
+from service.queue import Delivery, FrameQueue
+from service.settings import Settings
+from service.store import FrameRecord, Store
+
+log = logging.getLogger("scrapscan.runner")
+
+
+async def open_pipeline(
+    s: Settings, on_batch: Callable[[BatchRecord], None] | None = None
+) -> Pipeline:
+    """The pipeline the settings describe: bundle, engine (warmed), batcher (started), bed model.
+
+    The bundle's bed model is loaded when a camera's bed is "learned", or "auto" and the
+    bundle has one. The caller stops `pipeline.batcher` when done.
+    """
+    bundle = await asyncio.to_thread(load_bundle, s.bundle, True, True)
+    engine = await asyncio.to_thread(
+        open_engine, bundle, s.engine, s.device, s.threads, s.precision
+    )
+    m = bundle.manifest
+    size = m.input_size
+    out = await asyncio.to_thread(engine.infer, np.zeros((1, 3, size, size), np.float32))
+    wanted = (1, len(m.classes), m.grid, m.grid)
+    if out.class_probs.shape != wanted or out.anomaly.shape != (1, m.grid, m.grid):
+        raise BundleError(
+            f"{bundle.root}: its {engine.name} engine answers class_probs "
+            f"{out.class_probs.shape} and anomaly {out.anomaly.shape} for one tile; the "
+            f"manifest says {len(m.classes)} classes on a {m.grid} x {m.grid} grid"
+        )
+    batcher = Batcher(engine, s.batch.max_batch, s.batch.max_wait_ms / 1000, on_batch=on_batch)
+    batcher.start()
+    finder = None
+    beds = {b.bed for b in (s.default_bed, *s.cameras.values())}
+    if "learned" in beds or ("auto" in beds and bundle.manifest.bed_model is not None):
+        from service.bedmodel import LearnedBed
+
+        finder = LearnedBed(bundle)
+    return Pipeline(bundle, batcher, s, finder)
+
+
+class FrameFailed(Exception):
+    """An attempt at a frame failed for a reason other than the frame's bytes (the reason)."""
+
+
+class FrameRunner:
+    """Runs the frames of one queue through one pipeline."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        queue: FrameQueue,
+        metrics: Metrics,
+        on_end: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.metrics = metrics
+        self.on_end = on_end
+        """Called with a frame's id after each delivery of it (to wake who waits for it)."""
+        self.pipeline: Pipeline | None = None
+        self.ready = False
+        """True once the engine is loaded and warmed."""
+        self.failure: str | None = None
+        """Why loading the engine failed, if it did."""
+        self.held: dict[str, Delivery] = {}
+        self.started: dict[str, float] = {}
+        """Delivery handle -> when it was taken (time.monotonic())."""
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._slot = asyncio.Event()
+
+    async def start(self) -> None:
+        """Load the bundle and the engine (warmed), then take frames in the background."""
+        try:
+            self.pipeline = await open_pipeline(self.settings, on_batch=self._batch_done)
+        except Exception as err:
+            self.failure = f"loading the engine failed: {type(err).__name__}: {err}"
+            raise
+        m = self.pipeline.bundle.manifest.model
+        engine = self.pipeline.batcher.engine.name
+        self.metrics.model.labels(m.name, m.version, engine).set(1)
+        self.metrics.watch(LiveCollector("gpu_memory", gpu_memory))
+        self.ready = True
+        log.info("engine ready: bundle %s, engine %s", self.pipeline.bundle, engine)
+        self._loops = [
+            asyncio.create_task(self._take(), name="take"),
+            asyncio.create_task(self._renew(), name="renew"),
+        ]
+
+    async def stop(self, grace_s: float = 30) -> None:
+        """Stop taking frames, let those in hand finish (up to grace_s), stop the engine.
+
+        Frames still unfinished then stay queued: in the store (embedded, queued again at
+        the next start) or pending on the stream (taken over by another worker).
+        """
+        self.ready = False
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._tasks:
+            _, late = await asyncio.wait(list(self._tasks.values()), timeout=grace_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if self.pipeline is not None:
+            await self.pipeline.batcher.stop()
+
+    def stuck(self) -> list[str]:
+        """Deliveries held longer than queue.max_frame_s."""
+        limit = time.monotonic() - self.settings.queue.max_frame_s
+        return [h for h, t in self.started.items() if t < limit]
+
+    async def _take(self) -> None:
+        while True:
+            free = self.settings.workers - len(self.held)
+            if free <= 0:
+                self._slot.clear()
+                await self._slot.wait()
+                continue
+            try:
+                deliveries = await self.queue.take(free)
+            except redis.RedisError as err:
+                log.warning("redis: %s; retrying in 1 s", err)
+                await asyncio.sleep(1)
+                continue
+            if any(d.taken_over for d in deliveries):
+                self.metrics.claimed.inc(len(deliveries))
+                log.info("took over %d frames of a stopped worker", len(deliveries))
+            for d in deliveries:
+                if d.handle in self.held:  # ours already (a renewal came late)
+                    continue
+                self.held[d.handle] = d
+                self.started[d.handle] = time.monotonic()
+                self._tasks[d.handle] = asyncio.create_task(self._deliver(d), name=d.frame_id)
+
+    async def _renew(self) -> None:
+        """Keep the frames in hand from looking stalled, except the hung ones."""
+        period = self.settings.queue.claim_idle_s / 3
+        while True:
+            await asyncio.sleep(period)
+            stuck = set(self.stuck())
+            try:
+                await self.queue.renew([d for h, d in self.held.items() if h not in stuck])
+            except redis.RedisError as err:
+                log.warning("redis: could not renew frames in hand: %s", err)
+
+    async def _deliver(self, d: Delivery) -> None:
+        """One delivery: run the frame and end the delivery as its outcome says."""
+        limit = self.settings.queue.max_attempts
+        try:
+            record = await asyncio.to_thread(self.store.get, d.frame_id)
+            if record is None or record.status in ("done", "failed"):
+                await self.queue.done(d)
+            elif d.attempt > limit:  # taken over with every attempt used up
+                why = await self.queue.last_error(d)
+                why = why or "the worker processing it stopped each time"
+                await self._give_up(d, record, f"gave up after {limit} attempts: {why}", limit)
+            else:
+                await self._attempt(d, record, limit)
+        except redis.RedisError as err:
+            # the delivery stays where it is: taken over (perhaps by this worker) later
+            log.warning("frame %s: redis: %s; left for a later attempt", d.frame_id, err)
+        except Exception:
+            log.exception("frame %s: the store failed", d.frame_id)
+        finally:
+            self.held.pop(d.handle, None)
+            self.started.pop(d.handle, None)
+            self._tasks.pop(d.handle, None)
+            self._slot.set()
+            if self.on_end is not None:
+                await self.on_end(d.frame_id)
+
+    async def _attempt(self, d: Delivery, record: FrameRecord, limit: int) -> None:
+        try:
+            await self.run(record)
+        except FrameFailed as err:
+            if d.attempt >= limit:
+                await self._give_up(d, record, f"gave up after {limit} attempts: {err}", limit)
+            else:
+                await asyncio.to_thread(self.store.requeue, d.frame_id)
+                await self.queue.retry(d, str(err))
+                self.metrics.retries.inc()
+            return
+        await self.queue.done(d)
+
+    async def run(self, record: FrameRecord) -> None:
+        """Process one stored frame and store its end (done, or failed for a bad image).
+
+        Store errors propagate; pipeline errors other than a bad image raise FrameFailed.
+        """
+        assert self.pipeline is not None, "start() first"
+        store, frame_id = self.store, record.frame_id
+        await asyncio.to_thread(store.set_processing, frame_id)
+        self.metrics.stage_seconds.labels("queue_wait").observe(
+            max(0.0, time.time() - record.received_at)
+        )
+        try:
+            data = await asyncio.to_thread(store.image, frame_id)
+        except KeyError:
+            raise FrameFailed("internal_error: the stored upload is missing") from None
+        try:
+            processed = await self.pipeline.process(data, record.camera_id)
+        except BadImage as err:  # the bytes passed the header check but not decoding
+            if await asyncio.to_thread(store.fail, frame_id, f"{err.code}: {err.message}"):
+                self._count_failed(record.camera_id)
+            return
+        except Exception as err:
+            log.exception("frame %s: attempt failed", frame_id)
+            raise FrameFailed(f"internal_error: {type(err).__name__}: {err}") from err
+        ended = await asyncio.to_thread(store.complete, frame_id, processed.result, processed.files)
+        if not ended:  # another worker finished it first; its result stands
+            return
+        for stage, ms in processed.result.timings_ms.items():
+            self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
+        for inst in processed.result.instances:
+            self.metrics.detections.labels(inst.class_name).inc()
+        self.metrics.frames.labels("done", record.camera_id).inc()
+
+    async def _give_up(self, d: Delivery, record: FrameRecord, reason: str, attempts: int) -> None:
+        log.error("frame %s: %s", d.frame_id, reason)
+        if await asyncio.to_thread(self.store.fail, d.frame_id, reason):
+            await self.queue.dead(replace(d, attempt=attempts), reason)
+            self.metrics.dead_letters.inc()
+            self._count_failed(record.camera_id)
+        else:  # it ended meanwhile (another worker): nothing to give up on
+            await self.queue.done(d)
+
+    def _count_failed(self, camera_id: str) -> None:
+        self.metrics.frames.labels("failed", camera_id).inc()
+
+    def _batch_done(self, batch: BatchRecord) -> None:
+        self.metrics.batch_size.observe(batch.size)
+        self.metrics.batch_seconds.observe(batch.seconds)
