@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (frames, results, trucks, ops):
         app.include_router(module.router)
     errors.install(app, s.queue.retry_after_s)
+    errors.document(app)
     app.add_middleware(BodyLimit, limit=s.max_upload_bytes)
     if s.cors_origins:  # closed unless origins are listed
         app.add_middleware(

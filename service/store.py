@@ -18,6 +18,7 @@ lost). RedisStore (store_redis.py) implements the same methods for the scaled-ou
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import sqlite3
 import threading
@@ -53,6 +54,10 @@ CREATE TABLE IF NOT EXISTS feed (
     frame_id TEXT NOT NULL UNIQUE
 );
 """
+
+CURSOR = re.compile(r"^([0-9]{1,18}(-[0-9]{1,18})?)?$")
+"""A feed cursor as both stores read it: this store gives out sequence numbers; Redis
+stream ids (milliseconds-sequence)."""
 
 _COLUMNS = (
     "frame_id, camera_id, truck_id, captured_at, received_at, status, error, result, completed_at"
@@ -258,8 +263,9 @@ class SQLiteStore:
 
         ValueError for a cursor this store did not give out.
         """
-        if after and (not after.isdigit() or len(after) > 18):
+        if after and not CURSOR.match(after):
             raise ValueError("not a cursor of this store")
+        after = after.partition("-")[0]  # A-B lies between A and A + 1: after A
         where = "feed.seq > ?" + (" AND frames.camera_id = ?" if camera_id else "")
         params: tuple[Any, ...] = (0, camera_id, limit) if camera_id else (0, limit)
         cols = ", ".join(f"frames.{c.strip()}" for c in _COLUMNS.split(","))

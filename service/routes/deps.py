@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
@@ -10,9 +12,23 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import KeyRing, Permission, allowed
-from service.errors import NotAllowed, NotAuthenticated, TooLarge
+from service.errors import InvalidInput, NotAllowed, NotAuthenticated, TooLarge
 from service.routes.errors import error_response
 from service.runtime import Service
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$", re.ASCII)
+TIME_SCHEMA = {"format": "date-time"}
+"""How a time is declared in the document: RFC 3339, with its offset from UTC."""
+
+
+def parse_time(value: str, name: str, code: str = "invalid_field") -> datetime:
+    """An RFC 3339 time (2026-11-24T06:31:07Z); InvalidInput naming the field if not one."""
+    try:
+        if RFC3339.match(value):
+            return datetime.fromisoformat(value.upper())
+    except ValueError:  # the form is right, the date is not (February 30)
+        pass
+    raise InvalidInput(code, f"{name} must be an RFC 3339 time like 2026-11-24T06:31:07Z")
 
 
 def _service(request: Request) -> Service:

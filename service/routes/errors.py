@@ -81,6 +81,26 @@ def responses(*kinds: type[ServiceError]) -> dict[int | str, dict[str, Any]]:
     return {STATUS[k][0]: {"model": ErrorResponse, "description": STATUS[k][1]} for k in kinds}
 
 
+def document(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the service answers to invalid input.
+
+    That is its 400 `invalid_request` (in each route's responses), not FastAPI's 422, which
+    it never sends.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI, retry_after_s: int) -> None:
     """Answer every error as the table says, the framework's own ones included."""
 

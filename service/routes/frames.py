@@ -13,10 +13,9 @@ import asyncio
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -34,7 +33,7 @@ from service.errors import (
 )
 from service.reports import frame_links
 from service.result import FrameResult, Summary
-from service.routes.deps import BodyTooLarge, ServiceDep, require
+from service.routes.deps import BodyTooLarge, ServiceDep, parse_time, require
 from service.routes.errors import responses
 from service.runtime import Service
 from service.settings import ID_PATTERN
@@ -96,6 +95,7 @@ FRAME_FORM = {
                 "schema": {
                     "type": "object",
                     "required": ["image", "camera_id"],
+                    "additionalProperties": False,
                     "properties": {
                         "image": {
                             "type": "string",
@@ -109,19 +109,25 @@ FRAME_FORM = {
                         },
                         "truck_id": {
                             "type": "string",
-                            "pattern": ID_PATTERN,
+                            "pattern": f"^$|{ID_PATTERN}",
                             "example": "TRK-20261124-0031",
+                            "description": "empty is the same as absent",
                         },
                         "captured_at": {
-                            "type": "string",
-                            "format": "date-time",
+                            "anyOf": [
+                                {"type": "string", "format": "date-time"},
+                                {"type": "string", "maxLength": 0},
+                            ],
                             "example": "2026-11-24T06:31:07Z",
+                            "description": "when the camera took the frame (RFC 3339); "
+                            "empty is the same as absent",
                         },
                     },
-                }
+                },
+                "encoding": {"image": {"contentType": "image/jpeg, image/png"}},
             }
         },
-    }
+    },
 }
 
 
@@ -160,6 +166,13 @@ async def post_frame(
     request: Request,
     svc: ServiceDep,
     wait: bool = Query(False, description="answer 200 with the result when it is ready"),
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            description="a retry with the same key and bytes gets the first frame back",
+            json_schema_extra={"pattern": IDEMPOTENCY_KEY.pattern},
+        ),
+    ] = None,
 ) -> Response:
     """Store a JPEG or PNG frame and queue it.
 
@@ -179,7 +192,7 @@ async def post_frame(
             f"{s.queue.max_backlog}); retry later",
             s.queue.retry_after_s,
         )
-    key = request.headers.get("idempotency-key")
+    key = idempotency_key
     if key is not None and not IDEMPOTENCY_KEY.match(key):
         raise InvalidInput("invalid_idempotency_key", "1 to 128 printable ASCII characters")
     upload = await read_form(request)
@@ -210,6 +223,9 @@ async def read_form(request: Request) -> Upload:
         raise
     except Exception as err:
         raise InvalidInput("invalid_form", f"the multipart body cannot be read: {err}") from None
+    unknown = sorted(set(form.keys()) - {"image", "camera_id", "truck_id", "captured_at"})
+    if unknown:
+        raise InvalidInput("invalid_field", f"unknown form fields: {', '.join(unknown)}")
     fields: dict[str, str | None] = {}
     for name, required in (("camera_id", True), ("truck_id", False), ("captured_at", False)):
         value = form.get(name)
@@ -225,10 +241,7 @@ async def read_form(request: Request) -> Upload:
             )
         fields[name] = value
     if fields["captured_at"] is not None:
-        try:
-            datetime.fromisoformat(fields["captured_at"])
-        except ValueError:
-            raise InvalidInput("invalid_field", "captured_at must be ISO 8601") from None
+        parse_time(fields["captured_at"], "captured_at")
     image = form.get("image")
     if image is None:
         raise InvalidInput("missing_field", "the form field 'image' (a file) is required")
@@ -239,7 +252,10 @@ async def read_form(request: Request) -> Upload:
     return Upload(await image.read(), camera_id, fields["truck_id"], fields["captured_at"])
 
 
-FrameId = Annotated[str, Path(description="32 lowercase hex digits")]
+FrameId = Annotated[
+    str,
+    Path(description="32 lowercase hex digits", json_schema_extra={"pattern": FRAME_ID_PATTERN}),
+]
 
 
 def checked_id(frame_id: str) -> str:

@@ -14,7 +14,7 @@ from service.result import Verdict
 from service.routes.deps import ServiceDep, require
 from service.routes.errors import responses
 from service.settings import ID_PATTERN
-from service.store import FeedPage
+from service.store import CURSOR, FeedPage
 
 router = APIRouter(tags=["results"])
 
@@ -71,7 +71,11 @@ def feed_items(page: FeedPage) -> list[FeedItem]:
 )
 async def results(
     svc: ServiceDep,
-    after: str | None = Query(None, description="the `next` of the previous page"),
+    after: str | None = Query(
+        None,
+        description="the `next` of the previous page",
+        json_schema_extra={"pattern": CURSOR.pattern},
+    ),
     limit: int = Query(100, ge=1, le=1000),
     camera_id: str | None = Query(None, pattern=ID_PATTERN),
     wait: float = Query(0, ge=0, le=60, description="long-poll up to this many seconds"),
@@ -94,9 +98,15 @@ async def results(
 async def results_stream(
     request: Request,
     svc: ServiceDep,
-    after: str | None = Query(None, description="the cursor to start after"),
+    after: str | None = Query(
+        None, description="the cursor to start after", json_schema_extra={"pattern": CURSOR.pattern}
+    ),
     camera_id: str | None = Query(None, pattern=ID_PATTERN),
-    last_event_id: str | None = Header(None, description="resume after this event's id"),
+    last_event_id: str | None = Header(
+        None,
+        description="resume after this event's id",
+        json_schema_extra={"pattern": CURSOR.pattern},
+    ),
 ) -> StreamingResponse:
     """The same feed as server-sent events (`id:` is the cursor; Last-Event-ID resumes)."""
     # the first page is read before the answer starts, so a bad cursor is a 400

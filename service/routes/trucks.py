@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -13,7 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from service.errors import InvalidInput, NotAllowed, NotAuthenticated, NotFound, Unavailable
 from service.reports import TruckList, TruckReport, report_csv, truck_report, trucks_csv
 from service.result import Verdict
-from service.routes.deps import ServiceDep, require
+from service.routes.deps import TIME_SCHEMA, ServiceDep, parse_time, require
 from service.routes.errors import responses
 from service.settings import ID_PATTERN
 
@@ -24,15 +23,7 @@ CSV = {"text/csv": {"schema": {"type": "string"}}}
 
 
 def _when(value: str | None, name: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput("invalid_query", f"{name} must be ISO 8601") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return t.timestamp()
+    return None if value is None else parse_time(value, name, "invalid_query").timestamp()
 
 
 @router.get(
@@ -46,7 +37,9 @@ def _when(value: str | None, name: str) -> float | None:
 )
 async def truck(
     svc: ServiceDep,
-    truck_id: Annotated[str, Path(description=f"the truck's id, matching {ID_PATTERN}")],
+    truck_id: Annotated[
+        str, Path(description="the truck's id", json_schema_extra={"pattern": ID_PATTERN})
+    ],
     format: Annotated[Format, Query()] = "json",
 ) -> Response:
     """Every frame of a truck aggregated.
@@ -76,8 +69,12 @@ async def truck(
 )
 async def trucks(
     svc: ServiceDep,
-    since: str | None = Query(None, description="ISO 8601; frames received from then"),
-    until: str | None = Query(None, description="ISO 8601; frames received before then"),
+    since: str | None = Query(
+        None, description="frames received from then", json_schema_extra=TIME_SCHEMA
+    ),
+    until: str | None = Query(
+        None, description="frames received before then", json_schema_extra=TIME_SCHEMA
+    ),
     verdict: Annotated[Verdict | None, Query()] = None,
     format: Annotated[Format, Query()] = "json",
 ) -> Response:

@@ -1,0 +1,165 @@
+"""The OpenAPI document is the contract: Schemathesis makes requests from it, valid and
+invalid, against a live service with API keys, and checks each answer against it (status
+codes, content types, bodies, headers, that invalid input is refused and valid input is
+taken). Examples are bounded; the long poll and the event stream have their own limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import positive_data_acceptance
+
+from .conftest import Server
+from .test_ops import KEYS, write_keys
+
+pytestmark = pytest.mark.slow
+
+ADMIN = {"Authorization": f"Bearer {KEYS['admin']}"}
+STREAM = "/v1/results/stream"
+QUICK = settings(
+    max_examples=20,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],  # a failure is reported as found, not shrunk
+    derandomize=True,  # the same requests on every run: a failure can be run again
+    suppress_health_check=list(HealthCheck),
+)
+
+
+@pytest.fixture(scope="module")
+def contract_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("contract")
+    keys_file = folder / "keys.json"
+    write_keys(keys_file, {role: [key] for role, key in KEYS.items()})
+    srv = Server(
+        folder / "data",
+        {
+            "SCRAPSCAN_API_KEYS_FILE": str(keys_file),
+            "SCRAPSCAN_THREADS": "2",
+            "SCRAPSCAN_WAIT_TIMEOUT_S": "5",
+        },
+    )
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def api_schema(contract_server: Server) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{contract_server.url}/openapi.json")
+
+
+OPERATIONS = [
+    ("POST", "/v1/frames"),
+    ("GET", "/v1/frames/{frame_id}"),
+    ("GET", "/v1/frames/{frame_id}/mask.png"),
+    ("GET", "/v1/frames/{frame_id}/overlay.jpg"),
+    ("GET", "/v1/results"),
+    ("GET", STREAM),
+    ("GET", "/v1/trucks/{truck_id}/report"),
+    ("GET", "/v1/trucks"),
+    ("GET", "/v1/config"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+]
+BOUNDED = [op for op in OPERATIONS if op[1] != STREAM]
+
+
+def run(
+    api_schema: schemathesis.BaseSchema,
+    method: str,
+    path: str,
+    mode: GenerationMode,
+    check: Callable[[schemathesis.Case], None],
+    examples: int,
+) -> None:
+    """`check` on the requests Schemathesis makes for one operation."""
+    operation = api_schema[path][method]
+
+    @given(case=operation.as_strategy(mode))
+    @settings(QUICK, max_examples=examples)
+    def each(case: schemathesis.Case) -> None:
+        check(case)
+
+    each()
+
+
+def bounded(case: schemathesis.Case) -> None:
+    """A long poll waits at most half a second here (the document allows 60)."""
+    if case.path == "/v1/results" and isinstance(case.query, dict):
+        wait = case.query.get("wait")
+        if isinstance(wait, int | float) and not isinstance(wait, bool) and 0 < wait <= 60:
+            case.query["wait"] = min(wait, 0.5)
+
+
+def test_the_list_holds_every_operation_of_the_document(api_schema):
+    documented = {(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()}
+    assert documented == set(OPERATIONS)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "mode"),
+    [
+        (method, path, mode)
+        for method, path in BOUNDED
+        for mode in GenerationMode
+        # a route without parameters has no invalid request to make
+        if mode is GenerationMode.POSITIVE or path not in ("/healthz", "/readyz", "/metrics")
+    ],
+)
+def test_every_answer_with_a_key_is_what_the_document_says(api_schema, method, path, mode):
+    # any bytes are a "binary" image to the document, but only JPEG and PNG decode: a
+    # well-formed upload of other bytes is refused (400 not_an_image), as documented
+    excluded = [positive_data_acceptance] if path == "/v1/frames" else []
+
+    def check(case: schemathesis.Case) -> None:
+        bounded(case)
+        case.call_and_validate(headers=ADMIN, excluded_checks=excluded, timeout=30)
+
+    run(api_schema, method, path, mode, check, 20)
+
+
+@pytest.mark.parametrize(("method", "path"), BOUNDED)
+def test_without_a_key_every_guarded_route_answers_401(api_schema, method, path):
+    guarded = bool(api_schema[path][method].definition.raw.get("security"))
+
+    def check(case: schemathesis.Case) -> None:
+        bounded(case)
+        response = case.call(timeout=30)
+        if guarded:
+            assert response.status_code == 401, response.text
+            assert response.headers["www-authenticate"] == ["Bearer"]
+        else:  # probes and metrics need no key
+            assert response.status_code == 200, response.text
+
+    run(api_schema, method, path, GenerationMode.POSITIVE, check, 5)
+
+
+@pytest.mark.parametrize("mode", list(GenerationMode))
+def test_the_event_stream_starts_as_documented(api_schema, contract_server, mode):
+    """The stream never ends: its status and content type are checked, and a 400's body."""
+
+    def check(case: schemathesis.Case) -> None:
+        request = case.as_transport_kwargs(base_url=contract_server.url, headers=ADMIN)
+        with httpx.stream(
+            request["method"],
+            request["url"],
+            params=request.get("params"),
+            headers=request.get("headers"),
+            timeout=30,
+        ) as response:
+            if response.status_code == 200:
+                assert response.headers["content-type"].startswith("text/event-stream")
+            elif response.status_code == 401:  # a negative case may spoil the key itself
+                assert request["headers"].get("Authorization") != ADMIN["Authorization"]
+            else:
+                assert response.status_code == 400, response.status_code
+                response.read()
+                assert response.json()["error"]["code"] in ("invalid_request", "invalid_cursor")
+
+    run(api_schema, "GET", STREAM, mode, check, 10)
