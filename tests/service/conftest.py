@@ -3,6 +3,8 @@ a SQLite or Redis store, and scrapscan-worker processes for the scaled-out shape
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -142,4 +144,33 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> It
     worker.start()
     yield srv
     worker.stop()
+    srv.stop()
+
+
+KEYS = {role: f"{role}-key-0123456789" for role in ("camera", "dashboard", "operator", "admin")}
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def write_keys(path: Path, keys: dict[str, list[str]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({role: [digest(k) for k in ks] for role, ks in keys.items()}))
+    tmp.replace(path)  # as a Secret update does: the file is swapped whole
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The embedded service with API keys, one per role."""
+    folder = tmp_path_factory.mktemp("keyed")
+    keys_file = folder / "keys.json"
+    write_keys(keys_file, {role: [key] for role, key in KEYS.items()})
+    srv = Server(
+        folder / "data",
+        {"SCRAPSCAN_API_KEYS_FILE": str(keys_file), "SCRAPSCAN_THREADS": "2"},
+    )
+    srv.keys_file = keys_file  # type: ignore[attr-defined]
+    srv.start()
+    yield srv
     srv.stop()

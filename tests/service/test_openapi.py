@@ -5,7 +5,7 @@ taken). Examples are bounded; the long poll and the event stream have their own 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -14,8 +14,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
-from .conftest import Server
-from .test_ops import KEYS, write_keys
+from .conftest import KEYS, Server
 
 pytestmark = pytest.mark.slow
 
@@ -31,26 +30,8 @@ QUICK = settings(
 
 
 @pytest.fixture(scope="module")
-def contract_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("contract")
-    keys_file = folder / "keys.json"
-    write_keys(keys_file, {role: [key] for role, key in KEYS.items()})
-    srv = Server(
-        folder / "data",
-        {
-            "SCRAPSCAN_API_KEYS_FILE": str(keys_file),
-            "SCRAPSCAN_THREADS": "2",
-            "SCRAPSCAN_WAIT_TIMEOUT_S": "5",
-        },
-    )
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def api_schema(contract_server: Server) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(f"{contract_server.url}/openapi.json")
+def api_schema(keyed: Server) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{keyed.url}/openapi.json")
 
 
 OPERATIONS = [
@@ -141,11 +122,11 @@ def test_without_a_key_every_guarded_route_answers_401(api_schema, method, path)
 
 
 @pytest.mark.parametrize("mode", list(GenerationMode))
-def test_the_event_stream_starts_as_documented(api_schema, contract_server, mode):
+def test_the_event_stream_starts_as_documented(api_schema, keyed, mode):
     """The stream never ends: its status and content type are checked, and a 400's body."""
 
     def check(case: schemathesis.Case) -> None:
-        request = case.as_transport_kwargs(base_url=contract_server.url, headers=ADMIN)
+        request = case.as_transport_kwargs(base_url=keyed.url, headers=ADMIN)
         with httpx.stream(
             request["method"],
             request["url"],

@@ -3,14 +3,11 @@ without a restart, request ids, CORS, structured logs and the Prometheus metrics
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,38 +15,10 @@ import pytest
 from service.auth import ACCESS, KeyRing, KeysFileError, load_keys
 from training.synth import render_frame
 
-from .conftest import Server
+from .conftest import KEYS, Server, write_keys
 from .test_api import assert_error, jpeg
 
 pytestmark = pytest.mark.slow
-
-KEYS = {role: f"{role}-key-0123456789" for role in ("camera", "dashboard", "operator", "admin")}
-
-
-def digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def write_keys(path: Path, keys: dict[str, list[str]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({role: [digest(k) for k in ks] for role, ks in keys.items()}))
-    tmp.replace(path)  # as a Secret update does: the file is swapped whole
-
-
-@pytest.fixture(scope="module")
-def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The embedded service with API keys, one per role."""
-    folder = tmp_path_factory.mktemp("keyed")
-    keys_file = folder / "keys.json"
-    write_keys(keys_file, {role: [key] for role, key in KEYS.items()})
-    srv = Server(
-        folder / "data",
-        {"SCRAPSCAN_API_KEYS_FILE": str(keys_file), "SCRAPSCAN_THREADS": "2"},
-    )
-    srv.keys_file = keys_file  # type: ignore[attr-defined]
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def auth(role: str | None) -> dict[str, str]:
