@@ -13,7 +13,7 @@ import asyncio
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -55,8 +55,8 @@ class FrameAccepted(BaseModel):
     links: dict[str, str]
 
 
-class FrameStatus(BaseModel):
-    """A frame's state and, once done, its result."""
+class FrameInfo(BaseModel):
+    """What the service knows of a frame besides its result."""
 
     frame_id: str
     camera_id: str
@@ -64,27 +64,36 @@ class FrameStatus(BaseModel):
     captured_at: str | None
     status: str = Field(examples=["done"], description="queued, processing, done or failed")
     error: str | None = Field(None, description="why the frame failed")
+    links: dict[str, str]
+
+    @staticmethod
+    def fields(r: FrameRecord) -> dict[str, Any]:
+        """These fields of a stored frame."""
+        return {
+            "frame_id": r.frame_id,
+            "camera_id": r.camera_id,
+            "truck_id": r.truck_id,
+            "captured_at": r.captured_at,
+            "status": r.status,
+            "error": r.error,
+            "links": frame_links(r.frame_id),
+        }
+
+
+class FrameStatus(FrameInfo):
+    """A frame's state and, once done, its result."""
+
     result: FrameResult | Summary | None = Field(
         None,
         description="once done: the model, image size, bed used, verdict, scores per class, "
         "instances, thresholds, tiles and per-stage timings (only verdict, scores and each "
         "instance's class, score and area once the result retention has passed)",
     )
-    links: dict[str, str]
 
     @classmethod
     def of(cls, r: FrameRecord) -> FrameStatus:
         """The status of a stored frame."""
-        return cls(
-            frame_id=r.frame_id,
-            camera_id=r.camera_id,
-            truck_id=r.truck_id,
-            captured_at=r.captured_at,
-            status=r.status,
-            error=r.error,
-            result=r.result,
-            links=frame_links(r.frame_id),
-        )
+        return cls(**cls.fields(r), result=r.result)
 
 
 FRAME_FORM = {

@@ -9,10 +9,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from service.errors import InvalidInput, NotAllowed, NotAuthenticated, Unavailable
-from service.reports import frame_links
 from service.result import Verdict
 from service.routes.deps import ServiceDep, require
 from service.routes.errors import responses
+from service.routes.frames import FrameInfo
 from service.settings import ID_PATTERN
 from service.store import CURSOR, FeedPage
 
@@ -21,21 +21,14 @@ router = APIRouter(tags=["results"])
 READ = (InvalidInput, NotAuthenticated, NotAllowed, Unavailable)
 
 
-class FeedItem(BaseModel):
-    """An ended frame in the feed."""
+class FeedItem(FrameInfo):
+    """An ended frame in the feed (done or failed)."""
 
     cursor: str = Field(description="this item's place in the feed (resume after it)")
-    frame_id: str
-    camera_id: str
-    truck_id: str | None
-    captured_at: str | None
-    status: str = Field(description="done or failed")
-    error: str | None
     completed_at: float | None
     verdict: Verdict | None
     scores: dict[str, float] | None
     instances: int = Field(description="how many instances were found")
-    links: dict[str, str]
 
 
 class Page(BaseModel):
@@ -49,18 +42,12 @@ def feed_items(page: FeedPage) -> list[FeedItem]:
     """The page's frames as the feed shows them."""
     return [
         FeedItem(
+            **FeedItem.fields(r),
             cursor=seq,
-            frame_id=r.frame_id,
-            camera_id=r.camera_id,
-            truck_id=r.truck_id,
-            captured_at=r.captured_at,
-            status=r.status,
-            error=r.error,
             completed_at=r.completed_at,
             verdict=r.result.verdict if r.result else None,
             scores=r.result.scores if r.result else None,
             instances=len(r.result.instances) if r.result else 0,
-            links=frame_links(r.frame_id),
         )
         for seq, r in page.items
     ]

@@ -75,18 +75,8 @@ def test_csv_has_a_row_per_class_and_per_truck():
         "T1", [frame("a", [inst("motor", 0.6, 1000)], captured="2026-11-24T06:00:00Z")]
     )
     rows = list(csv.DictReader(io.StringIO(report_csv(r))))
-    assert list(rows[0]) == [
-        "truck_id",
-        "verdict",
-        "frames",
-        "first_seen",
-        "last_seen",
-        "class",
-        "highest_score",
-        "frames_with_class",
-        "instances",
-        "area_px",
-    ]
+    header = "truck_id,verdict,frames,first_seen,last_seen,class,highest_score,"
+    assert report_csv(r).splitlines()[0] == header + "frames_with_class,instances,area_px"
     assert [row["class"] for row in rows] == ["motor", "cable", "spray_can"]
     assert rows[0]["highest_score"] == "0.6" and rows[1]["highest_score"] == ""
     listing = list(csv.DictReader(io.StringIO(trucks_csv([r]))))
