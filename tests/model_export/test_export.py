@@ -174,6 +174,28 @@ def test_parity_check_fails_beyond_the_limits(graph):
         Parity({"class_probs": 0.0}, 0.99, 1).check("fp32", "swapped")
 
 
+def test_an_export_whose_file_drifts_is_refused_and_writes_nothing(
+    checkpoint, tmp_path, capsys, monkeypatch
+):
+    """export_bundle itself applies the parity limits: a file out of them stops the export
+    with its name, and neither the bundle nor its work folder is left behind."""
+    from model_export import export as export_module
+
+    real = export_module.onnx_runner
+
+    def runner(path):
+        run = real(path)
+        if path.name != "model.fp16.onnx":
+            return run
+        return lambda x: tuple(o + 0.05 for o in run(x))  # beyond fp16's limit
+
+    monkeypatch.setattr(export_module, "onnx_runner", runner)
+    out = tmp_path / "bundle"
+    assert main(["--checkpoint", str(checkpoint), "--out", str(out), "--no-torch-export"]) == 1
+    assert "model.fp16.onnx: max abs difference" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_report_threshold_goes_into_the_manifest(checkpoint, tmp_path, capsys):
     report = tmp_path / "report.json"
     report.write_text(

@@ -101,6 +101,23 @@ def test_total_loss_sums_local_and_weighted_msm_and_backpropagates(tiny_config):
     assert model.text.prompts.context.grad is not None
 
 
+def test_each_msm_stage_counts_by_its_own_weight(tiny_config):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        output = build_model(tiny_config.model)(torch.randn(1, 3, 518, 518))
+    target = torch.zeros(1, 518, 518, dtype=torch.long)
+    target[:, 50:150, 200:400] = 1
+
+    def msm(stage_weights):
+        return total_loss(output, target, torch.ones(4), stage_weights)[1]["msm"]
+
+    alone = [msm(tuple(float(i == k) for i in range(4))) for k in range(4)]
+    weights = (0.2, 0.3, 0.5, 2.0)  # not summing to 1: equal weights would not pass
+    expected = sum(w * a for w, a in zip(weights, alone, strict=True))
+    assert msm(weights) == pytest.approx(expected, rel=1e-5)
+    assert len(set(alone)) == 4  # the stages' terms differ, so each weight shows
+
+
 def test_auto_beta_weighs_classes_by_their_pixel_counts():
     counts = [50_000_000, 500_000, 100_000, 0]
     saturated = class_balanced_weights(counts, beta=0.9999)
