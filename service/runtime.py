@@ -19,8 +19,9 @@ from service.metrics import LiveCollector, Metrics, queue_gauges
 from service.queue import LocalQueue, group_info
 from service.runner import FrameRunner
 from service.settings import Settings
-from service.store import FeedPage, FrameRecord, SQLiteStore, Store
+from service.store import FeedPage, FrameRecord, Store
 from service.store_redis import RedisStore
+from service.store_sqlite import SQLiteStore
 
 log = logging.getLogger("scrapscan.service")
 

@@ -1,4 +1,4 @@
-"""The Redis store: the same methods as SQLiteStore, for API and workers on several hosts.
+"""The Redis store (service/store.py's contract), for API and workers on several hosts.
 
 Keys (prefix `scrapscan:`):
   frame:<id>            hash: camera_id, truck_id, captured_at, received_at, status, error,

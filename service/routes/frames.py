@@ -4,7 +4,7 @@ A frame's path, in the order it runs: `post_frame` here checks and stores the up
 hands it to the Service (service/runtime.py); the FrameRunner (service/runner.py) takes it
 from the queue and runs it through the Pipeline (service/pipeline.py, over the stages of
 service/stages.py); its FrameResult (service/result.py) is kept by the store
-(service/store.py) and read back by `get_frame` here.
+(service/store.py: SQLite or Redis) and read back by `get_frame` here.
 """
 
 from __future__ import annotations

@@ -289,7 +289,8 @@ def test_results_and_queued_frames_survive_a_restart(server, frame):
 
 def test_a_frame_still_queued_at_a_restart_is_processed_after_it(server, frame):
     """What the service had accepted and not finished when it stopped is queued again."""
-    from service.store import NewFrame, SQLiteStore
+    from service.store import NewFrame
+    from service.store_sqlite import SQLiteStore
 
     server.stop()
     store = SQLiteStore(server.data_dir)  # accepted, never picked up: the process died

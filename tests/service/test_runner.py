@@ -12,7 +12,8 @@ from service.pipeline import Processed
 from service.queue import ATTEMPTS, DEAD, FRAMES, LocalQueue, RedisQueue
 from service.runner import FrameRunner
 from service.settings import QueueSettings, Settings
-from service.store import NewFrame, SQLiteStore
+from service.store import NewFrame
+from service.store_sqlite import SQLiteStore
 
 from .conftest import frame_result
 

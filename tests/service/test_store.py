@@ -5,8 +5,9 @@ import time
 import pytest
 
 from service.reports import truck_report
-from service.store import IdempotencyConflict, NewFrame, SQLiteStore
+from service.store import IdempotencyConflict, NewFrame
 from service.store_redis import RedisStore
+from service.store_sqlite import SQLiteStore
 
 from .conftest import frame_result
 
