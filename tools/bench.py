@@ -414,7 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--bundle", type=Path, help="model bundle (default: models/demo)")
     s.add_argument(
-        "--bed", choices=("full", "learned"), default="learned", help="bed crop strategy"
+        "--bed",
+        choices=("auto", "full", "learned"),
+        default="learned",
+        help="bed crop strategy (auto: learned when the bundle has a bed model)",
     )
     s.add_argument("--width", type=int, default=3840, help="synthetic frame width (3840)")
     s.add_argument("--height", type=int, default=2160, help="synthetic frame height (2160)")
