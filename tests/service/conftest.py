@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -78,6 +79,7 @@ class Server:
             env=env,
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill() reaches its children
         )
         proc = self.proc
         try:
@@ -92,9 +94,9 @@ class Server:
             self.proc = None
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown of any kind."""
+        """SIGKILL to the process and its children (--processes): no shutdown of any kind."""
         if self.proc is not None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
             self.proc = None
 
