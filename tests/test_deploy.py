@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.store_redis import FRAMES, GROUP
+from service.queue import FRAMES, GROUP
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
