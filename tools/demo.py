@@ -16,10 +16,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
 
+from common.bundle import BundleError, load_bundle
 from common.classes import CLASS_NAMES
 from service.local import running_service
 from service.settings import Settings
@@ -40,9 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bundle:
         settings = settings.model_copy(update={"bundle": args.bundle})
     try:
+        load_bundle(settings.bundle, serving=True)  # a bad bundle is named before any start
         with running_service(settings) as url:
             return _post_frames(url, settings, args)
-    except RuntimeError as err:
+    except (BundleError, RuntimeError) as err:
         print(f"demo: {err}", file=sys.stderr)
         return 1
 
@@ -74,10 +77,10 @@ def _post_frames(url: str, settings: Settings, args: argparse.Namespace) -> int:
         h, w = res["image"]["height"], res["image"]["width"]
         print(
             f"\nframe {i} ({w}x{h}, bed {res['bed']['strategy']}, {res['tiles']} tiles, "
-            f"{seconds:.1f} s): "
-            f"verdict {res['verdict'].upper()}, anomaly score {res['scores']['anomaly']:.2f}; "
+            f"{seconds:.1f} s): verdict {res['verdict'].upper()}; "
             f"truly in it: {', '.join(truth) or 'nothing'}"
         )
+        print(f"  peak anomaly {res['scores']['anomaly']:.3f}; {rule_text(res['thresholds'])}")
         for inst in res["instances"][:3]:
             x, y, bw, bh = inst["bbox"]
             print(
@@ -92,6 +95,14 @@ def _post_frames(url: str, settings: Settings, args: argparse.Namespace) -> int:
         "pipeline, not the paper's accuracy"
     )
     return 0
+
+
+def rule_text(t: dict[str, Any]) -> str:
+    """What a region needs to become an instance under the bundle's thresholds."""
+    need = [f"area >= {t['min_area_px']} px"]
+    if t.get("min_score") is not None:
+        need.insert(0, f"score >= {t['min_score']:.3f}")
+    return f"an instance needs {' and '.join(need)}; reject from {t['reject_score']:.3f}"
 
 
 if __name__ == "__main__":

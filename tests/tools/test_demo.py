@@ -1,0 +1,28 @@
+"""`make demo` as a new user runs it: the service on the demo bundle, one 4K frame."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.demo import main, rule_text
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_demo_prints_a_verdict_the_rule_behind_it_and_writes_the_overlay(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--frames", "1", "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "frame 0 (3840x2160, bed learned" in out and "truly in it: nothing" in out
+    assert any(f"verdict {v}" in out for v in ("CLEAN", "INSPECT", "REJECT"))
+    assert "an instance needs score >= " in out
+    assert (tmp_path / "frame_0_overlay.jpg").stat().st_size > 10_000
+
+
+def test_the_rule_reads_without_a_minimum_score():
+    t = {"min_area_px": 64, "min_score": None, "reject_score": 0.8}
+    assert rule_text(t) == "an instance needs area >= 64 px; reject from 0.800"
+
+
+def test_a_bundle_that_is_not_one_is_named_and_nothing_starts(tmp_path, capsys):
+    assert main(["--bundle", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 1
+    assert f"demo: {tmp_path / 'nope'}: not a folder" in capsys.readouterr().err
