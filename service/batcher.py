@@ -66,11 +66,15 @@ class Batcher:
         self._wake = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task[None] | None = None
+        self._now: Callable[[], float] = time.monotonic
+        """The event loop's clock once started: its timeouts and these times agree."""
 
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+            loop = asyncio.get_running_loop()
+            self._now = loop.time
+            self._task = loop.create_task(self._loop(), name="batcher")
 
     async def stop(self) -> None:
         """Stop the loop; waiting requests get a RuntimeError."""
@@ -97,7 +101,7 @@ class Batcher:
         future: asyncio.Future[EngineOutput] = asyncio.get_running_loop().create_future()
         if len(tiles) == 0:
             raise ValueError("no tiles to infer")
-        self._pending.append(_Request(tiles, future, time.monotonic()))
+        self._pending.append(_Request(tiles, future, self._now()))
         self._wake.set()
         return await future
 
@@ -113,7 +117,7 @@ class Batcher:
                 r.taken += 1
                 if r.left == 0:
                     active.remove(r)
-        now = time.monotonic()
+        now = self._now()
         return picks, [now - r.arrived for r, _ in picks]
 
     async def _loop(self) -> None:
@@ -135,7 +139,7 @@ class Batcher:
             oldest = min(r.arrived for r in self._pending if r.left > 0)
             deadline = oldest + self.max_wait
             while self.waiting_tiles < self.max_batch:
-                remaining = deadline - time.monotonic()
+                remaining = deadline - self._now()
                 if remaining <= 0:
                     break
                 self._wake.clear()
@@ -145,7 +149,7 @@ class Batcher:
                     break
             picks, waited = self._take()
             batch = np.stack([r.inputs[i] for r, i in picks])
-            started = time.monotonic()
+            started = self._now()
             try:
                 out = await loop.run_in_executor(self._pool, self.engine.infer, batch)
             except Exception as err:  # the engine failed: fail the requests of this batch
@@ -155,7 +159,7 @@ class Batcher:
                     if r in self._pending:
                         self._pending.remove(r)
                 continue
-            seconds = time.monotonic() - started
+            seconds = self._now() - started
             if self.on_batch is not None:
                 owners = tuple(id(r) for r, _ in picks)
                 self.on_batch(BatchRecord(started, seconds, len(picks), owners, tuple(waited)))
