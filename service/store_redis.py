@@ -166,11 +166,11 @@ class RedisStore:
 
     def complete(self, frame_id: str, result: FrameResult, files: dict[str, bytes]) -> bool:
         """Store the result and files and end the frame; False if it had ended already."""
-        return self._finish(frame_id, "done", result.model_dump_json(), "", files)
+        return self._finish(frame_id, "done", result, "", files)
 
     def fail(self, frame_id: str, reason: str) -> bool:
         """End a frame as failed with the reason; False if it had ended already."""
-        return self._finish(frame_id, "failed", "", reason)
+        return self._finish(frame_id, "failed", None, reason)
 
     def backlog(self) -> int:
         """Frames accepted and not ended."""
@@ -180,7 +180,7 @@ class RedisStore:
         self,
         frame_id: str,
         status: str,
-        result: str,
+        result: FrameResult | None,
         error: str,
         files: dict[str, bytes] | None = None,
     ) -> bool:
@@ -193,7 +193,8 @@ class RedisStore:
         now = time.time()
         oldest = f"{int((now - self.result_ttl) * 1000)}-0"  # feed entries worth keeping
         summary = _report_summary(record, status, now, result, error)
-        args: list[Any] = [status, repr(now), result, error, frame_id, self.result_ttl, oldest]
+        text = result.model_dump_json() if result is not None else ""
+        args: list[Any] = [status, repr(now), text, error, frame_id, self.result_ttl, oldest]
         args += [summary, self.report_ttl]
         for name, data in (files or {}).items():
             args += [name, data]
@@ -308,7 +309,9 @@ class RedisStore:
         return list(pipe.execute())
 
 
-def _report_summary(record: FrameRecord, status: str, now: float, result: str, error: str) -> str:
+def _report_summary(
+    record: FrameRecord, status: str, now: float, result: FrameResult | None, error: str
+) -> str:
     """A frame's end as truck reports need it, without polygons, masks or overlays."""
     return json.dumps(
         {
@@ -318,7 +321,7 @@ def _report_summary(record: FrameRecord, status: str, now: float, result: str, e
             "received_at": record.received_at,
             "status": status,
             "error": error or None,
-            "result": load_result(result).summary().model_dump() if result else None,
+            "result": result.summary().model_dump() if result is not None else None,
             "completed_at": now,
         }
     )

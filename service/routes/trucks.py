@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 
 from service.errors import InvalidInput, NotAllowed, NotAuthenticated, NotFound, Unavailable
 from service.reports import TruckList, TruckReport, report_csv, truck_report, trucks_csv
@@ -20,6 +22,13 @@ router = APIRouter(tags=["trucks"])
 
 Format = Literal["json", "csv"]
 CSV = {"text/csv": {"schema": {"type": "string"}}}
+
+
+def _answer(model: BaseModel, csv_text: Callable[[], str], fmt: Format) -> Response:
+    """The model as JSON, or its CSV form with format=csv."""
+    if fmt == "csv":
+        return PlainTextResponse(csv_text(), media_type="text/csv; charset=utf-8")
+    return JSONResponse(model.model_dump(mode="json"))
 
 
 def _when(value: str | None, name: str) -> float | None:
@@ -53,9 +62,7 @@ async def truck(
     if not frames:
         raise NotFound("truck_not_found", f"no frame of truck {truck_id}")
     report = truck_report(truck_id, frames)
-    if format == "csv":
-        return PlainTextResponse(report_csv(report), media_type="text/csv; charset=utf-8")
-    return JSONResponse(report.model_dump(mode="json"))
+    return _answer(report, lambda: report_csv(report), format)
 
 
 @router.get(
@@ -83,6 +90,4 @@ async def trucks(
     every = await asyncio.to_thread(svc.store.trucks_frames, ids)
     reports = [truck_report(t, every[t]) for t in ids if every[t]]  # no frames: expired
     listed = TruckList(trucks=[r for r in reports if verdict is None or r.verdict == verdict])
-    if format == "csv":
-        return PlainTextResponse(trucks_csv(listed.trucks), media_type="text/csv; charset=utf-8")
-    return JSONResponse(listed.model_dump(mode="json"))
+    return _answer(listed, lambda: trucks_csv(listed.trucks), format)
