@@ -25,7 +25,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service.auth import KeyRing
 from service.logs import RequestId
 from service.metrics import HTTPMetrics
-from service.routes import errors, frames, ops, results, trucks
+from service.routes import errors, feedback, frames, ops, results, trucks
 from service.routes.deps import BodyLimit
 from service.runtime import Service
 from service.settings import Settings
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Finds motors, cables and spray cans in crane-camera frames of steel scrap.",
         lifespan=lifespan,
     )
-    for module in (frames, results, trucks, ops):
+    for module in (frames, feedback, results, trucks, ops):
         app.include_router(module.router)
     errors.install(app, s.queue.retry_after_s)
     errors.document(app)

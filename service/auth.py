@@ -13,9 +13,11 @@ invalid is reported in the log and the keys in force stay.
 
 What each role may do (admin may do everything):
     camera     POST /v1/frames
-    dashboard  read frames and their files, the results feed and its stream
-    operator   read frames and their files, truck reports and the truck list
-    admin      all of the above and GET /v1/config
+    dashboard  read frames, their files and feedback, the results feed and its stream,
+               the service's status, truck reports and the truck list
+    operator   what dashboard reads but the feed, and give feedback (a frame's instances,
+               a truck's decision)
+    admin      all of the above, GET /v1/config and the feedback export
 /healthz, /readyz, /metrics and the OpenAPI docs need no key (probes and Prometheus
 reach them inside the plant network; the network policy keeps them there).
 """
@@ -37,13 +39,15 @@ log = logging.getLogger("scrapscan.auth")
 
 Role = Literal["camera", "dashboard", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("camera", "dashboard", "operator", "admin")
-Permission = Literal["submit", "frames", "feed", "reports", "config"]
+Permission = Literal["submit", "frames", "feed", "reports", "feedback", "config", "export"]
 ACCESS: dict[Permission, frozenset[Role]] = {
     "submit": frozenset({"camera", "admin"}),
     "frames": frozenset({"dashboard", "operator", "admin"}),
     "feed": frozenset({"dashboard", "admin"}),
-    "reports": frozenset({"operator", "admin"}),
+    "reports": frozenset({"dashboard", "operator", "admin"}),
+    "feedback": frozenset({"operator", "admin"}),
     "config": frozenset({"admin"}),
+    "export": frozenset({"admin"}),
 }
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -94,6 +94,19 @@ class Metrics:
             ["class"],
             registry=r,
         )
+        self.feedback = Counter(
+            "scrapscan_feedback",
+            "Operators' judgements: label (confirmed, false_alarm, other_class, missed) and "
+            "the class it is about (the plant's precision: confirmed / (confirmed + false_alarm))",
+            ["label", "class"],
+            registry=r,
+        )
+        self.truck_decisions = Counter(
+            "scrapscan_truck_decisions",
+            "Decisions recorded for trucks (accepted, rejected, manual_inspection)",
+            ["decision"],
+            registry=r,
+        )
         self.model = Gauge(
             "scrapscan_model_info",
             "The model being served (always 1)",

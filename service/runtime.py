@@ -36,7 +36,10 @@ class Service:
         self.store: Store
         if settings.store == "redis":
             self.redis = RedisStore(
-                settings.redis_url.get_secret_value(), settings.result_ttl_s, settings.report_ttl_s
+                settings.redis_url.get_secret_value(),
+                settings.result_ttl_s,
+                settings.report_ttl_s,
+                settings.redis_upload_ttl_s,
             )
             self.store = self.redis
             self.runner: FrameRunner | None = None

@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     then only what truck reports need of the frame stays."""
     report_ttl_s: Annotated[int, Field(ge=60)] = 90 * 86400
     """Truck reports are kept this long (90 days)."""
+    redis_upload_ttl_s: Annotated[int, Field(ge=0)] = 3600
+    """With store redis, an upload is kept in Redis this long after its frame ends (1 hour;
+    a 4K JPEG is 1 to 3 MB of Redis memory), for operators to judge the frame; feedback
+    keeps it with the frame for good. (The embedded store keeps uploads result_ttl_s.)"""
     engine: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
     precision: Literal["fp32", "fp16"] = "fp32"
     """Which ONNX file the ONNX Runtime engine loads (fp16 pays on GPUs only)."""

@@ -3,7 +3,9 @@
 Status goes queued -> processing -> done | failed. A frame that ends (done or failed) is
 in the feed once, in completion order, so the dashboard pages every finished frame
 exactly once. Frames found queued or processing at start were accepted and not finished:
-the service queues them again (nothing accepted is lost). Two stores keep this contract:
+the service queues them again (nothing accepted is lost). Operators' feedback
+(service/feedback.py) is kept with no end and holds its frame (upload, result, files) from
+the retention. Two stores keep this contract:
 SQLiteStore (service/store_sqlite.py, the embedded service: SQLite and files in the data
 folder) and RedisStore (service/store_redis.py, the scaled-out shape).
 """
@@ -16,9 +18,11 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
 from service.errors import Conflict
+from service.feedback import FrameFeedback, TruckDecision
 from service.result import FrameResult, Summary
 
 Status = Literal["queued", "processing", "done", "failed"]
+Target = Literal["frame", "truck"]
 
 CURSOR = re.compile(r"^([0-9]{1,18}(-[0-9]{1,18})?)?$")
 """A feed cursor as both stores read it: this store gives out sequence numbers; Redis
@@ -136,6 +140,20 @@ class Store(Protocol):
 
     def trucks(self, since: float | None = None, until: float | None = None) -> list[str]:
         """Trucks whose latest frame was received in [since, until)."""
+        ...
+
+    def add_feedback(self, item: FrameFeedback | TruckDecision) -> None:
+        """Keep an operator's feedback; a frame with feedback is held from the retention."""
+        ...
+
+    def feedback(self, kind: Target, target: str) -> list[FrameFeedback | TruckDecision]:
+        """The feedback about a frame or a truck, in the order given."""
+        ...
+
+    def feedback_between(
+        self, since: float | None = None, until: float | None = None
+    ) -> list[FrameFeedback | TruckDecision]:
+        """All feedback given in [since, until), in the order given."""
         ...
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 Keys (prefix `scrapscan:`):
   frame:<id>            hash: camera_id, truck_id, captured_at, received_at, status, error,
                         result (JSON), completed_at, sha256, image_ext
-  frame:<id>:image      the upload's bytes (deleted once the frame has ended)
+  frame:<id>:image      the upload's bytes (kept upload_ttl after the frame has ended)
   frame:<id>:<file>     mask.png, overlay.jpg
   idem:<key>            "<frame_id> <sha256>" of the frame an Idempotency-Key was first used for
   open                  set of frames accepted and not ended (its size is the backlog)
@@ -13,11 +13,14 @@ Keys (prefix `scrapscan:`):
                         id is the cursor), trimmed to the frames' retention
   truck:<id>            sorted set: the truck's frame ids by time received
   trucks                sorted set: truck ids by their latest frame (trimmed to report_ttl)
+  feedback              stream: every feedback item (JSON), kept with no end
+  feedback:frame:<id>   list: the feedback about a frame (likewise feedback:truck:<id>)
 
 Retention: a frame's hash and files expire `result_ttl` seconds after it ends; what its
 truck's report needs of it (frame:<id>:report: status, times, each instance's class,
 score and area) `report_ttl` after; a truck's frame list `report_ttl` after its latest
-frame. So reports outlive results and masks.
+frame. So reports outlive results and masks. Feedback on a frame takes the expiry off its
+hash, upload, files and report: a judged frame is kept whole.
 A frame ends once: ending it again (a second worker after a takeover) changes nothing
 and adds nothing to the feed.
 
@@ -37,9 +40,10 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from service.feedback import FEEDBACK, FrameFeedback, TruckDecision
 from service.queue import FRAMES, P
 from service.result import FrameResult, Summary, load_result
-from service.store import FeedPage, FrameRecord, IdempotencyConflict, NewFrame
+from service.store import FeedPage, FrameRecord, IdempotencyConflict, NewFrame, Target
 
 _ADD = """
 -- KEYS: frame hash, image, open set, frames stream, idempotency key or '', truck or '', trucks
@@ -72,21 +76,35 @@ redis.call('SREM', KEYS[2], ARGV[5])
 -- the feed keeps what is still retained: entries older than the result ttl go
 redis.call('XADD', KEYS[3], 'MINID', ARGV[7], '*', 'frame_id', ARGV[5], 'camera_id',
            redis.call('HGET', KEYS[1], 'camera_id'))
-redis.call('DEL', KEYS[4])
+if tonumber(ARGV[10]) > 0 then
+  redis.call('EXPIRE', KEYS[4], ARGV[10])
+else
+  redis.call('DEL', KEYS[4])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 -- what a truck report needs of the frame, kept as long as reports are
 redis.call('SET', KEYS[5] .. 'report', ARGV[8], 'EX', ARGV[9])
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   redis.call('SET', KEYS[5] .. ARGV[i], ARGV[i + 1], 'EX', ARGV[6])
 end
 return 1
 """
 
 
+_FILES = ("image", "mask.png", "overlay.jpg", "report")
+"""A frame's keys besides its hash (frame:<id>:<name>)."""
+
+
 class RedisStore:
     """Frames, results, the feed and truck lists in Redis."""
 
-    def __init__(self, url: str, result_ttl: int = 7 * 86400, report_ttl: int = 90 * 86400) -> None:
+    def __init__(
+        self,
+        url: str,
+        result_ttl: int = 7 * 86400,
+        report_ttl: int = 90 * 86400,
+        upload_ttl: int = 3600,
+    ) -> None:
         # timeouts so that a request fails fast (503) while Redis is away; blocking reads
         # wait at most 4 s (settings.queue.block_ms), under the socket timeout
         self.r: Any = redis.Redis.from_url(  # redis-py types sync and async replies as one
@@ -98,6 +116,7 @@ class RedisStore:
         )
         self.result_ttl = result_ttl
         self.report_ttl = report_ttl
+        self.upload_ttl = upload_ttl
         self._add = self.r.register_script(_ADD)
         self._end = self.r.register_script(_END)
 
@@ -195,7 +214,7 @@ class RedisStore:
         summary = _report_summary(record, status, now, result, error)
         text = result.model_dump_json() if result is not None else ""
         args: list[Any] = [status, repr(now), text, error, frame_id, self.result_ttl, oldest]
-        args += [summary, self.report_ttl]
+        args += [summary, self.report_ttl, self.upload_ttl]
         for name, data in (files or {}).items():
             args += [name, data]
         return bool(self._end(keys=keys, args=args))
@@ -301,6 +320,43 @@ class RedisStore:
         reply = self.r.xread({f"{P}results": last}, count=500, block=block_ms)
         ids = [_entry(e) for _, entries in reply or [] for e in entries]
         return (ids[-1][0] if ids else last), [frame_id for _, frame_id in ids]
+
+    def add_feedback(self, item: FrameFeedback | TruckDecision) -> None:
+        """Keep an operator's feedback; a judged frame's keys lose their expiry."""
+        target = item.frame_id if isinstance(item, FrameFeedback) else item.truck_id
+        text = item.model_dump_json()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rpush(f"{P}feedback:{item.kind}:{target}", text)
+        pipe.xadd(f"{P}feedback", {"item": text})
+        if isinstance(item, FrameFeedback):
+            frame = f"{P}frame:{target}"
+            for key in (frame, *(f"{frame}:{name}" for name in _FILES)):
+                pipe.persist(key)
+        pipe.execute()
+
+    def feedback(self, kind: Target, target: str) -> list[FrameFeedback | TruckDecision]:
+        """The feedback about a frame or a truck, in the order given."""
+        return [
+            FEEDBACK.validate_json(t) for t in self.r.lrange(f"{P}feedback:{kind}:{target}", 0, -1)
+        ]
+
+    def feedback_between(
+        self, since: float | None = None, until: float | None = None
+    ) -> list[FrameFeedback | TruckDecision]:
+        """All feedback given in [since, until), in the order given.
+
+        The stream is read from a minute before `since` (its ids are Redis's clock, the
+        items' times the API's) and the items are chosen by their own time.
+        """
+        low = since if since is not None else 0.0
+        high = until if until is not None else float("inf")
+        start = f"{max(0, int((low - 60) * 1000))}-0"
+        out: list[FrameFeedback | TruckDecision] = []
+        for _, fields in self.r.xrange(f"{P}feedback", start, "+"):
+            item = FEEDBACK.validate_json(fields[b"item"])
+            if low <= item.at < high:
+                out.append(item)
+        return out
 
     def _many(self, ids: list[str], field: str) -> list[bytes | None]:
         pipe = self.r.pipeline(transaction=False)

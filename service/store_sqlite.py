@@ -6,7 +6,8 @@ DATA_DIR/frames/<frame_id>/mask.png   class index per pixel, full frame size
 DATA_DIR/frames/<frame_id>/overlay.jpg
 
 Retention (purge(), run by the service): result_ttl after a frame ends its files go and
-its result keeps what truck reports need; report_ttl after, the frame is forgotten.
+its result keeps what truck reports need; report_ttl after, the frame is forgotten. A
+frame with operators' feedback (the feedback table) is kept whole.
 
 A frame that ends gets the next number of the feed in the same transaction as its end.
 """
@@ -20,8 +21,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from service.feedback import FEEDBACK, FrameFeedback, TruckDecision
 from service.result import FrameResult, load_result
-from service.store import CURSOR, FeedPage, FrameRecord, IdempotencyConflict, NewFrame, Status
+from service.store import (
+    CURSOR,
+    FeedPage,
+    FrameRecord,
+    IdempotencyConflict,
+    NewFrame,
+    Status,
+    Target,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
@@ -44,7 +54,19 @@ CREATE TABLE IF NOT EXISTS feed (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     frame_id TEXT NOT NULL UNIQUE
 );
+CREATE TABLE IF NOT EXISTS feedback (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    at REAL NOT NULL,
+    item TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_target ON feedback (kind, target);
+CREATE INDEX IF NOT EXISTS feedback_at ON feedback (at);
 """
+
+_NOT_HELD = "frame_id NOT IN (SELECT target FROM feedback WHERE kind = 'frame')"
+"""Frames with feedback are out of the retention's reach."""
 
 _COLUMNS = (
     "frame_id, camera_id, truck_id, captured_at, received_at, status, error, result, completed_at"
@@ -235,7 +257,8 @@ class SQLiteStore:
         now = time.time() if now is None else now
         with self._lock:
             stale = self._db.execute(
-                "SELECT frame_id, result FROM frames WHERE completed_at < ? AND image_name != ''",
+                "SELECT frame_id, result FROM frames WHERE completed_at < ? AND image_name != ''"
+                f" AND {_NOT_HELD}",
                 (now - result_ttl,),
             ).fetchall()
         for frame_id, result in stale:
@@ -250,7 +273,8 @@ class SQLiteStore:
             old = [
                 r[0]
                 for r in self._db.execute(
-                    "SELECT frame_id FROM frames WHERE completed_at < ?", (now - report_ttl,)
+                    f"SELECT frame_id FROM frames WHERE completed_at < ? AND {_NOT_HELD}",
+                    (now - report_ttl,),
                 ).fetchall()
             ]
             for frame_id in old:
@@ -259,6 +283,35 @@ class SQLiteStore:
         for frame_id in old:
             shutil.rmtree(self.folder(frame_id), ignore_errors=True)
         return len(stale) + len(old)
+
+    def add_feedback(self, item: FrameFeedback | TruckDecision) -> None:
+        """Keep an operator's feedback (a frame with feedback is held from purge())."""
+        target = item.frame_id if isinstance(item, FrameFeedback) else item.truck_id
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO feedback (kind, target, at, item) VALUES (?, ?, ?, ?)",
+                (item.kind, target, item.at, item.model_dump_json()),
+            )
+
+    def feedback(self, kind: Target, target: str) -> list[FrameFeedback | TruckDecision]:
+        """The feedback about a frame or a truck, in the order given."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT item FROM feedback WHERE kind = ? AND target = ? ORDER BY seq",
+                (kind, target),
+            ).fetchall()
+        return [FEEDBACK.validate_json(r[0]) for r in rows]
+
+    def feedback_between(
+        self, since: float | None = None, until: float | None = None
+    ) -> list[FrameFeedback | TruckDecision]:
+        """All feedback given in [since, until), in the order given."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT item FROM feedback WHERE at >= ? AND at < ? ORDER BY seq",
+                (since if since is not None else 0.0, until if until is not None else 1e18),
+            ).fetchall()
+        return [FEEDBACK.validate_json(r[0]) for r in rows]
 
     def _set(
         self, frame_id: str, status: Status, result: str | None = None, error: str | None = None

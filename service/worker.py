@@ -59,7 +59,10 @@ class StreamWorker:
         self.name = name
         self.metrics = Metrics()
         self.store = RedisStore(
-            settings.redis_url.get_secret_value(), settings.result_ttl_s, settings.report_ttl_s
+            settings.redis_url.get_secret_value(),
+            settings.result_ttl_s,
+            settings.report_ttl_s,
+            settings.redis_upload_ttl_s,
         )
         q = settings.queue
         self.queue = RedisQueue(self.store.r, name, q.block_ms, q.claim_idle_s)

@@ -42,15 +42,23 @@ ServiceDep = Annotated[Service, Depends(_service)]
 BEARER = HTTPBearer(auto_error=False, description="an API key: Authorization: Bearer <key>")
 
 
+ANONYMOUS = "anonymous"
+"""Who a caller is when the service runs without keys."""
+
+
 def require(permission: Permission) -> Any:
-    """A route dependency: NotAuthenticated without a known key, NotAllowed for its role."""
+    """A route dependency: NotAuthenticated without a known key, NotAllowed for its role.
+
+    Its value is who the caller is: the roles of the key that grant the permission
+    (`Annotated[str, require(...)]` in a route's parameters), ANONYMOUS without keys.
+    """
 
     async def check(
         request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
-    ) -> None:
+    ) -> str:
         keys: KeyRing = request.app.state.keys
         if not keys.enabled:
-            return
+            return ANONYMOUS
         if cred is None:
             raise NotAuthenticated("unauthorized", "send an API key: Authorization: Bearer <key>")
         roles = await asyncio.to_thread(keys.roles, cred.credentials)
@@ -61,6 +69,7 @@ def require(permission: Permission) -> Any:
                 "forbidden",
                 f"a key of role {', '.join(sorted(roles))} may not {permission.replace('_', ' ')}",
             )
+        return ",".join(sorted(r for r in roles if allowed(frozenset({r}), permission)))
 
     return Depends(check)
 

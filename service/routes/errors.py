@@ -35,7 +35,10 @@ STATUS: dict[type[ServiceError], tuple[int, str]] = {
     NotAuthenticated: (401, "unauthorized: no API key, or a key this service does not know"),
     NotAllowed: (403, "forbidden: the key's role may not use this route"),
     NotFound: (404, "no such frame or truck, or its result is not ready"),
-    Conflict: (409, "Idempotency-Key reused with other bytes"),
+    Conflict: (
+        409,
+        "Idempotency-Key reused with other bytes; feedback on a frame not done or past retention",
+    ),
     TooLarge: (413, "upload or image too large"),
     UnsupportedMedia: (415, "not multipart/form-data"),
     Busy: (429, "queue_full: too many frames wait; retry after Retry-After seconds"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,6 +127,35 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "SCRAPSCAN_THREADS": "2",
             "SCRAPSCAN_CAMERAS": '{"crane-learned": {"bed": "learned"}}',
         },
+    )
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def loose_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo bundle with thresholds that find instances on most synthetic frames.
+
+    (The demo bundle's calibrated ones pass most of them as clean; feedback and the
+    dashboard need instances to show.)
+    """
+    folder = tmp_path_factory.mktemp("loose") / "bundle"
+    shutil.copytree(REPO / "models" / "demo", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    post = manifest["postprocess"]
+    post["class_thresholds"] = dict.fromkeys(post["class_thresholds"], 0.5)
+    post.update(pixel_threshold=0.5, min_area_px=64, min_score=0.0, reject_score=0.99)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def loose_server(tmp_path_factory: pytest.TempPathFactory, loose_bundle: Path) -> Iterator[Server]:
+    """An embedded service on `loose_bundle`, without keys."""
+    srv = Server(
+        tmp_path_factory.mktemp("loose-service") / "data",
+        {"SCRAPSCAN_BUNDLE": str(loose_bundle), "SCRAPSCAN_THREADS": "2"},
     )
     srv.start()
     yield srv

@@ -49,6 +49,10 @@ ROUTES = [
     ("GET", "/v1/frames/{frame_id}", "frames"),
     ("GET", "/v1/frames/{frame_id}/mask.png", "frames"),
     ("GET", "/v1/frames/{frame_id}/overlay.jpg", "frames"),
+    ("POST", "/v1/frames/{frame_id}/feedback", "feedback"),
+    ("GET", "/v1/frames/{frame_id}/feedback", "frames"),
+    ("POST", "/v1/trucks/{truck_id}/decisions", "feedback"),
+    ("GET", "/v1/trucks/{truck_id}/decisions", "reports"),
     ("GET", "/v1/results", "feed"),
     ("GET", "/v1/results/stream", "feed"),
     ("GET", "/v1/trucks/{truck_id}/report", "reports"),
@@ -65,6 +69,10 @@ WHO = [None, "unknown", "camera", "dashboard", "operator", "admin"]
 
 def call(srv: Server, method: str, template: str, role: str | None, frame_id: str) -> int:
     path = template.format(frame_id=frame_id, truck_id="TRK-KEYS")
+    if method == "POST" and path.endswith(("/feedback", "/decisions")):
+        body = {"label": "missed", "box": [0, 0, 4, 4]} if path.endswith("/feedback") else {}
+        body = body or {"decision": "accepted"}
+        return httpx.post(f"{srv.url}{path}", json=body, headers=auth(role)).status_code
     if method == "POST":
         frame = render_frame(52, 0, 320, 240)
         return httpx.post(
@@ -97,7 +105,7 @@ def test_each_role_on_each_route(keyed, done_frame, who, method, path, permissio
     elif who in (None, "unknown"):
         assert status == 401
     elif who in ACCESS[permission]:
-        assert status in (200, 202)
+        assert status in (200, 201, 202)
     else:
         assert status == 403
 
@@ -224,3 +232,11 @@ def test_serve_refuses_an_open_port_without_keys_and_a_bad_keys_file(tmp_path, c
     monkeypatch.setenv("SCRAPSCAN_API_KEYS_FILE", str(bad))
     assert main([]) == 1
     assert str(bad) in capsys.readouterr().err
+
+
+def test_feedback_records_the_role_that_gave_it(keyed, done_frame):
+    url = f"{keyed.url}/v1/frames/{done_frame['frame_id']}/feedback"
+    missed = {"label": "missed", "box": [0, 0, 8, 8]}
+    assert httpx.post(url, json=missed, headers=auth("operator")).json()["by"] == "operator"
+    assert httpx.post(url, json=missed, headers=auth("admin")).json()["by"] == "admin"
+    assert_error(httpx.post(url, json=missed, headers=auth("dashboard")), 403, "forbidden")

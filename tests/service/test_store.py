@@ -4,6 +4,13 @@ import time
 
 import pytest
 
+from service.feedback import (
+    FrameFeedbackIn,
+    TruckDecisionIn,
+    frame_feedback,
+    latest_labels,
+    truck_decision,
+)
 from service.reports import truck_report
 from service.store import IdempotencyConflict, NewFrame
 from service.store_redis import RedisStore
@@ -128,7 +135,7 @@ def test_trucks_and_their_frames(store):
 
 
 def test_redis_results_expire_and_reports_outlive_them(redis_url):
-    s = RedisStore(redis_url, result_ttl=1, report_ttl=60)
+    s = RedisStore(redis_url, result_ttl=1, report_ttl=60, upload_ttl=0)
     s.r.flushdb()
     add(s, "9" * 32, truck="T-9")
     done(s, "9" * 32)
@@ -175,4 +182,70 @@ def test_sqlite_retention_keeps_reports_longer_than_files(tmp_path):
     assert s.purge(60, 600, now=ended + 601) == 1
     assert s.get("5" * 32) is None and s.feed("", 10).items == []
     assert s.get("4" * 32).status == "queued" and s.folder("4" * 32).exists()
+    s.close()
+
+
+def judge(store, frame_id, label, instance=None, **given):
+    result = store.get(frame_id).result
+    item = frame_feedback(
+        FrameFeedbackIn(label=label, instance=instance, **given),
+        frame_id,
+        result,
+        ("motor", "cable", "spray_can"),
+        "operator",
+    )
+    store.add_feedback(item)
+    return item
+
+
+def test_feedback_is_kept_per_frame_and_truck_and_listed_by_time(store):
+    add(store, "a" * 32, truck="T-F")
+    add(store, "b" * 32, truck="T-F")
+    done(store, "a" * 32)
+    done(store, "b" * 32)
+    start = time.time()
+    first = judge(store, "a" * 32, "false_alarm", 0)
+    missed = judge(store, "b" * 32, "missed", box=(1, 2, 10, 10), class_name="cable")
+    time.sleep(0.01)
+    changed = judge(store, "a" * 32, "other_class", 0, class_name="cable")
+    decision = truck_decision(TruckDecisionIn(decision="rejected", comment="motor"), "T-F", "admin")
+    store.add_feedback(decision)
+    assert store.feedback("frame", "a" * 32) == [first, changed]
+    assert store.feedback("frame", "b" * 32) == [missed]
+    assert store.feedback("truck", "T-F") == [decision]
+    assert store.feedback("frame", "c" * 32) == [] and store.feedback("truck", "T-G") == []
+    assert latest_labels([changed, first]) == {0: changed}  # the latest judgement counts
+    assert store.feedback_between() == [first, missed, changed, decision]
+    assert store.feedback_between(since=changed.at) == [changed, decision]
+    assert store.feedback_between(since=start - 1, until=missed.at) == [first]
+    assert store.feedback_between(since=time.time() + 1) == []
+
+
+def test_sqlite_retention_holds_a_judged_frame_whole(tmp_path):
+    s = SQLiteStore(tmp_path)
+    add(s, "5" * 32)
+    add(s, "6" * 32)
+    done(s, "5" * 32)
+    done(s, "6" * 32)
+    judge(s, "5" * 32, "confirmed", 0)
+    ended = s.get("6" * 32).completed_at
+    assert s.purge(60, 600, now=ended + 61) == 1  # only the frame without feedback
+    assert s.image("5" * 32) == b"jpeg-bytes" and s.file_bytes("5" * 32, "mask.png") == b"png"
+    assert s.purge(60, 600, now=ended + 601) == 1
+    assert s.get("6" * 32) is None and s.get("5" * 32).result.instances[0].bbox == (0, 0, 8, 8)
+    s.close()
+
+
+def test_redis_keeps_uploads_a_while_and_a_judged_frame_for_good(redis_url):
+    s = RedisStore(redis_url, result_ttl=60, report_ttl=120, upload_ttl=30)
+    s.r.flushdb()
+    for fid in ("5" * 32, "6" * 32):
+        add(s, fid)
+        done(s, fid)
+    assert 0 < s.r.ttl("scrapscan:frame:" + "6" * 32 + ":image") <= 30
+    judge(s, "5" * 32, "missed", box=(0, 0, 4, 4))
+    frame = "scrapscan:frame:" + "5" * 32
+    for key in (frame, f"{frame}:image", f"{frame}:mask.png", f"{frame}:report"):
+        assert s.r.ttl(key) == -1, key  # exists, with no expiry
+    assert s.r.ttl("scrapscan:frame:" + "6" * 32) > 0
     s.close()

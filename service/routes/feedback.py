@@ -1,0 +1,127 @@
+"""Operators' feedback: a frame's instances judged, a missed contaminant, a truck's decision.
+
+The rules of what may be said about what are in service/feedback.py; the store keeps the
+items (and holds a judged frame from the retention); /metrics counts them, so the plant's
+running precision per class is confirmed / (confirmed + false_alarm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from common.classes import ANOMALY_CLASSES
+from service.errors import (
+    Conflict,
+    InvalidInput,
+    NotAllowed,
+    NotAuthenticated,
+    NotFound,
+    Unavailable,
+)
+from service.feedback import (
+    FrameFeedback,
+    FrameFeedbackIn,
+    TruckDecision,
+    TruckDecisionIn,
+    frame_feedback,
+    metric_class,
+    truck_decision,
+)
+from service.result import FrameResult
+from service.routes.deps import ServiceDep, require
+from service.routes.errors import responses
+from service.routes.frames import FrameId, checked_id
+from service.settings import ID_PATTERN
+
+router = APIRouter(tags=["feedback"])
+
+READ = (InvalidInput, NotAuthenticated, NotAllowed, NotFound, Unavailable)
+WRITE = (*READ, Conflict)
+
+TruckId = Annotated[
+    str, Path(description="the truck's id", json_schema_extra={"pattern": ID_PATTERN})
+]
+
+
+@router.post(
+    "/v1/frames/{frame_id}/feedback",
+    status_code=201,
+    response_model=FrameFeedback,
+    responses=responses(*WRITE),
+)
+async def post_frame_feedback(
+    svc: ServiceDep,
+    frame_id: FrameId,
+    given: FrameFeedbackIn,
+    by: Annotated[str, require("feedback")],
+) -> FrameFeedback:
+    """Judge one of a done frame's instances, or mark a contaminant it missed.
+
+    `confirmed`, `false_alarm` or `other_class` (with `class`) about `instance` (its index
+    in the result's instances); `missed` with a `box` (x, y, width, height in frame
+    pixels) and, if known, a `class`. The latest judgement of an instance counts. The
+    frame is then kept past its retention, for `scrapscan-data export-feedback`.
+    """
+    record = await svc.record(checked_id(frame_id))
+    item = frame_feedback(given, frame_id, record.result, ANOMALY_CLASSES, by)
+    await asyncio.to_thread(svc.store.add_feedback, item)
+    assert isinstance(record.result, FrameResult)  # frame_feedback said so
+    svc.metrics.feedback.labels(item.label, metric_class(item, record.result)).inc()
+    return item
+
+
+@router.get(
+    "/v1/frames/{frame_id}/feedback",
+    response_model=list[FrameFeedback],
+    responses=responses(*READ),
+    dependencies=[require("frames")],
+)
+async def get_frame_feedback(svc: ServiceDep, frame_id: FrameId) -> list[FrameFeedback]:
+    """The feedback given on a frame, oldest first."""
+    await svc.record(checked_id(frame_id))
+    items = await asyncio.to_thread(svc.store.feedback, "frame", frame_id)
+    return [i for i in items if isinstance(i, FrameFeedback)]
+
+
+async def _known_truck(svc: ServiceDep, truck_id: str) -> None:
+    if not re.match(ID_PATTERN, truck_id):
+        raise InvalidInput("invalid_truck_id", f"a truck_id matches {ID_PATTERN}")
+    if not await asyncio.to_thread(svc.store.truck, truck_id):
+        raise NotFound("truck_not_found", f"no frame of truck {truck_id}")
+
+
+@router.post(
+    "/v1/trucks/{truck_id}/decisions",
+    status_code=201,
+    response_model=TruckDecision,
+    responses=responses(*READ),
+)
+async def post_truck_decision(
+    svc: ServiceDep,
+    truck_id: TruckId,
+    given: TruckDecisionIn,
+    by: Annotated[str, require("feedback")],
+) -> TruckDecision:
+    """Record what was done with a truck: accepted, rejected or sent for manual inspection."""
+    await _known_truck(svc, truck_id)
+    item = truck_decision(given, truck_id, by)
+    await asyncio.to_thread(svc.store.add_feedback, item)
+    svc.metrics.truck_decisions.labels(item.decision).inc()
+    return item
+
+
+@router.get(
+    "/v1/trucks/{truck_id}/decisions",
+    response_model=list[TruckDecision],
+    responses=responses(*READ),
+    dependencies=[require("reports")],
+)
+async def get_truck_decisions(svc: ServiceDep, truck_id: TruckId) -> list[TruckDecision]:
+    """The decisions recorded for a truck, oldest first (the last is the one in force)."""
+    await _known_truck(svc, truck_id)
+    items = await asyncio.to_thread(svc.store.feedback, "truck", truck_id)
+    return [i for i in items if isinstance(i, TruckDecision)]
