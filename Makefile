@@ -28,8 +28,10 @@ $(VENV)/.dev: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --editable '.[dev]'
 	@touch $@ $(VENV)/.base $(VENV)/.serve
 
+# SERVE=1 keeps the service (and its dashboard) running after the frames, until Ctrl-C
+SERVE ?= 0
 demo: $(VENV)/.serve
-	$(PY) -m tools.demo --out $(DEMO) --frames 3 --seed 4
+	$(PY) -m tools.demo --out $(DEMO) --frames 3 --seed 4 $(if $(filter 1,$(SERVE)),--serve --port 8000)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

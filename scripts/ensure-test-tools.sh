@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The test suite starts its own redis-server and checks /metrics with promtool; install
-# them (Debian packages redis-server and prometheus) when they are missing.
+# The test suite starts its own redis-server, checks /metrics with promtool and drives the
+# dashboard in headless Chromium; install them (Debian packages redis-server, prometheus,
+# chromium and chromium-driver) when they are missing.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
     sudo=()
@@ -17,4 +20,4 @@ fi
 "${sudo[@]}" apt-get update -qq
 # the packages start system services where systemd runs; the tests use their own servers
 DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-command -v redis-server >/dev/null && command -v promtool >/dev/null
+for tool in redis-server promtool chromium chromedriver; do command -v "$tool" >/dev/null; done

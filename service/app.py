@@ -25,7 +25,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service.auth import KeyRing
 from service.logs import RequestId
 from service.metrics import HTTPMetrics
-from service.routes import errors, feedback, frames, ops, results, trucks
+from service.routes import errors, feedback, frames, ops, pages, results, trucks
 from service.routes.deps import BodyLimit
 from service.runtime import Service
 from service.settings import Settings
@@ -62,9 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Finds motors, cables and spray cans in crane-camera frames of steel scrap.",
         lifespan=lifespan,
+        docs_url=None,  # pages.install serves the docs from the package, not a CDN
+        redoc_url=None,
     )
     for module in (frames, feedback, results, trucks, ops):
         app.include_router(module.router)
+    pages.install(app)
     errors.install(app, s.queue.retry_after_s)
     errors.document(app)
     app.add_middleware(BodyLimit, limit=s.max_upload_bytes)

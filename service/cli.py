@@ -67,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from common.bundle import BundleError, load_bundle
     from service.auth import KeyRing, KeysFileError
+    from service.local import GRACE_S
     from service.logs import configure_logging
     from service.settings import Settings
 
@@ -108,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         log_level=args.log_level,
         log_config=None,
+        timeout_graceful_shutdown=GRACE_S,  # then open event streams are closed
     )
     return 0
 

@@ -45,13 +45,23 @@ def wait_ready(url: str, alive: Callable[[], bool], timeout: float = 120) -> Non
         time.sleep(0.2)
 
 
+GRACE_S = 10
+"""Seconds a stopping service gives the requests in flight; then the open event streams
+of dashboards are closed (they resume with Last-Event-ID) and it stops."""
+
+
 @contextlib.contextmanager
-def running_service(settings: Settings, timeout: float = 120) -> Iterator[str]:
-    """The service on a free local port in a background thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+def running_service(settings: Settings, timeout: float = 120, port: int = 0) -> Iterator[str]:
+    """The service on local `port` (0: a free one) in a background thread; yields its URL."""
+    port = port or free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=GRACE_S,
     )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

@@ -130,6 +130,10 @@ class Store(Protocol):
         """Ended frames after a cursor, in completion order."""
         ...
 
+    def tail_cursor(self, back: int) -> str:
+        """The cursor after which the feed holds its last `back` ended frames ("" for all)."""
+        ...
+
     def truck(self, truck_id: str) -> list[FrameRecord]:
         """Every frame of a truck, oldest first."""
         ...

@@ -257,6 +257,11 @@ class RedisStore:
                     break
         return FeedPage(out, last)
 
+    def tail_cursor(self, back: int) -> str:
+        """The cursor after which the feed holds its last `back` entries ("" for all)."""
+        entries = self.r.xrevrange(f"{P}results", "+", "-", count=back + 1)
+        return entries[back][0].decode() if len(entries) > back else ""
+
     def truck(self, truck_id: str) -> list[FrameRecord]:
         """Every frame of a truck still kept, oldest first.
 

@@ -169,6 +169,14 @@ class SQLiteStore:
         items = [(str(r[0]), _record(r[1:])) for r in rows]
         return FeedPage(items, items[-1][0] if items else after)
 
+    def tail_cursor(self, back: int) -> str:
+        """The cursor after which the feed holds its last `back` frames ("" for all)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT seq FROM feed ORDER BY seq DESC LIMIT 1 OFFSET ?", (back,)
+            ).fetchone()
+        return "" if row is None else str(row[0])
+
     def truck(self, truck_id: str) -> list[FrameRecord]:
         """Every frame of a truck, oldest first."""
         return self.trucks_frames([truck_id])[truck_id]

@@ -121,6 +121,8 @@ def create_worker_app(settings: Settings, name: str) -> FastAPI:
         version="0.1.0",
         summary="Processes crane frames from the Redis stream; probes and metrics only.",
         lifespan=lifespan,
+        docs_url=None,  # no API to document; the API process serves the docs
+        redoc_url=None,
     )
 
     worker = StreamWorker(settings, name)

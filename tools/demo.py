@@ -6,12 +6,14 @@ Starts scrapscan (uvicorn, the demo bundle with its learned bed cropper, a SQLit
 in OUT/data) on a free local port, renders synthetic 4K crane frames, posts each to
 /v1/frames?wait=true as camera "crane-1" of truck "DEMO-TRUCK-1", prints the verdict
 and the strongest instances beside the frame's true contaminants, and saves each overlay
-to OUT/.
+to OUT/. With --serve it keeps serving afterwards (the dashboard at /dashboard shows the
+frames) until Ctrl-C; `make demo SERVE=1` asks for that.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=4)
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--bundle", type=Path, help="model bundle (default: models/demo)")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the frames, keep serving (the dashboard shows them) until Ctrl-C",
+    )
+    p.add_argument("--port", type=int, default=0, help="local port (default: a free one)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     # no camera setting: the bed is "auto", the demo bundle's learned bed cropper
@@ -43,15 +51,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.model_copy(update={"bundle": args.bundle})
     try:
         load_bundle(settings.bundle, serving=True)  # a bad bundle is named before any start
-        with running_service(settings) as url:
-            return _post_frames(url, settings, args)
+        with running_service(settings, port=args.port) as url:
+            code = _post_frames(url, settings, args)
+            if code == 0 and args.serve:
+                print(f"\ndemo: serving until Ctrl-C; the dashboard: {url}/dashboard")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(3600)
+            return code
     except (BundleError, RuntimeError) as err:
         print(f"demo: {err}", file=sys.stderr)
         return 1
 
 
 def _post_frames(url: str, settings: Settings, args: argparse.Namespace) -> int:
-    print(f"demo: scrapscan serving {settings.bundle} at {url} (docs at {url}/docs)")
+    print(
+        f"demo: scrapscan serving {settings.bundle} at {url} (dashboard at {url}/dashboard, "
+        f"API docs at {url}/docs)"
+    )
     for i in range(args.frames):
         frame = render_frame(args.seed, i)
         truth = [CLASS_NAMES[inst.class_index] for inst in frame.instances]

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from service.decode import FORMATS, read_header
+from service.decode import FORMATS, read_header, thumbnail
 from service.errors import (
     Busy,
     Conflict,
@@ -285,13 +285,13 @@ async def get_frame(svc: ServiceDep, frame_id: FrameId) -> FrameStatus:
     return FrameStatus.of(await svc.record(checked_id(frame_id)))
 
 
-async def result_file(svc: Service, frame_id: str, name: str, media: str) -> Response:
+async def result_file(svc: Service, frame_id: str, name: str) -> bytes:
     """A done frame's mask or overlay; NotFound while it is not done or once it expired."""
     record = await svc.record(checked_id(frame_id))
     data = await asyncio.to_thread(svc.store.file_bytes, frame_id, name)
     if record.status != "done" or data is None:
         raise NotFound("result_not_ready", f"frame {frame_id} is {record.status}")
-    return Response(data, media_type=media)
+    return data
 
 
 @router.get(
@@ -302,7 +302,7 @@ async def result_file(svc: Service, frame_id: str, name: str, media: str) -> Res
 )
 async def get_mask(svc: ServiceDep, frame_id: FrameId) -> Response:
     """Class index per pixel at full frame size (0 normal, 1 motor, 2 cable, 3 spray_can)."""
-    return await result_file(svc, frame_id, "mask.png", "image/png")
+    return Response(await result_file(svc, frame_id, "mask.png"), media_type="image/png")
 
 
 @router.get(
@@ -311,6 +311,16 @@ async def get_mask(svc: ServiceDep, frame_id: FrameId) -> Response:
     responses={200: {"content": {"image/jpeg": {}}}, **responses(*READ)},
     dependencies=[require("frames")],
 )
-async def get_overlay(svc: ServiceDep, frame_id: FrameId) -> Response:
+async def get_overlay(
+    svc: ServiceDep,
+    frame_id: FrameId,
+    width: Annotated[
+        int | None,
+        Query(ge=16, le=4096, description="scaled down to this width (a list's thumbnail)"),
+    ] = None,
+) -> Response:
     """The frame with instances outlined and labelled with class and score."""
-    return await result_file(svc, frame_id, "overlay.jpg", "image/jpeg")
+    data = await result_file(svc, frame_id, "overlay.jpg")
+    if width is not None:
+        data = await asyncio.to_thread(thumbnail, data, width)
+    return Response(data, media_type="image/jpeg")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Header, Query, Request
@@ -89,6 +90,13 @@ async def results_stream(
         None, description="the cursor to start after", json_schema_extra={"pattern": CURSOR.pattern}
     ),
     camera_id: str | None = Query(None, pattern=ID_PATTERN),
+    last: int | None = Query(
+        None,
+        ge=0,
+        le=10_000,
+        description="start with the last N finished frames (a dashboard opening); not with "
+        "`after` or Last-Event-ID",
+    ),
     last_event_id: str | None = Header(
         None,
         description="resume after this event's id",
@@ -96,8 +104,11 @@ async def results_stream(
     ),
 ) -> StreamingResponse:
     """The same feed as server-sent events (`id:` is the cursor; Last-Event-ID resumes)."""
+    start = last_event_id or after
+    if start is None and last is not None:
+        start = await asyncio.to_thread(svc.store.tail_cursor, last)
     # the first page is read before the answer starts, so a bad cursor is a 400
-    first = await svc.feed(last_event_id or after or "", 100, camera_id, 0)
+    first = await svc.feed(start or "", 100, camera_id, 0)
 
     async def events() -> AsyncIterator[str]:
         page = first

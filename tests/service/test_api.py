@@ -418,6 +418,12 @@ def test_the_feed_as_server_sent_events(server):
     ) as r:
         data = next(line for line in r.iter_lines() if line.startswith("data: "))
     assert second["frame_id"] in data and frame_id not in data
+    # a dashboard opening on a long day starts with the latest frames, here the last one
+    with httpx.stream(
+        "GET", f"{server.url}/v1/results/stream", params={"last": 1}, timeout=30
+    ) as r:
+        data = next(line for line in r.iter_lines() if line.startswith("data: "))
+    assert second["frame_id"] in data
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,7 @@ OPERATIONS = [
     ("GET", "/v1/trucks/{truck_id}/report"),
     ("GET", "/v1/trucks"),
     ("GET", "/v1/config"),
+    ("GET", "/v1/status"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),

@@ -58,6 +58,8 @@ ROUTES = [
     ("GET", "/v1/trucks/{truck_id}/report", "reports"),
     ("GET", "/v1/trucks", "reports"),
     ("GET", "/v1/config", "config"),
+    ("GET", "/v1/status", "frames"),
+    ("GET", "/dashboard", None),
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),
     ("GET", "/metrics", None),

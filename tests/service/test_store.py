@@ -107,6 +107,10 @@ def test_the_feed_pages_in_completion_order_exactly_once(store):
     assert store.feed(odd.next, 10, camera_id="odd").items == []
     with pytest.raises(ValueError, match="not a cursor"):
         store.feed("not-a-cursor", 10)
+    # the last few, for a dashboard that opens on a long day
+    assert [f.frame_id for _, f in store.feed(store.tail_cursor(3), 10).items] == order[-3:]
+    assert [f.frame_id for _, f in store.feed(store.tail_cursor(7), 10).items] == order
+    assert store.tail_cursor(99) == "" and store.tail_cursor(0) == cursor
 
 
 def test_trucks_frames_in_one_go_equal_one_by_one(store):

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
 import pytest
 
+from service.local import free_port
 from tools.demo import main, rule_text
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -26,3 +35,27 @@ def test_the_rule_reads_without_a_minimum_score():
 def test_a_bundle_that_is_not_one_is_named_and_nothing_starts(tmp_path, capsys):
     assert main(["--bundle", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 1
     assert f"demo: {tmp_path / 'nope'}: not a folder" in capsys.readouterr().err
+
+
+def test_asked_to_serve_the_demo_keeps_the_dashboard_up_until_ctrl_c(tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "tools.demo", "--out", str(tmp_path), "--frames", "1"]
+    proc = subprocess.Popen(
+        [*cmd, "--serve", "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        lines = []
+        while not any("serving until Ctrl-C" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, f"the demo ended: {''.join(lines)}"
+            lines.append(line)
+        assert f"http://127.0.0.1:{port}/dashboard" in lines[-1]
+        page = httpx.get(f"http://127.0.0.1:{port}/dashboard")
+        assert page.status_code == 200 and "scrapscan dashboard" in page.text
+        feed = httpx.get(f"http://127.0.0.1:{port}/v1/results").json()
+        assert len(feed["items"]) == 1  # the demo's frame is in the feed
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
