@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +29,19 @@ def parse_time(value: str, name: str, code: str = "invalid_field") -> datetime:
     except ValueError:  # the form is right, the date is not (February 30)
         pass
     raise InvalidInput(code, f"{name} must be an RFC 3339 time like 2026-11-24T06:31:07Z")
+
+
+Since = Annotated[
+    str | None, Query(description="from this time on (RFC 3339)", json_schema_extra=TIME_SCHEMA)
+]
+Until = Annotated[
+    str | None, Query(description="before this time (RFC 3339)", json_schema_extra=TIME_SCHEMA)
+]
+
+
+def epoch(value: str | None, name: str) -> float | None:
+    """A query's RFC 3339 time in seconds since the epoch (None stays None)."""
+    return None if value is None else parse_time(value, name, "invalid_query").timestamp()
 
 
 def _service(request: Request) -> Service:

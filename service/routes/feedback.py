@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 from typing import Annotated
 
 from fastapi import APIRouter, Path
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from common.classes import ANOMALY_CLASSES
 from service.errors import (
@@ -31,8 +34,9 @@ from service.feedback import (
     metric_class,
     truck_decision,
 )
+from service.feedback_export import zip_export
 from service.result import FrameResult
-from service.routes.deps import ServiceDep, require
+from service.routes.deps import ServiceDep, Since, Until, epoch, require
 from service.routes.errors import responses
 from service.routes.frames import FrameId, checked_id
 from service.settings import ID_PATTERN
@@ -125,3 +129,33 @@ async def get_truck_decisions(svc: ServiceDep, truck_id: TruckId) -> list[TruckD
     await _known_truck(svc, truck_id)
     items = await asyncio.to_thread(svc.store.feedback, "truck", truck_id)
     return [i for i in items if isinstance(i, TruckDecision)]
+
+
+@router.get(
+    "/v1/feedback/export",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "the COCO folder, zipped"},
+        **responses(InvalidInput, NotAuthenticated, NotAllowed, Unavailable),
+    },
+    dependencies=[require("export")],
+)
+async def export_feedback(
+    svc: ServiceDep,
+    since: Since = None,
+    until: Until = None,
+) -> FileResponse:
+    """The frames operators judged in [since, until), as a labelled COCO folder in a zip.
+
+    What `scrapscan-data export-feedback` writes (service/feedback_export.py): the uploads,
+    masks (confirmed and reclassified regions with their class, false alarms normal,
+    unjudged regions and missed boxes unknown), annotations.json, feedback.json.
+    """
+    start, end = epoch(since, "since"), epoch(until, "until")
+    archive = await asyncio.to_thread(zip_export, svc.store, start, end)
+    return FileResponse(
+        archive,
+        media_type="application/zip",
+        filename="scrapscan-feedback.zip",
+        background=BackgroundTask(shutil.rmtree, archive.parent, True),
+    )

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from service.errors import InvalidInput, NotAllowed, NotAuthenticated, NotFound, Unavailable
 from service.reports import TruckList, TruckReport, report_csv, truck_report, trucks_csv
 from service.result import Verdict
-from service.routes.deps import TIME_SCHEMA, ServiceDep, parse_time, require
+from service.routes.deps import ServiceDep, Since, Until, epoch, require
 from service.routes.errors import responses
 from service.settings import ID_PATTERN
 
@@ -29,10 +29,6 @@ def _answer(model: BaseModel, csv_text: Callable[[], str], fmt: Format) -> Respo
     if fmt == "csv":
         return PlainTextResponse(csv_text(), media_type="text/csv; charset=utf-8")
     return JSONResponse(model.model_dump(mode="json"))
-
-
-def _when(value: str | None, name: str) -> float | None:
-    return None if value is None else parse_time(value, name, "invalid_query").timestamp()
 
 
 @router.get(
@@ -76,17 +72,13 @@ async def truck(
 )
 async def trucks(
     svc: ServiceDep,
-    since: str | None = Query(
-        None, description="frames received from then", json_schema_extra=TIME_SCHEMA
-    ),
-    until: str | None = Query(
-        None, description="frames received before then", json_schema_extra=TIME_SCHEMA
-    ),
+    since: Since = None,
+    until: Until = None,
     verdict: Annotated[Verdict | None, Query()] = None,
     format: Annotated[Format, Query()] = "json",
 ) -> Response:
-    """Trucks seen in a time range, most recent first, with their verdicts."""
-    ids = await asyncio.to_thread(svc.store.trucks, _when(since, "since"), _when(until, "until"))
+    """Trucks whose latest frame came in [since, until), latest first, with their verdicts."""
+    ids = await asyncio.to_thread(svc.store.trucks, epoch(since, "since"), epoch(until, "until"))
     every = await asyncio.to_thread(svc.store.trucks_frames, ids)
     reports = [truck_report(t, every[t]) for t in ids if every[t]]  # no frames: expired
     listed = TruckList(trucks=[r for r in reports if verdict is None or r.verdict == verdict])

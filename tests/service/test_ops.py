@@ -59,6 +59,7 @@ ROUTES = [
     ("GET", "/v1/trucks", "reports"),
     ("GET", "/v1/config", "config"),
     ("GET", "/v1/status", "frames"),
+    ("GET", "/v1/feedback/export", "export"),
     ("GET", "/dashboard", None),
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),

@@ -43,12 +43,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_OVERLAP,
         help=f"tile overlap in pixels for --patches ({DEFAULT_OVERLAP})",
     )
+    export = sub.add_parser(
+        "export-feedback",
+        help="write the frames operators judged as a labelled COCO folder",
+        description="Read the service's store (SCRAPSCAN_* settings, as scrapscan-serve "
+        "reads them) and write the frames operators judged, with masks made from their "
+        "judgements, as a COCO folder this command's check and scrapscan-train read as it "
+        "is (README, 'Dashboard'). Frames the retention would delete are kept while "
+        "feedback refers to them.",
+    )
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new folder")
+    export.add_argument("--since", metavar="TIME", help="feedback given from then (RFC 3339)")
+    export.add_argument("--until", metavar="TIME", help="feedback given before then (RFC 3339)")
+    export.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="the embedded store's folder (SCRAPSCAN_DATA_DIR)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    if args.command == "export-feedback":  # it reads the service's store
+        print(
+            "scrapscan-data: export-feedback runs from the scrapscan-data command", file=sys.stderr
+        )
+        return 2
+    return check(args)
+
+
+def check(args: argparse.Namespace) -> int:
+    """The check command; returns the process exit code."""
     try:
         frames = load_frames(args.dir, decode=args.decode)
     except FileNotFoundError as err:
