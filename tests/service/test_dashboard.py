@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from selenium import webdriver
@@ -23,9 +24,11 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from service.store import NewFrame
+from service.store_sqlite import SQLiteStore
 from training.synth import render_frame
 
-from .conftest import KEYS, REPO, Server
+from .conftest import KEYS, REPO, Server, frame_result
 from .test_api import jpeg, post
 from .test_feedback import counter
 
@@ -303,3 +306,27 @@ def test_the_status_strip_figures(loose_server):
     assert status["ready"] is True and status["not_ready"] is None
     assert status["model"]["name"] == "demo" and status["backlog"] == 0
     assert status["frames_per_minute"] > 0 and status["last_ended"] > time.time() - 600
+
+
+def test_a_feed_of_over_a_thousand_frames_stays_paged(loose_server, browser):
+    open_page(browser, loose_server)
+    wait(browser).until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+    overlay = jpeg(np.full((90, 160, 3), 80, np.uint8))
+    store = SQLiteStore(loose_server.data_dir)  # a second writer, as a busy day would
+    try:
+        for i in range(1200):
+            frame_id = f"{0xFEED0000 + i:032x}"
+            store.add(NewFrame(frame_id, f"crane-{i % 4}", f"TRK-{i // 10}", None, b"x", ".jpg"))
+            store.complete(frame_id, frame_result([]), {"overlay.jpg": overlay})
+    finally:
+        store.close()
+    # the stream looks at the store again within 15 s when nothing wakes it
+    count = browser.find_element(By.ID, "feed-count")
+    wait(browser, 40).until(lambda _: int(count.text.split()[0]) >= 1200)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#feed-list .card")) == 50
+    browser.find_element(By.ID, "older").click()
+    assert "page 2 of" in browser.find_element(By.ID, "feed-page").text
+    Select(browser.find_element(By.ID, "filter-camera")).select_by_value("crane-3")
+    wait(browser).until(lambda _: int(count.text.split()[0]) >= 300)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#feed-list .card")) == 50
+    assert console_errors(browser) == []
