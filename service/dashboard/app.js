@@ -197,12 +197,13 @@ async function refreshStatus() {
       ),
       h("li", { id: "live" }),
     );
-    showLive();
   } catch (err) {
     strip.replaceChildren(
       h("li", { class: "bad" }, err.status === 401 ? "no key" : "status unavailable"),
+      h("li", { id: "live" }),
     );
   }
+  showLive();
 }
 
 // ---------------------------------------------------------------- the live feed

@@ -330,3 +330,27 @@ def test_a_feed_of_over_a_thousand_frames_stays_paged(loose_server, browser):
     wait(browser).until(lambda _: int(count.text.split()[0]) >= 300)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#feed-list .card")) == 50
     assert console_errors(browser) == []
+
+
+def test_the_feed_resumes_after_the_service_restarts(loose_server, browser):
+    open_page(browser, loose_server)
+    wait(browser).until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+    before = posted(loose_server, 46)
+    card = '#feed-list .card[data-frame="{}"]'
+    wait(browser).until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, card.format(before["frame_id"])))
+    )
+    loose_server.stop()  # a deploy: the stream drops, the page retries every 2 s
+    wait(browser).until(ec.text_to_be_present_in_element((By.ID, "live"), "reconnecting"))
+    loose_server.start()
+    after = posted(loose_server, 47)
+    wait(browser, 15).until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, card.format(after["frame_id"])))
+    )
+    ids = [
+        c.get_attribute("data-frame")
+        for c in browser.find_elements(By.CSS_SELECTOR, "#feed-list .card")
+    ]
+    assert ids[:2] == [after["frame_id"], before["frame_id"]]  # resumed after the last event
+    assert len(ids) == len(set(ids))  # nothing twice
+    console_errors(browser)  # the refused reconnections are logged: expected
