@@ -176,6 +176,17 @@ async function pollStatus() {
   }
 }
 
+let statusSoon = null;
+
+// New frames change the figures: refresh the strip within a second, once for a burst.
+function refreshStatusSoon() {
+  if (statusSoon !== null) return;
+  statusSoon = setTimeout(() => {
+    statusSoon = null;
+    refreshStatus();
+  }, 1000);
+}
+
 async function refreshStatus() {
   try {
     const s = await getJson("/v1/status");
@@ -300,6 +311,7 @@ const feed = {
     if (this.items.length > KEEP) this.items.length = KEEP;
     this.cameras.add(item.camera_id);
     scheduleFeedRender();
+    refreshStatusSoon();
   },
 };
 

@@ -111,6 +111,10 @@ def test_a_frame_appears_in_the_live_feed_within_2_s_of_its_end(loose_server, br
     assert time.monotonic() - ended <= 2
     text = browser.find_element(By.CSS_SELECTOR, card).text
     assert frame["result"]["verdict"].upper() in text and "TRK-UI" in text
+    model = frame["result"]["model"]  # the strip follows the frames
+    wait(browser, 3).until(
+        ec.text_to_be_present_in_element((By.ID, "system"), f"{model['name']} {model['version']}")
+    )
     screenshots(browser, "feed")
     assert console_errors(browser) == []
 
