@@ -19,6 +19,7 @@ from common.inputs import make_tiles
 from common.overlay import CLASS_COLORS_BGR, draw_overlay
 from service.batcher import Batcher
 from service.decode import decode
+from service.heatmap import MAPS, encode_maps
 from service.result import (
     BedUsed,
     FrameResult,
@@ -202,13 +203,15 @@ class Pipeline:
         m = self.bundle.manifest
         a = await self.analyse(data, camera_id)
         frame, bed, findings, timer = a.frame, a.bed, a.findings, a.timer
-        # the mask's PNG and the overlay's drawing and JPEG in two threads (OpenCV lets go
-        # of the GIL): the frame's answer waits for the longer of the two, not their sum
-        mask_png, overlay_jpg = await asyncio.gather(
+        # the mask's PNG, the overlay's drawing and JPEG and the maps' PNG in threads (OpenCV
+        # lets go of the GIL): the frame's answer waits for the longest, not their sum
+        merged = a.merged
+        mask_png, overlay_jpg, maps_png = await asyncio.gather(
             asyncio.to_thread(_encode, ".png", findings.class_mask),
             asyncio.to_thread(self._overlay_jpg, frame, findings, bed),
+            asyncio.to_thread(encode_maps, merged.anomaly, merged.classes, merged.bed_mask),
         )
-        files = {"mask.png": mask_png, "overlay.jpg": overlay_jpg}
+        files = {"mask.png": mask_png, "overlay.jpg": overlay_jpg, MAPS: maps_png}
         timer.lap("encode")
         h, w = frame.shape[:2]
         result = FrameResult(

@@ -4,7 +4,7 @@ Keys (prefix `scrapscan:`):
   frame:<id>            hash: camera_id, truck_id, captured_at, received_at, status, error,
                         result (JSON), completed_at, sha256, image_ext
   frame:<id>:image      the upload's bytes (kept upload_ttl after the frame has ended)
-  frame:<id>:<file>     mask.png, overlay.jpg
+  frame:<id>:<file>     mask.png, overlay.jpg, maps.png
   idem:<key>            "<frame_id> <sha256>" of the frame an Idempotency-Key was first used for
   open                  set of frames accepted and not ended (its size is the backlog)
   frames                stream: one entry per accepted frame, the queue that the workers
@@ -91,7 +91,7 @@ return 1
 """
 
 
-_FILES = ("image", "mask.png", "overlay.jpg", "report")
+_FILES = ("image", "mask.png", "overlay.jpg", "maps.png", "report")
 """A frame's keys besides its hash (frame:<id>:<name>)."""
 
 

@@ -4,6 +4,7 @@ DATA_DIR/scrapscan.db                 frames: metadata, status, result JSON
 DATA_DIR/frames/<frame_id>/image.jpg  the upload as received (.png for PNG)
 DATA_DIR/frames/<frame_id>/mask.png   class index per pixel, full frame size
 DATA_DIR/frames/<frame_id>/overlay.jpg
+DATA_DIR/frames/<frame_id>/maps.png     the probability maps (service/heatmap.py)
 
 Retention (purge(), run by the service): result_ttl after a frame ends its files go and
 its result keeps what truck reports need; report_ttl after, the frame is forgotten. A

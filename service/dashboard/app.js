@@ -496,6 +496,21 @@ async function showFrame(frameId) {
     s.addEventListener("click", () => rows[i].focus());
   });
 
+  const picture = h(
+    "select",
+    { id: "picture", "aria-label": "picture" },
+    h("option", { value: "" }, "overlay"),
+    ...["anomaly", ...CLASSES].map((c) => h("option", { value: c }, `heat map: ${className(c)}`)),
+  );
+  picture.addEventListener("change", () => {
+    const path = picture.value
+      ? `/v1/frames/${frameId}/heatmap.png?class=${picture.value}`
+      : frame.links.overlay;
+    figure.classList.toggle("heat", Boolean(picture.value));
+    imageUrl(path).then((url) => {
+      img.src = url;
+    }, explain);
+  });
   const maskToggle = h("input", { type: "checkbox", id: "mask-toggle", checked: true });
   maskToggle.addEventListener("change", () =>
     figure.classList.toggle("masks-hidden", !maskToggle.checked),
@@ -510,6 +525,7 @@ async function showFrame(frameId) {
         { class: "toolbar" },
         h("h1", {}, "Frame ", h("code", {}, frameId)),
         verdictBadge(result.verdict, frame.status),
+        picture,
         h("label", {}, maskToggle, " mask"),
         missedButton(frameId, figure, layer, width, height),
       ),

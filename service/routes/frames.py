@@ -15,10 +15,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import cv2
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from common.classes import ANOMALY_CLASSES, CLASS_NAMES
 from service.decode import FORMATS, read_header, thumbnail
 from service.errors import (
     Busy,
@@ -31,6 +33,7 @@ from service.errors import (
     Unavailable,
     UnsupportedMedia,
 )
+from service.heatmap import MAPS, decode_map, render_heatmap
 from service.reports import frame_links
 from service.result import FrameResult, Summary
 from service.routes.deps import BodyTooLarge, ServiceDep, parse_time, require
@@ -324,3 +327,39 @@ async def get_overlay(
     if width is not None:
         data = await asyncio.to_thread(thumbnail, data, width)
     return Response(data, media_type="image/jpeg")
+
+
+@router.get(
+    "/v1/frames/{frame_id}/heatmap.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **responses(*READ)},
+    dependencies=[require("frames")],
+)
+async def get_heatmap(
+    svc: ServiceDep,
+    frame_id: FrameId,
+    class_name: Annotated[
+        str,
+        Query(
+            alias="class",
+            description="anomaly (the default) or an anomaly class",
+            json_schema_extra={"enum": ["anomaly", *ANOMALY_CLASSES]},
+        ),
+    ] = "anomaly",
+) -> Response:
+    """The anomaly probability map (or one class's) over the greyed overlay, with a legend.
+
+    Where the model saw something, below the thresholds too (turbo colour map, 0 to 1).
+    """
+    maps = await result_file(svc, frame_id, MAPS)
+    overlay = await result_file(svc, frame_id, "overlay.jpg")
+
+    def draw() -> bytes:
+        level = decode_map(maps, CLASS_NAMES, class_name)
+        picture = render_heatmap(level, overlay, class_name.replace("_", " "))
+        ok, data = cv2.imencode(".png", picture, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+        if not ok:
+            raise RuntimeError("could not encode the heat map")
+        return bytes(data.tobytes())
+
+    return Response(await asyncio.to_thread(draw), media_type="image/png")

@@ -392,6 +392,21 @@ def test_an_empty_long_poll_waits_and_keeps_the_cursor(server):
     assert_error(httpx.get(f"{server.url}/v1/results", params={"wait": 99}), 400, "invalid_request")
 
 
+def test_the_heat_map_of_a_done_frame(server, frame):
+    body = post(server, jpeg(frame.image), wait=True).json()
+    url = f"{server.url}/v1/frames/{body['frame_id']}/heatmap.png"
+    overlay = Image.open(io.BytesIO(httpx.get(f"{server.url}{body['links']['overlay']}").content))
+    for which in ("anomaly", "cable"):
+        r = httpx.get(url, params={"class": which})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        heat = Image.open(io.BytesIO(r.content))
+        assert heat.height == overlay.height and heat.width > overlay.width  # with the legend
+    assert_error(httpx.get(url, params={"class": "tyre"}), 400, "invalid_query")
+    assert_error(
+        httpx.get(f"{server.url}/v1/frames/{'0' * 32}/heatmap.png"), 404, "frame_not_found"
+    )
+
+
 def test_the_feed_as_server_sent_events(server):
     last = httpx.get(f"{server.url}/v1/results", params={"limit": 1000}).json()["next"]
     frame_id = post(server, small_png(7), name="f.png", ctype="image/png", wait=True).json()[

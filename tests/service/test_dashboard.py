@@ -149,6 +149,16 @@ def test_the_frame_view_shows_the_instances_and_takes_keyboard_judgements(loose_
     assert "masks-hidden" in browser.find_element(By.CSS_SELECTOR, "figure").get_attribute("class")
     browser.find_element(By.ID, "mask-toggle").click()
     screenshots(browser, "frame")
+    Select(browser.find_element(By.ID, "picture")).select_by_value("anomaly")
+    figure = browser.find_element(By.CSS_SELECTOR, "figure")
+    wait(browser).until(lambda _: "heat" in figure.get_attribute("class"))
+    wait(browser).until(
+        lambda _: (
+            browser.execute_script("return document.querySelector('figure img').naturalWidth") > 0
+        )
+    )
+    screenshots(browser, "heatmap")
+    Select(browser.find_element(By.ID, "picture")).select_by_value("")
 
     # keyboard only: Tab to the first instance row, c confirms, arrow down, f false alarm
     before = counter(

@@ -39,6 +39,7 @@ OPERATIONS = [
     ("GET", "/v1/frames/{frame_id}"),
     ("GET", "/v1/frames/{frame_id}/mask.png"),
     ("GET", "/v1/frames/{frame_id}/overlay.jpg"),
+    ("GET", "/v1/frames/{frame_id}/heatmap.png"),
     ("POST", "/v1/frames/{frame_id}/feedback"),
     ("GET", "/v1/frames/{frame_id}/feedback"),
     ("POST", "/v1/trucks/{truck_id}/decisions"),

@@ -49,6 +49,7 @@ ROUTES = [
     ("GET", "/v1/frames/{frame_id}", "frames"),
     ("GET", "/v1/frames/{frame_id}/mask.png", "frames"),
     ("GET", "/v1/frames/{frame_id}/overlay.jpg", "frames"),
+    ("GET", "/v1/frames/{frame_id}/heatmap.png", "frames"),
     ("POST", "/v1/frames/{frame_id}/feedback", "feedback"),
     ("GET", "/v1/frames/{frame_id}/feedback", "frames"),
     ("POST", "/v1/trucks/{truck_id}/decisions", "feedback"),
