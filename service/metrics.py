@@ -34,6 +34,8 @@ log = logging.getLogger("scrapscan.metrics")
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+SCORE_BUCKETS = (*(round(0.05 * i, 2) for i in range(1, 20)), 0.96, 0.98, 0.99, 1.0)
+"""Frame scores: probabilities, finer near 1 where a trained model's crowd."""
 
 
 class Metrics:
@@ -93,6 +95,35 @@ class Metrics:
             "Instances found, by class",
             ["class"],
             registry=r,
+        )
+        self.frame_score = Histogram(
+            "scrapscan_frame_score",
+            "Each done frame's highest probability inside the bed, for the anomaly map and "
+            "each class, by camera (drift: compare with scrapscan_model_reference_frame_score)",
+            ["class", "camera"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.verdicts = Counter(
+            "scrapscan_frame_verdicts",
+            "Done frames by verdict (clean, inspect, reject) and camera",
+            ["verdict", "camera"],
+            registry=r,
+        )
+        self.bed = Counter(
+            "scrapscan_bed",
+            "Frames by how their bed was found (polygon, full, learned; learned-none-full: "
+            "the bed model found none and the whole frame was used) and camera",
+            ["strategy", "camera"],
+            registry=r,
+        )
+        self.reference = Gauge(
+            "scrapscan_model_reference_frame_score",
+            "The served model's frame scores on its validation frames (bundle calibration), "
+            "by class and quantile",
+            ["class", "quantile"],
+            registry=r,
+            multiprocess_mode="max",
         )
         self.feedback = Counter(
             "scrapscan_feedback",

@@ -116,6 +116,10 @@ class FrameRunner:
         m = self.pipeline.bundle.manifest.model
         engine = self.pipeline.batcher.engine.name
         self.metrics.model.labels(m.name, m.version, engine).set(1)
+        calibration = self.pipeline.bundle.manifest.postprocess.calibration
+        for name, quantiles in calibration.get("frame_score_quantiles", {}).items():
+            for q, value in quantiles.items():
+                self.metrics.reference.labels(name, q).set(value)
         self.metrics.watch(LiveCollector("gpu_memory", gpu_memory))
         self.ready = True
         log.info("engine ready: bundle %s, engine %s", self.pipeline.bundle, engine)
@@ -249,9 +253,14 @@ class FrameRunner:
             return
         for stage, ms in processed.result.timings_ms.items():
             self.metrics.stage_seconds.labels(stage).observe(ms / 1000)
-        for inst in processed.result.instances:
-            self.metrics.detections.labels(inst.class_name).inc()
-        self.metrics.frames.labels("done", record.camera_id).inc()
+        result, camera, m = processed.result, record.camera_id, self.metrics
+        for inst in result.instances:
+            m.detections.labels(inst.class_name).inc()
+        for name, score in result.scores.items():  # drift signals
+            m.frame_score.labels(name, camera).observe(score)
+        m.verdicts.labels(result.verdict, camera).inc()
+        m.bed.labels(result.bed.strategy, camera).inc()
+        m.frames.labels("done", camera).inc()
 
     async def _give_up(self, d: Delivery, record: FrameRecord, reason: str, attempts: int) -> None:
         log.error("frame %s: %s", d.frame_id, reason)

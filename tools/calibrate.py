@@ -15,6 +15,8 @@ re-reads the kept maps under another rule:
    flags at most `false_alarm_rate` of the clean frames; the reject score flags at most a
    fifth of that. A model that cannot tell clean frames from contaminated ones pays for
    the false-alarm target in misses: the report says how many.
+4. For the drift signals, the 10th, 50th and 90th percentiles of the frames' highest
+   probabilities (anomaly and per class), which the service exports as its reference.
 """
 
 from __future__ import annotations
@@ -158,5 +160,21 @@ def calibrate(
         if false_areas
         else None,
         "clean_frame_scores": sorted((round(s, 4) for s in scores), reverse=True),
+        "frame_score_quantiles": frame_score_quantiles(seen, classes),
     }
     return rule, reject, details
+
+
+def frame_score_quantiles(seen: Sequence[Seen], classes: tuple[str, ...]) -> dict[str, Any]:
+    """Percentiles (10, 50, 90) of the frames' highest probability in the bed.
+
+    For the anomaly map and each class; the service's drift alert compares its live
+    frames with them.
+    """
+    maps = {"anomaly": [s.merged.anomaly[s.merged.bed_mask].max() for s in seen]}
+    for k, name in enumerate(classes[1:], start=1):
+        maps[name] = [s.merged.classes[k][s.merged.bed_mask].max() for s in seen]
+    return {
+        name: {f"{q / 100:g}": round(float(np.percentile(v, q)), 4) for q in (10, 50, 90)}
+        for name, v in maps.items()
+    }

@@ -146,6 +146,7 @@ def loose_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     post = manifest["postprocess"]
     post["class_thresholds"] = dict.fromkeys(post["class_thresholds"], 0.5)
     post.update(pixel_threshold=0.5, min_area_px=64, min_score=0.0, reject_score=0.99)
+    post["calibration"]["frame_score_quantiles"] = {"anomaly": {"0.1": 0.2, "0.5": 0.6, "0.9": 0.9}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 

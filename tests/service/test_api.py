@@ -474,3 +474,18 @@ def test_truck_report_and_listing_through_http(server, frame):
     assert_error(
         httpx.get(f"{server.url}/v1/trucks", params={"verdict": "maybe"}), 400, "invalid_request"
     )
+
+
+def test_the_drift_signals_are_exported(loose_server, frame):
+    body = post(loose_server, jpeg(frame.image), {"camera_id": "crane-drift"}, wait=True).json()
+    text = httpx.get(f"{loose_server.url}/metrics").text
+    scores = body["result"]["scores"]
+    assert set(scores) == {"anomaly", "motor", "cable", "spray_can"}
+    for name in scores:
+        assert f'scrapscan_frame_score_count{{camera="crane-drift",class="{name}"}} 1.0' in text
+    verdict = body["result"]["verdict"]
+    assert f'scrapscan_frame_verdicts_total{{camera="crane-drift",verdict="{verdict}"}} 1.0' in text
+    strategy = body["result"]["bed"]["strategy"]
+    assert f'scrapscan_bed_total{{camera="crane-drift",strategy="{strategy}"}} 1.0' in text
+    # the reference the drift alert compares with: the bundle's validation figures
+    assert 'scrapscan_model_reference_frame_score{class="anomaly",quantile="0.5"} 0.6' in text

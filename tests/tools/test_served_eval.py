@@ -120,6 +120,14 @@ def test_calibration_cuts_what_the_data_says_is_false():
     assert after["frames"]["accuracy"] == 1.0
     assert details["instance_f1_after"] == 1.0 > details["instance_f1_before"]
     assert details["true_area_percentiles"]["50"] == 3600
+    # the drift reference: the frames' peaks are 0.95 (four) and 0.6 (four)
+    peaks = details["frame_score_quantiles"]["anomaly"]
+    assert peaks == {
+        "0.1": pytest.approx(0.6),
+        "0.5": pytest.approx(0.775),
+        "0.9": pytest.approx(0.95),
+    }
+    assert set(details["frame_score_quantiles"]) == {"anomaly", "motor", "cable", "spray_can"}
 
 
 def test_frame_cuts_flag_at_most_the_target_share_of_clean_frames():
