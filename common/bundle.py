@@ -10,12 +10,13 @@ training code.
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from common.jsonfile import JSONFileError, read_json
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -195,11 +196,9 @@ def read_manifest(root: Path) -> Manifest:
     """Parse and validate ROOT/manifest.json; BundleError names the file and each wrong field."""
     path = root / MANIFEST
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{path}: no such file (is {root} a model bundle?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{path}: not readable JSON ({err})") from err
+        data = read_json(path, f"is {root} a model bundle?")
+    except JSONFileError as err:
+        raise BundleError(str(err)) from None
     if isinstance(data, dict) and data.get("schema_version") not in (SCHEMA_VERSION, None):
         raise BundleError(
             f"{path}: schema_version {data.get('schema_version')!r} is not supported "

@@ -42,6 +42,7 @@ from common.bundle import (
 )
 from common.classes import CLASS_NAMES
 from common.imaging import CLIP_MEAN, CLIP_STD, normalize
+from common.jsonfile import JSONFileError, read_json
 from model_export.graph import INPUT_NAMES, OUTPUT_NAMES, InferenceGraph
 from model_export.onnx_export import convert_fp16, export_onnx, simplify
 from model_export.parity import (
@@ -89,11 +90,9 @@ class ExportOptions:
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ExportError(f"{path}: no such file ({what})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ExportError(f"{path}: not readable JSON ({err})") from err
+        data = read_json(path, what)
+    except JSONFileError as err:
+        raise ExportError(str(err)) from None
     if not isinstance(data, dict):
         raise ExportError(f"{path}: expected a JSON object ({what})")
     return data
