@@ -36,3 +36,15 @@ def test_the_heat_map_is_the_overlay_size_with_its_legend_and_shows_the_map():
     hot, cold = picture[50, 100], picture[5, 5]
     assert int(hot[2]) - int(hot[0]) > 50  # the turbo map's top is red
     assert np.abs(cold.astype(int) - 128).max() <= 8  # off the map the overlay is grey
+
+
+def test_wide_maps_are_kept_at_half_their_grid():
+    anomaly = np.full((540, 960), 0.5, np.float32)
+    classes = np.full((4, 540, 960), 0.25, np.float32)
+    bed = np.ones((540, 960), bool)
+    bed[:, :480] = False
+    data = encode_maps(anomaly, classes, bed)
+    got = decode_map(data, NAMES, "anomaly")
+    assert got.shape == (270, 480)
+    assert (got[:, 241:] == 128).all() and (got[:, :239] == 0).all()
+    assert (decode_map(data, NAMES, "cable")[:, 241:] == 64).all()
