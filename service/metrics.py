@@ -120,8 +120,8 @@ class Metrics:
         self.reference = Gauge(
             "scrapscan_model_reference_frame_score",
             "The served model's frame scores on its validation frames (bundle calibration), "
-            "by class and quantile",
-            ["class", "quantile"],
+            "by class and percentile (10, 50, 90)",
+            ["class", "percentile"],
             registry=r,
             multiprocess_mode="max",
         )

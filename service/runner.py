@@ -118,8 +118,8 @@ class FrameRunner:
         self.metrics.model.labels(m.name, m.version, engine).set(1)
         calibration = self.pipeline.bundle.manifest.postprocess.calibration
         for name, quantiles in calibration.get("frame_score_quantiles", {}).items():
-            for q, value in quantiles.items():
-                self.metrics.reference.labels(name, q).set(value)
+            for q, value in quantiles.items():  # "0.5" -> percentile "50"
+                self.metrics.reference.labels(name, f"{float(q) * 100:g}").set(value)
         self.metrics.watch(LiveCollector("gpu_memory", gpu_memory))
         self.ready = True
         log.info("engine ready: bundle %s, engine %s", self.pipeline.bundle, engine)

@@ -488,4 +488,4 @@ def test_the_drift_signals_are_exported(loose_server, frame):
     strategy = body["result"]["bed"]["strategy"]
     assert f'scrapscan_bed_total{{camera="crane-drift",strategy="{strategy}"}} 1.0' in text
     # the reference the drift alert compares with: the bundle's validation figures
-    assert 'scrapscan_model_reference_frame_score{class="anomaly",quantile="0.5"} 0.6' in text
+    assert 'scrapscan_model_reference_frame_score{class="anomaly",percentile="50"} 0.6' in text
