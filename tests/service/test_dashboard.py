@@ -177,6 +177,10 @@ def test_the_frame_view_shows_the_instances_and_takes_keyboard_judgements(loose_
     shapes = browser.find_elements(By.CSS_SELECTOR, "#shapes polygon")
     assert "selected" in shapes[0].get_attribute("class")
     keys.send_keys("c").perform()
+    first_judged = "#instances tbody tr:nth-child(1) .judged"
+    wait(browser).until(
+        ec.text_to_be_present_in_element((By.CSS_SELECTOR, first_judged), "confirmed")
+    )  # stored before the next one is sent (two requests in flight may land either way)
     keys.send_keys(Keys.ARROW_DOWN).perform()
     assert browser.switch_to.active_element == rows[1]
     keys.send_keys("f").perform()
