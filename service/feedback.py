@@ -24,7 +24,6 @@ from service.errors import Conflict, InvalidInput
 from service.result import FrameResult, Summary
 
 Label = Literal["confirmed", "false_alarm", "other_class", "missed"]
-LABELS: tuple[Label, ...] = ("confirmed", "false_alarm", "other_class", "missed")
 Decision = Literal["accepted", "rejected", "manual_inspection"]
 COMMENT_CHARS = 500
 
