@@ -10,11 +10,21 @@ re-reads the kept maps under another rule:
    regions (the size filter of IAP-AS, fitted to data rather than a constant): every area
    at which a false region could be cut is tried (and the bundle's own), no higher than
    the median true contaminant's area, and the one of best F1 kept.
-3. The frame decisions: the frame score is the highest instance score. The minimum score
-   (below it a frame is clean and its instances are not reported) is the lowest that
-   flags at most `false_alarm_rate` of the clean frames; the reject score flags at most a
-   fifth of that. A model that cannot tell clean frames from contaminated ones pays for
-   the false-alarm target in misses: the report says how many.
+3. The frame decisions: the frame score is the highest instance score, and two scores
+   cut it. The minimum score (below it a frame is clean and its instances are not
+   reported) depends on the frame rule:
+   - `balanced` (the default): the score of the best balanced accuracy on these frames
+     (the share of contaminated frames flagged less the share of clean ones flagged,
+     Youden's J; ties go to the higher score). A validation split holds tens of clean
+     frames, not the hundreds a false-alarm rate of a few percent needs: cut at a 5%
+     rate, 16 clean frames leave the single highest false region as the cut, and the
+     model's weaker finds all pass as clean.
+   - `false-alarm`: the lowest score that flags at most `false_alarm_rate` of the clean
+     frames. A model that cannot tell clean frames from contaminated ones pays for the
+     target in misses; the report says how many.
+   The reject score is the lowest that rejects at most `false_alarm_rate` of the clean
+   frames under `balanced` (so INSPECT asks a person, REJECT is the confident call), a
+   fifth of it under `false-alarm`; never below the minimum score.
 4. For the drift signals, the 10th, 50th and 90th percentiles of the frames' highest
    probabilities (anomaly and per class), which the service exports as its reference.
 """
@@ -38,7 +48,9 @@ GRID = tuple(
 TRUE_AREA_PERCENTILE = 50.0
 """The minimum area never exceeds this percentile of the true contaminants' areas."""
 REJECT_SHARE = 0.2
-"""The reject score's false-alarm rate, as a share of the flagging one."""
+"""Under the false-alarm rule, the reject score's false-alarm rate as a share of it."""
+FRAME_RULES = ("balanced", "false-alarm")
+"""How the minimum frame score is chosen (module docstring, step 3)."""
 
 
 class CalibrationError(ValueError):
@@ -64,6 +76,21 @@ def _lowest_above(scores: Sequence[float], allowed: int) -> float:
     return float(min(1.0, np.nextafter(ranked[allowed], 2.0)))
 
 
+def _most_balanced(clean: Sequence[float], contaminated: Sequence[float]) -> float:
+    """The minimum score of the highest Youden's J, the higher one on a tie."""
+    scores = (s for s in (*clean, *contaminated) if s > 0)
+    cuts = {0.0, *(float(np.nextafter(s, 2.0)) for s in scores)}
+    c, d = np.asarray(clean), np.asarray(contaminated)
+
+    def j(cut: float) -> float:
+        # a frame without instances (score 0) is never flagged, whatever the cut
+        flagged = (d >= cut) & (d > 0)
+        false = (c >= cut) & (c > 0)
+        return float(flagged.mean() if len(d) else 0.0) - float(false.mean())
+
+    return min(1.0, max(cuts, key=lambda cut: (j(cut), cut)))
+
+
 def calibrate(
     seen: Sequence[Seen],
     base: InstanceRule,
@@ -71,8 +98,11 @@ def calibrate(
     match_iou: float,
     false_alarm_rate: float,
     log: Any = print,
+    frame_rule: str = "balanced",
 ) -> tuple[InstanceRule, float, dict[str, Any]]:
     """The calibrated rule, reject score, and how they were chosen."""
+    if frame_rule not in FRAME_RULES:
+        raise ValueError(f"frame rule {frame_rule!r}: one of {', '.join(FRAME_RULES)}")
     true_areas = [a for s in seen for a in s.truth.areas]
     clean = [s for s in seen if not s.truth.contaminated]
     if not true_areas:
@@ -128,24 +158,28 @@ def calibrate(
         f"{cap:.0f}), F1 {area_f1(min_area):.3f}"
     )
 
-    # 3. frame decisions on the clean frames' scores
+    # 3. frame decisions on the frames' scores
     scores = [outcome(s, rule, classes, match_iou).frame_score for s in clean]
-    min_score = _lowest_above(scores, int(np.floor(false_alarm_rate * len(clean))))
-    reject = max(
-        min_score,
-        _lowest_above(scores, int(np.floor(false_alarm_rate * REJECT_SHARE * len(clean)))),
-    )
+    dirty = [outcome(s, rule, classes, match_iou).frame_score for s in seen if s.truth.contaminated]
+    flag_rate = false_alarm_rate
+    if frame_rule == "balanced":
+        min_score = _most_balanced(scores, dirty)
+    else:
+        min_score = _lowest_above(scores, int(np.floor(false_alarm_rate * len(clean))))
+        flag_rate = false_alarm_rate * REJECT_SHARE
+    reject = max(min_score, _lowest_above(scores, int(np.floor(flag_rate * len(clean)))))
     rule = replace(rule, min_score=min_score)
     log(
-        f"calibrate: minimum score {min_score:.4f}, reject score {reject:.4f} "
-        f"({len(clean)} clean frames)"
+        f"calibrate: minimum score {min_score:.4f} ({frame_rule}), reject score "
+        f"{reject:.4f} ({len(clean)} clean frames, {len(dirty)} contaminated)"
     )
     details = {
         "frames": len(seen),
         "clean_frames": len(clean),
         "true_instances": n_true,
-        "target_false_alarm_rate": false_alarm_rate,
-        "reject_false_alarm_rate": false_alarm_rate * REJECT_SHARE,
+        "frame_rule": frame_rule,
+        "target_false_alarm_rate": false_alarm_rate if frame_rule == "false-alarm" else None,
+        "reject_false_alarm_rate": flag_rate,
         "match_iou": match_iou,
         "threshold_grid": [GRID[0], GRID[-1], len(GRID)],
         "instance_f1_before": _f1(seen, base, classes, match_iou, base.min_score),
@@ -160,6 +194,7 @@ def calibrate(
         if false_areas
         else None,
         "clean_frame_scores": sorted((round(s, 4) for s in scores), reverse=True),
+        "contaminated_frame_scores": sorted((round(s, 4) for s in dirty), reverse=True),
         "frame_score_quantiles": frame_score_quantiles(seen, classes),
     }
     return rule, reject, details

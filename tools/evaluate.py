@@ -37,7 +37,7 @@ from common.classes import CLASS_NAMES
 from service.pipeline import Pipeline
 from service.runner import open_pipeline
 from service.settings import CameraBed, Settings
-from tools.calibrate import CalibrationError, calibrate
+from tools.calibrate import FRAME_RULES, CalibrationError, calibrate
 from tools.served_eval import Seen, run_frames, score, write_report
 from training import evaluate as patch_evaluate
 from training.data import DataError, FrameRecord, load_frames
@@ -81,11 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"choose the thresholds on these frames and write {THRESHOLDS}",
     )
     p.add_argument(
+        "--frame-rule",
+        choices=FRAME_RULES,
+        default="balanced",
+        help="with --calibrate: how the minimum frame score is chosen: balanced (the best "
+        "share of contaminated frames flagged less clean ones flagged), or false-alarm "
+        "(at most --false-alarm-rate of clean frames flagged); default balanced",
+    )
+    p.add_argument(
         "--false-alarm-rate",
         type=float,
         default=0.05,
         metavar="R",
-        help="with --calibrate: share of clean frames allowed to be flagged (0.05)",
+        help="with --calibrate: share of clean frames allowed to be rejected (balanced) or "
+        "flagged (false-alarm) (0.05)",
     )
     p.add_argument(
         "--match-iou",
@@ -180,7 +189,12 @@ def served_main(argv: Sequence[str]) -> int:
         thresholds = None
         if args.calibrate:
             rule, reject, details = calibrate(
-                seen, rule, classes, args.match_iou, args.false_alarm_rate
+                seen,
+                rule,
+                classes,
+                args.match_iou,
+                args.false_alarm_rate,
+                frame_rule=args.frame_rule,
             )
             header["calibration"] = details
             thresholds = {

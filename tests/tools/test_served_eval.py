@@ -12,7 +12,7 @@ from common.tiling import Box
 from service.runner import open_pipeline
 from service.settings import Settings
 from service.stages import Bed, InstanceRule, Merged
-from tools.calibrate import _lowest_above, calibrate
+from tools.calibrate import _lowest_above, _most_balanced, calibrate
 from tools.evaluate import main
 from tools.served_eval import Seen, Truth, match, score, truth_of
 from training.data import FrameRecord, load_frames
@@ -138,6 +138,47 @@ def test_frame_cuts_flag_at_most_the_target_share_of_clean_frames():
     assert 0.4 < _lowest_above(scores, 3) < 0.40001
     assert _lowest_above(scores, 4) == 0.0  # only frames without instances are left
     assert _lowest_above(scores, 10) == 0.0
+
+
+def test_the_balanced_cut_weighs_misses_against_false_alarms():
+    clean = [0.9] + [0.0] * 9
+    # every contaminated frame has an instance: flagging them all costs one false alarm
+    assert _most_balanced(clean, [0.95, 0.8, 0.7, 0.6]) == 0.0
+    # above 0.7 two of four are flagged and no clean frame (J 0.5); every instance counted
+    # flags all four and one clean (J 0.9); above 0.9, one (J 0.25)
+    assert _most_balanced(clean, [0.95, 0.92, 0.7, 0.6]) == 0.0
+    # contaminated frames all above the false region: the cut sits just above it
+    assert 0.9 < _most_balanced(clean, [0.99, 0.97, 0.95]) < 0.90001
+    # frames without instances are never flagged, whatever the cut
+    assert _most_balanced([0.0] * 4, [0.0, 0.0, 0.5]) == 0.0
+
+
+def test_the_frame_rules_differ_where_the_clean_frames_are_few():
+    # four contaminated frames, each a motor of its own score; ten clean frames, one of
+    # them with a false motor at 0.9
+    seen = [
+        _seen(f"t{k}", [(20, 80, 20, 80, p, 1)], [(20, 80, 20, 80, 1)])
+        for k, p in enumerate((0.95, 0.85, 0.8, 0.75))
+    ]
+    seen += [_seen("c0", [(20, 80, 20, 80, 0.9, 1)], [])]
+    seen += [_seen(f"c{k}", [], []) for k in range(1, 10)]
+    base = InstanceRule(0.5, 0, 0.5)
+    silent = {"log": lambda _: None}
+    rule, reject, details = calibrate(seen, base, CLASS_NAMES, 0.25, 0.05, **silent)
+    assert details["frame_rule"] == "balanced"
+    assert rule.min_score == 0.0 and reject == pytest.approx(0.9, abs=1e-6)  # float32 maps
+    report = score(seen, rule, reject, CLASS_NAMES, 0.25).report["frames"]
+    assert report["miss_rate"] == 0.0 and report["false_alarm_rate"] == 0.1
+    # INSPECT for the finds below the clean frames' highest, REJECT above it
+    assert report["confusion"]["contaminated"] == {"clean": 0, "inspect": 3, "reject": 1}
+    rule, reject, details = calibrate(
+        seen, base, CLASS_NAMES, 0.25, 0.05, frame_rule="false-alarm", **silent
+    )
+    assert rule.min_score == pytest.approx(0.9, abs=1e-6) and reject == rule.min_score
+    report = score(seen, rule, reject, CLASS_NAMES, 0.25).report["frames"]
+    assert report["miss_rate"] == 0.75 and report["false_alarm_rate"] == 0.0
+    with pytest.raises(ValueError, match="frame rule"):
+        calibrate(seen, base, CLASS_NAMES, 0.25, 0.05, frame_rule="lenient", **silent)
 
 
 @pytest.mark.slow
