@@ -132,6 +132,17 @@ class Metrics:
             ["label", "class"],
             registry=r,
         )
+        self.purged = Counter(
+            "scrapscan_retention_purged_frames",
+            "Frames the embedded store's retention changed (files removed, or forgotten)",
+            registry=r,
+        )
+        self.purge_seconds = Histogram(
+            "scrapscan_retention_purge_duration_seconds",
+            "Time of one retention pass of the embedded store (all its batches)",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
         self.truck_decisions = Counter(
             "scrapscan_truck_decisions",
             "Decisions recorded for trucks (accepted, rejected, manual_inspection)",

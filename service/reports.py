@@ -71,9 +71,13 @@ class TruckReport(TruckSummary):
 
 
 class TruckList(BaseModel):
-    """Trucks seen in a time range, most recent first."""
+    """Trucks seen in a time range, most recent first, a page at a time."""
 
     trucks: list[TruckSummary]
+    next: str | None = Field(
+        None,
+        description="pass as `after` for the next page of the same query; null on the last",
+    )
 
 
 def _seen(record: FrameRecord) -> str:
@@ -82,48 +86,85 @@ def _seen(record: FrameRecord) -> str:
     return datetime.fromtimestamp(record.received_at, UTC).isoformat()
 
 
+def new_report(truck_id: str) -> TruckReport:
+    """The report of a truck before any of its frames."""
+    return TruckReport(
+        truck_id=truck_id,
+        verdict="clean",
+        frames=0,
+        frames_failed=0,
+        frames_pending=0,
+        first_seen=None,
+        last_seen=None,
+        classes={c: ClassFigures() for c in ANOMALY_CLASSES},
+        evidence=[],
+    )
+
+
+def count_arrival(report: TruckReport, frame: FrameRecord) -> None:
+    """A frame of the truck was accepted: it is pending until it ends."""
+    report.frames_pending += 1
+    seen = _seen(frame)
+    report.first_seen = min(seen, report.first_seen or seen)
+    report.last_seen = max(seen, report.last_seen or seen)
+
+
+def count_end(report: TruckReport, frame: FrameRecord) -> None:
+    """A frame of the truck ended (done with its result, or failed): fold it in.
+
+    Every figure is a running maximum, count or top list, so a store can keep a truck's
+    report up to date frame by frame without reading its other frames.
+    """
+    report.frames_pending -= 1
+    if frame.status == "failed":
+        report.frames_failed += 1
+    if frame.status != "done" or frame.result is None:
+        return
+    result = frame.result
+    report.frames += 1
+    report.verdict = gravest((report.verdict, result.verdict))
+    for c, agg in report.classes.items():
+        mine = [i for i in result.instances if i.class_name == c]
+        if not mine:
+            continue
+        agg.frames += 1
+        agg.instances = max(agg.instances, len(mine))
+        agg.area_px = max(agg.area_px, sum(i.area for i in mine))
+        best = max(i.score for i in mine)
+        agg.highest_score = best if agg.highest_score is None else max(agg.highest_score, best)
+    if result.instances:
+        top = max(result.instances, key=lambda i: i.score)
+        report.evidence.append(
+            Evidence(
+                frame_id=frame.frame_id,
+                score=top.score,
+                class_name=top.class_name,
+                overlay=frame_links(frame.frame_id)["overlay"],
+            )
+        )
+        # stable: among equal scores the earlier frame stays first
+        report.evidence.sort(key=lambda e: e.score, reverse=True)
+        del report.evidence[EVIDENCE_FRAMES:]
+
+
 def truck_report(truck_id: str, frames: Iterable[FrameRecord]) -> TruckReport:
     """The report of one truck from its frames (any status; only done frames count).
 
     The truck's verdict is the gravest of its frames' verdicts: each frame's was given by
     the thresholds of the model that made it (its result says which).
     """
-    frames = list(frames)
-    done = [(f.frame_id, f.result) for f in frames if f.status == "done" and f.result is not None]
-    classes = {c: ClassFigures() for c in ANOMALY_CLASSES}
-    evidence = []
-    for frame_id, result in done:
-        for c, agg in classes.items():
-            mine = [i for i in result.instances if i.class_name == c]
-            if not mine:
-                continue
-            agg.frames += 1
-            agg.instances = max(agg.instances, len(mine))
-            agg.area_px = max(agg.area_px, sum(i.area for i in mine))
-            best = max(i.score for i in mine)
-            agg.highest_score = best if agg.highest_score is None else max(agg.highest_score, best)
-        if result.instances:
-            top = max(result.instances, key=lambda i: i.score)
-            evidence.append(
-                Evidence(
-                    frame_id=frame_id,
-                    score=top.score,
-                    class_name=top.class_name,
-                    overlay=frame_links(frame_id)["overlay"],
-                )
-            )
-    evidence.sort(key=lambda e: e.score, reverse=True)
-    seen = sorted(_seen(f) for f in frames)
-    return TruckReport(
-        truck_id=truck_id,
-        verdict=gravest(r.verdict for _, r in done),
-        frames=len(done),
-        frames_failed=sum(f.status == "failed" for f in frames),
-        frames_pending=sum(f.status in ("queued", "processing") for f in frames),
-        first_seen=seen[0] if seen else None,
-        last_seen=seen[-1] if seen else None,
-        classes=classes,
-        evidence=evidence[:EVIDENCE_FRAMES],
+    report = new_report(truck_id)
+    for frame in frames:
+        count_arrival(report, frame)
+        if frame.status in ("done", "failed"):
+            count_end(report, frame)
+    return report
+
+
+def summary_of(report: TruckReport) -> TruckSummary:
+    """The listing's row of a truck's report (the report less its evidence)."""
+    return TruckSummary.model_construct(
+        **{k: getattr(report, k) for k in TruckSummary.model_fields}
     )
 
 

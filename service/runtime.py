@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import redis
 
@@ -161,7 +162,10 @@ class Service:
         s = self.settings
         while True:
             try:
+                start = time.perf_counter()
                 n = await asyncio.to_thread(self.store.purge, s.result_ttl_s, s.report_ttl_s)
+                self.metrics.purge_seconds.observe(time.perf_counter() - start)
+                self.metrics.purged.inc(n)
                 if n:
                     log.info("retention: %d frames purged", n)
             except Exception:

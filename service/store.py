@@ -15,11 +15,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 from service.errors import Conflict
 from service.feedback import FrameFeedback, TruckDecision
-from service.result import FrameResult, Summary
+from service.result import FrameResult, Summary, Verdict
+
+if TYPE_CHECKING:  # service.reports reads FrameRecord from here
+    from service.reports import TruckReport, TruckSummary
 
 Status = Literal["queued", "processing", "done", "failed"]
 Target = Literal["frame", "truck"]
@@ -38,6 +41,44 @@ class FeedPage(NamedTuple):
 
     items: list[tuple[str, FrameRecord]]
     next: str
+
+
+@dataclass(frozen=True, slots=True)
+class TruckQuery:
+    """A page of the truck listing: trucks whose latest frame was received in [since, until).
+
+    Latest first, at most `limit` of them after the cursor `after` ("" for the first).
+    """
+
+    since: float = 0.0
+    until: float = 1e18
+    verdict: Verdict | None = None
+    after: str = ""
+    limit: int = 100
+
+
+class TruckPage(NamedTuple):
+    """A page of the truck listing, latest first, and the cursor of the next (None: the end)."""
+
+    items: list[TruckSummary]
+    next: str | None
+
+
+TRUCK_CURSOR = re.compile(r"^([0-9]{1,12}(\.[0-9]{1,17})?)~([A-Za-z0-9][A-Za-z0-9._-]{0,63})$")
+"""A truck listing's cursor: the last truck's latest arrival (epoch seconds) and its id."""
+
+
+def truck_cursor(last_at: float, truck_id: str) -> str:
+    """The cursor after a truck whose latest frame came at `last_at`."""
+    return f"{last_at!r}~{truck_id}"  # repr: the float's exact round trip
+
+
+def read_truck_cursor(cursor: str) -> tuple[float, str]:
+    """(latest arrival, truck id) of a cursor; ValueError for one no store gave out."""
+    m = TRUCK_CURSOR.match(cursor)
+    if m is None:
+        raise ValueError("not a truck cursor")
+    return float(m[1]), m[3]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,16 +175,12 @@ class Store(Protocol):
         """The cursor after which the feed holds its last `back` ended frames ("" for all)."""
         ...
 
-    def truck(self, truck_id: str) -> list[FrameRecord]:
-        """Every frame of a truck, oldest first."""
+    def truck_report(self, truck_id: str) -> TruckReport | None:
+        """The truck's frames aggregated (service/reports.py), or None for no frame kept."""
         ...
 
-    def trucks_frames(self, truck_ids: list[str]) -> dict[str, list[FrameRecord]]:
-        """Every frame of each truck, oldest first, in one go (the truck listing)."""
-        ...
-
-    def trucks(self, since: float | None = None, until: float | None = None) -> list[str]:
-        """Trucks whose latest frame was received in [since, until)."""
+    def trucks(self, query: TruckQuery) -> TruckPage:
+        """A page of the truck listing; ValueError for a cursor no store gave out."""
         ...
 
     def add_feedback(self, item: FrameFeedback | TruckDecision) -> None:

@@ -42,8 +42,19 @@ from redis.retry import Retry
 
 from service.feedback import FEEDBACK, FrameFeedback, TruckDecision
 from service.queue import FRAMES, P
+from service.reports import TruckReport, TruckSummary, summary_of, truck_report
 from service.result import FrameResult, Summary, load_result
-from service.store import FeedPage, FrameRecord, IdempotencyConflict, NewFrame, Target
+from service.store import (
+    FeedPage,
+    FrameRecord,
+    IdempotencyConflict,
+    NewFrame,
+    Target,
+    TruckPage,
+    TruckQuery,
+    read_truck_cursor,
+    truck_cursor,
+)
 
 _ADD = """
 -- KEYS: frame hash, image, open set, frames stream, idempotency key or '', truck or '', trucks
@@ -245,13 +256,21 @@ class RedisStore:
                 raise ValueError("not a cursor of this store") from None
             if not entries:
                 break
+            wanted = [
+                (entry_id.decode(), fields[b"frame_id"].decode())
+                for entry_id, fields in entries
+                if not camera_id or fields.get(b"camera_id", b"").decode() == camera_id
+            ]
+            pipe = self.r.pipeline(transaction=False)  # the page's frames in one round trip
+            for _, frame_id in wanted:
+                pipe.hgetall(f"{P}frame:{frame_id}")
+            found = dict(zip(wanted, pipe.execute(), strict=True))
             for entry_id, fields in entries:
                 last = entry_id.decode()
                 start = f"({last}"
-                if camera_id and fields.get(b"camera_id", b"").decode() != camera_id:
-                    continue
-                record = self.get(fields[b"frame_id"].decode())
-                if record is not None:  # expired frames leave the feed
+                key = (last, fields[b"frame_id"].decode())
+                record = _record(key[1], found[key]) if key in found else None
+                if record is not None:  # another camera's, or expired: not in the feed
                     out.append((last, record))
                 if len(out) == limit:
                     break
@@ -262,15 +281,16 @@ class RedisStore:
         entries = self.r.xrevrange(f"{P}results", "+", "-", count=back + 1)
         return entries[back][0].decode() if len(entries) > back else ""
 
-    def truck(self, truck_id: str) -> list[FrameRecord]:
-        """Every frame of a truck still kept, oldest first.
+    def truck_report(self, truck_id: str) -> TruckReport | None:
+        """The truck's frames still kept, aggregated; None for none.
 
-        A frame whose result has expired (result_ttl) comes back with what its report
-        needs (status, times, instances' class, score and area) until report_ttl.
+        A frame whose result has expired (result_ttl) counts with what its report needs
+        (status, times, instances' class, score and area) until report_ttl.
         """
-        return self.trucks_frames([truck_id])[truck_id]
+        frames = self._trucks_frames([truck_id])[truck_id]
+        return truck_report(truck_id, frames) if frames else None
 
-    def trucks_frames(self, truck_ids: list[str]) -> dict[str, list[FrameRecord]]:
+    def _trucks_frames(self, truck_ids: list[str]) -> dict[str, list[FrameRecord]]:
         """Every frame of each truck, oldest first, in two round trips."""
         pipe = self.r.pipeline(transaction=False)
         for t in truck_ids:
@@ -300,11 +320,42 @@ class RedisStore:
                     out[t].append(record)
         return out
 
-    def trucks(self, since: float | None = None, until: float | None = None) -> list[str]:
-        """Trucks whose latest frame was received in [since, until), most recent first."""
-        low = since if since is not None else "-inf"
-        high = f"({until}" if until is not None else "+inf"
-        return [m.decode() for m in self.r.zrevrangebyscore(f"{P}trucks", high, low)]
+    def trucks(self, query: TruckQuery) -> TruckPage:
+        """Trucks whose latest frame was received in [since, until), latest first, a page.
+
+        Each listed truck's report is counted from its frames, `limit` trucks per round;
+        with a verdict, rounds go on until the page is full or the range is done.
+        """
+        high: float | str = f"({query.until}"
+        skip_to: str | None = None
+        limit, verdict = query.limit, query.verdict
+        if query.after:
+            last_at, skip_to = read_truck_cursor(query.after)
+            high = last_at
+        items: list[TruckSummary] = []
+        keys: list[tuple[float, str]] = []
+        offset = 0
+        while True:
+            got = self.r.zrevrangebyscore(
+                f"{P}trucks", high, query.since, start=offset, num=limit + 1, withscores=True
+            )
+            offset += len(got)
+            members = [(m.decode(), score) for m, score in got]
+            if skip_to is not None:  # ties with the cursor's time come in reverse id order
+                members = [(m, t) for m, t in members if t < last_at or m < skip_to]
+            reports = self._trucks_frames([m for m, _ in members])
+            for m, t in members:
+                frames = reports[m]
+                if not frames:  # its frames have expired
+                    continue
+                report = truck_report(m, frames)
+                if verdict is None or report.verdict == verdict:
+                    items.append(summary_of(report))
+                    keys.append((t, m))
+                    if len(items) > limit:
+                        return TruckPage(items[:limit], truck_cursor(*keys[limit - 1]))
+            if len(got) < limit + 1:
+                return TruckPage(items, None)
 
     def requeue(self, frame_id: str) -> None:
         """An attempt failed: the frame is queued again (unless it has ended)."""

@@ -8,9 +8,15 @@ DATA_DIR/frames/<frame_id>/maps.png     the probability maps (service/heatmap.py
 
 Retention (purge(), run by the service): result_ttl after a frame ends its files go and
 its result keeps what truck reports need; report_ttl after, the frame is forgotten. A
-frame with operators' feedback (the feedback table) is kept whole.
+frame with operators' feedback (the feedback table) is kept whole. The purge works in
+batches of PURGE_BATCH frames, one transaction each, and lets other callers in between.
 
 A frame that ends gets the next number of the feed in the same transaction as its end.
+Each truck's report (service/reports.py) is kept in the trucks table and brought up to
+date in the same transaction as each of its frames' arrival and end, so the truck
+listing and a report read one row per truck, never the truck's frames.
+
+Every query a route makes has an index (tests/service/test_store.py reads the plans).
 """
 
 from __future__ import annotations
@@ -19,10 +25,19 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from service.feedback import FEEDBACK, FrameFeedback, TruckDecision
+from service.reports import (
+    TruckReport,
+    count_arrival,
+    count_end,
+    new_report,
+    summary_of,
+    truck_report,
+)
 from service.result import FrameResult, load_result
 from service.store import (
     CURSOR,
@@ -32,6 +47,10 @@ from service.store import (
     NewFrame,
     Status,
     Target,
+    TruckPage,
+    TruckQuery,
+    read_truck_cursor,
+    truck_cursor,
 )
 
 _SCHEMA = """
@@ -51,6 +70,16 @@ CREATE TABLE IF NOT EXISTS frames (
 );
 CREATE INDEX IF NOT EXISTS frames_status ON frames (status);
 CREATE INDEX IF NOT EXISTS frames_truck ON frames (truck_id);
+CREATE INDEX IF NOT EXISTS frames_ended ON frames (completed_at);
+CREATE INDEX IF NOT EXISTS frames_with_files ON frames (completed_at) WHERE image_name != '';
+CREATE TABLE IF NOT EXISTS trucks (
+    truck_id TEXT PRIMARY KEY,
+    last_at REAL NOT NULL,
+    verdict TEXT NOT NULL,
+    report TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trucks_latest ON trucks (last_at, truck_id);
+CREATE INDEX IF NOT EXISTS trucks_by_verdict ON trucks (verdict, last_at, truck_id);
 CREATE TABLE IF NOT EXISTS feed (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     frame_id TEXT NOT NULL UNIQUE
@@ -72,6 +101,10 @@ _NOT_HELD = "frame_id NOT IN (SELECT target FROM feedback WHERE kind = 'frame')"
 _COLUMNS = (
     "frame_id, camera_id, truck_id, captured_at, received_at, status, error, result, completed_at"
 )
+PURGE_BATCH = 1000
+"""Frames per purge transaction; other callers get the store between batches."""
+FEED_SCAN = 5000
+"""At most this many feed entries are looked at per camera-filtered page."""
 
 
 class SQLiteStore:
@@ -82,8 +115,23 @@ class SQLiteStore:
         (data_dir / "frames").mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(data_dir / "scrapscan.db", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        with self._lock, self._db:
+            upgrade = self._has("frames") and not self._has("trucks")
+            self._db.executescript(_SCHEMA)
+            if upgrade:  # a store from before the trucks table: count its trucks once
+                for (truck_id,) in self._db.execute(
+                    "SELECT DISTINCT truck_id FROM frames WHERE truck_id IS NOT NULL"
+                ).fetchall():
+                    self._recount(truck_id)
+
+    def _has(self, table: str) -> bool:
+        return (
+            self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+            ).fetchone()
+            is not None
+        )
 
     def close(self) -> None:
         """Close the database."""
@@ -114,6 +162,7 @@ class SQLiteStore:
             folder.mkdir(parents=True, exist_ok=False)
             name = f"image{frame.image_ext}"
             _write_atomic(folder / name, frame.image)
+            received = time.time()
             with self._db:
                 self._db.execute(
                     "INSERT INTO frames (frame_id, camera_id, truck_id, captured_at, received_at,"
@@ -124,12 +173,25 @@ class SQLiteStore:
                         frame.camera_id,
                         frame.truck_id,
                         frame.captured_at,
-                        time.time(),
+                        received,
                         name,
                         key,
                         sha256,
                     ),
                 )
+                if frame.truck_id is not None:
+                    arrived = FrameRecord(
+                        frame.frame_id,
+                        frame.camera_id,
+                        frame.truck_id,
+                        frame.captured_at,
+                        received,
+                        "queued",
+                        None,
+                        None,
+                        None,
+                    )
+                    self._count(frame.truck_id, lambda r: count_arrival(r, arrived), received)
         return frame.frame_id, True
 
     def image(self, frame_id: str) -> bytes:
@@ -157,18 +219,26 @@ class SQLiteStore:
         """
         if after and not CURSOR.match(after):
             raise ValueError("not a cursor of this store")
-        after = after.partition("-")[0]  # A-B lies between A and A + 1: after A
-        where = "feed.seq > ?" + (" AND frames.camera_id = ?" if camera_id else "")
-        params: tuple[Any, ...] = (0, camera_id, limit) if camera_id else (0, limit)
+        start = int(after.partition("-")[0] or 0)  # A-B lies between A and A + 1: after A
         cols = ", ".join(f"frames.{c.strip()}" for c in _COLUMNS.split(","))
+        query = f"SELECT feed.seq, {cols} FROM feed JOIN frames USING (frame_id) WHERE feed.seq > ?"
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT feed.seq, {cols} FROM feed JOIN frames USING (frame_id)"
-                f" WHERE {where} ORDER BY feed.seq LIMIT ?",
-                (int(after or 0), *params[1:]),
-            ).fetchall()
+            if camera_id is None:
+                rows = self._db.execute(
+                    f"{query} ORDER BY feed.seq LIMIT ?", (start, limit)
+                ).fetchall()
+                end = None
+            else:  # look at FEED_SCAN entries at most, and move the cursor over them
+                rows = self._db.execute(
+                    f"{query} AND feed.seq <= ? AND frames.camera_id = ? ORDER BY feed.seq LIMIT ?",
+                    (start, start + FEED_SCAN, camera_id, limit),
+                ).fetchall()
+                (last,) = self._db.execute("SELECT MAX(seq) FROM feed").fetchone()
+                end = min(start + FEED_SCAN, last or 0)
         items = [(str(r[0]), _record(r[1:])) for r in rows]
-        return FeedPage(items, items[-1][0] if items else after)
+        if len(items) == limit or end is None:
+            return FeedPage(items, items[-1][0] if items else after)
+        return FeedPage(items, str(end) if end > start else after)
 
     def tail_cursor(self, back: int) -> str:
         """The cursor after which the feed holds its last `back` frames ("" for all)."""
@@ -178,36 +248,67 @@ class SQLiteStore:
             ).fetchone()
         return "" if row is None else str(row[0])
 
-    def truck(self, truck_id: str) -> list[FrameRecord]:
-        """Every frame of a truck, oldest first."""
-        return self.trucks_frames([truck_id])[truck_id]
+    def truck_report(self, truck_id: str) -> TruckReport | None:
+        """The truck's report as kept, or None for a truck without frames."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT report FROM trucks WHERE truck_id = ?", (truck_id,)
+            ).fetchone()
+        return None if row is None else TruckReport.model_validate_json(row[0])
 
-    def trucks_frames(self, truck_ids: list[str]) -> dict[str, list[FrameRecord]]:
-        """Every frame of each truck, oldest first, in one query."""
-        out: dict[str, list[FrameRecord]] = {t: [] for t in truck_ids}
-        if not truck_ids:
-            return out
-        marks = ", ".join("?" * len(truck_ids))
+    def trucks(self, query: TruckQuery) -> TruckPage:
+        """Trucks whose latest frame was received in [since, until), latest first, a page."""
+        where = "last_at >= ? AND last_at < ?"
+        params: list[Any] = [query.since, query.until]
+        limit = query.limit
+        if query.verdict is not None:
+            where += " AND verdict = ?"
+            params.append(query.verdict)
+        if query.after:
+            last_at, truck_id = read_truck_cursor(query.after)
+            where += " AND (last_at < ? OR (last_at = ? AND truck_id < ?))"
+            params += [last_at, last_at, truck_id]
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM frames WHERE truck_id IN ({marks}) ORDER BY received_at",
-                truck_ids,
+                f"SELECT report, last_at, truck_id FROM trucks WHERE {where}"
+                " ORDER BY last_at DESC, truck_id DESC LIMIT ?",
+                (*params, limit + 1),
             ).fetchall()
-        for r in rows:
-            record = _record(r)
-            out[str(record.truck_id)].append(record)
-        return out
+        items = [summary_of(TruckReport.model_validate_json(r[0])) for r in rows[:limit]]
+        more = len(rows) > limit
+        return TruckPage(
+            items, truck_cursor(rows[limit - 1][1], rows[limit - 1][2]) if more else None
+        )
 
-    def trucks(self, since: float | None = None, until: float | None = None) -> list[str]:
-        """Trucks whose latest frame was received in [since, until), most recent first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT truck_id FROM frames WHERE truck_id IS NOT NULL GROUP BY truck_id"
-                " HAVING MAX(received_at) >= ? AND MAX(received_at) < ?"
-                " ORDER BY MAX(received_at) DESC",
-                (since if since is not None else 0.0, until if until is not None else 1e18),
-            ).fetchall()
-        return [str(r[0]) for r in rows]
+    def _count(
+        self, truck_id: str, change: Callable[[TruckReport], None], at: float | None = None
+    ) -> None:
+        """Bring a truck's report up to date (inside the caller's transaction and lock)."""
+        row = self._db.execute(
+            "SELECT report, last_at FROM trucks WHERE truck_id = ?", (truck_id,)
+        ).fetchone()
+        report = new_report(truck_id) if row is None else TruckReport.model_validate_json(row[0])
+        change(report)
+        self._keep(report, max(at or 0.0, row[1] if row is not None else 0.0))
+
+    def _recount(self, truck_id: str) -> None:
+        """A truck's report from its frames (after the purge forgot some; at upgrade)."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM frames WHERE truck_id = ? ORDER BY received_at",
+            (truck_id,),
+        ).fetchall()
+        if not rows:
+            self._db.execute("DELETE FROM trucks WHERE truck_id = ?", (truck_id,))
+            return
+        frames = [_record(r) for r in rows]
+        self._keep(truck_report(truck_id, frames), max(f.received_at for f in frames))
+
+    def _keep(self, report: TruckReport, last_at: float) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO trucks (truck_id, last_at, verdict, report)"
+            " VALUES (?, ?, ?, ?)",
+            (report.truck_id, last_at, report.verdict, report.model_dump_json()),
+        )
 
     def set_processing(self, frame_id: str) -> None:
         """Mark a frame as being processed."""
@@ -224,7 +325,7 @@ class SQLiteStore:
         folder = self.folder(frame_id)
         for name, data in files.items():
             _write_atomic(folder / name, data)
-        return self._set(frame_id, "done", result=result.model_dump_json())
+        return self._set(frame_id, "done", result=result)
 
     def fail(self, frame_id: str, reason: str) -> bool:
         """Mark a frame failed with the reason; False if it had ended already."""
@@ -256,42 +357,59 @@ class SQLiteStore:
         path = self.folder(frame_id) / name
         return path.read_bytes() if path.is_file() else None
 
-    def purge(self, result_ttl: float, report_ttl: float, now: float | None = None) -> int:
+    def purge(
+        self,
+        result_ttl: float,
+        report_ttl: float,
+        now: float | None = None,
+        batch: int = PURGE_BATCH,
+    ) -> int:
         """Apply the retention; returns how many frames were changed.
 
         Frames ended result_ttl ago lose their files (upload, mask, overlay) and keep only
-        what reports need of their result; frames ended report_ttl ago are forgotten.
-        Frames not ended are kept.
+        what reports need of their result; frames ended report_ttl ago are forgotten, and
+        their trucks' reports counted again from the frames left. Frames not ended are
+        kept. `batch` frames per transaction; the store is free between batches.
         """
         now = time.time() if now is None else now
-        with self._lock:
-            stale = self._db.execute(
-                "SELECT frame_id, result FROM frames WHERE completed_at < ? AND image_name != ''"
-                f" AND {_NOT_HELD}",
-                (now - result_ttl,),
-            ).fetchall()
-        for frame_id, result in stale:
-            shutil.rmtree(self.folder(frame_id), ignore_errors=True)
-            small = load_result(result).summary() if result else None
-            with self._lock, self._db:
-                self._db.execute(
-                    "UPDATE frames SET image_name = '', result = ? WHERE frame_id = ?",
-                    (small.model_dump_json() if small is not None else None, frame_id),
-                )
-        with self._lock, self._db:
-            old = [
-                r[0]
-                for r in self._db.execute(
-                    f"SELECT frame_id FROM frames WHERE completed_at < ? AND {_NOT_HELD}",
-                    (now - report_ttl,),
+        changed = 0
+        while True:
+            with self._lock:
+                stale = self._db.execute(
+                    "SELECT frame_id, result FROM frames INDEXED BY frames_with_files"
+                    f" WHERE completed_at < ? AND image_name != '' AND {_NOT_HELD} LIMIT ?",
+                    (now - result_ttl, batch),
                 ).fetchall()
-            ]
-            for frame_id in old:
-                self._db.execute("DELETE FROM feed WHERE frame_id = ?", (frame_id,))
-                self._db.execute("DELETE FROM frames WHERE frame_id = ?", (frame_id,))
-        for frame_id in old:
-            shutil.rmtree(self.folder(frame_id), ignore_errors=True)
-        return len(stale) + len(old)
+            if not stale:
+                break
+            slim = []
+            for frame_id, result in stale:  # outside the lock
+                shutil.rmtree(self.folder(frame_id), ignore_errors=True)
+                small = load_result(result).summary() if result else None
+                slim.append((small.model_dump_json() if small is not None else None, frame_id))
+            with self._lock, self._db:
+                self._db.executemany(
+                    "UPDATE frames SET image_name = '', result = ? WHERE frame_id = ?", slim
+                )
+            changed += len(stale)
+        while True:
+            with self._lock, self._db:
+                old = self._db.execute(
+                    "SELECT frame_id, truck_id FROM frames INDEXED BY frames_ended"
+                    f" WHERE completed_at < ? AND {_NOT_HELD} LIMIT ?",
+                    (now - report_ttl, batch),
+                ).fetchall()
+                if not old:
+                    break
+                ids = [(r[0],) for r in old]
+                self._db.executemany("DELETE FROM feed WHERE frame_id = ?", ids)
+                self._db.executemany("DELETE FROM frames WHERE frame_id = ?", ids)
+                for truck_id in {r[1] for r in old if r[1] is not None}:
+                    self._recount(truck_id)
+            for (frame_id,) in ids:
+                shutil.rmtree(self.folder(frame_id), ignore_errors=True)
+            changed += len(old)
+        return changed
 
     def add_feedback(self, item: FrameFeedback | TruckDecision) -> None:
         """Keep an operator's feedback (a frame with feedback is held from purge())."""
@@ -323,18 +441,42 @@ class SQLiteStore:
         return [FEEDBACK.validate_json(r[0]) for r in rows]
 
     def _set(
-        self, frame_id: str, status: Status, result: str | None = None, error: str | None = None
+        self,
+        frame_id: str,
+        status: Status,
+        result: FrameResult | None = None,
+        error: str | None = None,
     ) -> bool:
         done = time.time() if status in ("done", "failed") else None
+        text = None if result is None else result.model_dump_json()
         with self._lock, self._db:
             changed = self._db.execute(
                 "UPDATE frames SET status = ?, result = COALESCE(?, result),"
                 " error = COALESCE(?, error), completed_at = ?"
                 " WHERE frame_id = ? AND status NOT IN ('done', 'failed')",
-                (status, result, error, done, frame_id),
+                (status, text, error, done, frame_id),
             ).rowcount
             if done is not None and changed:  # a frame ends once and is in the feed once
                 self._db.execute("INSERT INTO feed (frame_id) VALUES (?)", (frame_id,))
+                row = self._db.execute(
+                    "SELECT camera_id, truck_id, captured_at, received_at FROM frames"
+                    " WHERE frame_id = ?",
+                    (frame_id,),
+                ).fetchone()
+                camera_id, truck_id, captured_at, received_at = row
+                if truck_id is not None:
+                    ended = FrameRecord(
+                        frame_id,
+                        camera_id,
+                        truck_id,
+                        captured_at,
+                        received_at,
+                        status,
+                        error,
+                        result,
+                        done,
+                    )
+                    self._count(truck_id, lambda r: count_end(r, ended))
         return bool(changed)
 
 

@@ -837,7 +837,24 @@ async function showTrucks() {
     q.set("format", "csv");
     download(`/v1/trucks?${q}`, "trucks.csv").catch(explain);
   };
-  const { trucks } = await getJson(`/v1/trucks?${params()}`);
+  const { trucks, next } = await getJson(`/v1/trucks?${params()}`);
+  const rows = h("tbody", {}, trucks.map(truckRow));
+  // the listing comes a page at a time; older pages are added below on request
+  const older = h("button", { type: "button", id: "trucks-older" }, "Older trucks");
+  let cursor = next;
+  older.hidden = !cursor;
+  older.addEventListener("click", async () => {
+    const q = params();
+    q.set("after", cursor);
+    try {
+      const page = await getJson(`/v1/trucks?${q}`);
+      rows.append(...page.trucks.map(truckRow));
+      cursor = page.next;
+      older.hidden = !cursor;
+    } catch (err) {
+      explain(err);
+    }
+  });
   view.replaceChildren(
     h(
       "section",
@@ -871,30 +888,25 @@ async function showTrucks() {
                 ].map((t) => h("th", {}, t)),
               ),
             ),
-            h(
-              "tbody",
-              {},
-              trucks.map((t) =>
-                h(
-                  "tr",
-                  {},
-                  h(
-                    "td",
-                    {},
-                    h("a", { href: `#/trucks/${encodeURIComponent(t.truck_id)}` }, t.truck_id),
-                  ),
-                  h("td", {}, verdictBadge(t.verdict)),
-                  h("td", {}, String(t.frames)),
-                  h("td", {}, String(t.frames_failed)),
-                  h("td", {}, String(t.frames_pending)),
-                  h("td", {}, t.last_seen ? new Date(t.last_seen).toLocaleString() : "–"),
-                  CLASSES.map((c) => h("td", {}, fmtScore(t.classes[c]?.highest_score))),
-                ),
-              ),
-            ),
+            rows,
           )
         : h("p", {}, "No truck in this period."),
+      older,
     ),
+  );
+}
+
+function truckRow(t) {
+  return h(
+    "tr",
+    {},
+    h("td", {}, h("a", { href: `#/trucks/${encodeURIComponent(t.truck_id)}` }, t.truck_id)),
+    h("td", {}, verdictBadge(t.verdict)),
+    h("td", {}, String(t.frames)),
+    h("td", {}, String(t.frames_failed)),
+    h("td", {}, String(t.frames_pending)),
+    h("td", {}, t.last_seen ? new Date(t.last_seen).toLocaleString() : "–"),
+    CLASSES.map((c) => h("td", {}, fmtScore(t.classes[c]?.highest_score))),
   );
 }
 

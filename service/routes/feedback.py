@@ -94,7 +94,7 @@ async def get_frame_feedback(svc: ServiceDep, frame_id: FrameId) -> list[FrameFe
 async def _known_truck(svc: ServiceDep, truck_id: str) -> None:
     if not re.match(ID_PATTERN, truck_id):
         raise InvalidInput("invalid_truck_id", f"a truck_id matches {ID_PATTERN}")
-    if not await asyncio.to_thread(svc.store.truck, truck_id):
+    if await asyncio.to_thread(svc.store.truck_report, truck_id) is None:
         raise NotFound("truck_not_found", f"no frame of truck {truck_id}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 from typing import Annotated, Literal
 
@@ -12,13 +13,19 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
 from service.errors import InvalidInput, NotAllowed, NotAuthenticated, NotFound, Unavailable
-from service.reports import TruckList, TruckReport, report_csv, truck_report, trucks_csv
+from service.reports import TruckList, TruckReport, report_csv, trucks_csv
 from service.result import Verdict
 from service.routes.deps import ServiceDep, Since, Until, epoch, require
 from service.routes.errors import responses
 from service.settings import ID_PATTERN
+from service.store import TRUCK_CURSOR, TruckQuery
 
 router = APIRouter(tags=["trucks"])
+
+DEFAULT_WINDOW_S = 86400.0
+"""The truck listing's range without `since`: the day before `until`."""
+MAX_TRUCKS = 1000
+"""The most trucks on one page of the listing."""
 
 Format = Literal["json", "csv"]
 CSV = {"text/csv": {"schema": {"type": "string"}}}
@@ -54,10 +61,9 @@ async def truck(
     """
     if not re.match(ID_PATTERN, truck_id):
         raise InvalidInput("invalid_truck_id", f"a truck_id matches {ID_PATTERN}")
-    frames = await asyncio.to_thread(svc.store.truck, truck_id)
-    if not frames:
+    report = await asyncio.to_thread(svc.store.truck_report, truck_id)
+    if report is None:
         raise NotFound("truck_not_found", f"no frame of truck {truck_id}")
-    report = truck_report(truck_id, frames)
     return _answer(report, lambda: report_csv(report), format)
 
 
@@ -75,11 +81,31 @@ async def trucks(
     since: Since = None,
     until: Until = None,
     verdict: Annotated[Verdict | None, Query()] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            description="the `next` of the page before (the same query otherwise)",
+            json_schema_extra={"pattern": TRUCK_CURSOR.pattern},
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_TRUCKS, description="trucks per page")] = 100,
     format: Annotated[Format, Query()] = "json",
 ) -> Response:
-    """Trucks whose latest frame came in [since, until), latest first, with their verdicts."""
-    ids = await asyncio.to_thread(svc.store.trucks, epoch(since, "since"), epoch(until, "until"))
-    every = await asyncio.to_thread(svc.store.trucks_frames, ids)
-    reports = [truck_report(t, every[t]) for t in ids if every[t]]  # no frames: expired
-    listed = TruckList(trucks=[r for r in reports if verdict is None or r.verdict == verdict])
+    """Trucks whose latest frame came in [since, until), latest first, with their verdicts.
+
+    `until` defaults to now and `since` to a day before `until`. A page holds at most
+    `limit` trucks; the JSON's `next`, passed as `after` with the same query, gives the
+    next page (CSV: one page per request, the same parameters).
+    """
+    end = epoch(until, "until") or time.time()
+    start = epoch(since, "since")
+    start = end - DEFAULT_WINDOW_S if start is None else start
+    try:
+        query = TruckQuery(start, end, verdict, after or "", limit)
+        page = await asyncio.to_thread(svc.store.trucks, query)
+    except ValueError:
+        raise InvalidInput(
+            "invalid_cursor", "`after` is not a cursor this service gave out"
+        ) from None
+    listed = TruckList(trucks=page.items, next=page.next)
     return _answer(listed, lambda: trucks_csv(listed.trucks), format)

@@ -466,7 +466,18 @@ def test_truck_report_and_listing_through_http(server, frame):
     listing = httpx.get(f"{server.url}/v1/trucks", params={"since": "2020-01-01T00:00:00Z"}).json()
     assert "TRK-REPORT-1" in [t["truck_id"] for t in listing["trucks"]]
     future = httpx.get(f"{server.url}/v1/trucks", params={"since": "2999-01-01T00:00:00Z"}).json()
-    assert future == {"trucks": []}
+    assert future == {"trucks": [], "next": None}
+    # without since: the last day; a page of one, then the next page from its cursor
+    post(server, jpeg(frame.image), {"truck_id": "TRK-REPORT-2"}, wait=True)
+    first = httpx.get(f"{server.url}/v1/trucks", params={"limit": 1}).json()
+    assert [t["truck_id"] for t in first["trucks"]] == ["TRK-REPORT-2"] and first["next"]
+    after = {"limit": 1, "after": first["next"]}
+    second = httpx.get(f"{server.url}/v1/trucks", params=after).json()
+    assert [t["truck_id"] for t in second["trucks"]] == ["TRK-REPORT-1"]
+    assert_error(
+        httpx.get(f"{server.url}/v1/trucks", params={"after": "1~"}), 400, "invalid_cursor"
+    )
+    assert_error(httpx.get(f"{server.url}/v1/trucks", params={"limit": 0}), 400, "invalid_request")
     assert_error(httpx.get(f"{server.url}/v1/trucks/NOPE-0/report"), 404, "truck_not_found")
     assert_error(
         httpx.get(f"{server.url}/v1/trucks", params={"since": "soon"}), 400, "invalid_query"

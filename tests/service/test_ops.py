@@ -189,6 +189,8 @@ def test_metrics_after_a_frame_pass_promtool_and_name_what_happened(keyed, done_
         "scrapscan_engine_batch_size_count",
         "scrapscan_engine_batch_duration_seconds_count",
         'scrapscan_model_info{engine="onnxruntime-cpu",name="demo"',
+        "scrapscan_retention_purge_duration_seconds_count 1.0",  # the pass at start
+        "scrapscan_retention_purged_frames_total 0.0",
     ):
         assert needed in text, needed
     result = done_frame["result"]

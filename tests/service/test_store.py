@@ -12,7 +12,7 @@ from service.feedback import (
     truck_decision,
 )
 from service.reports import truck_report
-from service.store import IdempotencyConflict, NewFrame
+from service.store import IdempotencyConflict, NewFrame, TruckQuery
 from service.store_redis import RedisStore
 from service.store_sqlite import SQLiteStore
 
@@ -35,10 +35,10 @@ def add(store, frame_id, data=b"jpeg-bytes", camera="cam", truck=None, key=None)
     return store.add(NewFrame(frame_id, camera, truck, None, data, ".jpg", key))
 
 
-def done(store, frame_id, score=0.5, cls="motor"):
+def done(store, frame_id, score=0.5, cls="motor", verdict="inspect"):
     store.set_processing(frame_id)
     inst = {"class": cls, "score": score, "area": 100}
-    store.complete(frame_id, frame_result([inst]), {"mask.png": b"png"})
+    store.complete(frame_id, frame_result([inst], verdict), {"mask.png": b"png"})
 
 
 def test_a_frame_goes_from_queued_to_done(store):
@@ -113,29 +113,61 @@ def test_the_feed_pages_in_completion_order_exactly_once(store):
     assert store.tail_cursor(99) == "" and store.tail_cursor(0) == cursor
 
 
-def test_trucks_frames_in_one_go_equal_one_by_one(store):
-    add(store, "d" * 32, truck="T-A")
-    add(store, "e" * 32, truck="T-B")
-    add(store, "f" * 32, truck="T-A")
-    every = store.trucks_frames(["T-A", "T-B", "T-none"])
-    for t in ("T-A", "T-B", "T-none"):
-        assert [r.frame_id for r in every[t]] == [r.frame_id for r in store.truck(t)]
-    assert [r.frame_id for r in every["T-A"]] == ["d" * 32, "f" * 32]
-    assert store.trucks_frames([]) == {}
+def fail(store, frame_id):
+    store.set_processing(frame_id)
+    store.fail(frame_id, "broken")
 
 
-def test_trucks_and_their_frames(store):
-    add(store, "c" * 32, truck="T-1")
-    time.sleep(0.01)
-    add(store, "d" * 32, truck="T-1")
-    done(store, "c" * 32)
-    time.sleep(0.01)
-    add(store, "e" * 32, truck="T-2")
-    assert [f.frame_id for f in store.truck("T-1")] == ["c" * 32, "d" * 32]
-    assert store.truck("T-3") == []
-    assert store.trucks() == ["T-2", "T-1"]
+def test_a_kept_truck_report_equals_one_counted_from_its_frames(store):
+    ids = [f"{k:032x}" for k in range(6)]
+    for k, i in enumerate(ids):
+        add(store, i, truck="T-A" if k % 3 else "T-B")
+        time.sleep(0.002)
+    done(store, ids[1], score=0.9, cls="cable")
+    done(store, ids[2], score=0.4)
+    fail(store, ids[4])
+    done(store, ids[0], score=0.7, cls="spray_can")  # T-B
+    for truck, mine in (("T-A", [1, 2, 4, 5]), ("T-B", [0, 3])):
+        kept = store.truck_report(truck)
+        counted = truck_report(truck, [store.get(ids[k]) for k in mine])
+        assert kept == counted
+    a = store.truck_report("T-A")
+    assert (a.frames, a.frames_failed, a.frames_pending) == (2, 1, 1)
+    assert [e.frame_id for e in a.evidence] == [ids[1], ids[2]]  # strongest first
+    assert a.classes["cable"].highest_score == 0.9 and a.classes["motor"].frames == 1
+    assert store.truck_report("T-none") is None
+
+
+def test_the_truck_listing_pages_latest_first(store):
+    for k in range(7):
+        add(store, f"{k:032x}", truck=f"T-{k}")
+        time.sleep(0.002)
+    done(store, f"{2:032x}", score=0.99, verdict="reject")
+    done(store, f"{5:032x}")  # inspect
+    every = store.trucks(TruckQuery())
+    assert [t.truck_id for t in every.items] == [f"T-{k}" for k in range(6, -1, -1)]
+    assert every.next is None
+    seen, cursor = [], ""
+    while True:
+        page = store.trucks(TruckQuery(after=cursor, limit=3))
+        assert len(page.items) <= 3
+        seen += [t.truck_id for t in page.items]
+        if page.next is None:
+            break
+        cursor = page.next
+    assert seen == [t.truck_id for t in every.items]
+    flagged = store.trucks(TruckQuery(verdict="inspect"))
+    assert [t.truck_id for t in flagged.items] == ["T-5"]
+    one = store.trucks(TruckQuery(verdict="clean", limit=1))
+    assert [t.truck_id for t in one.items] == ["T-6"] and one.next is not None
+    rest = store.trucks(TruckQuery(verdict="clean", after=one.next))
+    assert [t.truck_id for t in rest.items] == ["T-4", "T-3", "T-1", "T-0"]
     now = time.time()
-    assert store.trucks(since=now + 10) == [] and store.trucks(until=now + 10) == ["T-2", "T-1"]
+    assert store.trucks(TruckQuery(since=now + 10)).items == []
+    assert len(store.trucks(TruckQuery(until=now + 10)).items) == 7
+    for bad in ("nope", "1.5~", "~T-1", "1.5~T 1"):
+        with pytest.raises(ValueError, match="cursor"):
+            store.trucks(TruckQuery(after=bad))
 
 
 def test_redis_results_expire_and_reports_outlive_them(redis_url):
@@ -148,10 +180,8 @@ def test_redis_results_expire_and_reports_outlive_them(redis_url):
     assert s.r.exists("scrapscan:frame:" + "9" * 32 + ":image") == 0  # the upload is gone
     time.sleep(1.1)
     assert s.get("9" * 32) is None  # the result has expired; the report has not
-    (kept,) = s.truck("T-9")
-    assert kept.frame_id == "9" * 32 and kept.status == "done"
-    assert kept.result.model_dump()["instances"][0].keys() == {"class", "score", "area"}
-    assert truck_report("T-9", s.truck("T-9")).frames == 1
+    kept = s.truck_report("T-9")
+    assert kept.frames == 1 and kept.classes["motor"].highest_score == 0.5
     add(s, "8" * 32)
     done(s, "8" * 32)  # the feed drops entries older than the retention as it grows
     assert [f[b"frame_id"] for _, f in s.r.xrange("scrapscan:results")] == [b"8" * 32]
@@ -160,7 +190,7 @@ def test_redis_results_expire_and_reports_outlive_them(redis_url):
     add(short, "7" * 32, truck="T-7")
     time.sleep(1.1)
     add(short, "6" * 32, truck="T-6")  # T-7's list has expired: it leaves the truck list
-    assert short.trucks() == ["T-6"]
+    assert [t.truck_id for t in short.trucks(TruckQuery()).items] == ["T-6"]
     short.close()
 
 
@@ -181,11 +211,87 @@ def test_sqlite_retention_keeps_reports_longer_than_files(tmp_path):
         "score",
         "area",
     }
-    assert truck_report("T-5", s.truck("T-5")).frames == 1
+    assert s.truck_report("T-5").frames == 1
     assert s.purge(60, 600, now=ended + 61) == 0  # done once
     assert s.purge(60, 600, now=ended + 601) == 1
     assert s.get("5" * 32) is None and s.feed("", 10).items == []
     assert s.get("4" * 32).status == "queued" and s.folder("4" * 32).exists()
+    # the truck's report is counted again from the frame left
+    left = s.truck_report("T-5")
+    assert (left.frames, left.frames_pending) == (0, 1)
+    s.close()
+
+
+def test_sqlite_purges_in_batches_and_lets_others_in_between(tmp_path):
+    s = SQLiteStore(tmp_path)
+    ids = [f"{k:032x}" for k in range(25)]
+    for i in ids:
+        add(s, i, truck="T-P")
+        done(s, i)
+    held = ids[3]
+    judge(s, held, "confirmed", instance=0)
+    statements = []
+    s._db.set_trace_callback(statements.append)
+    ended = max(s.get(i).completed_at for i in ids)
+    assert s.purge(60, 600, now=ended + 61, batch=10) == 24
+    commits = [q for q in statements if q.startswith("COMMIT")]
+    assert len(commits) == 3  # 24 frames' files in batches of 10, a transaction each
+    assert all(not s.folder(i).exists() for i in ids if i != held) and s.folder(held).exists()
+    assert s.purge(60, 600, now=ended + 601, batch=10) == 24
+    assert [f.frame_id for _, f in s.feed("", 100).items] == [held]
+    kept = s.truck_report("T-P")
+    assert kept.frames == 1 and kept.evidence[0].frame_id == held
+    s.close()
+
+
+def test_a_store_from_before_the_trucks_table_counts_its_trucks_at_start(tmp_path):
+    s = SQLiteStore(tmp_path)
+    for k in range(3):
+        add(s, f"{k:032x}", truck="T-OLD")
+    done(s, f"{1:032x}", score=0.95)
+    before = s.truck_report("T-OLD")
+    with s._db:
+        s._db.execute("DROP TABLE trucks")
+    s.close()
+    again = SQLiteStore(tmp_path)
+    assert again.truck_report("T-OLD") == before and before.frames_pending == 2
+    again.close()
+
+
+def test_every_sqlite_query_a_route_makes_has_an_index(tmp_path):
+    s = SQLiteStore(tmp_path)
+    for k in range(30):
+        add(s, f"{k:032x}", camera=f"cam-{k % 3}", truck=f"T-{k % 4}", key=f"key-{k}")
+        done(s, f"{k:032x}")
+    judge(s, f"{3:032x}", "confirmed", instance=0)
+    statements = []
+    s._db.set_trace_callback(statements.append)
+    add(s, "f" * 32, truck="T-1", key="key-new")
+    s.get("f" * 32)
+    s.image("f" * 32)
+    done(s, "f" * 32)
+    s.feed("", 10)
+    s.feed("5", 10, camera_id="cam-1")
+    s.tail_cursor(5)
+    s.truck_report("T-1")
+    page = s.trucks(TruckQuery(limit=2))
+    s.trucks(TruckQuery(verdict="inspect", after=page.next, limit=2))
+    s.backlog()
+    s.unfinished()
+    s.feedback("frame", f"{3:032x}")
+    s.feedback_between(0.0, 1e18)
+    s.purge(60, 600)
+    s._db.set_trace_callback(None)
+    queries = {q for q in statements if q.split()[0] in ("SELECT", "UPDATE", "DELETE")}
+    assert len(queries) > 10
+    scans = {}
+    for q in queries:
+        plan = [row[3] for row in s._db.execute(f"EXPLAIN QUERY PLAN {q}")]
+        full = [p for p in plan if p.startswith("SCAN") and "USING" not in p]
+        # the feed's tail reads the newest entries backwards by their key, LIMIT-bound
+        if full and not q.startswith("SELECT seq FROM feed ORDER BY seq DESC LIMIT 1"):
+            scans[q] = plan
+    assert scans == {}
     s.close()
 
 
