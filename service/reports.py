@@ -115,7 +115,8 @@ def count_end(report: TruckReport, frame: FrameRecord) -> None:
     Every figure is a running maximum, count or top list, so a store can keep a truck's
     report up to date frame by frame without reading its other frames.
     """
-    report.frames_pending -= 1
+    # never below 0: a Redis truck whose first frames came before reports were kept
+    report.frames_pending = max(0, report.frames_pending - 1)
     if frame.status == "failed":
         report.frames_failed += 1
     if frame.status != "done" or frame.result is None:

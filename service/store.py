@@ -32,6 +32,12 @@ CURSOR = re.compile(r"^([0-9]{1,18}(-[0-9]{1,18})?)?$")
 stream ids (milliseconds-sequence)."""
 
 
+FEED_SCAN = 5000
+"""SQLite: at most this many feed entries are looked at for one camera-filtered page; the
+next poll goes on from where it stopped, so an idle camera's poll stays cheap. (Redis
+keeps a feed stream per camera.)"""
+
+
 class FeedPage(NamedTuple):
     """Ended frames after a cursor, each with its own cursor, and where the next page starts.
 

@@ -11,7 +11,10 @@ Keys (prefix `scrapscan:`):
                         read (service/queue.py: RedisQueue, with its attempts and dead letters)
   results               stream: one entry per ended frame (the dashboard feed; the entry
                         id is the cursor), trimmed to the frames' retention
+  results:<camera_id>   the same entries of one camera, under the same ids
   truck:<id>            sorted set: the truck's frame ids by time received
+  truck:<id>:report     the truck's report (service/reports.py), counted as its frames
+                        arrive and end by the same scripts that add and end them
   trucks                sorted set: truck ids by their latest frame (trimmed to report_ttl)
   feedback              stream: every feedback item (JSON), kept with no end
   feedback:frame:<id>   list: the feedback about a frame (likewise feedback:truck:<id>)
@@ -34,6 +37,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -42,13 +47,22 @@ from redis.retry import Retry
 
 from service.feedback import FEEDBACK, FrameFeedback, TruckDecision
 from service.queue import FRAMES, P
-from service.reports import TruckReport, TruckSummary, summary_of, truck_report
+from service.reports import (
+    TruckReport,
+    TruckSummary,
+    count_arrival,
+    count_end,
+    new_report,
+    summary_of,
+    truck_report,
+)
 from service.result import FrameResult, Summary, load_result
 from service.store import (
     FeedPage,
     FrameRecord,
     IdempotencyConflict,
     NewFrame,
+    Status,
     Target,
     TruckPage,
     TruckQuery,
@@ -57,36 +71,50 @@ from service.store import (
 )
 
 _ADD = """
--- KEYS: frame hash, image, open set, frames stream, idempotency key or '', truck or '', trucks
--- ARGV: frame_id, image bytes, now, report ttl, idempotency value, truck_id, hash fields...
+-- KEYS: frame hash, image, open set, frames stream, idempotency key or '', truck or '',
+--       trucks, the truck's report or ''
+-- ARGV: frame_id, image bytes, now, report ttl, idempotency value, truck_id, the report
+--       as read, the report with this frame, hash fields...
 if KEYS[5] ~= '' then
   local first = redis.call('GET', KEYS[5])
   if first then return first end
-  redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[4])
 end
+-- the truck's report changed since it was read: the caller counts again
+if KEYS[8] ~= '' and (redis.call('GET', KEYS[8]) or '') ~= ARGV[7] then return 'retry' end
+if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[4]) end
 redis.call('SET', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[4], '*', 'frame_id', ARGV[1])
 if KEYS[6] ~= '' then
   redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
   redis.call('EXPIRE', KEYS[6], ARGV[4])
   redis.call('ZADD', KEYS[7], ARGV[3], ARGV[6])
+  redis.call('SET', KEYS[8], ARGV[8], 'EX', ARGV[4])
   -- trucks whose frame lists have expired leave the list of trucks
   redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[4])))
 end
 return false
 """
 _END = """
+-- KEYS: frame hash, open set, results stream, image, file prefix, the truck's report or ''
+-- ARGV: status, now, result, error, frame_id, result ttl, oldest feed id, the frame's
+--       report summary, report ttl, upload ttl, the truck's report as read and with
+--       this frame's end, files (name, bytes)...
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == false or status == 'done' or status == 'failed' then return 0 end
+if KEYS[6] ~= '' and (redis.call('GET', KEYS[6]) or '') ~= ARGV[11] then return -1 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'completed_at', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
 redis.call('SREM', KEYS[2], ARGV[5])
 -- the feed keeps what is still retained: entries older than the result ttl go
-redis.call('XADD', KEYS[3], 'MINID', ARGV[7], '*', 'frame_id', ARGV[5], 'camera_id',
-           redis.call('HGET', KEYS[1], 'camera_id'))
+local camera = redis.call('HGET', KEYS[1], 'camera_id')
+local entry = redis.call('XADD', KEYS[3], 'MINID', ARGV[7], '*', 'frame_id', ARGV[5],
+                         'camera_id', camera)
+-- and in the camera's own feed under the same entry id, for filtered pages
+redis.call('XADD', KEYS[3] .. ':' .. camera, 'MINID', ARGV[7], entry, 'frame_id', ARGV[5],
+           'camera_id', camera)
 if tonumber(ARGV[10]) > 0 then
   redis.call('EXPIRE', KEYS[4], ARGV[10])
 else
@@ -95,7 +123,8 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 -- what a truck report needs of the frame, kept as long as reports are
 redis.call('SET', KEYS[5] .. 'report', ARGV[8], 'EX', ARGV[9])
-for i = 11, #ARGV, 2 do
+if KEYS[6] ~= '' then redis.call('SET', KEYS[6], ARGV[12], 'EX', ARGV[9]) end
+for i = 13, #ARGV, 2 do
   redis.call('SET', KEYS[5] .. ARGV[i], ARGV[i + 1], 'EX', ARGV[6])
 end
 return 1
@@ -165,11 +194,27 @@ class RedisStore:
             f"{P}truck:{truck_id}" if truck_id else "",
             f"{P}trucks",
         ]
-        args: list[Any] = [frame.frame_id, frame.image, now, self.report_ttl]
-        args += [f"{frame.frame_id} {sha256}", truck_id or ""]
-        for name, value in fields.items():
-            args += [name, value]
-        first = self._add(keys=keys, args=args)
+        report_key = f"{P}truck:{truck_id}:report" if truck_id else ""
+        arrived = FrameRecord(
+            frame.frame_id,
+            frame.camera_id,
+            truck_id,
+            frame.captured_at,
+            float(now),
+            "queued",
+            None,
+            None,
+            None,
+        )
+        while True:
+            read, counted = self._counted(report_key, truck_id, lambda r: count_arrival(r, arrived))
+            args: list[Any] = [frame.frame_id, frame.image, now, self.report_ttl]
+            args += [f"{frame.frame_id} {sha256}", truck_id or "", read, counted]
+            for name, value in fields.items():
+                args += [name, value]
+            first = self._add(keys=[*keys, report_key], args=args)
+            if first != b"retry":  # another frame of the truck came between: count again
+                break
         if first is None:
             return frame.frame_id, True
         first_id, _, first_sha = first.decode().partition(" ")
@@ -209,7 +254,7 @@ class RedisStore:
     def _finish(
         self,
         frame_id: str,
-        status: str,
+        status: Status,
         result: FrameResult | None,
         error: str,
         files: dict[str, bytes] | None = None,
@@ -224,11 +269,33 @@ class RedisStore:
         oldest = f"{int((now - self.result_ttl) * 1000)}-0"  # feed entries worth keeping
         summary = _report_summary(record, status, now, result, error)
         text = result.model_dump_json() if result is not None else ""
-        args: list[Any] = [status, repr(now), text, error, frame_id, self.result_ttl, oldest]
-        args += [summary, self.report_ttl, self.upload_ttl]
-        for name, data in (files or {}).items():
-            args += [name, data]
-        return bool(self._end(keys=keys, args=args))
+        truck_id = record.truck_id
+        report_key = f"{P}truck:{truck_id}:report" if truck_id else ""
+        ended = replace(record, status=status, result=result, error=error, completed_at=now)
+        while True:
+            read, counted = self._counted(report_key, truck_id, lambda r: count_end(r, ended))
+            args: list[Any] = [status, repr(now), text, error, frame_id, self.result_ttl, oldest]
+            args += [summary, self.report_ttl, self.upload_ttl, read, counted]
+            for name, data in (files or {}).items():
+                args += [name, data]
+            done = self._end(keys=[*keys, report_key], args=args)
+            if done != -1:  # -1: another frame of the truck ended between; count again
+                return bool(done)
+
+    def _counted(
+        self, key: str, truck_id: str | None, change: Callable[[TruckReport], None]
+    ) -> tuple[str, str]:
+        """The truck's report as read now ("" for none) and with the change counted.
+
+        The scripts write the second only while the key still holds the first.
+        """
+        if not truck_id:
+            return "", ""
+        raw = self.r.get(key)
+        read = raw.decode() if raw is not None else ""
+        report = TruckReport.model_validate_json(read) if read else new_report(truck_id)
+        change(report)
+        return read, report.model_dump_json()
 
     def unfinished(self) -> list[str]:
         """Frames accepted and not ended, oldest first."""
@@ -244,33 +311,29 @@ class RedisStore:
     def feed(self, after: str, limit: int, camera_id: str | None = None) -> FeedPage:
         """Ended frames after the cursor (a stream entry id, "" for the start), in order.
 
-        `next` is the last entry looked at, matched or not (another camera's, expired).
+        `next` is the last entry looked at (an expired frame's too). A camera's page reads
+        that camera's own feed stream, whose entries have the same ids, so cursors work
+        for both.
         """
         start = f"({after}" if after else "-"
+        stream = f"{P}results:{camera_id}" if camera_id else f"{P}results"
         out: list[tuple[str, FrameRecord]] = []
         last = after
         while len(out) < limit:
             try:
-                entries = self.r.xrange(f"{P}results", start, "+", count=max(limit, 100))
+                entries = self.r.xrange(stream, start, "+", count=max(limit, 100))
             except redis.ResponseError:
                 raise ValueError("not a cursor of this store") from None
             if not entries:
                 break
-            wanted = [
-                (entry_id.decode(), fields[b"frame_id"].decode())
-                for entry_id, fields in entries
-                if not camera_id or fields.get(b"camera_id", b"").decode() == camera_id
-            ]
             pipe = self.r.pipeline(transaction=False)  # the page's frames in one round trip
-            for _, frame_id in wanted:
-                pipe.hgetall(f"{P}frame:{frame_id}")
-            found = dict(zip(wanted, pipe.execute(), strict=True))
-            for entry_id, fields in entries:
+            for _, fields in entries:
+                pipe.hgetall(f"{P}frame:{fields[b'frame_id'].decode()}")
+            for (entry_id, fields), frame in zip(entries, pipe.execute(), strict=True):
                 last = entry_id.decode()
                 start = f"({last}"
-                key = (last, fields[b"frame_id"].decode())
-                record = _record(key[1], found[key]) if key in found else None
-                if record is not None:  # another camera's, or expired: not in the feed
+                record = _record(fields[b"frame_id"].decode(), frame)
+                if record is not None:  # expired frames leave the feed
                     out.append((last, record))
                 if len(out) == limit:
                     break
@@ -287,8 +350,25 @@ class RedisStore:
         A frame whose result has expired (result_ttl) counts with what its report needs
         (status, times, instances' class, score and area) until report_ttl.
         """
-        frames = self._trucks_frames([truck_id])[truck_id]
-        return truck_report(truck_id, frames) if frames else None
+        return self._reports([truck_id])[truck_id]
+
+    def _reports(self, truck_ids: list[str]) -> dict[str, TruckReport | None]:
+        """The kept reports of these trucks, in one round trip.
+
+        A truck whose frames came before the reports were kept is counted from its frames.
+        """
+        pipe = self.r.pipeline(transaction=False)
+        for t in truck_ids:
+            pipe.get(f"{P}truck:{t}:report")
+        kept = dict(zip(truck_ids, pipe.execute(), strict=True))
+        older = [t for t, raw in kept.items() if raw is None]
+        frames = self._trucks_frames(older) if older else {}
+        return {
+            t: TruckReport.model_validate_json(raw)
+            if raw is not None
+            else (truck_report(t, frames[t]) if frames[t] else None)
+            for t, raw in kept.items()
+        }
 
     def _trucks_frames(self, truck_ids: list[str]) -> dict[str, list[FrameRecord]]:
         """Every frame of each truck, oldest first, in two round trips."""
@@ -323,8 +403,8 @@ class RedisStore:
     def trucks(self, query: TruckQuery) -> TruckPage:
         """Trucks whose latest frame was received in [since, until), latest first, a page.
 
-        Each listed truck's report is counted from its frames, `limit` trucks per round;
-        with a verdict, rounds go on until the page is full or the range is done.
+        Each listed truck's kept report is read, `limit` trucks per round trip; with a
+        verdict, rounds go on until the page is full or the range is done.
         """
         high: float | str = f"({query.until}"
         skip_to: str | None = None
@@ -343,12 +423,11 @@ class RedisStore:
             members = [(m.decode(), score) for m, score in got]
             if skip_to is not None:  # ties with the cursor's time come in reverse id order
                 members = [(m, t) for m, t in members if t < last_at or m < skip_to]
-            reports = self._trucks_frames([m for m, _ in members])
+            reports = self._reports([m for m, _ in members])
             for m, t in members:
-                frames = reports[m]
-                if not frames:  # its frames have expired
+                report = reports[m]
+                if report is None:  # its frames have expired
                     continue
-                report = truck_report(m, frames)
                 if verdict is None or report.verdict == verdict:
                     items.append(summary_of(report))
                     keys.append((t, m))
@@ -422,7 +501,7 @@ class RedisStore:
 
 
 def _report_summary(
-    record: FrameRecord, status: str, now: float, result: FrameResult | None, error: str
+    record: FrameRecord, status: Status, now: float, result: FrameResult | None, error: str
 ) -> str:
     """A frame's end as truck reports need it, without polygons, masks or overlays."""
     return json.dumps(

@@ -41,6 +41,7 @@ from service.reports import (
 from service.result import FrameResult, load_result
 from service.store import (
     CURSOR,
+    FEED_SCAN,
     FeedPage,
     FrameRecord,
     IdempotencyConflict,
@@ -103,8 +104,6 @@ _COLUMNS = (
 )
 PURGE_BATCH = 1000
 """Frames per purge transaction; other callers get the store between batches."""
-FEED_SCAN = 5000
-"""At most this many feed entries are looked at per camera-filtered page."""
 
 
 class SQLiteStore:

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from tools import bench_store
+
 NON_MODEL = ("decode", "crop", "tile", "merge", "postprocess", "encode")
 
 
@@ -389,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
     p = argparse.ArgumentParser(
         prog="scrapscan-bench",
-        description="Measure the engine (tiles/s, fraction of the matrix-product peak) or "
-        "the whole service through HTTP (frames/s, latency, time outside the model).",
+        description="Measure the engine (tiles/s, fraction of the matrix-product peak), "
+        "the whole service through HTTP (frames/s, latency, time outside the model), or a "
+        "store filled to N frames (every route's store work, the purge, bytes per frame).",
     )
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("engine", help="tiles/s of one model by batch size")
@@ -431,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
         "engine`): the table then says what fraction of the engine-bound frame rate the "
         "service reached",
     )
-    for q in (e, s):
+    bench_store.add_parser(sub)
+    for q in sub.choices.values():
         q.add_argument("--json", type=Path, help="also write the figures here")
     return p
 
@@ -442,6 +446,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "engine":
         result = bench_engine(args)
         table = engine_table(result)
+    elif args.command == "store":
+        if args.frames < 1 or args.repeat < 1:
+            print("scrapscan-bench: --frames and --repeat must be positive", file=sys.stderr)
+            return 2
+        if args.store == "redis" and not args.redis_url:
+            print("scrapscan-bench: --store redis needs --redis-url", file=sys.stderr)
+            return 2
+        result = bench_store.bench_store(args)
+        table = bench_store.store_table(result)
     else:
         if args.cameras < 1 or args.seconds <= 0:
             print("scrapscan-bench: --cameras and --seconds must be positive", file=sys.stderr)

@@ -1,5 +1,6 @@
 """One contract, two stores: SQLite (embedded) and Redis (a real redis-server)."""
 
+import threading
 import time
 
 import pytest
@@ -113,6 +114,23 @@ def test_the_feed_pages_in_completion_order_exactly_once(store):
     assert store.tail_cursor(99) == "" and store.tail_cursor(0) == cursor
 
 
+def test_a_camera_filtered_feed_page_looks_at_a_bounded_stretch(tmp_path, monkeypatch):
+    store = SQLiteStore(tmp_path)  # Redis keeps a stream per camera: nothing to look over
+    monkeypatch.setattr("service.store_sqlite.FEED_SCAN", 4)
+    ids = [f"{k:032x}" for k in range(10)]
+    for k, i in enumerate(ids):
+        add(store, i, camera="cam-last" if k == 9 else "cam-busy")
+        done(store, i)
+    # the idle camera's poll looks at 4 entries, then goes on from there
+    cursor, polls, found = "", 0, []
+    while not found:
+        page = store.feed(cursor, 10, camera_id="cam-last")
+        found, cursor, polls = page.items, page.next, polls + 1
+        assert page.next
+    assert polls == 3 and [f.frame_id for _, f in found] == [ids[9]]
+    assert store.feed(cursor, 10, camera_id="cam-last").items == []
+
+
 def fail(store, frame_id):
     store.set_processing(frame_id)
     store.fail(frame_id, "broken")
@@ -136,6 +154,29 @@ def test_a_kept_truck_report_equals_one_counted_from_its_frames(store):
     assert [e.frame_id for e in a.evidence] == [ids[1], ids[2]]  # strongest first
     assert a.classes["cable"].highest_score == 0.9 and a.classes["motor"].frames == 1
     assert store.truck_report("T-none") is None
+
+
+def test_a_truck_report_counts_every_frame_when_they_come_at_once(store):
+    # four cameras at once on one truck: every arrival and end is counted exactly once
+    def camera(c):
+        for k in range(10):
+            frame_id = f"{c:016x}{k:016x}"
+            add(store, frame_id, camera=f"cam-{c}", truck="T-RUSH")
+            if k % 4 == 3:
+                fail(store, frame_id)
+            else:
+                done(store, frame_id, score=0.5 + 0.01 * k + 0.001 * c)  # no ties
+
+    threads = [threading.Thread(target=camera, args=(c,)) for c in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [f"{c:016x}{k:016x}" for c in range(4) for k in range(10)]
+    kept = store.truck_report("T-RUSH")
+    assert (kept.frames, kept.frames_failed, kept.frames_pending) == (32, 8, 0)
+    frames = sorted((store.get(i) for i in ids), key=lambda f: f.received_at)
+    assert kept == truck_report("T-RUSH", frames)
 
 
 def test_the_truck_listing_pages_latest_first(store):
@@ -182,6 +223,9 @@ def test_redis_results_expire_and_reports_outlive_them(redis_url):
     assert s.get("9" * 32) is None  # the result has expired; the report has not
     kept = s.truck_report("T-9")
     assert kept.frames == 1 and kept.classes["motor"].highest_score == 0.5
+    # a truck from before reports were kept is counted from its frames
+    s.r.delete("scrapscan:truck:T-9:report")
+    assert s.truck_report("T-9") == kept
     add(s, "8" * 32)
     done(s, "8" * 32)  # the feed drops entries older than the retention as it grows
     assert [f[b"frame_id"] for _, f in s.r.xrange("scrapscan:results")] == [b"8" * 32]

@@ -68,9 +68,26 @@ def test_e2e_bench_posts_frames_through_http(tmp_path, capsys):
     assert "outside the model" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_store_bench_fills_a_store_and_times_every_route(store, tmp_path, capsys, request):
+    where = ["--redis-url", request.getfixturevalue("redis_url")] if store == "redis" else []
+    args = ["store", "--store", store, "--frames", "60", "--big-truck", "20", "--repeat", "2"]
+    assert main([*args, *where, "--json", str(tmp_path / "s.json")]) == 0
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert r["frames"] == 60 and r["bytes_per_frame"] > 0
+    assert set(r["routes"]) >= {"feed, first page", "truck report, 20 frames"}
+    assert all(v["p95_ms"] >= v["p50_ms"] > 0 for v in r["routes"].values())
+    if store == "sqlite":  # a tenth of the frames' files
+        assert r["purge"]["frames_purged"] == 6 and r["purge"]["concurrent_calls"] >= 0
+    assert "| truck listing, first page |" in capsys.readouterr().out
+
+
 def test_bad_arguments_are_refused(capsys):
     assert main(["e2e", "--cameras", "0"]) == 2
     assert "positive" in capsys.readouterr().err
+    assert main(["store", "--store", "redis", "--frames", "10"]) == 2
+    assert "--redis-url" in capsys.readouterr().err
+    assert main(["store", "--store", "sqlite", "--frames", "0"]) == 2
     with pytest.raises(SystemExit):
         main(["e2e", "--mode", "fastest"])
 

@@ -1,0 +1,241 @@
+"""scrapscan-bench store: a store filled through its own API, every route's store work timed.
+
+The store is filled as the service fills it (add, set_processing, complete), with eight
+cameras, trucks of TRUCK_FRAMES frames and one truck of --big-truck frames, results with
+up to three instances and placeholder bytes for the upload and the result files (this
+measures the records; the images' own cost is their bytes). Then, each call repeated:
+
+- feed: the first page, a page deep in the feed, and a camera-filtered page for a
+  camera with no frame, from the start (the dashboard's poll of an idle camera);
+- trucks: the listing's first page (the last day), the same with a verdict, and the
+  report of the big truck;
+- a frame's record, and the store work of one POST (add) and of one frame's end;
+- the retention (SQLite; Redis expires keys itself): a purge at a time when the first
+  tenth of the frames have outlived result_ttl, timed while another thread reads the
+  feed and adds frames, whose slowest call is the purge's cost to the service;
+- bytes per stored frame: the database files (SQLite) or Redis' used_memory growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.classes import ANOMALY_CLASSES
+from service.result import FrameResult, Instance
+from service.store import NewFrame, Store, TruckQuery
+
+CAMERAS = 8
+TRUCK_FRAMES = 40
+"""Frames per ordinary truck (a truck under the crane for about five seconds a camera)."""
+IMAGE = b"\xff\xd8" + bytes(1022)
+BED = [(400, 300), (3400, 300), (3400, 1900), (400, 1900)]
+FILES = {"mask.png": bytes(100), "overlay.jpg": bytes(200), "maps.png": bytes(100)}
+
+
+def add_parser(sub: Any) -> None:
+    """The `store` subcommand's arguments."""
+    s = sub.add_parser("store", help="a store filled to N frames: every route's store work")
+    s.add_argument("--store", choices=("sqlite", "redis"), required=True)
+    s.add_argument("--frames", type=int, required=True, help="frames to store first")
+    s.add_argument("--big-truck", type=int, default=2000, help="frames of the largest truck")
+    s.add_argument("--repeat", type=int, default=20, help="calls per timed operation (20)")
+    s.add_argument("--dir", type=Path, help="SQLite: the data folder (default: a temporary one)")
+    s.add_argument(
+        "--redis-url", help="Redis: an empty database the bench may fill and flush (required)"
+    )
+
+
+def _result(k: int) -> FrameResult:
+    """A result as the pipeline makes it: every third frame clean, the others 1 to 3 finds."""
+    n = 0 if k % 3 == 0 else 1 + k % 3
+    instances = [
+        Instance(
+            class_name=ANOMALY_CLASSES[(k + j) % len(ANOMALY_CLASSES)],
+            score=0.5 + 0.1 * j,
+            area=2000 + 10 * j,
+            class_scores=dict.fromkeys(ANOMALY_CLASSES, 0.3),
+            bbox=(100 * j, 200, 60, 40),
+            polygon=[(100.0 * j + x, 200.0 + (x * 7) % 40) for x in range(0, 60, 2)],
+        )
+        for j in range(n)
+    ]
+    return FrameResult.model_validate(
+        {
+            "model": {"name": "bench", "version": "1"},
+            "image": {"width": 3840, "height": 2160},
+            "bed": {"strategy": "learned", "polygon": BED},
+            "verdict": "clean" if n == 0 else ("reject" if k % 17 == 0 else "inspect"),
+            "scores": {"anomaly": 0.5 + 0.1 * n, **dict.fromkeys(ANOMALY_CLASSES, 0.2)},
+            "instances": instances,
+            "thresholds": {
+                "pixel": 0.85,
+                "classes": [0.85, 0.9, 0.87],
+                "min_area_px": 1617,
+                "max_bed_fraction": 0.5,
+                "min_score": 0.9,
+                "reject_score": 0.98,
+            },
+            "tiles": 12,
+            "timings_ms": {"decode": 20.0, "infer": 500.0},
+        }
+    )
+
+
+def _frame(store: Store, k: int, truck: str) -> str:
+    frame_id = f"{k:032x}"
+    store.add(NewFrame(frame_id, f"cam-{k % CAMERAS}", truck, None, IMAGE, ".jpg"))
+    store.set_processing(frame_id)
+    store.complete(frame_id, _result(k), FILES)
+    return frame_id
+
+
+def _timed(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return {
+        "p50_ms": round(statistics.median(times), 3),
+        "p95_ms": round(float(np.percentile(times, 95)), 3),
+    }
+
+
+def _open(args: argparse.Namespace, folder: Path) -> tuple[Store, Callable[[], int]]:
+    """The store, and how many bytes it holds now."""
+    if args.store == "sqlite":
+        from service.store_sqlite import SQLiteStore
+
+        sqlite = SQLiteStore(folder)
+
+        def disk() -> int:
+            return sum(
+                (folder / n).stat().st_size
+                for n in os.listdir(folder)
+                if n.startswith("scrapscan.db")
+            )
+
+        return sqlite, disk
+    from service.store_redis import RedisStore
+
+    redis_store = RedisStore(args.redis_url, result_ttl=7 * 86400, report_ttl=90 * 86400)
+    redis_store.r.flushdb()
+    return redis_store, lambda: int(redis_store.r.info("memory")["used_memory"])
+
+
+def bench_store(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill the store, time each route's store calls; the figures as a dict."""
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="scrapscan-store-"))
+    store, size = _open(args, folder)
+    try:
+        empty = size()
+        start = time.perf_counter()
+        big = min(args.big_truck, args.frames)
+        ids = []
+        for k in range(args.frames):
+            truck = "TRK-BIG" if k < big else f"TRK-{k // TRUCK_FRAMES:07d}"
+            ids.append(_frame(store, k, truck))
+        fill_s = time.perf_counter() - start
+        per_frame = (size() - empty) / args.frames
+        deep = store.tail_cursor(args.frames // 2)
+        quiet = "cam-quiet"
+        r = args.repeat
+        extra = iter(range(args.frames, args.frames + 10 * r))
+        routes = {
+            "feed, first page": _timed(lambda: store.feed("", 100), r),
+            "feed, a page half-way back": _timed(lambda: store.feed(deep, 100), r),
+            "feed of a camera with no frame, from the start": _timed(
+                lambda: store.feed("", 100, camera_id=quiet), r
+            ),
+            "truck listing, first page": _timed(lambda: store.trucks(TruckQuery(limit=100)), r),
+            "truck listing, reject only": _timed(
+                lambda: store.trucks(TruckQuery(verdict="reject", limit=100)), r
+            ),
+            f"truck report, {big} frames": _timed(lambda: store.truck_report("TRK-BIG"), r),
+            "a frame's record": _timed(lambda: store.get(ids[len(ids) // 2]), r),
+            "one frame in and out (add, processing, complete)": _timed(
+                lambda: _frame(store, next(extra), "TRK-NEW"), r
+            ),
+        }
+        purge = _purge(store, args, ids) if args.store == "sqlite" else None
+        return {
+            "store": args.store,
+            "frames": args.frames,
+            "fill_s": round(fill_s, 1),
+            "bytes_per_frame": round(per_frame),
+            "routes": routes,
+            "purge": purge,
+        }
+    finally:
+        store.close()
+        if args.dir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _purge(store: Any, args: argparse.Namespace, ids: list[str]) -> dict[str, Any]:
+    """A tenth of the frames' files purged while another thread reads the feed and adds."""
+    # every frame ended after the one a tenth of the way in is younger than result_ttl
+    ttl = 3600.0
+    now = store.get(ids[len(ids) // 10]).completed_at + ttl
+    stop = threading.Event()
+    slowest = [0.0]
+    calls = [0]
+    extra = iter(range(10 * len(ids), 20 * len(ids)))
+
+    def service() -> None:
+        while not stop.is_set():
+            for fn in (
+                lambda: store.feed("", 100),
+                lambda: _frame(store, next(extra), "TRK-DURING"),
+            ):
+                start = time.perf_counter()
+                fn()
+                slowest[0] = max(slowest[0], time.perf_counter() - start)
+                calls[0] += 1
+
+    other = threading.Thread(target=service)
+    other.start()
+    start = time.perf_counter()
+    changed = store.purge(ttl, 90 * 86400.0, now=now)
+    seconds = time.perf_counter() - start
+    stop.set()
+    other.join()
+    return {
+        "frames_purged": changed,
+        "seconds": round(seconds, 2),
+        "concurrent_calls": calls[0],
+        "slowest_concurrent_call_ms": round(slowest[0] * 1000, 1),
+    }
+
+
+def store_table(r: dict[str, Any]) -> str:
+    """The figures as a Markdown table."""
+    lines = [
+        f"{r['store']}, {r['frames']:,} frames (filled through the store's API in "
+        f"{r['fill_s']} s); {r['bytes_per_frame']:,} bytes per frame in the "
+        f"{'database files' if r['store'] == 'sqlite' else 'Redis used_memory'}",
+        "",
+        "| store call | p50 ms | p95 ms |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v['p50_ms']} | {v['p95_ms']} |" for k, v in r["routes"].items()]
+    p = r["purge"]
+    if p:
+        lines += [
+            "",
+            f"purge: {p['frames_purged']:,} frames' files in {p['seconds']} s; meanwhile "
+            f"{p['concurrent_calls']} feed reads and frame adds, the slowest "
+            f"{p['slowest_concurrent_call_ms']} ms",
+        ]
+    return "\n".join(lines)
