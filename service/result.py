@@ -8,6 +8,7 @@ truck are here and nowhere else.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -115,9 +116,19 @@ class FrameResult(Summary):
     timings_ms: dict[str, float] = Field(description="milliseconds per stage, in order")
 
 
-def load_result(text: str | bytes) -> FrameResult | Summary:
-    """A stored result (JSON): the full one, or the summary kept after retention."""
+def pack_result(result: Summary) -> bytes:
+    """A result as the stores keep it: its JSON, zlib-compressed (a third to a half)."""
+    return zlib.compress(result.model_dump_json().encode(), 6)
+
+
+def load_result(data: str | bytes) -> FrameResult | Summary:
+    """A stored result: the full one, or the summary kept after retention.
+
+    Packed (pack_result) or plain JSON, as stores kept it before packing.
+    """
+    if isinstance(data, bytes) and data[:1] == b"x":  # zlib's header; JSON opens with "{"
+        data = zlib.decompress(data)
     try:
-        return FrameResult.model_validate_json(text)
+        return FrameResult.model_validate_json(data)
     except ValueError:
-        return Summary.model_validate_json(text)
+        return Summary.model_validate_json(data)

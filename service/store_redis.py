@@ -56,7 +56,7 @@ from service.reports import (
     summary_of,
     truck_report,
 )
-from service.result import FrameResult, Summary, load_result
+from service.result import FrameResult, Summary, load_result, pack_result
 from service.store import (
     FeedPage,
     FrameRecord,
@@ -268,13 +268,14 @@ class RedisStore:
         now = time.time()
         oldest = f"{int((now - self.result_ttl) * 1000)}-0"  # feed entries worth keeping
         summary = _report_summary(record, status, now, result, error)
-        text = result.model_dump_json() if result is not None else ""
+        packed = pack_result(result) if result is not None else b""
         truck_id = record.truck_id
         report_key = f"{P}truck:{truck_id}:report" if truck_id else ""
         ended = replace(record, status=status, result=result, error=error, completed_at=now)
         while True:
             read, counted = self._counted(report_key, truck_id, lambda r: count_end(r, ended))
-            args: list[Any] = [status, repr(now), text, error, frame_id, self.result_ttl, oldest]
+            args: list[Any] = [status, repr(now), packed, error, frame_id, self.result_ttl]
+            args.append(oldest)
             args += [summary, self.report_ttl, self.upload_ttl, read, counted]
             for name, data in (files or {}).items():
                 args += [name, data]
@@ -531,7 +532,7 @@ def _record(frame_id: str, h: dict[bytes, bytes]) -> FrameRecord | None:
         return value or None
 
     completed = text("completed_at")
-    result = text("result")
+    result = h.get(b"result")  # packed bytes (service.result.pack_result)
     return FrameRecord(
         frame_id=frame_id,
         camera_id=text("camera_id") or "",

@@ -38,7 +38,7 @@ from service.reports import (
     summary_of,
     truck_report,
 )
-from service.result import FrameResult, load_result
+from service.result import FrameResult, load_result, pack_result
 from service.store import (
     CURSOR,
     FEED_SCAN,
@@ -385,7 +385,7 @@ class SQLiteStore:
             for frame_id, result in stale:  # outside the lock
                 shutil.rmtree(self.folder(frame_id), ignore_errors=True)
                 small = load_result(result).summary() if result else None
-                slim.append((small.model_dump_json() if small is not None else None, frame_id))
+                slim.append((pack_result(small) if small is not None else None, frame_id))
             with self._lock, self._db:
                 self._db.executemany(
                     "UPDATE frames SET image_name = '', result = ? WHERE frame_id = ?", slim
@@ -447,13 +447,13 @@ class SQLiteStore:
         error: str | None = None,
     ) -> bool:
         done = time.time() if status in ("done", "failed") else None
-        text = None if result is None else result.model_dump_json()
+        packed = None if result is None else pack_result(result)
         with self._lock, self._db:
             changed = self._db.execute(
                 "UPDATE frames SET status = ?, result = COALESCE(?, result),"
                 " error = COALESCE(?, error), completed_at = ?"
                 " WHERE frame_id = ? AND status NOT IN ('done', 'failed')",
-                (status, text, error, done, frame_id),
+                (status, packed, error, done, frame_id),
             ).rowcount
             if done is not None and changed:  # a frame ends once and is in the feed once
                 self._db.execute("INSERT INTO feed (frame_id) VALUES (?)", (frame_id,))

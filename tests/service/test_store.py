@@ -13,6 +13,7 @@ from service.feedback import (
     truck_decision,
 )
 from service.reports import truck_report
+from service.result import load_result, pack_result
 from service.store import IdempotencyConflict, NewFrame, TruckQuery
 from service.store_redis import RedisStore
 from service.store_sqlite import SQLiteStore
@@ -402,4 +403,20 @@ def test_redis_keeps_uploads_a_while_and_a_judged_frame_for_good(redis_url):
     for key in (frame, f"{frame}:image", f"{frame}:mask.png", f"{frame}:report"):
         assert s.r.ttl(key) == -1, key  # exists, with no expiry
     assert s.r.ttl("scrapscan:frame:" + "6" * 32) > 0
+    s.close()
+
+
+def test_results_are_kept_packed_and_plain_ones_still_read(tmp_path):
+    result = frame_result([{"class": "cable", "score": 0.7, "area": 300}])
+    packed = pack_result(result)
+    assert len(packed) < len(result.model_dump_json())
+    assert load_result(packed) == load_result(result.model_dump_json()) == result
+    s = SQLiteStore(tmp_path)
+    add(s, "1" * 32)
+    done(s, "1" * 32)
+    (kept,) = s._db.execute("SELECT result FROM frames").fetchone()
+    assert kept == pack_result(s.get("1" * 32).result)
+    with s._db:  # a row from before results were packed
+        s._db.execute("UPDATE frames SET result = ?", (result.model_dump_json(),))
+    assert s.get("1" * 32).result == result
     s.close()
