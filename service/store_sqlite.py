@@ -1,10 +1,14 @@
 """The embedded store: SQLite and files in the data folder (survives a restart).
 
-DATA_DIR/scrapscan.db                 frames: metadata, status, result JSON
-DATA_DIR/frames/<frame_id>/image.jpg  the upload as received (.png for PNG)
-DATA_DIR/frames/<frame_id>/mask.png   class index per pixel, full frame size
-DATA_DIR/frames/<frame_id>/overlay.jpg
-DATA_DIR/frames/<frame_id>/maps.png     the probability maps (service/heatmap.py)
+DATA_DIR/scrapscan.db                       frames: metadata, status, result (packed)
+DATA_DIR/files/<ab>/<frame_id>.image.jpg    the upload as received (.png for PNG)
+DATA_DIR/files/<ab>/<frame_id>.mask.png     class index per pixel, full frame size
+DATA_DIR/files/<ab>/<frame_id>.overlay.jpg
+DATA_DIR/files/<ab>/<frame_id>.maps.png     the probability maps (service/heatmap.py)
+
+<ab> is the frame id's first two characters: 256 folders however many frames, one file
+per stored image. (A data folder from before keeps its frames/<frame_id>/ folders; they
+are read and purged where they are.)
 
 Retention (purge(), run by the service): result_ttl after a frame ends its files go and
 its result keeps what truck reports need; report_ttl after, the frame is forgotten. A
@@ -102,6 +106,8 @@ _NOT_HELD = "frame_id NOT IN (SELECT target FROM feedback WHERE kind = 'frame')"
 _COLUMNS = (
     "frame_id, camera_id, truck_id, captured_at, received_at, status, error, result, completed_at"
 )
+RESULT_FILES = ("mask.png", "overlay.jpg", "maps.png")
+"""The files a frame's end brings (service/pipeline.py), removed with its upload."""
 PURGE_BATCH = 1000
 """Frames per purge transaction; other callers get the store between batches."""
 
@@ -111,7 +117,8 @@ class SQLiteStore:
 
     def __init__(self, data_dir: Path) -> None:
         self.root = data_dir
-        (data_dir / "frames").mkdir(parents=True, exist_ok=True)
+        (data_dir / "files").mkdir(parents=True, exist_ok=True)
+        self._legacy = (data_dir / "frames").is_dir()
         self._db = sqlite3.connect(data_dir / "scrapscan.db", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._lock = threading.Lock()
@@ -137,9 +144,21 @@ class SQLiteStore:
         with self._lock:
             self._db.close()
 
-    def folder(self, frame_id: str) -> Path:
-        """The frame's file folder."""
-        return self.root / "frames" / frame_id
+    def path(self, frame_id: str, name: str) -> Path:
+        """Where a file of the frame is kept (image.jpg, mask.png, ...)."""
+        new = self.root / "files" / frame_id[:2] / f"{frame_id}.{name}"
+        if self._legacy and not new.exists():
+            old = self.root / "frames" / frame_id / name
+            if old.exists():
+                return old
+        return new
+
+    def _remove_files(self, frame_id: str, image_name: str | None) -> None:
+        for name in (image_name, *RESULT_FILES):
+            if name:
+                self.path(frame_id, name).unlink(missing_ok=True)
+        if self._legacy:
+            shutil.rmtree(self.root / "frames" / frame_id, ignore_errors=True)
 
     def add(self, frame: NewFrame) -> tuple[str, bool]:
         """Store an accepted frame as queued; returns (frame_id, created).
@@ -157,10 +176,8 @@ class SQLiteStore:
                     if row[1] != sha256:
                         raise IdempotencyConflict(key)
                     return str(row[0]), False
-            folder = self.folder(frame.frame_id)
-            folder.mkdir(parents=True, exist_ok=False)
             name = f"image{frame.image_ext}"
-            _write_atomic(folder / name, frame.image)
+            _write_atomic(self.path(frame.frame_id, name), frame.image)
             received = time.time()
             with self._db:
                 self._db.execute(
@@ -201,7 +218,7 @@ class SQLiteStore:
             ).fetchone()
         if row is None:
             raise KeyError(frame_id)
-        return (self.folder(frame_id) / str(row[0])).read_bytes()
+        return self.path(frame_id, str(row[0])).read_bytes()
 
     def get(self, frame_id: str) -> FrameRecord | None:
         """The frame, or None."""
@@ -321,9 +338,8 @@ class SQLiteStore:
         record = self.get(frame_id)
         if record is None or record.status in ("done", "failed"):
             return False
-        folder = self.folder(frame_id)
         for name, data in files.items():
-            _write_atomic(folder / name, data)
+            _write_atomic(self.path(frame_id, name), data)
         return self._set(frame_id, "done", result=result)
 
     def fail(self, frame_id: str, reason: str) -> bool:
@@ -353,7 +369,7 @@ class SQLiteStore:
 
     def file_bytes(self, frame_id: str, name: str) -> bytes | None:
         """A result file (mask.png, overlay.jpg) of a done frame, or None."""
-        path = self.folder(frame_id) / name
+        path = self.path(frame_id, name)
         return path.read_bytes() if path.is_file() else None
 
     def purge(
@@ -375,15 +391,15 @@ class SQLiteStore:
         while True:
             with self._lock:
                 stale = self._db.execute(
-                    "SELECT frame_id, result FROM frames INDEXED BY frames_with_files"
+                    "SELECT frame_id, result, image_name FROM frames INDEXED BY frames_with_files"
                     f" WHERE completed_at < ? AND image_name != '' AND {_NOT_HELD} LIMIT ?",
                     (now - result_ttl, batch),
                 ).fetchall()
             if not stale:
                 break
             slim = []
-            for frame_id, result in stale:  # outside the lock
-                shutil.rmtree(self.folder(frame_id), ignore_errors=True)
+            for frame_id, result, image_name in stale:  # outside the lock
+                self._remove_files(frame_id, image_name)
                 small = load_result(result).summary() if result else None
                 slim.append((pack_result(small) if small is not None else None, frame_id))
             with self._lock, self._db:
@@ -394,19 +410,20 @@ class SQLiteStore:
         while True:
             with self._lock, self._db:
                 old = self._db.execute(
-                    "SELECT frame_id, truck_id FROM frames INDEXED BY frames_ended"
+                    "SELECT frame_id, truck_id, image_name FROM frames INDEXED BY frames_ended"
                     f" WHERE completed_at < ? AND {_NOT_HELD} LIMIT ?",
                     (now - report_ttl, batch),
                 ).fetchall()
                 if not old:
                     break
                 ids = [(r[0],) for r in old]
+                names = [(r[0], r[2]) for r in old]
                 self._db.executemany("DELETE FROM feed WHERE frame_id = ?", ids)
                 self._db.executemany("DELETE FROM frames WHERE frame_id = ?", ids)
                 for truck_id in {r[1] for r in old if r[1] is not None}:
                     self._recount(truck_id)
-            for (frame_id,) in ids:
-                shutil.rmtree(self.folder(frame_id), ignore_errors=True)
+            for frame_id, image_name in names:
+                self._remove_files(frame_id, image_name)
             changed += len(old)
         return changed
 
@@ -494,6 +511,7 @@ def _record(row: tuple[Any, ...]) -> FrameRecord:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)

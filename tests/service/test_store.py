@@ -244,12 +244,15 @@ def test_sqlite_retention_keeps_reports_longer_than_files(tmp_path):
     add(s, "5" * 32, truck="T-5")
     done(s, "5" * 32)
     add(s, "4" * 32, truck="T-5")  # not ended: never purged
-    folder = s.folder("5" * 32)
-    assert (folder / "mask.png").exists()
+    mask = s.path("5" * 32, "mask.png")
+    assert mask.exists() and s.path("5" * 32, "image.jpg").exists()
+    # one file per image, 256 folders at most, whatever the number of frames
+    assert mask.parent == tmp_path / "files" / "55" and mask.name == "5" * 32 + ".mask.png"
     ended = s.get("5" * 32).completed_at
     assert s.purge(60, 600, now=ended + 30) == 0  # too early for either
     assert s.purge(60, 600, now=ended + 61) == 1
-    assert not folder.exists() and s.file_bytes("5" * 32, "mask.png") is None
+    assert not mask.exists() and s.file_bytes("5" * 32, "mask.png") is None
+    assert not s.path("5" * 32, "image.jpg").exists()
     kept = s.get("5" * 32)
     assert kept.status == "done" and kept.result.model_dump()["instances"][0].keys() == {
         "class",
@@ -260,7 +263,7 @@ def test_sqlite_retention_keeps_reports_longer_than_files(tmp_path):
     assert s.purge(60, 600, now=ended + 61) == 0  # done once
     assert s.purge(60, 600, now=ended + 601) == 1
     assert s.get("5" * 32) is None and s.feed("", 10).items == []
-    assert s.get("4" * 32).status == "queued" and s.folder("4" * 32).exists()
+    assert s.get("4" * 32).status == "queued" and s.image("4" * 32) == b"jpeg-bytes"
     # the truck's report is counted again from the frame left
     left = s.truck_report("T-5")
     assert (left.frames, left.frames_pending) == (0, 1)
@@ -281,7 +284,7 @@ def test_sqlite_purges_in_batches_and_lets_others_in_between(tmp_path):
     assert s.purge(60, 600, now=ended + 61, batch=10) == 24
     commits = [q for q in statements if q.startswith("COMMIT")]
     assert len(commits) == 3  # 24 frames' files in batches of 10, a transaction each
-    assert all(not s.folder(i).exists() for i in ids if i != held) and s.folder(held).exists()
+    assert [i for i in ids if s.file_bytes(i, "mask.png")] == [held]
     assert s.purge(60, 600, now=ended + 601, batch=10) == 24
     assert [f.frame_id for _, f in s.feed("", 100).items] == [held]
     kept = s.truck_report("T-P")
@@ -420,3 +423,23 @@ def test_results_are_kept_packed_and_plain_ones_still_read(tmp_path):
         s._db.execute("UPDATE frames SET result = ?", (result.model_dump_json(),))
     assert s.get("1" * 32).result == result
     s.close()
+
+
+def test_a_data_folder_from_before_keeps_its_frame_folders(tmp_path):
+    s = SQLiteStore(tmp_path)
+    add(s, "2" * 32)
+    done(s, "2" * 32)
+    s.close()
+    # as the store kept files before: frames/<frame_id>/<name>
+    old = tmp_path / "frames" / ("2" * 32)
+    old.mkdir(parents=True)
+    for name in ("image.jpg", "mask.png"):
+        s_path = tmp_path / "files" / "22" / f"{'2' * 32}.{name}"
+        (old / name).write_bytes(s_path.read_bytes())
+        s_path.unlink()
+    again = SQLiteStore(tmp_path)
+    assert again.image("2" * 32) == b"jpeg-bytes" and again.file_bytes("2" * 32, "mask.png")
+    ended = again.get("2" * 32).completed_at
+    assert again.purge(60, 600, now=ended + 61) == 1
+    assert not old.exists() and again.file_bytes("2" * 32, "mask.png") is None
+    again.close()
