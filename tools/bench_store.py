@@ -12,7 +12,7 @@ measures the records; the images' own cost is their bytes). Then, each call repe
 - a frame's record, and the store work of one POST (add) and of one frame's end;
 - the retention (SQLite; Redis expires keys itself): a purge at a time when the first
   tenth of the frames have outlived result_ttl, timed while another thread reads the
-  feed and adds frames, whose slowest call is the purge's cost to the service;
+  feed and adds frames; the same thread as long without a purge is the baseline;
 - bytes per stored frame: the database files (SQLite) or Redis' used_memory growth.
 """
 
@@ -93,7 +93,7 @@ def _result(k: int) -> FrameResult:
 
 
 def _frame(store: Store, k: int, truck: str) -> str:
-    frame_id = f"{k:032x}"
+    frame_id = f"{k:032x}"[::-1]  # spread over the 256 file folders, as uuid4 ids are
     store.add(NewFrame(frame_id, f"cam-{k % CAMERAS}", truck, None, IMAGE, ".jpg"))
     store.set_processing(frame_id)
     store.complete(frame_id, _result(k), FILES)
@@ -169,6 +169,7 @@ def bench_store(args: argparse.Namespace) -> dict[str, Any]:
             ),
         }
         purge = _purge(store, args, ids) if args.store == "sqlite" else None
+        keys = _redis_keys(store, ids) if args.store == "redis" else None
         return {
             "store": args.store,
             "frames": args.frames,
@@ -176,6 +177,7 @@ def bench_store(args: argparse.Namespace) -> dict[str, Any]:
             "bytes_per_frame": round(per_frame),
             "routes": routes,
             "purge": purge,
+            "redis_bytes_by_key": keys,
         }
     finally:
         store.close()
@@ -184,16 +186,17 @@ def bench_store(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _purge(store: Any, args: argparse.Namespace, ids: list[str]) -> dict[str, Any]:
-    """A tenth of the frames' files purged while another thread reads the feed and adds."""
+    """A tenth of the frames' files purged while another thread reads the feed and adds.
+
+    The same thread runs as long again before the purge: its calls then are the baseline
+    that the purge's cost to the service is read against.
+    """
     # every frame ended after the one a tenth of the way in is younger than result_ttl
     ttl = 3600.0
     now = store.get(ids[len(ids) // 10]).completed_at + ttl
-    stop = threading.Event()
-    slowest = [0.0]
-    calls = [0]
     extra = iter(range(10 * len(ids), 20 * len(ids)))
 
-    def service() -> None:
+    def service(stop: threading.Event, times: list[float]) -> None:
         while not stop.is_set():
             for fn in (
                 lambda: store.feed("", 100),
@@ -201,22 +204,46 @@ def _purge(store: Any, args: argparse.Namespace, ids: list[str]) -> dict[str, An
             ):
                 start = time.perf_counter()
                 fn()
-                slowest[0] = max(slowest[0], time.perf_counter() - start)
-                calls[0] += 1
+                times.append((time.perf_counter() - start) * 1000)
 
-    other = threading.Thread(target=service)
-    other.start()
-    start = time.perf_counter()
-    changed = store.purge(ttl, 90 * 86400.0, now=now)
-    seconds = time.perf_counter() - start
-    stop.set()
-    other.join()
+    def beside(work: Callable[[], Any]) -> tuple[Any, float, list[float]]:
+        stop, times = threading.Event(), list[float]()
+        other = threading.Thread(target=service, args=(stop, times))
+        other.start()
+        start = time.perf_counter()
+        out = work()
+        seconds = time.perf_counter() - start
+        stop.set()
+        other.join()
+        return out, seconds, times
+
+    changed, seconds, during = beside(lambda: store.purge(ttl, 90 * 86400.0, now=now))
+    _, _, alone = beside(lambda: time.sleep(seconds))
+
+    def figures(times: list[float]) -> dict[str, float | None]:
+        return {
+            "calls": len(times),
+            "p99_ms": round(float(np.percentile(times, 99)), 1) if times else None,
+            "max_ms": round(max(times), 1) if times else None,
+        }
+
     return {
         "frames_purged": changed,
         "seconds": round(seconds, 2),
-        "concurrent_calls": calls[0],
-        "slowest_concurrent_call_ms": round(slowest[0] * 1000, 1),
+        "during": figures(during),
+        "without": figures(alone),
     }
+
+
+def _redis_keys(store: Any, ids: list[str]) -> dict[str, int]:
+    """Redis: mean MEMORY USAGE per frame of each of a frame's keys, over 200 frames."""
+    sample = ids[:: max(1, len(ids) // 200)][:200]
+    names = ("", ":image", ":mask.png", ":overlay.jpg", ":maps.png", ":report")
+    totals = dict.fromkeys(names, 0)
+    for frame_id in sample:
+        for name in names:
+            totals[name] += int(store.r.memory_usage(f"scrapscan:frame:{frame_id}{name}") or 0)
+    return {f"frame:<id>{k}": round(v / len(sample)) for k, v in totals.items()}
 
 
 def store_table(r: dict[str, Any]) -> str:
@@ -230,12 +257,20 @@ def store_table(r: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {k} | {v['p50_ms']} | {v['p95_ms']} |" for k, v in r["routes"].items()]
+    if r.get("redis_bytes_by_key"):
+        lines += [
+            "",
+            "Redis bytes per frame by key (MEMORY USAGE, 200 frames): "
+            + ", ".join(f"{k} {v:,}" for k, v in r["redis_bytes_by_key"].items()),
+        ]
     p = r["purge"]
     if p:
         lines += [
             "",
-            f"purge: {p['frames_purged']:,} frames' files in {p['seconds']} s; meanwhile "
-            f"{p['concurrent_calls']} feed reads and frame adds, the slowest "
-            f"{p['slowest_concurrent_call_ms']} ms",
+            f"purge: {p['frames_purged']:,} frames' files in {p['seconds']} s. Feed reads "
+            f"and frame adds beside it: {p['during']['calls']} calls, p99 "
+            f"{p['during']['p99_ms']} ms, slowest {p['during']['max_ms']} ms; as long "
+            f"without a purge: {p['without']['calls']} calls, p99 {p['without']['p99_ms']} "
+            f"ms, slowest {p['without']['max_ms']} ms",
         ]
     return "\n".join(lines)
