@@ -181,6 +181,10 @@ class Store(Protocol):
         """The cursor after which the feed holds its last `back` ended frames ("" for all)."""
         ...
 
+    def pace(self, since: float) -> tuple[int, int]:
+        """(frames ended, of them failed) since `since` (epoch seconds, an hour back at most)."""
+        ...
+
     def truck_report(self, truck_id: str) -> TruckReport | None:
         """The truck's frames aggregated (service/reports.py), or None for no frame kept."""
         ...

@@ -12,6 +12,7 @@ Keys (prefix `scrapscan:`):
   results               stream: one entry per ended frame (the dashboard feed; the entry
                         id is the cursor), trimmed to the frames' retention
   results:<camera_id>   the same entries of one camera, under the same ids
+  pace:<t // 10>        hash: frames ended (done, failed) in those ten seconds, an hour
   truck:<id>            sorted set: the truck's frame ids by time received
   truck:<id>:report     the truck's report (service/reports.py), counted as its frames
                         arrive and end by the same scripts that add and end them
@@ -97,7 +98,8 @@ end
 return false
 """
 _END = """
--- KEYS: frame hash, open set, results stream, image, file prefix, the truck's report or ''
+-- KEYS: frame hash, open set, results stream, image, file prefix, the truck's report or '',
+--       the pace bucket of this moment
 -- ARGV: status, now, result, error, frame_id, result ttl, oldest feed id, the frame's
 --       report summary, report ttl, upload ttl, the truck's report as read and with
 --       this frame's end, files (name, bytes)...
@@ -124,11 +126,24 @@ redis.call('EXPIRE', KEYS[1], ARGV[6])
 -- what a truck report needs of the frame, kept as long as reports are
 redis.call('SET', KEYS[5] .. 'report', ARGV[8], 'EX', ARGV[9])
 if KEYS[6] ~= '' then redis.call('SET', KEYS[6], ARGV[12], 'EX', ARGV[9]) end
+redis.call('HINCRBY', KEYS[7], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[7], PACE_KEEP)
 for i = 13, #ARGV, 2 do
   redis.call('SET', KEYS[5] .. ARGV[i], ARGV[i + 1], 'EX', ARGV[6])
 end
 return 1
 """
+
+
+PACE_S = 10
+"""Frame ends are counted per this many seconds (pace:<bucket> hashes) for /v1/status."""
+PACE_KEEP = 3700
+"""How long a pace bucket is kept: an hour and a little."""
+_END = _END.replace("PACE_KEEP", str(PACE_KEEP))
+
+
+def _pace_key(bucket: int) -> str:
+    return f"{P}pace:{bucket}"
 
 
 _FILES = ("image", "mask.png", "overlay.jpg", "maps.png", "report")
@@ -279,7 +294,7 @@ class RedisStore:
             args += [summary, self.report_ttl, self.upload_ttl, read, counted]
             for name, data in (files or {}).items():
                 args += [name, data]
-            done = self._end(keys=[*keys, report_key], args=args)
+            done = self._end(keys=[*keys, report_key, _pace_key(int(now // PACE_S))], args=args)
             if done != -1:  # -1: another frame of the truck ended between; count again
                 return bool(done)
 
@@ -344,6 +359,20 @@ class RedisStore:
         """The cursor after which the feed holds its last `back` entries ("" for all)."""
         entries = self.r.xrevrange(f"{P}results", "+", "-", count=back + 1)
         return entries[back][0].decode() if len(entries) > back else ""
+
+    def pace(self, since: float) -> tuple[int, int]:
+        """(frames ended, of them failed) since `since`, from the ends counted per PACE_S.
+
+        Counted by the bucket: the oldest bucket counts whole, so the figure may include
+        up to PACE_S seconds before `since`.
+        """
+        first, last = int(since // PACE_S), int(time.time() // PACE_S)
+        pipe = self.r.pipeline(transaction=False)
+        for bucket in range(first, last + 1):
+            pipe.hmget(_pace_key(bucket), "done", "failed")
+        counts = [(int(d or 0), int(f or 0)) for d, f in pipe.execute()]
+        failed = sum(f for _, f in counts)
+        return sum(d for d, _ in counts) + failed, failed
 
     def truck_report(self, truck_id: str) -> TruckReport | None:
         """The truck's frames still kept, aggregated; None for none.

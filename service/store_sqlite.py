@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS frames (
 );
 CREATE INDEX IF NOT EXISTS frames_status ON frames (status);
 CREATE INDEX IF NOT EXISTS frames_truck ON frames (truck_id);
-CREATE INDEX IF NOT EXISTS frames_ended ON frames (completed_at);
+CREATE INDEX IF NOT EXISTS frames_ended ON frames (completed_at, status);
 CREATE INDEX IF NOT EXISTS frames_with_files ON frames (completed_at) WHERE image_name != '';
 CREATE TABLE IF NOT EXISTS trucks (
     truck_id TEXT PRIMARY KEY,
@@ -263,6 +263,16 @@ class SQLiteStore:
                 "SELECT seq FROM feed ORDER BY seq DESC LIMIT 1 OFFSET ?", (back,)
             ).fetchone()
         return "" if row is None else str(row[0])
+
+    def pace(self, since: float) -> tuple[int, int]:
+        """(frames ended, of them failed) since `since`: a range of the frames_ended index."""
+        with self._lock:
+            ended, failed = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(status = 'failed'), 0) FROM frames"
+                " WHERE completed_at >= ?",
+                (since,),
+            ).fetchone()
+        return int(ended), int(failed)
 
     def truck_report(self, truck_id: str) -> TruckReport | None:
         """The truck's report as kept, or None for a truck without frames."""

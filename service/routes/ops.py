@@ -17,9 +17,6 @@ from service.routes.errors import responses
 
 router = APIRouter(tags=["ops"])
 
-RECENT = 300
-"""The latest ended frames the status strip is worked out from."""
-
 
 @router.get(
     "/v1/config",
@@ -31,17 +28,21 @@ async def get_config(svc: ServiceDep) -> dict[str, Any]:
     return svc.settings.public()
 
 
+LATEST = 20
+"""The status names the model of the latest done frame among this many ended last."""
+
+
 class ServiceStatus(BaseModel):
     """What a dashboard's status strip shows."""
 
     ready: bool
     not_ready: str | None = Field(description="why not, when not ready")
-    model: ModelRef | None = Field(description="the model of the latest done frame")
+    model: ModelRef | None = Field(
+        description=f"the model of the latest done frame (of the last {LATEST} ended)"
+    )
     backlog: int = Field(description="frames accepted and not ended")
     frames_per_minute: float = Field(description="frames ended in the last 5 minutes, a minute")
-    failed_last_hour: int = Field(
-        description=f"frames failed in the last hour (of the last {RECENT} ended)"
-    )
+    failed_last_hour: int = Field(description="frames failed in the last hour")
     last_ended: float | None = Field(description="when the latest frame ended (epoch seconds)")
 
 
@@ -58,23 +59,21 @@ async def status(svc: ServiceDep) -> ServiceStatus:
         not_ready = None
     except Unavailable as err:
         not_ready = err.message
-    tail = await asyncio.to_thread(svc.store.tail_cursor, RECENT)
-    recent = [r for _, r in (await svc.feed(tail, RECENT, None, 0)).items]
     now = time.time()
-    ends = [r.completed_at or 0.0 for r in recent]
-    model = next(
-        (r.result.model for r in reversed(recent) if isinstance(r.result, FrameResult)), None
-    )
+    tail = await asyncio.to_thread(svc.store.tail_cursor, LATEST)
+    latest = [r for _, r in (await svc.feed(tail, LATEST, None, 0)).items]
+    last_done = await asyncio.to_thread(svc.store.pace, now - 300)
+    last_hour = await asyncio.to_thread(svc.store.pace, now - 3600)
     return ServiceStatus(
         ready=not_ready is None,
         not_ready=not_ready,
-        model=model,
-        backlog=await asyncio.to_thread(svc.store.backlog),
-        frames_per_minute=sum(t > now - 300 for t in ends) / 5,
-        failed_last_hour=sum(
-            r.status == "failed" and (r.completed_at or 0) > now - 3600 for r in recent
+        model=next(
+            (r.result.model for r in reversed(latest) if isinstance(r.result, FrameResult)), None
         ),
-        last_ended=max(ends, default=None),
+        backlog=await asyncio.to_thread(svc.store.backlog),
+        frames_per_minute=last_done[0] / 5,
+        failed_last_hour=last_hour[1],
+        last_ended=latest[-1].completed_at if latest else None,
     )
 
 

@@ -36,5 +36,8 @@ def test_frames_feed_and_reports_with_the_redis_store(redis_server, frame):
     assert seen == [first["frame_id"], again.json()["frame_id"]]
     report = httpx.get(f"{srv.url}/v1/trucks/TRK-R1/report").json()
     assert report["frames"] == 2
+    status = httpx.get(f"{srv.url}/v1/status").json()  # the ends counted per ten seconds
+    assert status["frames_per_minute"] == 0.4 and status["failed_last_hour"] == 0
+    assert status["model"]["name"] == "demo" and status["last_ended"] > 0
     assert_error(httpx.get(f"{srv.url}/v1/results", params={"after": "zz"}), 400, "invalid_cursor")
     assert httpx.get(f"{srv.url}/v1/config").json()["store"] == "redis"

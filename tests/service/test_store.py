@@ -132,6 +132,17 @@ def test_a_camera_filtered_feed_page_looks_at_a_bounded_stretch(tmp_path, monkey
     assert store.feed(cursor, 10, camera_id="cam-last").items == []
 
 
+def test_the_pace_counts_frames_ended_and_failed(store):
+    start = time.time()
+    for k in range(5):
+        add(store, f"{k:032x}")
+    for k in range(3):
+        done(store, f"{k:032x}")
+    fail(store, f"{3:032x}")  # and one still queued
+    assert store.pace(start - 1) == (4, 1)
+    assert store.pace(time.time() + 60) == (0, 0)
+
+
 def fail(store, frame_id):
     store.set_processing(frame_id)
     store.fail(frame_id, "broken")
