@@ -24,7 +24,10 @@ re-reads the kept maps under another rule:
      target in misses; the report says how many.
    The reject score is the lowest that rejects at most `false_alarm_rate` of the clean
    frames under `balanced` (so INSPECT asks a person, REJECT is the confident call), a
-   fifth of it under `false-alarm`; never below the minimum score.
+   fifth of it under `false-alarm`; never below the minimum score, nor below the lowest
+   score from which the instances found are right REJECT_PRECISION of the time (a
+   validation split whose clean frames show no false region at all says nothing about
+   how sure a find is; the instances do).
 4. For the drift signals, the 10th, 50th and 90th percentiles of the frames' highest
    probabilities (anomaly and per class), which the service exports as its reference.
 """
@@ -49,6 +52,10 @@ TRUE_AREA_PERCENTILE = 50.0
 """The minimum area never exceeds this percentile of the true contaminants' areas."""
 REJECT_SHARE = 0.2
 """Under the false-alarm rule, the reject score's false-alarm rate as a share of it."""
+REJECT_PRECISION = 0.9
+"""The reject score is never below the lowest score from which the validation frames'
+instances are right at least this share of the time (1.0 when they never are: every
+find then asks a person)."""
 FRAME_RULES = ("balanced", "false-alarm")
 """How the minimum frame score is chosen (module docstring, step 3)."""
 
@@ -74,6 +81,18 @@ def _lowest_above(scores: Sequence[float], allowed: int) -> float:
     if allowed >= len(ranked) or ranked[allowed] <= 0.0:
         return 0.0
     return float(min(1.0, np.nextafter(ranked[allowed], 2.0)))
+
+
+def _precise_from(found: Sequence[tuple[float, bool]], precision: float) -> float:
+    """The lowest score from which the instances (score, true or not) reach `precision`."""
+    ranked = sorted(found, key=lambda f: -f[0])
+    best, right = 1.0, 0
+    for n, (score, ok) in enumerate(ranked, start=1):
+        right += ok
+        tied = n < len(ranked) and ranked[n][0] == score  # a cut cannot split a tie
+        if not tied and right / n >= precision:
+            best = score
+    return float(best)
 
 
 def _most_balanced(clean: Sequence[float], contaminated: Sequence[float]) -> float:
@@ -159,19 +178,28 @@ def calibrate(
     )
 
     # 3. frame decisions on the frames' scores
-    scores = [outcome(s, rule, classes, match_iou).frame_score for s in clean]
-    dirty = [outcome(s, rule, classes, match_iou).frame_score for s in seen if s.truth.contaminated]
+    outcomes = [outcome(s, rule, classes, match_iou) for s in seen]
+    contaminated = [s.truth.contaminated for s in seen]
+    scores = [o.frame_score for o, c in zip(outcomes, contaminated, strict=True) if not c]
+    dirty = [o.frame_score for o, c in zip(outcomes, contaminated, strict=True) if c]
     flag_rate = false_alarm_rate
     if frame_rule == "balanced":
         min_score = _most_balanced(scores, dirty)
     else:
         min_score = _lowest_above(scores, int(np.floor(false_alarm_rate * len(clean))))
         flag_rate = false_alarm_rate * REJECT_SHARE
-    reject = max(min_score, _lowest_above(scores, int(np.floor(flag_rate * len(clean)))))
+    found = [
+        (inst.score, t is not None)
+        for o in outcomes
+        for inst, t in zip(o.candidates, o.matched, strict=True)
+    ]
+    precise = _precise_from(found, REJECT_PRECISION)
+    reject = max(min_score, precise, _lowest_above(scores, int(np.floor(flag_rate * len(clean)))))
     rule = replace(rule, min_score=min_score)
     log(
         f"calibrate: minimum score {min_score:.4f} ({frame_rule}), reject score "
-        f"{reject:.4f} ({len(clean)} clean frames, {len(dirty)} contaminated)"
+        f"{reject:.4f} (instances from {precise:.4f} are right {REJECT_PRECISION:.0%} of "
+        f"the time or more; {len(clean)} clean frames, {len(dirty)} contaminated)"
     )
     details = {
         "frames": len(seen),
@@ -180,6 +208,8 @@ def calibrate(
         "frame_rule": frame_rule,
         "target_false_alarm_rate": false_alarm_rate if frame_rule == "false-alarm" else None,
         "reject_false_alarm_rate": flag_rate,
+        "reject_precision": REJECT_PRECISION,
+        "reject_precise_from": precise,
         "match_iou": match_iou,
         "threshold_grid": [GRID[0], GRID[-1], len(GRID)],
         "instance_f1_before": _f1(seen, base, classes, match_iou, base.min_score),
