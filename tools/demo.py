@@ -28,6 +28,7 @@ from common.classes import CLASS_NAMES
 from service.local import running_service
 from service.settings import Settings
 from training.synth import render_frame
+from training.synth.frame import COVER
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=3)
     p.add_argument("--seed", type=int, default=4)
+    p.add_argument(
+        "--cover",
+        type=float,
+        default=0.0,
+        help="share of the bed's scrap laid over the contaminants (0: in plain view, the "
+        f"frames the demo bundle was trained on; the renderer's default is {COVER})",
+    )
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--bundle", type=Path, help="model bundle (default: models/demo)")
     p.add_argument(
@@ -70,7 +78,7 @@ def _post_frames(url: str, settings: Settings, args: argparse.Namespace) -> int:
         f"API docs at {url}/docs)"
     )
     for i in range(args.frames):
-        frame = render_frame(args.seed, i)
+        frame = render_frame(args.seed, i, cover=args.cover)
         truth = [CLASS_NAMES[inst.class_index] for inst in frame.instances]
         ok, jpg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         assert ok

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_the_demo_prints_a_verdict_the_rule_behind_it_and_writes_the_overlay(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--frames", "1", "--seed", "4"]) == 0
     out = capsys.readouterr().out
-    assert "frame 0 (3840x2160, bed learned" in out and "truly in it: nothing" in out
+    assert "frame 0 (3840x2160, bed learned" in out and "truly in it: spray_can" in out
     assert any(f"verdict {v}" in out for v in ("CLEAN", "INSPECT", "REJECT"))
     assert "an instance needs score >= " in out
     assert (tmp_path / "frame_0_overlay.jpg").stat().st_size > 10_000
