@@ -41,6 +41,7 @@ from common.bundle import (
     sha256_of,
 )
 from common.classes import CLASS_NAMES
+from common.cli import command
 from common.imaging import CLIP_MEAN, CLIP_STD, normalize
 from common.jsonfile import JSONFileError, read_json
 from model_export.graph import INPUT_NAMES, OUTPUT_NAMES, InferenceGraph
@@ -402,12 +403,7 @@ def export_bundle(
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
-    p = argparse.ArgumentParser(
-        prog="scrapscan-export",
-        description="Freeze a scrapscan-train checkpoint into a model bundle: manifest.json, "
-        "ONNX (fp32, fp16), model.pt2 and, on a GPU with TensorRT, an engine. Each file is "
-        "checked against the PyTorch model before the bundle is written.",
-    )
+    p = command("scrapscan-export", __doc__)
     p.add_argument("--checkpoint", type=Path, required=True, metavar="FILE")
     p.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR")
     p.add_argument(

@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service import __version__
 from service.auth import KeyRing
 from service.logs import RequestId
 from service.metrics import HTTPMetrics
@@ -59,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="scrapscan",
-        version="0.1.0",
+        version=__version__,
         summary="Finds motors, cables and spray cans in crane-camera frames of steel scrap.",
         lifespan=lifespan,
         docs_url=None,  # pages.install serves the docs from the package, not a CDN

@@ -2,7 +2,12 @@
 
 Embedded (store sqlite, the default) it processes frames itself; with store redis it
 queues them for scrapscan-worker processes (service/worker.py) and may run as several
-processes (--processes) behind one port.
+processes (--processes) behind one port. POST crane frames to /v1/frames; the API's
+documentation is at /docs.
+
+Settings come from SCRAPSCAN_* environment variables and the file named by
+SCRAPSCAN_SETTINGS_FILE; --bundle and --data-dir override them. Without
+SCRAPSCAN_API_KEYS_FILE it serves only on a loopback address.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from common.cli import command
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOG_ENV = "SCRAPSCAN_PROCESS_LOGGING"
 """How --processes passes the log level and format to each process."""
@@ -26,15 +33,7 @@ log = logging.getLogger("scrapscan.serve")
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments (everything else comes from SCRAPSCAN_* settings)."""
-    p = argparse.ArgumentParser(
-        prog="scrapscan-serve",
-        description="Serve the scrapscan HTTP API: POST crane frames to /v1/frames; docs at "
-        "/docs. Embedded (SCRAPSCAN_STORE=sqlite, the default) it runs the model itself; "
-        "with SCRAPSCAN_STORE=redis it queues frames for scrapscan-worker processes. "
-        "Settings come from SCRAPSCAN_* environment variables and the file named by "
-        "SCRAPSCAN_SETTINGS_FILE; --bundle and --data-dir override them. Without "
-        "SCRAPSCAN_API_KEYS_FILE it serves only on a loopback address.",
-    )
+    p = command("scrapscan-serve", __doc__)
     p.add_argument("--bundle", type=Path, help="model bundle folder (default: models/demo)")
     p.add_argument("--data-dir", type=Path, help="where uploads and results are kept (data)")
     p.add_argument("--host", default="127.0.0.1")

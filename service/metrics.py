@@ -44,132 +44,112 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.http_requests = Counter(
+        r = self.registry = CollectorRegistry()
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=r)
+
+        def histogram(
+            name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()
+        ) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
+            """A gauge whose value across processes is their maximum."""
+            return Gauge(name, doc, labels, registry=r, multiprocess_mode="max")
+
+        self.http_requests = counter(
             "scrapscan_http_requests",
             "HTTP requests by route template, method and status",
-            ["route", "method", "status"],
-            registry=r,
+            ("route", "method", "status"),
         )
-        self.http_seconds = Histogram(
+        self.http_seconds = histogram(
             "scrapscan_http_request_duration_seconds",
             "HTTP request latency by route template and method",
-            ["route", "method"],
-            buckets=HTTP_BUCKETS,
-            registry=r,
+            HTTP_BUCKETS,
+            ("route", "method"),
         )
-        self.frames = Counter(
+        self.frames = counter(
             "scrapscan_frames",
             "Frames by outcome (accepted: 202 given; done; failed) and camera",
-            ["outcome", "camera"],
-            registry=r,
+            ("outcome", "camera"),
         )
-        self.throttled = Counter(
-            "scrapscan_frames_throttled",
-            "Uploads refused with 429 because the queue was full",
-            registry=r,
+        self.throttled = counter(
+            "scrapscan_frames_throttled", "Uploads refused with 429 because the queue was full"
         )
-        self.stage_seconds = Histogram(
+        self.stage_seconds = histogram(
             "scrapscan_stage_duration_seconds",
             "Time per frame stage: queue_wait, decode, crop, tile, infer, merge, postprocess, "
             "encode",
-            ["stage"],
-            buckets=STAGE_BUCKETS,
-            registry=r,
+            STAGE_BUCKETS,
+            ("stage",),
         )
-        self.batch_size = Histogram(
-            "scrapscan_engine_batch_size",
-            "Tiles per engine call",
-            buckets=BATCH_SIZES,
-            registry=r,
+        self.batch_size = histogram(
+            "scrapscan_engine_batch_size", "Tiles per engine call", BATCH_SIZES
         )
-        self.batch_seconds = Histogram(
-            "scrapscan_engine_batch_duration_seconds",
-            "Time of one engine call",
-            buckets=STAGE_BUCKETS,
-            registry=r,
+        self.batch_seconds = histogram(
+            "scrapscan_engine_batch_duration_seconds", "Time of one engine call", STAGE_BUCKETS
         )
-        self.detections = Counter(
-            "scrapscan_detections",
-            "Instances found, by class",
-            ["class"],
-            registry=r,
-        )
-        self.frame_score = Histogram(
+        self.detections = counter("scrapscan_detections", "Instances found, by class", ("class",))
+        self.frame_score = histogram(
             "scrapscan_frame_score",
-            "Each done frame's highest probability inside the bed, for the anomaly map and "
-            "each class, by camera (drift: compare with scrapscan_model_reference_frame_score)",
-            ["class", "camera"],
-            buckets=SCORE_BUCKETS,
-            registry=r,
+            "Each done frame's highest probability inside the bed, for the anomaly map and each "
+            "class, by camera (drift: compare with scrapscan_model_reference_frame_score)",
+            SCORE_BUCKETS,
+            ("class", "camera"),
         )
-        self.verdicts = Counter(
+        self.verdicts = counter(
             "scrapscan_frame_verdicts",
             "Done frames by verdict (clean, inspect, reject) and camera",
-            ["verdict", "camera"],
-            registry=r,
+            ("verdict", "camera"),
         )
-        self.bed = Counter(
+        self.bed = counter(
             "scrapscan_bed",
-            "Frames by how their bed was found (polygon, full, learned; learned-none-full: "
-            "the bed model found none and the whole frame was used) and camera",
-            ["strategy", "camera"],
-            registry=r,
+            "Frames by how their bed was found (polygon, full, learned; learned-none-full: the "
+            "bed model found none and the whole frame was used) and camera",
+            ("strategy", "camera"),
         )
-        self.reference = Gauge(
+        self.reference = gauge(
             "scrapscan_model_reference_frame_score",
-            "The served model's frame scores on its validation frames (bundle calibration), "
-            "by class and percentile (10, 50, 90)",
-            ["class", "percentile"],
-            registry=r,
-            multiprocess_mode="max",
+            "The served model's frame scores on its validation frames (bundle calibration), by "
+            "class and percentile (10, 50, 90)",
+            ("class", "percentile"),
         )
-        self.feedback = Counter(
+        self.feedback = counter(
             "scrapscan_feedback",
-            "Operators' judgements: label (confirmed, false_alarm, other_class, missed) and "
-            "the class it is about (the plant's precision: confirmed / (confirmed + false_alarm))",
-            ["label", "class"],
-            registry=r,
+            "Operators' judgements: label (confirmed, false_alarm, other_class, missed) and the "
+            "class it is about (the plant's precision: confirmed / (confirmed + false_alarm))",
+            ("label", "class"),
         )
-        self.purged = Counter(
+        self.purged = counter(
             "scrapscan_retention_purged_frames",
             "Frames the embedded store's retention changed (files removed, or forgotten)",
-            registry=r,
         )
-        self.purge_seconds = Histogram(
+        self.purge_seconds = histogram(
             "scrapscan_retention_purge_duration_seconds",
             "Time of one retention pass of the embedded store (all its batches)",
-            buckets=STAGE_BUCKETS,
-            registry=r,
+            STAGE_BUCKETS,
         )
-        self.truck_decisions = Counter(
+        self.truck_decisions = counter(
             "scrapscan_truck_decisions",
             "Decisions recorded for trucks (accepted, rejected, manual_inspection)",
-            ["decision"],
-            registry=r,
+            ("decision",),
         )
-        self.model = Gauge(
+        self.model = gauge(
             "scrapscan_model_info",
             "The model being served (always 1)",
-            ["name", "version", "engine"],
-            registry=r,
-            multiprocess_mode="max",
+            ("name", "version", "engine"),
         )
-        self.claimed = Counter(
+        self.claimed = counter(
             "scrapscan_worker_claimed_frames",
             "Frames taken over from a worker that stopped answering",
-            registry=r,
         )
-        self.retries = Counter(
-            "scrapscan_worker_retries",
-            "Frame attempts that failed and were queued again",
-            registry=r,
+        self.retries = counter(
+            "scrapscan_worker_retries", "Frame attempts that failed and were queued again"
         )
-        self.dead_letters = Counter(
+        self.dead_letters = counter(
             "scrapscan_worker_dead_letters",
             "Frames given up on after the last attempt (on the dead-letter stream)",
-            registry=r,
         )
 
         self._live: list[Collector] = []

@@ -18,7 +18,9 @@ up to `workers` frames at once, their tiles sharing engine batches.
   and /healthz fails, so an orchestrator restarts a hung worker.
 
 The process serves /healthz, /readyz (the engine is loaded and warmed) and /metrics over
-HTTP for probes and Prometheus.
+HTTP for probes and Prometheus. Settings come from SCRAPSCAN_* environment variables and
+the file named by SCRAPSCAN_SETTINGS_FILE (redis_url, engine, workers, batch,
+queue.claim_idle_s, queue.max_attempts, ...).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from common.cli import command
+from service import __version__
 from service.cli import add_log_arguments
 from service.errors import Unavailable
 from service.logs import RequestId, configure_logging
@@ -118,11 +122,10 @@ def create_worker_app(settings: Settings, name: str) -> FastAPI:
 
     app = FastAPI(
         title="scrapscan-worker",
-        version="0.1.0",
+        version=__version__,
         summary="Processes crane frames from the Redis stream; probes and metrics only.",
         lifespan=lifespan,
-        docs_url=None,  # no API to document; the API process serves the docs
-        redoc_url=None,
+        openapi_url=None,  # no API to document (and so no /docs): the API process has it
     )
 
     worker = StreamWorker(settings, name)
@@ -178,14 +181,7 @@ def _report_failure(task: asyncio.Task[None]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments (everything else comes from SCRAPSCAN_* settings)."""
-    p = argparse.ArgumentParser(
-        prog="scrapscan-worker",
-        description="Process crane frames from the Redis stream that scrapscan-serve "
-        "(SCRAPSCAN_STORE=redis) fills. Run one per GPU. Settings come from SCRAPSCAN_* "
-        "environment variables and the file named by SCRAPSCAN_SETTINGS_FILE (redis_url, "
-        "engine, workers, batch, queue.claim_idle_s, queue.max_attempts, ...). Serves "
-        "/healthz, /readyz and /metrics on --port.",
-    )
+    p = command("scrapscan-worker", __doc__)
     p.add_argument("--bundle", type=Path, help="model bundle folder (default: models/demo)")
     p.add_argument(
         "--name",

@@ -2,6 +2,7 @@
 
     scrapscan-bench engine [--model paper|tiny|BUNDLE] [--batch 1 4 8 16 32] [--seconds 5]
     scrapscan-bench e2e [--cameras 8] [--seconds 30] [--mode fast|naive] [--bundle DIR]
+    scrapscan-bench store --store sqlite|redis --frames N [--redis-url URL]
 
 engine: tiles/s by batch size for one model, PyTorch (bf16 on a GPU, fp32 on a CPU) for
     `paper` (the paper-size model, random weights) and `tiny`, or the bundle's engine as
@@ -17,7 +18,11 @@ e2e: the service on the given bundle started in this process (uvicorn, a tempora
     batching across frames), full-resolution maps and overlay, the same engine and
     precision.
 
-Both print a Markdown table and write the figures as JSON with --json FILE.
+store: a store (the embedded SQLite one, or Redis at --redis-url) filled through its own
+    API to N frames; times every route's store calls, the retention purge (and what a
+    concurrent reader waits meanwhile) and the bytes per frame.
+
+Each prints a Markdown table and write the figures as JSON with --json FILE.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from common.cli import command
 from tools import bench_store
 
 NON_MODEL = ("decode", "crop", "tile", "merge", "postprocess", "encode")
@@ -389,12 +395,7 @@ def e2e_table(r: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
-    p = argparse.ArgumentParser(
-        prog="scrapscan-bench",
-        description="Measure the engine (tiles/s, fraction of the matrix-product peak), "
-        "the whole service through HTTP (frames/s, latency, time outside the model), or a "
-        "store filled to N frames (every route's store work, the purge, bytes per frame).",
-    )
+    p = command("scrapscan-bench", __doc__)
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("engine", help="tiles/s of one model by batch size")
     e.add_argument(

@@ -34,6 +34,7 @@ from typing import Any
 
 from common.bundle import BundleError, load_bundle
 from common.classes import CLASS_NAMES
+from common.cli import command
 from service.pipeline import Pipeline
 from service.runner import open_pipeline
 from service.settings import CameraBed, Settings
@@ -51,13 +52,7 @@ class EvalError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
     """The arguments of the served-path form (--bundle)."""
-    p = argparse.ArgumentParser(
-        prog="scrapscan-eval",
-        description="Run labelled full frames through the service's pipeline and report "
-        "instance AP, recall and precision, frame verdicts, trucks and full-frame pixel "
-        "metrics; with --calibrate choose the bundle's thresholds on them first. (The "
-        "patch-level forms: scrapscan-eval --checkpoint FILE or --winclip CONFIG.)",
-    )
+    p = command("scrapscan-eval", __doc__)
     p.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="model bundle")
     p.add_argument(
         "--data",

@@ -11,6 +11,9 @@ streamed (training.metrics.PixelMetricAccumulator), so the test set may be large
 REPORT_DIR/report.json     metrics (fractions in [0, 1]), per-class AP, settings
 REPORT_DIR/roc.png, pr.png the binary ROC and precision-recall curves
 REPORT_DIR/worst_*.jpg, best_*.jpg   patches: image | ground truth | predicted map
+
+A bundle on the served path (instances, frame verdicts, trucks) and its calibration:
+scrapscan-eval --bundle DIR --help.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy.typing as npt
 import torch
 
 from common.classes import ANOMALY_CLASSES, IGNORE_INDEX
+from common.cli import command
 from common.imaging import INPUT_SIZE, normalize
 from common.overlay import draw_overlay
 from training.checkpoint import CheckpointError, load_trained
@@ -190,13 +194,7 @@ def _write_overlays(
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
-    p = argparse.ArgumentParser(
-        prog="scrapscan-eval",
-        description="Evaluate a scrapscan-train checkpoint on labelled frames' patches: pixel "
-        "AUROC, AP, AUPRO, F1-max (and its threshold), per-class AP, curves, overlays. A "
-        "bundle on the served path (instances, frame verdicts, trucks) and its calibration: "
-        "scrapscan-eval --bundle DIR --help.",
-    )
+    p = command("scrapscan-eval", __doc__)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
         "--checkpoint", type=Path, metavar="FILE", help="a scrapscan-train checkpoint"

@@ -79,9 +79,28 @@ def error_response(err: ServiceError, status: int | None = None) -> JSONResponse
     return JSONResponse(body, status or status_of(err), headers=headers)
 
 
-def responses(*kinds: type[ServiceError]) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI `responses` of a route that can answer with these kinds of error."""
-    return {STATUS[k][0]: {"model": ErrorResponse, "description": STATUS[k][1]} for k in kinds}
+LIST = (InvalidInput, NotAuthenticated, NotAllowed, Unavailable)
+"""The errors of a route that reads a list or a period (feed, trucks, export)."""
+ONE = (*LIST, NotFound)
+"""The errors of a route about one frame or truck."""
+CHANGE = (*ONE, Conflict)
+"""The errors of a route that records something about one frame or truck."""
+
+
+def responses(
+    *kinds: type[ServiceError], content: dict[str, Any] | None = None, ok: str | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route that can answer with these kinds of error.
+
+    `content` names the media types of a 200 that is not (only) the response model's JSON
+    (a file, CSV, an event stream), `ok` describes that 200.
+    """
+    out: dict[int | str, dict[str, Any]] = {
+        STATUS[k][0]: {"model": ErrorResponse, "description": STATUS[k][1]} for k in kinds
+    }
+    if content is not None:
+        out[200] = {"content": content, **({"description": ok} if ok else {})}
+    return out
 
 
 def document(app: FastAPI) -> None:

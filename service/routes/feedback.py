@@ -8,23 +8,14 @@ running precision per class is confirmed / (confirmed + false_alarm).
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from common.classes import ANOMALY_CLASSES
-from service.errors import (
-    Conflict,
-    InvalidInput,
-    NotAllowed,
-    NotAuthenticated,
-    NotFound,
-    Unavailable,
-)
 from service.feedback import (
     FrameFeedback,
     FrameFeedbackIn,
@@ -37,25 +28,18 @@ from service.feedback import (
 from service.feedback_export import zip_export
 from service.result import FrameResult
 from service.routes.deps import ServiceDep, Since, Until, epoch, require
-from service.routes.errors import responses
+from service.routes.errors import CHANGE, LIST, ONE, responses
 from service.routes.frames import FrameId, checked_id
-from service.settings import ID_PATTERN
+from service.routes.trucks import TruckId, known_truck
 
 router = APIRouter(tags=["feedback"])
-
-READ = (InvalidInput, NotAuthenticated, NotAllowed, NotFound, Unavailable)
-WRITE = (*READ, Conflict)
-
-TruckId = Annotated[
-    str, Path(description="the truck's id", json_schema_extra={"pattern": ID_PATTERN})
-]
 
 
 @router.post(
     "/v1/frames/{frame_id}/feedback",
     status_code=201,
     response_model=FrameFeedback,
-    responses=responses(*WRITE),
+    responses=responses(*CHANGE),
 )
 async def post_frame_feedback(
     svc: ServiceDep,
@@ -81,7 +65,7 @@ async def post_frame_feedback(
 @router.get(
     "/v1/frames/{frame_id}/feedback",
     response_model=list[FrameFeedback],
-    responses=responses(*READ),
+    responses=responses(*ONE),
     dependencies=[require("frames")],
 )
 async def get_frame_feedback(svc: ServiceDep, frame_id: FrameId) -> list[FrameFeedback]:
@@ -91,18 +75,11 @@ async def get_frame_feedback(svc: ServiceDep, frame_id: FrameId) -> list[FrameFe
     return [i for i in items if isinstance(i, FrameFeedback)]
 
 
-async def _known_truck(svc: ServiceDep, truck_id: str) -> None:
-    if not re.match(ID_PATTERN, truck_id):
-        raise InvalidInput("invalid_truck_id", f"a truck_id matches {ID_PATTERN}")
-    if await asyncio.to_thread(svc.store.truck_report, truck_id) is None:
-        raise NotFound("truck_not_found", f"no frame of truck {truck_id}")
-
-
 @router.post(
     "/v1/trucks/{truck_id}/decisions",
     status_code=201,
     response_model=TruckDecision,
-    responses=responses(*READ),
+    responses=responses(*ONE),
 )
 async def post_truck_decision(
     svc: ServiceDep,
@@ -111,7 +88,7 @@ async def post_truck_decision(
     by: Annotated[str, require("feedback")],
 ) -> TruckDecision:
     """Record what was done with a truck: accepted, rejected or sent for manual inspection."""
-    await _known_truck(svc, truck_id)
+    await known_truck(svc, truck_id)
     item = truck_decision(given, truck_id, by)
     await asyncio.to_thread(svc.store.add_feedback, item)
     svc.metrics.truck_decisions.labels(item.decision).inc()
@@ -121,12 +98,12 @@ async def post_truck_decision(
 @router.get(
     "/v1/trucks/{truck_id}/decisions",
     response_model=list[TruckDecision],
-    responses=responses(*READ),
+    responses=responses(*ONE),
     dependencies=[require("reports")],
 )
 async def get_truck_decisions(svc: ServiceDep, truck_id: TruckId) -> list[TruckDecision]:
     """The decisions recorded for a truck, oldest first (the last is the one in force)."""
-    await _known_truck(svc, truck_id)
+    await known_truck(svc, truck_id)
     items = await asyncio.to_thread(svc.store.feedback, "truck", truck_id)
     return [i for i in items if isinstance(i, TruckDecision)]
 
@@ -134,10 +111,7 @@ async def get_truck_decisions(svc: ServiceDep, truck_id: TruckId) -> list[TruckD
 @router.get(
     "/v1/feedback/export",
     response_class=FileResponse,
-    responses={
-        200: {"content": {"application/zip": {}}, "description": "the COCO folder, zipped"},
-        **responses(InvalidInput, NotAuthenticated, NotAllowed, Unavailable),
-    },
+    responses=responses(*LIST, content={"application/zip": {}}, ok="the COCO folder, zipped"),
     dependencies=[require("export")],
 )
 async def export_feedback(

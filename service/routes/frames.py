@@ -26,18 +26,15 @@ from service.errors import (
     Busy,
     Conflict,
     InvalidInput,
-    NotAllowed,
-    NotAuthenticated,
     NotFound,
     TooLarge,
-    Unavailable,
     UnsupportedMedia,
 )
 from service.heatmap import MAPS, decode_map, render_heatmap
 from service.reports import frame_links
 from service.result import FrameResult, Summary
 from service.routes.deps import BodyTooLarge, ServiceDep, parse_time, require
-from service.routes.errors import responses
+from service.routes.errors import LIST, ONE, responses
 from service.runtime import Service
 from service.settings import ID_PATTERN
 from service.store import FrameRecord, NewFrame
@@ -47,7 +44,6 @@ router = APIRouter(tags=["frames"])
 ID = re.compile(ID_PATTERN)
 FRAME_ID_PATTERN = r"^[0-9a-f]{32}$"
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
-READ = (InvalidInput, NotAuthenticated, NotAllowed, NotFound, Unavailable)
 
 
 class FrameAccepted(BaseModel):
@@ -159,16 +155,7 @@ class Upload:
     response_model=FrameAccepted,
     responses={
         200: {"model": FrameStatus, "description": "with ?wait=true"},
-        **responses(
-            InvalidInput,
-            NotAuthenticated,
-            NotAllowed,
-            Conflict,
-            TooLarge,
-            UnsupportedMedia,
-            Busy,
-            Unavailable,
-        ),
+        **responses(*LIST, Conflict, TooLarge, UnsupportedMedia, Busy),
     },
     openapi_extra=FRAME_FORM,
     summary="Submit a crane-camera frame",
@@ -280,7 +267,7 @@ def checked_id(frame_id: str) -> str:
 @router.get(
     "/v1/frames/{frame_id}",
     response_model=FrameStatus,
-    responses=responses(*READ),
+    responses=responses(*ONE),
     dependencies=[require("frames")],
 )
 async def get_frame(svc: ServiceDep, frame_id: FrameId) -> FrameStatus:
@@ -300,7 +287,7 @@ async def result_file(svc: Service, frame_id: str, name: str) -> bytes:
 @router.get(
     "/v1/frames/{frame_id}/mask.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **responses(*READ)},
+    responses=responses(*ONE, content={"image/png": {}}),
     dependencies=[require("frames")],
 )
 async def get_mask(svc: ServiceDep, frame_id: FrameId) -> Response:
@@ -311,7 +298,7 @@ async def get_mask(svc: ServiceDep, frame_id: FrameId) -> Response:
 @router.get(
     "/v1/frames/{frame_id}/overlay.jpg",
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}}}, **responses(*READ)},
+    responses=responses(*ONE, content={"image/jpeg": {}}),
     dependencies=[require("frames")],
 )
 async def get_overlay(
@@ -332,7 +319,7 @@ async def get_overlay(
 @router.get(
     "/v1/frames/{frame_id}/heatmap.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **responses(*READ)},
+    responses=responses(*ONE, content={"image/png": {}}),
     dependencies=[require("frames")],
 )
 async def get_heatmap(

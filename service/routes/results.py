@@ -9,17 +9,14 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from service.errors import InvalidInput, NotAllowed, NotAuthenticated, Unavailable
 from service.result import Verdict
 from service.routes.deps import ServiceDep, require
-from service.routes.errors import responses
+from service.routes.errors import LIST, responses
 from service.routes.frames import FrameInfo
 from service.settings import ID_PATTERN
 from service.store import CURSOR, FeedPage
 
 router = APIRouter(tags=["results"])
-
-READ = (InvalidInput, NotAuthenticated, NotAllowed, Unavailable)
 
 
 class FeedItem(FrameInfo):
@@ -55,7 +52,7 @@ def feed_items(page: FeedPage) -> list[FeedItem]:
 
 
 @router.get(
-    "/v1/results", response_model=Page, responses=responses(*READ), dependencies=[require("feed")]
+    "/v1/results", response_model=Page, responses=responses(*LIST), dependencies=[require("feed")]
 )
 async def results(
     svc: ServiceDep,
@@ -80,7 +77,7 @@ async def results(
 @router.get(
     "/v1/results/stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **responses(*READ)},
+    responses=responses(*LIST, content={"text/event-stream": {}}),
     dependencies=[require("feed")],
 )
 async def results_stream(

@@ -12,11 +12,11 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
-from service.errors import InvalidInput, NotAllowed, NotAuthenticated, NotFound, Unavailable
+from service.errors import InvalidInput, NotFound
 from service.reports import TruckList, TruckReport, report_csv, trucks_csv
 from service.result import Verdict
 from service.routes.deps import ServiceDep, Since, Until, epoch, require
-from service.routes.errors import responses
+from service.routes.errors import LIST, ONE, responses
 from service.settings import ID_PATTERN
 from service.store import TRUCK_CURSOR, TruckQuery
 
@@ -31,6 +31,21 @@ Format = Literal["json", "csv"]
 CSV = {"text/csv": {"schema": {"type": "string"}}}
 
 
+TruckId = Annotated[
+    str, Path(description="the truck's id", json_schema_extra={"pattern": ID_PATTERN})
+]
+
+
+async def known_truck(svc: ServiceDep, truck_id: str) -> TruckReport:
+    """The truck's report; InvalidInput for a malformed id, NotFound for an unknown truck."""
+    if not re.match(ID_PATTERN, truck_id):
+        raise InvalidInput("invalid_truck_id", f"a truck_id matches {ID_PATTERN}")
+    report = await asyncio.to_thread(svc.store.truck_report, truck_id)
+    if report is None:
+        raise NotFound("truck_not_found", f"no frame of truck {truck_id}")
+    return report
+
+
 def _answer(model: BaseModel, csv_text: Callable[[], str], fmt: Format) -> Response:
     """The model as JSON, or its CSV form with format=csv."""
     if fmt == "csv":
@@ -41,17 +56,12 @@ def _answer(model: BaseModel, csv_text: Callable[[], str], fmt: Format) -> Respo
 @router.get(
     "/v1/trucks/{truck_id}/report",
     response_model=TruckReport,
-    responses={
-        200: {"content": CSV, "description": "the report (JSON, or CSV with format=csv)"},
-        **responses(InvalidInput, NotAuthenticated, NotAllowed, NotFound, Unavailable),
-    },
+    responses=responses(*ONE, content=CSV, ok="the report (JSON, or CSV with format=csv)"),
     dependencies=[require("reports")],
 )
 async def truck(
     svc: ServiceDep,
-    truck_id: Annotated[
-        str, Path(description="the truck's id", json_schema_extra={"pattern": ID_PATTERN})
-    ],
+    truck_id: TruckId,
     format: Annotated[Format, Query()] = "json",
 ) -> Response:
     """Every frame of a truck aggregated.
@@ -59,21 +69,14 @@ async def truck(
     Per class: highest score, frames, distinct instances, contaminated area; the
     verdict (clean, inspect, reject); the evidence frames, strongest first.
     """
-    if not re.match(ID_PATTERN, truck_id):
-        raise InvalidInput("invalid_truck_id", f"a truck_id matches {ID_PATTERN}")
-    report = await asyncio.to_thread(svc.store.truck_report, truck_id)
-    if report is None:
-        raise NotFound("truck_not_found", f"no frame of truck {truck_id}")
+    report = await known_truck(svc, truck_id)
     return _answer(report, lambda: report_csv(report), format)
 
 
 @router.get(
     "/v1/trucks",
     response_model=TruckList,
-    responses={
-        200: {"content": CSV, "description": "the trucks (JSON, or CSV with format=csv)"},
-        **responses(InvalidInput, NotAuthenticated, NotAllowed, Unavailable),
-    },
+    responses=responses(*LIST, content=CSV, ok="the trucks (JSON, or CSV with format=csv)"),
     dependencies=[require("reports")],
 )
 async def trucks(

@@ -39,7 +39,9 @@ def test_a_bundle_that_is_not_one_is_named_and_nothing_starts(tmp_path, capsys):
 
 def test_asked_to_serve_the_demo_keeps_the_dashboard_up_until_ctrl_c(tmp_path):
     port = free_port()
-    cmd = [sys.executable, "-m", "tools.demo", "--out", str(tmp_path), "--frames", "1"]
+    # -X faulthandler: a demo that does not stop is made to print every thread's stack
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "tools.demo", "--out", str(tmp_path)]
+    cmd += ["--frames", "1"]
     proc = subprocess.Popen(
         [*cmd, "--serve", "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
@@ -55,7 +57,12 @@ def test_asked_to_serve_the_demo_keeps_the_dashboard_up_until_ctrl_c(tmp_path):
         feed = httpx.get(f"http://127.0.0.1:{port}/v1/results").json()
         assert len(feed["items"]) == 1  # the demo's frame is in the feed
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        try:  # the service stops within its grace (10 s) and the join of its thread (30 s)
+            assert proc.wait(timeout=60) == 0
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # the stacks go to the captured stderr
+            proc.wait(timeout=10)
+            pytest.fail("the demo did not stop within 60 s of Ctrl-C (stacks in stderr)")
     finally:
         proc.kill()
         proc.wait()

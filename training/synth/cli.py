@@ -1,4 +1,14 @@
-"""scrapscan-synth: write synthetic crane frames with masks and COCO annotations."""
+"""scrapscan-synth: write synthetic crane frames with masks and COCO annotations.
+
+Renders crane-camera frames of trucks loaded with steel scrap, some with motors, cables
+and spray cans in the load:
+
+    DIR/images/*.jpg          the frames
+    DIR/masks/*.png           class index per pixel: 0 normal, 1 motor, 2 cable, 3 spray_can
+    DIR/annotations.json      COCO, with a truck-bed polygon per image
+
+The same seed gives the same bytes.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +18,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.cli import command
 from training.synth.frame import COVER
 from training.synth.writer import write_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
-    p = argparse.ArgumentParser(
-        prog="scrapscan-synth",
-        description=(
-            "Render synthetic crane-camera frames of trucks loaded with steel scrap, some "
-            "with motors, cables and spray cans in the load. Writes DIR/images/*.jpg, "
-            "DIR/masks/*.png (class index per pixel: 0 normal, 1 motor, 2 cable, "
-            "3 spray_can) and DIR/annotations.json (COCO, with a truck-bed polygon per "
-            "image). The same seed gives the same bytes."
-        ),
-    )
+    p = command("scrapscan-synth", __doc__)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--frames", type=int, default=10, metavar="N", help="frames to render (10)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (0)")
