@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.auth import KeyRing, KeysFileError
     from service.local import GRACE_S
     from service.logs import configure_logging
+    from service.objects import ObjectStore, ObjectStoreError
     from service.settings import Settings
 
     overrides = {k: v for k, v in (("bundle", args.bundle), ("data_dir", args.data_dir)) if v}
@@ -82,11 +83,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"refusing to serve on {args.host} without API keys: set "
                 "SCRAPSCAN_API_KEYS_FILE (README, 'API keys') or bind to 127.0.0.1"
             )
+        if settings.objects is not None:
+            ObjectStore.of(settings.objects).check()
         if args.processes > 1 and settings.store != "redis":
             raise ValueError(
                 "--processes needs SCRAPSCAN_STORE=redis (embedded, one process holds the model)"
             )
-    except (ValidationError, BundleError, KeysFileError, ValueError, OSError) as err:
+    except (
+        ValidationError,
+        BundleError,
+        KeysFileError,
+        ValueError,
+        OSError,
+        ObjectStoreError,
+    ) as err:
         print(f"scrapscan-serve: {err}", file=sys.stderr)
         return 1
     configure_logging(args.log_level, args.log_format)

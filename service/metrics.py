@@ -127,8 +127,13 @@ class Metrics:
         )
         self.purge_seconds = histogram(
             "scrapscan_retention_purge_duration_seconds",
-            "Time of one retention pass of the embedded store (all its batches)",
+            "Time of one retention pass (all its batches): the embedded store's, or over the "
+            "objects in the bucket",
             STAGE_BUCKETS,
+        )
+        self.purged_objects = counter(
+            "scrapscan_retention_purged_objects",
+            "Uploads, masks and overlays deleted from the bucket (store redis with objects)",
         )
         self.truck_decisions = counter(
             "scrapscan_truck_decisions",

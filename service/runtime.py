@@ -26,6 +26,10 @@ from service.store_sqlite import SQLiteStore
 
 log = logging.getLogger("scrapscan.service")
 
+OBJECTS_PURGE_S = 60
+"""How often the bucket's objects that are due are deleted (S3 lifecycle rules count days;
+an upload of a clean frame is due an hour after its end)."""
+
 
 class Service:
     """The running service: store, metrics, the embedded worker or the feed follower."""
@@ -36,12 +40,7 @@ class Service:
         self.redis: RedisStore | None = None
         self.store: Store
         if settings.store == "redis":
-            self.redis = RedisStore(
-                settings.redis_url.get_secret_value(),
-                settings.result_ttl_s,
-                settings.report_ttl_s,
-                settings.redis_upload_ttl_s,
-            )
+            self.redis = RedisStore.from_settings(settings)
             self.store = self.redis
             self.runner: FrameRunner | None = None
         else:
@@ -71,6 +70,8 @@ class Service:
             self.tasks = [asyncio.create_task(self._purge(), name="retention")]
         else:
             self.tasks = [asyncio.create_task(self._follow(), name="feed-follower")]
+            if self.redis is not None and self.redis.objects is not None:
+                self.tasks.append(asyncio.create_task(self._purge_objects(), name="objects"))
 
     async def stop(self) -> None:
         """Stop the tasks and the engine (unfinished frames stay queued in the store)."""
@@ -171,6 +172,23 @@ class Service:
             except Exception:
                 log.exception("retention failed; trying again in an hour")
             await asyncio.sleep(min(3600, s.result_ttl_s / 4))
+
+    async def _purge_objects(self) -> None:
+        """Redis with a bucket: delete the objects that are due, every minute.
+
+        Every API process does it; each batch is taken off the list atomically, so two
+        processes never delete the same objects.
+        """
+        assert self.redis is not None
+        while True:
+            try:
+                start = time.perf_counter()
+                n = await asyncio.to_thread(self.redis.purge_objects)
+                self.metrics.purge_seconds.observe(time.perf_counter() - start)
+                self.metrics.purged_objects.inc(n)
+            except Exception as err:  # Redis or the bucket away: the next pass catches up
+                log.warning("retention of the bucket's objects failed: %s", err)
+            await asyncio.sleep(OBJECTS_PURGE_S)
 
     async def _follow(self) -> None:
         """Redis mode: read the feed stream as workers end frames."""

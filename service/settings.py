@@ -88,6 +88,45 @@ class QueueSettings(BaseModel):
     """How long a worker's read waits for new frames before it looks for stalled ones."""
 
 
+class ObjectStoreSettings(BaseModel):
+    """With store redis: an S3-compatible bucket for uploads, masks and overlays.
+
+    Redis then holds only records and queues (service/objects.py). Credentials: the usual
+    AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or the host's role.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+    """The bucket (it must exist: the service checks at start)."""
+    prefix: Annotated[str, Field(max_length=256, pattern=r"^([A-Za-z0-9._-]+/)*$")] = ""
+    """Keys start with this folder (e.g. "yard-1/"), so that yards can share a bucket."""
+    endpoint_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    """MinIO or another S3-compatible server (http://minio:9000); None: AWS S3."""
+    region: str | None = None
+
+
+class UploadKeeping(BaseModel):
+    """Which uploads are kept result_ttl_s after their frame ends (retraining needs them).
+
+    The rest go redis_upload_ttl_s after it. Frames with feedback are always kept.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    flagged: bool = True
+    """Frames whose verdict is inspect or reject."""
+    clean_share: Annotated[float, Field(ge=0, le=1)] = 0.02
+    """This share of the clean frames, chosen by frame id (uniform, and the same answer on
+    every process)."""
+
+    def keeps(self, frame_id: str, verdict: str | None) -> bool:
+        """Whether this frame's upload is kept as long as its result."""
+        if verdict in ("inspect", "reject") and self.flagged:
+            return True
+        return verdict == "clean" and int(frame_id[:8], 16) < self.clean_share * 16**8
+
+
 class Settings(BaseSettings):
     """Everything the service reads at start (GET /v1/config shows it, secrets masked)."""
 
@@ -107,9 +146,13 @@ class Settings(BaseSettings):
     report_ttl_s: Annotated[int, Field(ge=60)] = 90 * 86400
     """Truck reports are kept this long (90 days)."""
     redis_upload_ttl_s: Annotated[int, Field(ge=0)] = 3600
-    """With store redis, an upload is kept in Redis this long after its frame ends (1 hour;
-    a 4K JPEG is 1 to 3 MB of Redis memory), for operators to judge the frame; feedback
-    keeps it with the frame for good. (The embedded store keeps uploads result_ttl_s.)"""
+    """With store redis, an upload that keep_uploads does not keep is kept this long after
+    its frame ends (1 hour), for operators to judge the frame; feedback keeps it with the
+    frame for good. (The embedded store keeps every upload result_ttl_s.)"""
+    keep_uploads: UploadKeeping = UploadKeeping()
+    objects: ObjectStoreSettings | None = None
+    """With store redis: the bucket for uploads, masks and overlays (a 4K JPEG is 1 to 3 MB;
+    a week of 8 cameras does not fit in Redis memory). None: Redis keeps them."""
     engine: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
     precision: Literal["fp32", "fp16"] = "fp32"
     """Which ONNX file the ONNX Runtime engine loads (fp16 pays on GPUs only)."""
@@ -144,6 +187,13 @@ class Settings(BaseSettings):
     scrapscan-serve allows only when bound to localhost."""
     cors_origins: tuple[str, ...] = ()
     """Browser origins allowed to call the API (a dashboard on another host); none by default."""
+
+    def model_post_init(self, _: Any) -> None:
+        """A bucket serves the scaled-out shape only."""
+        if self.objects is not None and self.store != "redis":
+            raise ValueError(
+                "objects (a bucket) needs store redis; the embedded store keeps files on disk"
+            )
 
     @field_validator("map_stride")
     @classmethod

@@ -3,8 +3,12 @@
 Keys (prefix `scrapscan:`):
   frame:<id>            hash: camera_id, truck_id, captured_at, received_at, status, error,
                         result (JSON), completed_at, sha256, image_ext
-  frame:<id>:image      the upload's bytes (kept upload_ttl after the frame has ended)
+  frame:<id>:image      the upload's bytes: kept result_ttl after the frame has ended when
+                        keep_uploads says so (flagged, a share of clean), else upload_ttl
   frame:<id>:<file>     mask.png, overlay.jpg, maps.png
+  objects               with a bucket (service/objects.py) the upload and files are objects
+                        there instead of the two keys above, and this sorted set holds
+                        each object's key by the time it is due for deletion (purge_objects)
   idem:<key>            "<frame_id> <sha256>" of the frame an Idempotency-Key was first used for
   open                  set of frames accepted and not ended (its size is the backlog)
   frames                stream: one entry per accepted frame, the queue that the workers
@@ -24,7 +28,8 @@ Retention: a frame's hash and files expire `result_ttl` seconds after it ends; w
 truck's report needs of it (frame:<id>:report: status, times, each instance's class,
 score and area) `report_ttl` after; a truck's frame list `report_ttl` after its latest
 frame. So reports outlive results and masks. Feedback on a frame takes the expiry off its
-hash, upload, files and report: a judged frame is kept whole.
+hash, upload, files and report (and its objects off the deletion list): a judged frame
+is kept whole.
 A frame ends once: ending it again (a second worker after a takeover) changes nothing
 and adds nothing to the feed.
 
@@ -37,6 +42,8 @@ always (deploy/redis.conf, used by the compose file, the k8s manifests and the t
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -47,6 +54,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from service.feedback import FEEDBACK, FrameFeedback, TruckDecision
+from service.objects import DELETE_BATCH, ObjectStore, ObjectStoreError, result_key, upload_key
 from service.queue import FRAMES, P
 from service.reports import (
     TruckReport,
@@ -58,6 +66,7 @@ from service.reports import (
     truck_report,
 )
 from service.result import FrameResult, Summary, load_result, pack_result
+from service.settings import Settings, UploadKeeping
 from service.store import (
     FeedPage,
     FrameRecord,
@@ -71,9 +80,11 @@ from service.store import (
     truck_cursor,
 )
 
+log = logging.getLogger("scrapscan.store")
+
 _ADD = """
--- KEYS: frame hash, image, open set, frames stream, idempotency key or '', truck or '',
---       trucks, the truck's report or ''
+-- KEYS: frame hash, image or '' (in the bucket), open set, frames stream, idempotency
+--       key or '', truck or '', trucks, the truck's report or ''
 -- ARGV: frame_id, image bytes, now, report ttl, idempotency value, truck_id, the report
 --       as read, the report with this frame, hash fields...
 if KEYS[5] ~= '' then
@@ -83,7 +94,7 @@ end
 -- the truck's report changed since it was read: the caller counts again
 if KEYS[8] ~= '' and (redis.call('GET', KEYS[8]) or '') ~= ARGV[7] then return 'retry' end
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[4]) end
-redis.call('SET', KEYS[2], ARGV[2])
+if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2]) end
 redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[4], '*', 'frame_id', ARGV[1])
@@ -99,10 +110,11 @@ return false
 """
 _END = """
 -- KEYS: frame hash, open set, results stream, image, file prefix, the truck's report or '',
---       the pace bucket of this moment
+--       the pace bucket of this moment, the objects due for deletion
 -- ARGV: status, now, result, error, frame_id, result ttl, oldest feed id, the frame's
 --       report summary, report ttl, upload ttl, the truck's report as read and with
---       this frame's end, files (name, bytes)...
+--       this frame's end, the token of the files in the bucket or '', the frame's objects
+--       as JSON [[due time, key], ...], files kept in Redis (name, bytes)...
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == false or status == 'done' or status == 'failed' then return 0 end
 if KEYS[6] ~= '' and (redis.call('GET', KEYS[6]) or '') ~= ARGV[11] then return -1 end
@@ -128,11 +140,25 @@ redis.call('SET', KEYS[5] .. 'report', ARGV[8], 'EX', ARGV[9])
 if KEYS[6] ~= '' then redis.call('SET', KEYS[6], ARGV[12], 'EX', ARGV[9]) end
 redis.call('HINCRBY', KEYS[7], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[7], PACE_KEEP)
-for i = 13, #ARGV, 2 do
+if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'files', ARGV[13]) end
+for _, due in ipairs(cjson.decode(ARGV[14])) do redis.call('ZADD', KEYS[8], due[1], due[2]) end
+for i = 15, #ARGV, 2 do
   redis.call('SET', KEYS[5] .. ARGV[i], ARGV[i + 1], 'EX', ARGV[6])
 end
 return 1
 """
+
+
+_DUE = """
+-- KEYS: the objects set. ARGV: now, most. Takes the objects due (off the set) and
+-- returns their keys: two purges never delete the same ones.
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"""
+OBJECTS = f"{P}objects"
+KEEP = UploadKeeping()
+"""The default upload policy (settings.keep_uploads)."""
 
 
 PACE_S = 10
@@ -159,6 +185,8 @@ class RedisStore:
         result_ttl: int = 7 * 86400,
         report_ttl: int = 90 * 86400,
         upload_ttl: int = 3600,
+        objects: ObjectStore | None = None,
+        keep: UploadKeeping = KEEP,
     ) -> None:
         # timeouts so that a request fails fast (503) while Redis is away; blocking reads
         # wait at most 4 s (settings.queue.block_ms), under the socket timeout
@@ -172,8 +200,23 @@ class RedisStore:
         self.result_ttl = result_ttl
         self.report_ttl = report_ttl
         self.upload_ttl = upload_ttl
+        self.objects = objects
+        self.keep = keep
         self._add = self.r.register_script(_ADD)
         self._end = self.r.register_script(_END)
+        self._due = self.r.register_script(_DUE)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> RedisStore:
+        """The store the settings describe (Redis URL, retention, the bucket if any)."""
+        return cls(
+            s.redis_url.get_secret_value(),
+            s.result_ttl_s,
+            s.report_ttl_s,
+            s.redis_upload_ttl_s,
+            None if s.objects is None else ObjectStore.of(s.objects),
+            s.keep_uploads,
+        )
 
     def ping(self) -> None:
         """Raise redis.ConnectionError when Redis cannot be reached."""
@@ -221,17 +264,28 @@ class RedisStore:
             None,
             None,
         )
-        while True:
-            read, counted = self._counted(report_key, truck_id, lambda r: count_arrival(r, arrived))
-            args: list[Any] = [frame.frame_id, frame.image, now, self.report_ttl]
-            args += [f"{frame.frame_id} {sha256}", truck_id or "", read, counted]
-            for name, value in fields.items():
-                args += [name, value]
-            first = self._add(keys=[*keys, report_key], args=args)
-            if first != b"retry":  # another frame of the truck came between: count again
-                break
+        image = frame.image
+        if self.objects is not None:  # the bytes first: a record never names a missing upload
+            self.objects.put(upload_key(frame.frame_id, frame.image_ext), image)
+            keys[1], image = "", b""
+        try:
+            while True:
+                read, counted = self._counted(
+                    report_key, truck_id, lambda r: count_arrival(r, arrived)
+                )
+                args: list[Any] = [frame.frame_id, image, now, self.report_ttl]
+                args += [f"{frame.frame_id} {sha256}", truck_id or "", read, counted]
+                for name, value in fields.items():
+                    args += [name, value]
+                first = self._add(keys=[*keys, report_key], args=args)
+                if first != b"retry":  # another frame of the truck came between: count again
+                    break
+        except redis.RedisError:
+            self._forget(upload_key(frame.frame_id, frame.image_ext))
+            raise
         if first is None:
             return frame.frame_id, True
+        self._forget(upload_key(frame.frame_id, frame.image_ext))  # a retry's own upload
         first_id, _, first_sha = first.decode().partition(" ")
         if first_sha != sha256:
             raise IdempotencyConflict(key)
@@ -239,10 +293,25 @@ class RedisStore:
 
     def image(self, frame_id: str) -> bytes:
         """The upload's bytes; KeyError when gone."""
-        data = self.r.get(f"{P}frame:{frame_id}:image")
+        if self.objects is None:
+            data = self.r.get(f"{P}frame:{frame_id}:image")
+        else:
+            ext = self.r.hget(f"{P}frame:{frame_id}", "image_ext")
+            data = None if ext is None else self.objects.get(upload_key(frame_id, ext.decode()))
         if data is None:
             raise KeyError(frame_id)
         return bytes(data)
+
+    def _forget(self, key: str) -> None:
+        """Delete an object of the bucket that nothing will name.
+
+        Best effort: a stray object costs storage, not correctness.
+        """
+        if self.objects is not None:
+            try:
+                self.objects.delete([key])
+            except ObjectStoreError as err:
+                log.warning("stray object %s left: %s", key, err)
 
     def get(self, frame_id: str) -> FrameRecord | None:
         """The frame, or None (unknown or expired)."""
@@ -287,16 +356,41 @@ class RedisStore:
         truck_id = record.truck_id
         report_key = f"{P}truck:{truck_id}:report" if truck_id else ""
         ended = replace(record, status=status, result=result, error=error, completed_at=now)
+        kept = self.keep.keeps(frame_id, result.verdict if result is not None else None)
+        upload_ttl = self.result_ttl if kept else self.upload_ttl
+        token, due, files = self._store_files(frame_id, now, upload_ttl, files or {})
         while True:
             read, counted = self._counted(report_key, truck_id, lambda r: count_end(r, ended))
             args: list[Any] = [status, repr(now), packed, error, frame_id, self.result_ttl]
             args.append(oldest)
-            args += [summary, self.report_ttl, self.upload_ttl, read, counted]
-            for name, data in (files or {}).items():
+            args += [summary, self.report_ttl, upload_ttl, read, counted, token, due]
+            for name, data in files.items():
                 args += [name, data]
-            done = self._end(keys=[*keys, report_key, _pace_key(int(now // PACE_S))], args=args)
+            end_keys = [*keys, report_key, _pace_key(int(now // PACE_S)), OBJECTS]
+            done = self._end(keys=end_keys, args=args)
             if done != -1:  # -1: another frame of the truck ended between; count again
-                return bool(done)
+                break
+        if not done and token and self.objects is not None:  # another attempt ended it first
+            self.objects.delete(key for _, key in json.loads(due)[1:])  # its files, not the upload
+        return bool(done)
+
+    def _store_files(
+        self, frame_id: str, now: float, upload_ttl: float, files: dict[str, bytes]
+    ) -> tuple[str, str, dict[str, bytes]]:
+        """With a bucket: put the files there under a token of this attempt.
+
+        Returns the token, the frame's objects with their due times as the end script takes
+        them, and the files left for Redis to keep (all of them without a bucket).
+        """
+        if self.objects is None:
+            return "", "[]", files
+        token = secrets.token_hex(4)
+        for name, data in files.items():
+            self.objects.put(result_key(frame_id, token, name), data)
+        ext = (self.r.hget(f"{P}frame:{frame_id}", "image_ext") or b"").decode()
+        due = [[now + upload_ttl, upload_key(frame_id, ext)]]
+        due += [[now + self.result_ttl, result_key(frame_id, token, n)] for n in files]
+        return token, json.dumps(due), {}
 
     def _counted(
         self, key: str, truck_id: str | None, change: Callable[[TruckReport], None]
@@ -321,8 +415,35 @@ class RedisStore:
 
     def file_bytes(self, frame_id: str, name: str) -> bytes | None:
         """A result file of a done frame, or None."""
+        if self.objects is not None:
+            token = self.r.hget(f"{P}frame:{frame_id}", "files")
+            return (
+                None
+                if token is None
+                else self.objects.get(result_key(frame_id, token.decode(), name))
+            )
         data = self.r.get(f"{P}frame:{frame_id}:{name}")
         return None if data is None else bytes(data)
+
+    def purge_objects(self, now: float | None = None, batch: int = DELETE_BATCH) -> int:
+        """Delete the bucket's objects that are due; returns how many.
+
+        A batch taken off the list whose deletion fails goes back on it (due now).
+        """
+        if self.objects is None:
+            return 0
+        now = time.time() if now is None else now
+        gone = 0
+        while True:
+            due = [k.decode() for k in self._due(keys=[OBJECTS], args=[repr(now), batch])]
+            try:
+                self.objects.delete(due)
+            except ObjectStoreError:
+                self.r.zadd(OBJECTS, dict.fromkeys(due, now))
+                raise
+            gone += len(due)
+            if len(due) < batch:
+                return gone
 
     def feed(self, after: str, limit: int, camera_id: str | None = None) -> FeedPage:
         """Ended frames after the cursor (a stream entry id, "" for the start), in order.
@@ -490,7 +611,10 @@ class RedisStore:
         """Keep an operator's feedback; a judged frame's keys lose their expiry."""
         target = item.frame_id if isinstance(item, FrameFeedback) else item.truck_id
         text = item.model_dump_json()
+        objects = self._objects_of(target) if isinstance(item, FrameFeedback) else []
         pipe = self.r.pipeline(transaction=True)
+        if objects:
+            pipe.zrem(OBJECTS, *objects)
         pipe.rpush(f"{P}feedback:{item.kind}:{target}", text)
         pipe.xadd(f"{P}feedback", {"item": text})
         if isinstance(item, FrameFeedback):
@@ -498,6 +622,16 @@ class RedisStore:
             for key in (frame, *(f"{frame}:{name}" for name in _FILES)):
                 pipe.persist(key)
         pipe.execute()
+
+    def _objects_of(self, frame_id: str) -> list[str]:
+        """The keys of a frame's objects in the bucket (none without one)."""
+        if self.objects is None:
+            return []
+        ext, token = self.r.hmget(f"{P}frame:{frame_id}", "image_ext", "files")
+        keys = [upload_key(frame_id, ext.decode())] if ext else []
+        if token:
+            keys += [result_key(frame_id, token.decode(), n) for n in _FILES if "." in n]
+        return keys
 
     def feedback(self, kind: Target, target: str) -> list[FrameFeedback | TruckDecision]:
         """The feedback about a frame or a truck, in the order given."""

@@ -62,12 +62,7 @@ class StreamWorker:
         self.settings = settings
         self.name = name
         self.metrics = Metrics()
-        self.store = RedisStore(
-            settings.redis_url.get_secret_value(),
-            settings.result_ttl_s,
-            settings.report_ttl_s,
-            settings.redis_upload_ttl_s,
-        )
+        self.store = RedisStore.from_settings(settings)
         q = settings.queue
         self.queue = RedisQueue(self.store.r, name, q.block_ms, q.claim_idle_s)
         self.runner = FrameRunner(settings, self.store, self.queue, self.metrics)
@@ -200,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from common.bundle import BundleError, load_bundle
+    from service.objects import ObjectStore, ObjectStoreError
 
     try:
         settings = Settings(**({"bundle": args.bundle} if args.bundle else {}))
@@ -209,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "SCRAPSCAN_REDIS_URL (embedded mode needs no worker: scrapscan-serve has one)"
             )
         load_bundle(settings.bundle, serving=True)
-    except (ValidationError, BundleError, ValueError, OSError) as err:
+        if settings.objects is not None:
+            ObjectStore.of(settings.objects).check()
+    except (ValidationError, BundleError, ValueError, OSError, ObjectStoreError) as err:
         print(f"scrapscan-worker: {err}", file=sys.stderr)
         return 1
     configure_logging(args.log_level, args.log_format)

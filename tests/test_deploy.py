@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from service.queue import FRAMES, GROUP
+from service.settings import ObjectStoreSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -47,12 +48,20 @@ def test_compose_file_matches_the_compose_spec():
     run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml")
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker", "prometheus"}
+    assert set(services) == {"redis", "minio", "minio-bucket", "api", "worker", "prometheus"}
     assert "./deploy/redis.conf:/usr/local/etc/redis/redis.conf:ro" in services["redis"]["volumes"]
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
     for name in ("api", "worker"):
-        assert services[name]["environment"]["SCRAPSCAN_STORE"] == "redis"
+        env = services[name]["environment"]
+        assert env["SCRAPSCAN_STORE"] == "redis"
+        # the bucket the service is told of is the one made for it, on the MinIO beside it
+        objects = ObjectStoreSettings.model_validate_json(env["SCRAPSCAN_OBJECTS"])
+        assert f"yard/{objects.bucket}" in services["minio-bucket"]["command"][0]
+        assert objects.endpoint_url == "http://minio:9000"
+        assert services[name]["depends_on"]["minio-bucket"]["condition"] == (
+            "service_completed_successfully"
+        )
 
 
 def test_prometheus_config_and_alert_rules_pass_promtool():
@@ -103,6 +112,22 @@ def test_kustomizations_name_files_that_exist_and_pods_are_locked_down():
     container = worker["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container)
+
+
+def test_kubernetes_api_and_workers_use_the_bucket_the_job_makes():
+    (config, _) = docs(K8S_BASE / "config.yaml")
+    objects = ObjectStoreSettings.model_validate_json(config["data"]["SCRAPSCAN_OBJECTS"])
+    minio = {d["kind"]: d for d in docs(K8S_BASE / "minio.yaml")}
+    assert (
+        f"yard/{objects.bucket}"
+        in minio["Job"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    )
+    assert objects.endpoint_url == f"http://{minio['Service']['metadata']['name']}:9000"
+    secret = minio["Secret"]["metadata"]["name"]
+    for name in ("api.yaml", "worker.yaml"):
+        deployment = next(d for d in docs(K8S_BASE / name) if d["kind"] == "Deployment")
+        sources = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        assert {"secretRef": {"name": secret}} in sources
 
 
 def test_keda_scales_workers_on_the_stream_the_workers_read():

@@ -454,6 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.store == "redis" and not args.redis_url:
             print("scrapscan-bench: --store redis needs --redis-url", file=sys.stderr)
             return 2
+        if args.s3_url and args.store != "redis":
+            print("scrapscan-bench: --s3-url goes with --store redis", file=sys.stderr)
+            return 2
         result = bench_store.bench_store(args)
         table = bench_store.store_table(result)
     else:

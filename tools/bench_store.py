@@ -14,6 +14,10 @@ measures the records; the images' own cost is their bytes). Then, each call repe
   tenth of the frames have outlived result_ttl, timed while another thread reads the
   feed and adds frames; the same thread as long without a purge is the baseline;
 - bytes per stored frame: the database files (SQLite) or Redis' used_memory growth.
+
+With --s3-url (store redis) the uploads and files go to a new bucket on that S3 server, as
+the scaled-out shape deploys it, and the Redis figures are those of records and queues
+(plus the list of objects due for deletion).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import numpy as np
 from common.classes import ANOMALY_CLASSES
 from service.result import FrameResult, Instance
 from service.store import NewFrame, Store, TruckQuery
+from service.store_redis import OBJECTS
 
 CAMERAS = 8
 TRUCK_FRAMES = 40
@@ -53,6 +58,11 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--dir", type=Path, help="SQLite: the data folder (default: a temporary one)")
     s.add_argument(
         "--redis-url", help="Redis: an empty database the bench may fill and flush (required)"
+    )
+    s.add_argument(
+        "--s3-url",
+        help="Redis: an S3 server (MinIO's URL) on which the bench makes a bucket for the "
+        "images (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
     )
 
 
@@ -129,7 +139,15 @@ def _open(args: argparse.Namespace, folder: Path) -> tuple[Store, Callable[[], i
         return sqlite, disk
     from service.store_redis import RedisStore
 
-    redis_store = RedisStore(args.redis_url, result_ttl=7 * 86400, report_ttl=90 * 86400)
+    bucket = None
+    if args.s3_url:
+        import uuid
+
+        from service.objects import ObjectStore
+
+        bucket = ObjectStore(f"scrapscan-bench-{uuid.uuid4().hex[:8]}", endpoint_url=args.s3_url)
+        bucket.s3.create_bucket(Bucket=bucket.bucket)
+    redis_store = RedisStore(args.redis_url, 7 * 86400, 90 * 86400, objects=bucket)
     redis_store.r.flushdb()
     return redis_store, lambda: int(redis_store.r.info("memory")["used_memory"])
 
@@ -171,7 +189,7 @@ def bench_store(args: argparse.Namespace) -> dict[str, Any]:
         purge = _purge(store, args, ids) if args.store == "sqlite" else None
         keys = _redis_keys(store, ids) if args.store == "redis" else None
         return {
-            "store": args.store,
+            "store": args.store + (" with a bucket" if getattr(args, "s3_url", None) else ""),
             "frames": args.frames,
             "fill_s": round(fill_s, 1),
             "bytes_per_frame": round(per_frame),
@@ -243,7 +261,10 @@ def _redis_keys(store: Any, ids: list[str]) -> dict[str, int]:
     for frame_id in sample:
         for name in names:
             totals[name] += int(store.r.memory_usage(f"scrapscan:frame:{frame_id}{name}") or 0)
-    return {f"frame:<id>{k}": round(v / len(sample)) for k, v in totals.items()}
+    out = {f"frame:<id>{k}": round(v / len(sample)) for k, v in totals.items()}
+    if store.objects is not None:
+        out["objects (per frame)"] = round(int(store.r.memory_usage(OBJECTS) or 0) / len(ids))
+    return out
 
 
 def store_table(r: dict[str, Any]) -> str:

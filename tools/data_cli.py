@@ -25,7 +25,7 @@ from training.data import cli
 def open_store(settings: Settings) -> Store:
     """The store the service's settings name (SQLite in DATA_DIR, or Redis)."""
     if settings.store == "redis":
-        return RedisStore(settings.redis_url.get_secret_value())
+        return RedisStore.from_settings(settings)
     if not (settings.data_dir / "scrapscan.db").is_file():
         raise FileNotFoundError(f"{settings.data_dir}: no scrapscan.db (set SCRAPSCAN_DATA_DIR)")
     return SQLiteStore(settings.data_dir)

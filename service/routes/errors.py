@@ -27,6 +27,7 @@ from service.errors import (
     Unavailable,
     UnsupportedMedia,
 )
+from service.objects import ObjectStoreError
 
 log = logging.getLogger("scrapscan.service")
 
@@ -137,6 +138,16 @@ def install(app: FastAPI, retry_after_s: int) -> None:
         away = Unavailable(
             "store_unavailable",
             "the frame store (Redis) cannot be reached; nothing was changed, retry later",
+            retry_after_s,
+        )
+        return error_response(away)
+
+    @app.exception_handler(ObjectStoreError)
+    async def bucket_away(_: Request, err: ObjectStoreError) -> JSONResponse:
+        log.warning("object store unusable: %s", err)
+        away = Unavailable(
+            "object_store_unavailable",
+            "the object store (S3) cannot be used; nothing was kept, retry later",
             retry_after_s,
         )
         return error_response(away)

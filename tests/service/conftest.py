@@ -10,12 +10,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.local import free_port, wait_ready
+from service.objects import ObjectStore
 from service.result import FrameResult, Instance, Summary
 
 THRESHOLDS = {
@@ -164,14 +166,25 @@ def loose_server(tmp_path_factory: pytest.TempPathFactory, loose_bundle: Path) -
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
-    """The scaled-out shape: scrapscan-serve with SCRAPSCAN_STORE=redis and one worker."""
+def redis_server(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, s3_url: str
+) -> Iterator[Server]:
+    """The scaled-out shape as deployed: scrapscan-serve with SCRAPSCAN_STORE=redis, one
+    worker, and the uploads, masks and overlays in a bucket (`srv.bucket`)."""
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
-    env = {"SCRAPSCAN_STORE": "redis", "SCRAPSCAN_REDIS_URL": redis_url, "SCRAPSCAN_THREADS": "2"}
+    bucket = _new_bucket(s3_url)
+    objects = {"bucket": bucket.bucket, "prefix": bucket.prefix, "endpoint_url": s3_url}
+    env = {
+        "SCRAPSCAN_STORE": "redis",
+        "SCRAPSCAN_REDIS_URL": redis_url,
+        "SCRAPSCAN_THREADS": "2",
+        "SCRAPSCAN_OBJECTS": json.dumps({**objects, "region": "us-east-1"}),
+    }
     folder = tmp_path_factory.mktemp("service-redis")
     srv = Server(folder / "data", env)
+    srv.bucket = bucket  # type: ignore[attr-defined]
     worker = Worker(folder, env, "worker-1")
     srv.start()
     worker.start()
@@ -207,3 +220,17 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def bucket(s3_url: str) -> ObjectStore:
+    """A new bucket on the session's S3 server, used under the prefix yard-1/."""
+    return _new_bucket(s3_url)
+
+
+def _new_bucket(s3_url: str) -> ObjectStore:
+    import boto3
+
+    name = f"scrapscan-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1").create_bucket(Bucket=name)
+    return ObjectStore(name, "yard-1/", endpoint_url=s3_url, region="us-east-1")

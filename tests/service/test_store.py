@@ -14,6 +14,7 @@ from service.feedback import (
 )
 from service.reports import truck_report
 from service.result import load_result, pack_result
+from service.settings import UploadKeeping
 from service.store import IdempotencyConflict, NewFrame, TruckQuery
 from service.store_redis import RedisStore
 from service.store_sqlite import SQLiteStore
@@ -21,13 +22,14 @@ from service.store_sqlite import SQLiteStore
 from .conftest import frame_result
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis+s3"])
 def store(request, tmp_path):
     if request.param == "sqlite":
         s = SQLiteStore(tmp_path / "data")
     else:
         url = request.getfixturevalue("redis_url")
-        s = RedisStore(url, result_ttl=3600, report_ttl=7200)
+        bucket = request.getfixturevalue("bucket") if request.param == "redis+s3" else None
+        s = RedisStore(url, result_ttl=3600, report_ttl=7200, objects=bucket)
         s.r.flushdb()
     yield s
     s.close()
@@ -227,7 +229,7 @@ def test_redis_results_expire_and_reports_outlive_them(redis_url):
     s = RedisStore(redis_url, result_ttl=1, report_ttl=60, upload_ttl=0)
     s.r.flushdb()
     add(s, "9" * 32, truck="T-9")
-    done(s, "9" * 32)
+    done(s, "9" * 32, verdict="clean")  # not flagged, not in the sampled share: upload_ttl
     assert 0 < s.r.ttl("scrapscan:frame:" + "9" * 32) <= 1
     assert s.r.ttl("scrapscan:truck:T-9") > 1
     assert s.r.exists("scrapscan:frame:" + "9" * 32 + ":image") == 0  # the upload is gone
@@ -406,12 +408,14 @@ def test_sqlite_retention_holds_a_judged_frame_whole(tmp_path):
 
 
 def test_redis_keeps_uploads_a_while_and_a_judged_frame_for_good(redis_url):
-    s = RedisStore(redis_url, result_ttl=60, report_ttl=120, upload_ttl=30)
+    keep = UploadKeeping(flagged=True, clean_share=0.0)
+    s = RedisStore(redis_url, result_ttl=60, report_ttl=120, upload_ttl=30, keep=keep)
     s.r.flushdb()
-    for fid in ("5" * 32, "6" * 32):
+    for fid, verdict in (("5" * 32, "clean"), ("6" * 32, "clean"), ("7" * 32, "reject")):
         add(s, fid)
-        done(s, fid)
+        done(s, fid, verdict=verdict)
     assert 0 < s.r.ttl("scrapscan:frame:" + "6" * 32 + ":image") <= 30
+    assert 30 < s.r.ttl("scrapscan:frame:" + "7" * 32 + ":image") <= 60  # flagged: kept
     judge(s, "5" * 32, "missed", box=(0, 0, 4, 4))
     frame = "scrapscan:frame:" + "5" * 32
     for key in (frame, f"{frame}:image", f"{frame}:mask.png", f"{frame}:report"):

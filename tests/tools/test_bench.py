@@ -68,9 +68,12 @@ def test_e2e_bench_posts_frames_through_http(tmp_path, capsys):
     assert "outside the model" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis"])
+@pytest.mark.parametrize("store", ["sqlite", "redis", "redis+s3"])
 def test_store_bench_fills_a_store_and_times_every_route(store, tmp_path, capsys, request):
-    where = ["--redis-url", request.getfixturevalue("redis_url")] if store == "redis" else []
+    where = ["--redis-url", request.getfixturevalue("redis_url")] if "redis" in store else []
+    if store == "redis+s3":
+        where += ["--s3-url", request.getfixturevalue("s3_url")]
+    store = store.partition("+")[0]
     args = ["store", "--store", store, "--frames", "60", "--big-truck", "20", "--repeat", "2"]
     assert main([*args, *where, "--json", str(tmp_path / "s.json")]) == 0
     r = json.loads((tmp_path / "s.json").read_text())
@@ -80,6 +83,9 @@ def test_store_bench_fills_a_store_and_times_every_route(store, tmp_path, capsys
     if store == "sqlite":  # a tenth of the frames' files
         assert r["purge"]["frames_purged"] == 6
         assert {"calls", "p99_ms", "max_ms"} == set(r["purge"]["during"])
+    if "--s3-url" in where:  # no image bytes in Redis; the deletion list instead
+        assert r["redis_bytes_by_key"]["frame:<id>:image"] == 0
+        assert r["redis_bytes_by_key"]["objects (per frame)"] > 0
     assert "| truck listing, first page |" in capsys.readouterr().out
 
 
@@ -89,6 +95,8 @@ def test_bad_arguments_are_refused(capsys):
     assert main(["store", "--store", "redis", "--frames", "10"]) == 2
     assert "--redis-url" in capsys.readouterr().err
     assert main(["store", "--store", "sqlite", "--frames", "0"]) == 2
+    assert main(["store", "--store", "sqlite", "--frames", "5", "--s3-url", "http://s3"]) == 2
+    assert "--s3-url goes with --store redis" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["e2e", "--mode", "fastest"])
 
