@@ -2,13 +2,15 @@
 
 Keys (prefix `scrapscan:`):
   frame:<id>            hash: camera_id, truck_id, captured_at, received_at, status, error,
-                        result (JSON), completed_at, sha256, image_ext
+                        result (zlib-packed JSON), completed_at, image_ext, files (the
+                        token of the result files in the bucket)
   frame:<id>:image      the upload's bytes: kept result_ttl after the frame has ended when
                         keep_uploads says so (flagged, a share of clean), else upload_ttl
   frame:<id>:<file>     mask.png, overlay.jpg, maps.png
   objects               with a bucket (service/objects.py) the upload and files are objects
-                        there instead of the two keys above, and this sorted set holds
-                        each object's key by the time it is due for deletion (purge_objects)
+                        there instead of the two keys above, and this sorted set says when
+                        they are due for deletion (purge_objects): "<frame_id> <ext>" for
+                        the upload, "<frame_id>/<token>" for the result files
   idem:<key>            "<frame_id> <sha256>" of the frame an Idempotency-Key was first used for
   open                  set of frames accepted and not ended (its size is the backlog)
   frames                stream: one entry per accepted frame, the queue that the workers
@@ -45,6 +47,7 @@ import json
 import logging
 import secrets
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -113,8 +116,9 @@ _END = """
 --       the pace bucket of this moment, the objects due for deletion
 -- ARGV: status, now, result, error, frame_id, result ttl, oldest feed id, the frame's
 --       report summary, report ttl, upload ttl, the truck's report as read and with
---       this frame's end, the token of the files in the bucket or '', the frame's objects
---       as JSON [[due time, key], ...], files kept in Redis (name, bytes)...
+--       this frame's end, the token of the files in the bucket or '', the frame's entries
+--       of the objects set as JSON [[due time, entry], ...], files kept in Redis (name,
+--       bytes)...
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == false or status == 'done' or status == 'failed' then return 0 end
 if KEYS[6] ~= '' and (redis.call('GET', KEYS[6]) or '') ~= ARGV[11] then return -1 end
@@ -157,6 +161,8 @@ if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 return due
 """
 OBJECTS = f"{P}objects"
+RESULT_FILES = ("mask.png", "overlay.jpg", "maps.png")
+"""The files the pipeline stores for a done frame."""
 KEEP = UploadKeeping()
 """The default upload policy (settings.keep_uploads)."""
 
@@ -172,7 +178,7 @@ def _pace_key(bucket: int) -> str:
     return f"{P}pace:{bucket}"
 
 
-_FILES = ("image", "mask.png", "overlay.jpg", "maps.png", "report")
+_FILES = ("image", *RESULT_FILES, "report")
 """A frame's keys besides its hash (frame:<id>:<name>)."""
 
 
@@ -239,7 +245,6 @@ class RedisStore:
             "captured_at": frame.captured_at or "",
             "received_at": now,
             "status": "queued",
-            "sha256": sha256,
             "image_ext": frame.image_ext,
         }
         hash_key = f"{P}frame:{frame.frame_id}"
@@ -358,6 +363,7 @@ class RedisStore:
         ended = replace(record, status=status, result=result, error=error, completed_at=now)
         kept = self.keep.keeps(frame_id, result.verdict if result is not None else None)
         upload_ttl = self.result_ttl if kept else self.upload_ttl
+        files_put = list(files or {})
         token, due, files = self._store_files(frame_id, now, upload_ttl, files or {})
         while True:
             read, counted = self._counted(report_key, truck_id, lambda r: count_end(r, ended))
@@ -371,7 +377,7 @@ class RedisStore:
             if done != -1:  # -1: another frame of the truck ended between; count again
                 break
         if not done and token and self.objects is not None:  # another attempt ended it first
-            self.objects.delete(key for _, key in json.loads(due)[1:])  # its files, not the upload
+            self.objects.delete(result_key(frame_id, token, name) for name in files_put)
         return bool(done)
 
     def _store_files(
@@ -379,8 +385,9 @@ class RedisStore:
     ) -> tuple[str, str, dict[str, bytes]]:
         """With a bucket: put the files there under a token of this attempt.
 
-        Returns the token, the frame's objects with their due times as the end script takes
-        them, and the files left for Redis to keep (all of them without a bucket).
+        Returns the token, the frame's entries of the objects set with their due times as
+        the end script takes them, and the files left for Redis to keep (all of them
+        without a bucket).
         """
         if self.objects is None:
             return "", "[]", files
@@ -388,8 +395,9 @@ class RedisStore:
         for name, data in files.items():
             self.objects.put(result_key(frame_id, token, name), data)
         ext = (self.r.hget(f"{P}frame:{frame_id}", "image_ext") or b"").decode()
-        due = [[now + upload_ttl, upload_key(frame_id, ext)]]
-        due += [[now + self.result_ttl, result_key(frame_id, token, n)] for n in files]
+        due = [[now + upload_ttl, f"{frame_id} {ext}"]]
+        if files:
+            due.append([now + self.result_ttl, f"{frame_id}/{token}"])
         return token, json.dumps(due), {}
 
     def _counted(
@@ -428,7 +436,9 @@ class RedisStore:
     def purge_objects(self, now: float | None = None, batch: int = DELETE_BATCH) -> int:
         """Delete the bucket's objects that are due; returns how many.
 
-        A batch taken off the list whose deletion fails goes back on it (due now).
+        A batch taken off the list whose deletion fails goes back on it (due now). A
+        frame's result files are deleted by name (RESULT_FILES), whether or not each one
+        was written: S3 deletes a missing key without complaint.
         """
         if self.objects is None:
             return 0
@@ -436,12 +446,13 @@ class RedisStore:
         gone = 0
         while True:
             due = [k.decode() for k in self._due(keys=[OBJECTS], args=[repr(now), batch])]
+            keys = [key for entry in due for key in _bucket_keys(entry)]
             try:
-                self.objects.delete(due)
+                self.objects.delete(keys)
             except ObjectStoreError:
                 self.r.zadd(OBJECTS, dict.fromkeys(due, now))
                 raise
-            gone += len(due)
+            gone += len(keys)
             if len(due) < batch:
                 return gone
 
@@ -543,7 +554,7 @@ class RedisStore:
                 full, summary = next(replies), next(replies)
                 record = _record(i, full)
                 if record is None and summary is not None:  # the result has expired
-                    kept = json.loads(summary)
+                    kept = json.loads(zlib.decompress(summary) if summary[:1] == b"x" else summary)
                     if kept["result"] is not None:
                         kept["result"] = Summary.model_validate(kept["result"])
                     record = FrameRecord(frame_id=i, **kept)
@@ -624,14 +635,12 @@ class RedisStore:
         pipe.execute()
 
     def _objects_of(self, frame_id: str) -> list[str]:
-        """The keys of a frame's objects in the bucket (none without one)."""
+        """A frame's entries in the objects set (none without a bucket)."""
         if self.objects is None:
             return []
         ext, token = self.r.hmget(f"{P}frame:{frame_id}", "image_ext", "files")
-        keys = [upload_key(frame_id, ext.decode())] if ext else []
-        if token:
-            keys += [result_key(frame_id, token.decode(), n) for n in _FILES if "." in n]
-        return keys
+        entries = [f"{frame_id} {ext.decode()}"] if ext else []
+        return entries + ([f"{frame_id}/{token.decode()}"] if token else [])
 
     def feedback(self, kind: Target, target: str) -> list[FrameFeedback | TruckDecision]:
         """The feedback about a frame or a truck, in the order given."""
@@ -666,20 +675,31 @@ class RedisStore:
 
 def _report_summary(
     record: FrameRecord, status: Status, now: float, result: FrameResult | None, error: str
-) -> str:
-    """A frame's end as truck reports need it, without polygons, masks or overlays."""
-    return json.dumps(
-        {
-            "camera_id": record.camera_id,
-            "truck_id": record.truck_id,
-            "captured_at": record.captured_at,
-            "received_at": record.received_at,
-            "status": status,
-            "error": error or None,
-            "result": result.summary().model_dump() if result is not None else None,
-            "completed_at": now,
-        }
-    )
+) -> bytes:
+    """A frame's end as truck reports need it, without polygons, masks or overlays.
+
+    JSON, zlib-packed like results (plain JSON, as kept before, is read too).
+    """
+    summary = {
+        "camera_id": record.camera_id,
+        "truck_id": record.truck_id,
+        "captured_at": record.captured_at,
+        "received_at": record.received_at,
+        "status": status,
+        "error": error or None,
+        "result": result.summary().model_dump() if result is not None else None,
+        "completed_at": now,
+    }
+    return zlib.compress(json.dumps(summary, separators=(",", ":")).encode(), 6)
+
+
+def _bucket_keys(entry: str) -> list[str]:
+    """The bucket's keys that an entry of the objects set stands for."""
+    frame_id, _, token = entry.partition("/")
+    if token:
+        return [result_key(frame_id, token, name) for name in RESULT_FILES]
+    frame_id, _, ext = entry.partition(" ")
+    return [upload_key(frame_id, ext)]
 
 
 def _entry(entry: tuple[bytes, dict[bytes, bytes]]) -> tuple[str, str]:

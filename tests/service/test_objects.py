@@ -26,7 +26,8 @@ def add(s, frame_id, data=b"jpeg-bytes", key=None):
 
 def end(s, frame_id, verdict="inspect", files=None):
     result = frame_result([{"class": "motor", "score": 0.9, "area": 100}], verdict)
-    return s.complete(frame_id, result, files or {"mask.png": b"png", "overlay.jpg": b"jpg"})
+    files = files or {"mask.png": b"png", "overlay.jpg": b"jpg", "maps.png": b"maps"}
+    return s.complete(frame_id, result, files)
 
 
 def test_with_a_bucket_redis_keeps_records_and_the_bucket_the_bytes(redis_url, bucket):
@@ -37,10 +38,10 @@ def test_with_a_bucket_redis_keeps_records_and_the_bucket_the_bytes(redis_url, b
     assert s.image(fid) == b"\xff" * 50_000
     assert end(s, fid)
     assert s.file_bytes(fid, "mask.png") == b"png" and s.file_bytes(fid, "overlay.jpg") == b"jpg"
-    assert s.file_bytes(fid, "maps.png") is None
+    assert s.file_bytes(fid, "maps.png") == b"maps" and s.file_bytes(fid, "x.png") is None
     (token,) = {k.split("/")[3] for k in bucket.listed("results/")}
     assert sorted(bucket.listed("results/")) == [
-        f"results/ab/{fid}/{token}/{n}" for n in ("mask.png", "overlay.jpg")
+        f"results/ab/{fid}/{token}/{n}" for n in ("maps.png", "mask.png", "overlay.jpg")
     ]
     byte_keys = [k for k in s.r.keys("scrapscan:frame:*") if k.endswith((b":image", b".png"))]
     assert byte_keys == []
@@ -77,9 +78,10 @@ def test_the_purge_follows_the_retention_and_the_upload_policy(redis_url, bucket
     with pytest.raises(KeyError):
         s.image(clean)
     assert s.file_bytes(clean, "mask.png") == b"png"  # results stay result_ttl
-    assert s.purge_objects(now=now + 61) == 5  # the flagged upload, both frames' 2 files
+    assert s.purge_objects(now=now + 61) == 7  # the flagged upload, both frames' 3 files
     assert sorted(k.split("/")[-1] for k in bucket.listed()) == [
         f"{judged}.jpg",
+        "maps.png",
         "mask.png",
         "overlay.jpg",
     ]
