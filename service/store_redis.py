@@ -19,19 +19,20 @@ Keys (prefix `scrapscan:`):
                         id is the cursor), trimmed to the frames' retention
   results:<camera_id>   the same entries of one camera, under the same ids
   pace:<t // 10>        hash: frames ended (done, failed) in those ten seconds, an hour
-  truck:<id>            sorted set: the truck's frame ids by time received
   truck:<id>:report     the truck's report (service/reports.py), counted as its frames
                         arrive and end by the same scripts that add and end them
+  truck:<id>, frame:<id>:report   a truck's frame ids and each frame's end as its report
+                        needs it, written before reports were kept: a truck without a
+                        report key is counted from them (no longer written)
   trucks                sorted set: truck ids by their latest frame (trimmed to report_ttl)
   feedback              stream: every feedback item (JSON), kept with no end
   feedback:frame:<id>   list: the feedback about a frame (likewise feedback:truck:<id>)
 
-Retention: a frame's hash and files expire `result_ttl` seconds after it ends; what its
-truck's report needs of it (frame:<id>:report: status, times, each instance's class,
-score and area) `report_ttl` after; a truck's frame list `report_ttl` after its latest
-frame. So reports outlive results and masks. Feedback on a frame takes the expiry off its
-hash, upload, files and report (and its objects off the deletion list): a judged frame
-is kept whole.
+Retention: a frame's hash and files expire `result_ttl` seconds after it ends; its truck's
+report, which has counted it, `report_ttl` after the truck's latest frame. So reports
+outlive results and masks, and a frame costs no memory once its result has gone.
+Feedback on a frame takes the expiry off its hash, upload and files (and its objects off
+the deletion list): a judged frame is kept whole.
 A frame ends once: ending it again (a second worker after a takeover) changes nothing
 and adds nothing to the feed.
 
@@ -47,7 +48,6 @@ import json
 import logging
 import secrets
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -87,7 +87,7 @@ log = logging.getLogger("scrapscan.store")
 
 _ADD = """
 -- KEYS: frame hash, image or '' (in the bucket), open set, frames stream, idempotency
---       key or '', truck or '', trucks, the truck's report or ''
+--       key or '', trucks, the truck's report or ''
 -- ARGV: frame_id, image bytes, now, report ttl, idempotency value, truck_id, the report
 --       as read, the report with this frame, hash fields...
 if KEYS[5] ~= '' then
@@ -95,33 +95,30 @@ if KEYS[5] ~= '' then
   if first then return first end
 end
 -- the truck's report changed since it was read: the caller counts again
-if KEYS[8] ~= '' and (redis.call('GET', KEYS[8]) or '') ~= ARGV[7] then return 'retry' end
+if KEYS[7] ~= '' and (redis.call('GET', KEYS[7]) or '') ~= ARGV[7] then return 'retry' end
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[4]) end
 if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2]) end
 redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[4], '*', 'frame_id', ARGV[1])
-if KEYS[6] ~= '' then
-  redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
-  redis.call('EXPIRE', KEYS[6], ARGV[4])
-  redis.call('ZADD', KEYS[7], ARGV[3], ARGV[6])
-  redis.call('SET', KEYS[8], ARGV[8], 'EX', ARGV[4])
-  -- trucks whose frame lists have expired leave the list of trucks
-  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[4])))
+if KEYS[7] ~= '' then
+  redis.call('ZADD', KEYS[6], ARGV[3], ARGV[6])
+  redis.call('SET', KEYS[7], ARGV[8], 'EX', ARGV[4])
+  -- trucks whose reports have expired leave the list of trucks
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[4])))
 end
 return false
 """
 _END = """
 -- KEYS: frame hash, open set, results stream, image, file prefix, the truck's report or '',
 --       the pace bucket of this moment, the objects due for deletion
--- ARGV: status, now, result, error, frame_id, result ttl, oldest feed id, the frame's
---       report summary, report ttl, upload ttl, the truck's report as read and with
---       this frame's end, the token of the files in the bucket or '', the frame's entries
---       of the objects set as JSON [[due time, entry], ...], files kept in Redis (name,
---       bytes)...
+-- ARGV: status, now, result, error, frame_id, result ttl, oldest feed id, report ttl,
+--       upload ttl, the truck's report as read and with this frame's end, the token of
+--       the files in the bucket or '', the frame's entries of the objects set as JSON
+--       [[due time, entry], ...], files kept in Redis (name, bytes)...
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == false or status == 'done' or status == 'failed' then return 0 end
-if KEYS[6] ~= '' and (redis.call('GET', KEYS[6]) or '') ~= ARGV[11] then return -1 end
+if KEYS[6] ~= '' and (redis.call('GET', KEYS[6]) or '') ~= ARGV[10] then return -1 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'completed_at', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
@@ -133,20 +130,18 @@ local entry = redis.call('XADD', KEYS[3], 'MINID', ARGV[7], '*', 'frame_id', ARG
 -- and in the camera's own feed under the same entry id, for filtered pages
 redis.call('XADD', KEYS[3] .. ':' .. camera, 'MINID', ARGV[7], entry, 'frame_id', ARGV[5],
            'camera_id', camera)
-if tonumber(ARGV[10]) > 0 then
-  redis.call('EXPIRE', KEYS[4], ARGV[10])
+if tonumber(ARGV[9]) > 0 then
+  redis.call('EXPIRE', KEYS[4], ARGV[9])
 else
   redis.call('DEL', KEYS[4])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
--- what a truck report needs of the frame, kept as long as reports are
-redis.call('SET', KEYS[5] .. 'report', ARGV[8], 'EX', ARGV[9])
-if KEYS[6] ~= '' then redis.call('SET', KEYS[6], ARGV[12], 'EX', ARGV[9]) end
+if KEYS[6] ~= '' then redis.call('SET', KEYS[6], ARGV[11], 'EX', ARGV[8]) end
 redis.call('HINCRBY', KEYS[7], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[7], PACE_KEEP)
-if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'files', ARGV[13]) end
-for _, due in ipairs(cjson.decode(ARGV[14])) do redis.call('ZADD', KEYS[8], due[1], due[2]) end
-for i = 15, #ARGV, 2 do
+if ARGV[12] ~= '' then redis.call('HSET', KEYS[1], 'files', ARGV[12]) end
+for _, due in ipairs(cjson.decode(ARGV[13])) do redis.call('ZADD', KEYS[8], due[1], due[2]) end
+for i = 14, #ARGV, 2 do
   redis.call('SET', KEYS[5] .. ARGV[i], ARGV[i + 1], 'EX', ARGV[6])
 end
 return 1
@@ -254,7 +249,6 @@ class RedisStore:
             f"{P}open",
             FRAMES,
             f"{P}idem:{key}" if key is not None else "",
-            f"{P}truck:{truck_id}" if truck_id else "",
             f"{P}trucks",
         ]
         report_key = f"{P}truck:{truck_id}:report" if truck_id else ""
@@ -356,7 +350,6 @@ class RedisStore:
         keys = [frame, f"{P}open", f"{P}results", f"{frame}:image", f"{frame}:"]
         now = time.time()
         oldest = f"{int((now - self.result_ttl) * 1000)}-0"  # feed entries worth keeping
-        summary = _report_summary(record, status, now, result, error)
         packed = pack_result(result) if result is not None else b""
         truck_id = record.truck_id
         report_key = f"{P}truck:{truck_id}:report" if truck_id else ""
@@ -369,7 +362,7 @@ class RedisStore:
             read, counted = self._counted(report_key, truck_id, lambda r: count_end(r, ended))
             args: list[Any] = [status, repr(now), packed, error, frame_id, self.result_ttl]
             args.append(oldest)
-            args += [summary, self.report_ttl, upload_ttl, read, counted, token, due]
+            args += [self.report_ttl, upload_ttl, read, counted, token, due]
             for name, data in files.items():
                 args += [name, data]
             end_keys = [*keys, report_key, _pace_key(int(now // PACE_S)), OBJECTS]
@@ -554,7 +547,7 @@ class RedisStore:
                 full, summary = next(replies), next(replies)
                 record = _record(i, full)
                 if record is None and summary is not None:  # the result has expired
-                    kept = json.loads(zlib.decompress(summary) if summary[:1] == b"x" else summary)
+                    kept = json.loads(summary)
                     if kept["result"] is not None:
                         kept["result"] = Summary.model_validate(kept["result"])
                     record = FrameRecord(frame_id=i, **kept)
@@ -671,26 +664,6 @@ class RedisStore:
         for i in ids:
             pipe.hget(f"{P}frame:{i}", field)
         return list(pipe.execute())
-
-
-def _report_summary(
-    record: FrameRecord, status: Status, now: float, result: FrameResult | None, error: str
-) -> bytes:
-    """A frame's end as truck reports need it, without polygons, masks or overlays.
-
-    JSON, zlib-packed like results (plain JSON, as kept before, is read too).
-    """
-    summary = {
-        "camera_id": record.camera_id,
-        "truck_id": record.truck_id,
-        "captured_at": record.captured_at,
-        "received_at": record.received_at,
-        "status": status,
-        "error": error or None,
-        "result": result.summary().model_dump() if result is not None else None,
-        "completed_at": now,
-    }
-    return zlib.compress(json.dumps(summary, separators=(",", ":")).encode(), 6)
 
 
 def _bucket_keys(entry: str) -> list[str]:

@@ -39,7 +39,7 @@ from common.classes import ANOMALY_CLASSES
 from service.queue import FRAMES
 from service.result import FrameResult, Instance
 from service.store import NewFrame, Store, TruckQuery
-from service.store_redis import OBJECTS
+from service.store_redis import OBJECTS, RedisStore
 
 CAMERAS = 8
 TRUCK_FRAMES = 40
@@ -166,8 +166,8 @@ def bench_store(args: argparse.Namespace) -> dict[str, Any]:
             truck = "TRK-BIG" if k < big else f"TRK-{k // TRUCK_FRAMES:07d}"
             ids.append(_frame(store, k, truck))
         fill_s = time.perf_counter() - start
-        if args.store == "redis":  # every frame has ended: workers have acked and deleted
-            store.r.delete(FRAMES)  # their entries of the frame stream (service/queue.py)
+        if isinstance(store, RedisStore):  # every frame has ended: workers have acked and
+            store.r.delete(FRAMES)  # deleted their entries of the frame stream (service/queue.py)
         per_frame = (size() - empty) / args.frames
         deep = store.tail_cursor(args.frames // 2)
         quiet = "cam-quiet"
@@ -263,7 +263,9 @@ def _redis_keys(store: Any, ids: list[str]) -> dict[str, int]:
     totals = dict.fromkeys(names, 0)
     for frame_id in sample:
         for name in names:
-            totals[name] += int(store.r.memory_usage(f"scrapscan:frame:{frame_id}{name}", samples=0) or 0)
+            totals[name] += int(
+                store.r.memory_usage(f"scrapscan:frame:{frame_id}{name}", samples=0) or 0
+            )
     out = {f"frame:<id>{k}": round(v / len(sample)) for k, v in totals.items()}
     if store.objects is not None:
         out["objects (per frame)"] = round(int(store.r.memory_usage(OBJECTS) or 0) / len(ids))

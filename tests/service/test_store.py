@@ -1,5 +1,7 @@
 """One contract, two stores: SQLite (embedded) and Redis (a real redis-server)."""
 
+import dataclasses
+import json
 import threading
 import time
 
@@ -231,14 +233,21 @@ def test_redis_results_expire_and_reports_outlive_them(redis_url):
     add(s, "9" * 32, truck="T-9")
     done(s, "9" * 32, verdict="clean")  # not flagged, not in the sampled share: upload_ttl
     assert 0 < s.r.ttl("scrapscan:frame:" + "9" * 32) <= 1
-    assert s.r.ttl("scrapscan:truck:T-9") > 1
+    assert s.r.ttl("scrapscan:truck:T-9:report") > 1
     assert s.r.exists("scrapscan:frame:" + "9" * 32 + ":image") == 0  # the upload is gone
+    ended = s.get("9" * 32)
     time.sleep(1.1)
     assert s.get("9" * 32) is None  # the result has expired; the report has not
+    assert s.r.keys("scrapscan:frame:*") == []  # nothing of the frame is left
     kept = s.truck_report("T-9")
     assert kept.frames == 1 and kept.classes["motor"].highest_score == 0.5
-    # a truck from before reports were kept is counted from its frames
+    # a truck from before reports were kept is counted from what its frames left then
     s.r.delete("scrapscan:truck:T-9:report")
+    s.r.zadd("scrapscan:truck:T-9", {"9" * 32: ended.received_at})
+    old = {f.name: getattr(ended, f.name) for f in dataclasses.fields(ended)}
+    old["result"] = ended.result.summary().model_dump()
+    del old["frame_id"]
+    s.r.set("scrapscan:frame:" + "9" * 32 + ":report", json.dumps(old))
     assert s.truck_report("T-9") == kept
     add(s, "8" * 32)
     done(s, "8" * 32)  # the feed drops entries older than the retention as it grows
@@ -247,7 +256,7 @@ def test_redis_results_expire_and_reports_outlive_them(redis_url):
     short = RedisStore(redis_url, result_ttl=1, report_ttl=1)
     add(short, "7" * 32, truck="T-7")
     time.sleep(1.1)
-    add(short, "6" * 32, truck="T-6")  # T-7's list has expired: it leaves the truck list
+    add(short, "6" * 32, truck="T-6")  # T-7's report has expired: it leaves the truck list
     assert [t.truck_id for t in short.trucks(TruckQuery()).items] == ["T-6"]
     short.close()
 
@@ -418,7 +427,7 @@ def test_redis_keeps_uploads_a_while_and_a_judged_frame_for_good(redis_url):
     assert 30 < s.r.ttl("scrapscan:frame:" + "7" * 32 + ":image") <= 60  # flagged: kept
     judge(s, "5" * 32, "missed", box=(0, 0, 4, 4))
     frame = "scrapscan:frame:" + "5" * 32
-    for key in (frame, f"{frame}:image", f"{frame}:mask.png", f"{frame}:report"):
+    for key in (frame, f"{frame}:image", f"{frame}:mask.png"):
         assert s.r.ttl(key) == -1, key  # exists, with no expiry
     assert s.r.ttl("scrapscan:frame:" + "6" * 32) > 0
     s.close()
