@@ -43,7 +43,11 @@ STATUS: dict[type[ServiceError], tuple[int, str]] = {
     TooLarge: (413, "upload or image too large"),
     UnsupportedMedia: (415, "not multipart/form-data"),
     Busy: (429, "queue_full: too many frames wait; retry after Retry-After seconds"),
-    Unavailable: (503, "not_ready: the model is loading; store_unavailable: Redis is away"),
+    Unavailable: (
+        503,
+        "not_ready: the model is loading; store_unavailable: Redis is away; "
+        "object_store_unavailable: the bucket is away",
+    ),
 }
 """Each kind of error: its HTTP status and what that status means here (the OpenAPI text)."""
 
@@ -124,6 +128,13 @@ def document(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+AWAY: dict[type[Exception], tuple[str, str]] = {
+    redis.RedisError: ("store_unavailable", "frame store (Redis)"),
+    ObjectStoreError: ("object_store_unavailable", "object store (S3)"),
+}
+"""The stores the service needs: the 503's code, and the store's name in its message."""
+
+
 def install(app: FastAPI, retry_after_s: int) -> None:
     """Answer every error as the table says, the framework's own ones included."""
 
@@ -133,24 +144,12 @@ def install(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(redis.ConnectionError)
     @app.exception_handler(redis.TimeoutError)
-    async def store_away(_: Request, err: redis.RedisError) -> JSONResponse:
-        log.warning("redis unreachable: %s", err)
-        away = Unavailable(
-            "store_unavailable",
-            "the frame store (Redis) cannot be reached; nothing was changed, retry later",
-            retry_after_s,
-        )
-        return error_response(away)
-
     @app.exception_handler(ObjectStoreError)
-    async def bucket_away(_: Request, err: ObjectStoreError) -> JSONResponse:
-        log.warning("object store unusable: %s", err)
-        away = Unavailable(
-            "object_store_unavailable",
-            "the object store (S3) cannot be used; nothing was kept, retry later",
-            retry_after_s,
-        )
-        return error_response(away)
+    async def backend_away(_: Request, err: Exception) -> JSONResponse:
+        code, what = AWAY[type(err) if type(err) in AWAY else redis.RedisError]
+        log.warning("%s: %s", code, err)
+        message = f"the {what} cannot be reached; nothing was changed, retry later"
+        return error_response(Unavailable(code, message, retry_after_s))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
