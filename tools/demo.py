@@ -7,14 +7,15 @@ in OUT/data) on a free local port, renders synthetic 4K crane frames, posts each
 /v1/frames?wait=true as camera "crane-1" of truck "DEMO-TRUCK-1", prints the verdict
 and the strongest instances beside the frame's true contaminants, and saves each overlay
 to OUT/. With --serve it keeps serving afterwards (the dashboard at /dashboard shows the
-frames) until Ctrl-C; `make demo SERVE=1` asks for that.
+frames) until Ctrl-C or SIGTERM; `make demo SERVE=1` asks for that.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,10 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with running_service(settings, port=args.port) as url:
             code = _post_frames(url, settings, args)
             if code == 0 and args.serve:
+                stop = threading.Event()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    # set here: a process started in the background inherits SIGINT ignored
+                    signal.signal(sig, lambda *_: stop.set())
                 print(f"\ndemo: serving until Ctrl-C; the dashboard: {url}/dashboard")
-                with contextlib.suppress(KeyboardInterrupt):
-                    while True:
-                        time.sleep(3600)
+                stop.wait()
             return code
     except (BundleError, RuntimeError) as err:
         print(f"demo: {err}", file=sys.stderr)

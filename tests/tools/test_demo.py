@@ -37,13 +37,19 @@ def test_a_bundle_that_is_not_one_is_named_and_nothing_starts(tmp_path, capsys):
     assert f"demo: {tmp_path / 'nope'}: not a folder" in capsys.readouterr().err
 
 
-def test_asked_to_serve_the_demo_keeps_the_dashboard_up_until_ctrl_c(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_asked_to_serve_the_demo_keeps_the_dashboard_up_until_ctrl_c(tmp_path, stop):
     port = free_port()
     # -X faulthandler: a demo that does not stop is made to print every thread's stack
     cmd = [sys.executable, "-X", "faulthandler", "-m", "tools.demo", "--out", str(tmp_path)]
-    cmd += ["--frames", "1"]
+    cmd += ["--frames", "1", "--serve", "--port", str(port)]
     proc = subprocess.Popen(
-        [*cmd, "--serve", "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, text=True
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        # as a shell starts a background job: SIGINT ignored, which Python then keeps
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         lines = []
@@ -56,13 +62,13 @@ def test_asked_to_serve_the_demo_keeps_the_dashboard_up_until_ctrl_c(tmp_path):
         assert page.status_code == 200 and "scrapscan dashboard" in page.text
         feed = httpx.get(f"http://127.0.0.1:{port}/v1/results").json()
         assert len(feed["items"]) == 1  # the demo's frame is in the feed
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         try:  # the service stops within its grace (10 s) and the join of its thread (30 s)
             assert proc.wait(timeout=60) == 0
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)  # the stacks go to the captured stderr
             proc.wait(timeout=10)
-            pytest.fail("the demo did not stop within 60 s of Ctrl-C (stacks in stderr)")
+            pytest.fail("the demo did not stop within 60 s of the signal (stacks in stderr)")
     finally:
         proc.kill()
         proc.wait()
