@@ -126,7 +126,7 @@ class ObjectStore:
             )
 
     def listed(self, under: str = "") -> list[str]:
-        """The keys below `under` (for tests and the store benchmark), without the prefix."""
+        """The keys below `under`, without the prefix (for tests and inspection)."""
         pages = self.s3.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self.prefix + under
         )

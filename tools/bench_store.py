@@ -197,7 +197,7 @@ def bench_store(args: argparse.Namespace) -> dict[str, Any]:
         purge = _purge(store, args, ids) if args.store == "sqlite" else None
         keys = _redis_keys(store, ids) if args.store == "redis" else None
         return {
-            "store": args.store + (" with a bucket" if getattr(args, "s3_url", None) else ""),
+            "store": args.store + (" with a bucket" if args.s3_url else ""),
             "frames": args.frames,
             "fill_s": round(fill_s, 1),
             "bytes_per_frame": round(per_frame),
