@@ -43,7 +43,14 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
-from training.checkpoint import CHECKPOINT, Position, load_checkpoint, save_checkpoint
+from training.checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    Position,
+    init_weights,
+    load_checkpoint,
+    save_checkpoint,
+)
 from training.config import ConfigError, RunConfig, load_config
 from training.data import DataError, PatchSet, load_frames
 from training.data.dataset import PatchDataset
@@ -204,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in RUN_DIR from its checkpoint, on its own data",
     )
     p.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="PATH",
+        help="start the new run from a trained model instead of the config's weights: a "
+        "scrapscan-train checkpoint, or a bundle folder with model.pt2 (its image side as "
+        "it is, the prompts fitted to its text features); for a yard refining the model it "
+        "serves on newly labelled frames. The config must describe the same model",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="build the model without pretrained weights, print its trainable "
@@ -250,11 +266,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dry_run(cfg, args.data)
     if args.data is None or args.out is None:
         parser.error("--data and --out are needed to train (or use --dry-run)")
+    if args.resume and args.init_from:
+        parser.error("--init-from starts a new run; a resumed run goes on from its checkpoint")
     try:
         return train(
-            cfg, args.data, args.out, args.resume, args.max_steps, args.device, args.patch_cache
+            cfg,
+            args.data,
+            args.out,
+            args.resume,
+            args.max_steps,
+            args.device,
+            args.patch_cache,
+            args.init_from,
         )
-    except (DataError, WeightsError) as err:
+    except (DataError, WeightsError, CheckpointError) as err:
         return _fail(str(err), 1)
     except (FileExistsError, ResumeError) as err:
         return _fail(str(err))
@@ -301,8 +326,12 @@ def _prepare_run(
     patches: PatchSet,
     counts: npt.NDArray[np.int64] | None,
     main_rank: bool,
+    start: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Create the (checked) folder of a new run; returns run.json's content."""
+    """Create the (checked) folder of a new run; returns run.json's content.
+
+    `start`: where the weights came from (`init_weights`), when not from the config.
+    """
     stats = patches.class_stats(counts)
     weights = class_weights(stats.pixels, cfg)
     info = {
@@ -312,6 +341,7 @@ def _prepare_run(
         "class_pixels": list(stats.pixels),
         "class_patches": list(stats.patches),
         "class_weights": [round(float(w), 6) for w in weights],
+        **({"init_from": start} if start else {}),
     }
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
@@ -462,11 +492,18 @@ def train(
     max_steps: int | None,
     device: str = "auto",
     patch_cache: Path | None = None,
+    init_from: Path | None = None,
 ) -> int:
-    """Train; returns 0 when done, 130 when interrupted (checkpoint written either way)."""
+    """Train; returns 0 when done, 130 when interrupted (checkpoint written either way).
+
+    `init_from` (a new run only): the checkpoint or bundle to take the weights from.
+    """
     env = setup_distributed(device)
     _check_run_folder(out, cfg, resume, env.main)
     torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    start = None if init_from is None else init_weights(init_from, model)
+    model = model.to(env.device)
     patches = PatchSet.for_config(load_frames(data), cfg)
     resumed = _check_resumed_data(out, data, len(patches), env.main) if resume else None
     cache = None
@@ -483,10 +520,9 @@ def train(
     source = patches if cache is None else cache
     counts = source.pixel_counts() if needed else None
     anomalous = [] if counts is None else np.flatnonzero(counts[:, 1:].sum(axis=1)).tolist()
-    info = resumed or _prepare_run(out, cfg, data, patches, counts, env.main)
+    info = resumed or _prepare_run(out, cfg, data, patches, counts, env.main, start)
     weights = torch.tensor(info["class_weights"], dtype=torch.float32, device=env.device)
 
-    model = build_model(cfg.model).to(env.device)
     model.grad_checkpointing = cfg.train.grad_checkpointing
     optimizer = make_optimizer(model, cfg)
     pos = Position()

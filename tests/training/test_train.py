@@ -413,3 +413,82 @@ def test_readme_names_the_settings_a_resume_may_change():
     sentence = readme[readme.index("`--resume` continues it") :].split(". ")[0]
     named = {s for s in RESUMABLE - {"name"} if f"`{s}`" in sentence}
     assert named == RESUMABLE - {"name"}, f"README leaves out {RESUMABLE - {'name'} - named}"
+
+
+DEMO = CONFIGS.parent / "models" / "demo"
+
+
+def test_a_run_starts_from_a_bundle_with_its_outputs(tiny_config, images):
+    from training.checkpoint import init_weights
+    from training.model import build_model
+
+    torch.manual_seed(tiny_config.train.seed)  # the random text tower the bundle's run had
+    model = build_model(tiny_config.model)
+    start = init_weights(DEMO, model)
+    assert start["kind"] == "bundle" and start["prompt_fit_cosine"] > 0.9999
+    served = torch.export.load(DEMO / "model.pt2").module()
+    with torch.no_grad():
+        want_probs, want_anomaly, _ = served(images)
+        got = model.eval()(images)
+    assert torch.allclose(got.class_probs, want_probs, atol=5e-3)
+    assert torch.allclose(got.anomaly, want_anomaly, atol=5e-3)
+    assert (got.class_probs.argmax(1) == want_probs.argmax(1)).float().mean() > 0.995
+
+
+def test_a_run_starts_from_a_checkpoint_with_every_weight(tiny_config, tiny_checkpoint):
+    from training.checkpoint import init_weights
+    from training.model import build_model
+
+    torch.manual_seed(5)
+    model = build_model(tiny_config.model)
+    assert init_weights(tiny_checkpoint, model)["step"] == 3
+    saved = torch.load(tiny_checkpoint, weights_only=False)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+def test_init_from_is_recorded_and_a_wrong_source_stops_the_run_before_it_starts(
+    train_data, long_config, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    assert (
+        main([*args(long_config, train_data, run), "--max-steps", "1", "--init-from", str(DEMO)])
+        == 0
+    )
+    assert json.loads((run / "run.json").read_text())["init_from"]["kind"] == "bundle"
+
+    other = tmp_path / "other"
+    shutil.copytree(DEMO, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["prompts"]["context_length"] = 12
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    no_program = tmp_path / "no-program"
+    shutil.copytree(DEMO, no_program)
+    manifest = json.loads((no_program / "manifest.json").read_text())
+    del manifest["files"]["model.pt2"]
+    (no_program / "manifest.json").write_text(json.dumps(manifest))
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(b"not a checkpoint")
+    wider = yaml.safe_load(long_config.read_text())
+    wider["model"]["tiny_config"]["vision_cfg"]["layers"] = 5
+    wider_config = tmp_path / "wider.yaml"
+    wider_config.write_text(yaml.safe_dump(wider))
+    wider["model"]["tiny_config"]["vision_cfg"]["layers"] = 4
+    wider["train"]["seed"] = 1
+    seed_config = tmp_path / "seed.yaml"
+    seed_config.write_text(yaml.safe_dump(wider))
+    for config, source, said in [
+        (long_config, other, "prompts.context_length 12 (this config: 8)"),
+        (long_config, no_program, "has no model.pt2"),
+        (long_config, foreign, f"{foreign}: not a checkpoint"),
+        (long_config, tmp_path / "missing", "no such file or folder"),
+        (wider_config, DEMO, "its image side has other weights"),
+        (seed_config, DEMO, "the prompts cannot give its text features"),
+    ]:
+        out = tmp_path / f"refused-{source.name}-{config.stem}"
+        assert main([*args(config, train_data, out), "--init-from", str(source)]) == 1
+        err = capsys.readouterr().err
+        assert said in err and str(source) in err
+        assert not out.exists()
+    with pytest.raises(SystemExit):
+        main(["--out", str(run), "--data", str(train_data), "--resume", "--init-from", str(DEMO)])
+    assert "--init-from starts a new run" in capsys.readouterr().err
