@@ -34,6 +34,9 @@ from service.routes.trucks import TruckId, known_truck
 
 router = APIRouter(tags=["feedback"])
 
+Judge = Annotated[str, require("feedback")]
+"""Who gives the feedback: the caller's key (it must hold the feedback role)."""
+
 
 @router.post(
     "/v1/frames/{frame_id}/feedback",
@@ -45,7 +48,7 @@ async def post_frame_feedback(
     svc: ServiceDep,
     frame_id: FrameId,
     given: FrameFeedbackIn,
-    by: Annotated[str, require("feedback")],
+    by: Judge,
 ) -> FrameFeedback:
     """Judge one of a done frame's instances, or mark a contaminant it missed.
 
@@ -85,7 +88,7 @@ async def post_truck_decision(
     svc: ServiceDep,
     truck_id: TruckId,
     given: TruckDecisionIn,
-    by: Annotated[str, require("feedback")],
+    by: Judge,
 ) -> TruckDecision:
     """Record what was done with a truck: accepted, rejected or sent for manual inspection."""
     await known_truck(svc, truck_id)

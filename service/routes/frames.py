@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -284,23 +285,24 @@ async def result_file(svc: Service, frame_id: str, name: str) -> bytes:
     return data
 
 
-@router.get(
-    "/v1/frames/{frame_id}/mask.png",
-    response_class=Response,
-    responses=responses(*ONE, content={"image/png": {}}),
-    dependencies=[require("frames")],
-)
+def _frame_file(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The route of one of a done frame's files: GET /v1/frames/{frame_id}/NAME."""
+    media = "image/jpeg" if name.endswith(".jpg") else "image/png"
+    return router.get(
+        f"/v1/frames/{{frame_id}}/{name}",
+        response_class=Response,
+        responses=responses(*ONE, content={media: {}}),
+        dependencies=[require("frames")],
+    )
+
+
+@_frame_file("mask.png")
 async def get_mask(svc: ServiceDep, frame_id: FrameId) -> Response:
     """Class index per pixel at full frame size (0 normal, 1 motor, 2 cable, 3 spray_can)."""
     return Response(await result_file(svc, frame_id, "mask.png"), media_type="image/png")
 
 
-@router.get(
-    "/v1/frames/{frame_id}/overlay.jpg",
-    response_class=Response,
-    responses=responses(*ONE, content={"image/jpeg": {}}),
-    dependencies=[require("frames")],
-)
+@_frame_file("overlay.jpg")
 async def get_overlay(
     svc: ServiceDep,
     frame_id: FrameId,
@@ -316,12 +318,7 @@ async def get_overlay(
     return Response(data, media_type="image/jpeg")
 
 
-@router.get(
-    "/v1/frames/{frame_id}/heatmap.png",
-    response_class=Response,
-    responses=responses(*ONE, content={"image/png": {}}),
-    dependencies=[require("frames")],
-)
+@_frame_file("heatmap.png")
 async def get_heatmap(
     svc: ServiceDep,
     frame_id: FrameId,
