@@ -27,6 +27,12 @@ OUTPUT_NAMES: Final = ("class_probs", "anomaly", "scores")
 """The model's outputs: (N, C, grid, grid) class probabilities (normal first), the
 (N, grid, grid) anomaly map, and (N, C) scores."""
 
+PARITY_TOLERANCE: Final = {"fp32": 1e-4, "fp16": 1e-2}
+"""How far a file of the bundle may answer from the model (max abs difference of any output)
+at each precision: checked by the export, and by an engine that lowers the precision at load."""
+MIN_ARGMAX_AGREEMENT: Final = 0.999
+"""The least share of cells whose most likely class a lower-precision run must keep."""
+
 FileKind = Literal["onnx", "torch_export", "tensorrt", "bed_model"]
 Precision = Literal["fp32", "fp16", "int8", "fp8"]
 

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from common.bundle import MIN_ARGMAX_AGREEMENT, PARITY_TOLERANCE
 from common.imaging import DEFAULT_OVERLAP, TILE_SIZE
 from common.inputs import make_tiles
 from common.tiling import polygon_box
@@ -22,8 +23,7 @@ from model_export.graph import OUTPUT_NAMES, InferenceGraph
 Outputs = tuple[npt.NDArray[np.float32], ...]
 Runner = Callable[[npt.NDArray[np.float32]], Outputs]
 
-TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
-MIN_ARGMAX_AGREEMENT = 0.999
+TOLERANCE = PARITY_TOLERANCE
 
 
 class ParityError(RuntimeError):

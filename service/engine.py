@@ -1,22 +1,35 @@
-"""Engines: one interface over ONNX Runtime, PyTorch (the bundle's model.pt2) and TensorRT.
+"""Engines: one interface over ONNX Runtime, OpenVINO, PyTorch (model.pt2) and TensorRT.
 
 An engine takes (N, 3, S, S) float32 CLIP-normalised tiles, N <= max_batch, and returns
 the bundle's outputs as float32 numpy arrays: class_probs (N, C, g, g), anomaly
 (N, g, g), scores (N, C). `open_engine` picks one by name or, for "auto", the best this
 machine can run: TensorRT (an engine built for this GPU and TensorRT version), then
-PyTorch on a CUDA GPU, then ONNX Runtime.
+PyTorch on a CUDA GPU; on the CPU, of ONNX Runtime and OpenVINO (when installed) the one
+that runs a batch faster, timed side by side at load.
+
+OpenVINO reads the bundle's model.onnx. Below fp32 (bf16 on CPUs with AMX or AVX-512
+BF16, the default precision "auto") it is served only when its answers stay within the
+bound the export holds fp16 files to (common.bundle.PARITY_TOLERANCE), checked at load
+against its own fp32 run and logged either way; else it runs in fp32.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from common.bundle import OUTPUT_NAMES, Bundle, Precision
+from common.bundle import (
+    MIN_ARGMAX_AGREEMENT,
+    OUTPUT_NAMES,
+    PARITY_TOLERANCE,
+    Bundle,
+    Precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +101,103 @@ class OnnxRuntimeEngine:
         """Run one batch."""
         out = self.session.run(list(OUTPUT_NAMES), {"images": images})
         return EngineOutput(*(np.asarray(o, dtype=np.float32) for o in out))
+
+
+_OPENVINO_HINTS: Final = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+
+
+class OpenVinoEngine:
+    """OpenVINO on the CPU, at fp32 or, when it keeps parity, at a lower precision."""
+
+    def __init__(
+        self, path: Path, threads: int = 0, max_batch: int = 32, precision: str = "auto"
+    ) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise EngineError(
+                "engine openvino: the openvino package is not installed (pip install "
+                "'scrapscan[serve,cpu]'), or choose SCRAPSCAN_ENGINE=onnxruntime"
+            ) from None
+        self._core = ov.Core()
+        self._threads = threads
+        self.model = self._core.read_model(str(path))
+        capable = self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        wanted = "bf16" if precision == "auto" else precision
+        if wanted not in _OPENVINO_HINTS or (wanted != "fp32" and wanted.upper() not in capable):
+            log.info("openvino: no %s on this CPU; fp32", wanted)
+            wanted = "fp32"
+        self.compiled = self._compile("fp32")
+        self.precision = "fp32"
+        if wanted != "fp32":
+            self._lower(wanted)
+        self.request = self.compiled.create_infer_request()
+        self.name = f"openvino-cpu-{self.precision}"
+        self.max_batch = max_batch
+        self.path = path
+
+    def _compile(self, precision: str) -> Any:
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": _OPENVINO_HINTS[precision],
+        }
+        if self._threads:
+            config["INFERENCE_NUM_THREADS"] = self._threads
+        return self._core.compile_model(self.model, "CPU", config)
+
+    @staticmethod
+    def _run(request: Any, compiled: Any, images: Array) -> EngineOutput:
+        out = request.infer({"images": images})
+        by_name = {o.get_any_name(): out[o] for o in compiled.outputs}
+        return EngineOutput(*(np.asarray(by_name[n], np.float32) for n in OUTPUT_NAMES))
+
+    def _lower(self, precision: str) -> None:
+        """Serve `precision` if its answers on check inputs keep parity with fp32's."""
+        lower = self._compile(precision)
+        size = self.model.inputs[0].get_partial_shape()[2].get_length()
+        images = parity_check_inputs(size)
+        ref = self._run(self.compiled.create_infer_request(), self.compiled, images)
+        got = self._run(lower.create_infer_request(), lower, images)
+        worst = max(float(np.abs(r - g).max()) for r, g in zip(ref, got, strict=True))
+        agree = float((ref.class_probs.argmax(1) == got.class_probs.argmax(1)).mean())
+        limit = PARITY_TOLERANCE["fp16"]
+        kept = worst <= limit and agree >= MIN_ARGMAX_AGREEMENT
+        log.log(
+            logging.INFO if kept else logging.WARNING,
+            "openvino %s against fp32 on %d check tiles: max abs difference %.2e (limit "
+            "%.0e), argmax agreement %.4f (limit %.3f): serving %s",
+            precision,
+            len(images),
+            worst,
+            limit,
+            agree,
+            MIN_ARGMAX_AGREEMENT,
+            precision if kept else "fp32",
+        )
+        if kept:
+            self.compiled, self.precision = lower, precision
+
+    def infer(self, images: Array) -> EngineOutput:
+        """Run one batch."""
+        return self._run(self.request, self.compiled, images)
+
+
+def parity_check_inputs(size: int, count: int = 4, seed: int = 0) -> Array:
+    """(count, 3, size, size) CLIP-normalised tiles to compare precisions on.
+
+    Half Gaussian noise, half smooth random fields (blobs and edges, more like a
+    photograph's). The same every time.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((count - count // 2, 3, size, size)).astype(np.float32)
+    smooth = [
+        cv2.GaussianBlur(rng.standard_normal((size, size, 3)).astype(np.float32), (0, 0), 8)
+        for _ in range(count // 2)
+    ]
+    fields = np.stack([f.transpose(2, 0, 1) / max(float(f.std()), 1e-6) for f in smooth])
+    return np.ascontiguousarray(np.concatenate([noise, fields]), np.float32)
 
 
 class TorchEngine:
@@ -172,9 +282,14 @@ def open_engine(
     kind: str = "auto",
     device: str = "auto",
     threads: int = 0,
-    precision: Precision = "fp32",
+    precision: str = "auto",
 ) -> Engine:
-    """The engine `kind` (auto | onnxruntime | torch | tensorrt) for `bundle`."""
+    """The engine `kind` (auto | onnxruntime | openvino | torch | tensorrt) for `bundle`.
+
+    `precision`: which ONNX file ONNX Runtime loads (fp16 where the bundle has one, else
+    fp32), and for OpenVINO the precision it runs at if parity holds ("auto": bf16 where
+    the CPU has it).
+    """
     m = bundle.manifest
     if kind in ("auto", "tensorrt") and device != "cpu":
         found = _tensorrt_file(bundle)
@@ -191,7 +306,43 @@ def open_engine(
             raise EngineError(f"{bundle.root}: the bundle has no model.pt2 for the torch engine")
         limit = m.files[torch_file].max_batch or 32
         return TorchEngine(bundle.path(torch_file), device, threads, limit)
-    onnx_file = m.file("onnx", precision) or m.file("onnx", "fp32")
+    file_precision: Precision = "fp16" if precision == "fp16" else "fp32"
+    onnx_file = m.file("onnx", file_precision) or m.file("onnx", "fp32")
+    fp32_file = m.file("onnx", "fp32")
+    if kind == "openvino":
+        if fp32_file is None:
+            raise EngineError(f"{bundle.root}: the bundle has no fp32 ONNX file for OpenVINO")
+        if device == "cuda":
+            raise EngineError("engine openvino runs on the CPU; set SCRAPSCAN_DEVICE=cpu or auto")
+        return OpenVinoEngine(bundle.path(fp32_file), threads, precision=precision)
     if onnx_file is None:
         raise EngineError(f"{bundle.root}: the bundle has no ONNX file")
-    return OnnxRuntimeEngine(bundle.path(onnx_file), device, threads)
+    ort = OnnxRuntimeEngine(bundle.path(onnx_file), device, threads)
+    if kind != "auto" or ort.device != "cpu" or fp32_file is None:
+        return ort
+    try:
+        ov = OpenVinoEngine(bundle.path(fp32_file), threads, precision=precision)
+    except EngineError:  # not installed: ONNX Runtime it is
+        return ort
+    return _faster(ort, ov, size=m.input_size)
+
+
+def _faster(*engines: Engine, size: int, batch: int = 2, runs: int = 2) -> Engine:
+    """The engine that runs a batch of `batch` tiles fastest (best of `runs`, after one)."""
+    images = np.zeros((batch, 3, size, size), np.float32)
+    rates = {}
+    for engine in engines:
+        engine.infer(images)
+        best = float("inf")
+        for _ in range(runs):
+            t = time.perf_counter()
+            engine.infer(images)
+            best = min(best, time.perf_counter() - t)
+        rates[engine.name] = batch / best
+    chosen = max(engines, key=lambda e: rates[e.name])
+    log.info(
+        "engine auto on the CPU: %s; chose %s",
+        ", ".join(f"{name} {rate:.1f} tiles/s" for name, rate in rates.items()),
+        chosen.name,
+    )
+    return chosen

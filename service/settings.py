@@ -153,9 +153,13 @@ class Settings(BaseSettings):
     objects: ObjectStoreSettings | None = None
     """With store redis: the bucket for uploads, masks and overlays (a 4K JPEG is 1 to 3 MB;
     a week of 8 cameras does not fit in Redis memory). None: Redis keeps them."""
-    engine: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
-    precision: Literal["fp32", "fp16"] = "fp32"
-    """Which ONNX file the ONNX Runtime engine loads (fp16 pays on GPUs only)."""
+    engine: Literal["auto", "onnxruntime", "openvino", "tensorrt", "torch"] = "auto"
+    """auto: TensorRT or PyTorch on a GPU; on the CPU the faster of ONNX Runtime and
+    OpenVINO, timed at load."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """Which ONNX file the ONNX Runtime engine loads (fp16 pays on GPUs only; else fp32),
+    and the precision OpenVINO runs at when it keeps parity with fp32 (auto: bf16 where
+    the CPU has it); fp32 for exact fp32 everywhere."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Annotated[int, Field(ge=0)] = 0
     """CPU threads of the engine; 0 lets the runtime choose."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,16 @@ from training.config import RunConfig, load_config
 from training.synth import write_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# OpenVINO imports absl.logging when absl is installed (tensorboard brings it here), and
+# absl's handler closes the stream it was made with when logging shuts its handlers down
+# (uvicorn's logging set-up does), unless that stream is still sys.stderr: under pytest's
+# capture it is the capture's, which then breaks pytest's output. Point it at the real
+# stderr, which it leaves open.
+if importlib.util.find_spec("absl") is not None:
+    import absl.logging
+
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 SMALL = (1280, 720)  # a third of 4K: same scenes, faster tests
 

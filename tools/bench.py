@@ -1,12 +1,14 @@
 """scrapscan-bench: how fast the engine and the service are, measured honestly.
 
-    scrapscan-bench engine [--model paper|tiny|BUNDLE] [--batch 1 4 8 16 32] [--seconds 5]
+    scrapscan-bench engine [--model paper|tiny|BUNDLE [--engine E] [--precision P]]
+                           [--batch 1 4 8 16 32] [--seconds 5]
     scrapscan-bench e2e [--cameras 8] [--seconds 30] [--mode fast|naive] [--bundle DIR]
     scrapscan-bench store --store sqlite|redis --frames N [--redis-url URL]
 
 engine: tiles/s by batch size for one model, PyTorch (bf16 on a GPU, fp32 on a CPU) for
     `paper` (the paper-size model, random weights) and `tiny`, or the bundle's engine as
-    the service opens it. The same run measures the machine's dense matrix-product peak
+    the service opens it (`--engine`, `--precision`: as SCRAPSCAN_ENGINE and
+    SCRAPSCAN_PRECISION). The same run measures the machine's dense matrix-product peak
     (the same dtype) and reports the fraction of it the model reaches, from the model's
     FLOPs per tile counted by torch's FLOP counter.
 e2e: the service on the given bundle started in this process (uvicorn, a temporary data
@@ -161,7 +163,7 @@ def bench_engine(args: argparse.Namespace) -> dict[str, Any]:
         from service.engine import open_engine
 
         bundle = load_bundle(Path(args.model))
-        engine = open_engine(bundle, "auto", "auto", 0, args.precision)
+        engine = open_engine(bundle, args.engine, "auto", 0, args.precision)
         size = bundle.manifest.input_size
         out.update(engine=engine.name, flops_per_tile=None, matmul_peak_tflops=None)
         per_tile, peak = 0, 0.0
@@ -405,7 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8, 16, 32])
     e.add_argument("--seconds", type=float, default=5.0, help="per batch size")
-    e.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="bundle only")
+    e.add_argument(
+        "--engine",
+        choices=("auto", "onnxruntime", "openvino", "torch", "tensorrt"),
+        default="auto",
+        help="bundle only: the service's engine (auto: as the service chooses)",
+    )
+    e.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        default="auto",
+        help="bundle only: as SCRAPSCAN_PRECISION (auto: ONNX Runtime fp32, OpenVINO bf16 "
+        "where it keeps parity)",
+    )
     s = sub.add_parser("e2e", help="N cameras posting 4K frames through HTTP")
     s.add_argument("--cameras", type=int, default=8, help="cameras posting at once (8)")
     s.add_argument("--seconds", type=float, default=30.0, help="how long they post (30)")

@@ -1,6 +1,9 @@
 import asyncio
 import json
+import logging
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,14 @@ from common.bundle import BundleError, load_bundle
 from common.imaging import CLIP_MEAN, CLIP_STD
 from common.inputs import make_tiles
 from common.tiling import Box
-from service.engine import EngineError, OnnxRuntimeEngine, TorchEngine, open_engine
+from service import engine as engine_module
+from service.engine import (
+    EngineError,
+    OnnxRuntimeEngine,
+    OpenVinoEngine,
+    TorchEngine,
+    open_engine,
+)
 from service.runner import open_pipeline
 from service.settings import Settings
 
@@ -28,9 +38,63 @@ def images():
 
 
 @pytest.mark.no_gpu
-def test_auto_on_a_cpu_machine_is_onnxruntime(bundle):
+def test_auto_on_a_cpu_machine_serves_the_faster_of_onnxruntime_and_openvino(bundle, caplog):
+    caplog.set_level(logging.INFO, "service.engine")
     engine = open_engine(bundle)  # CI has no GPU: this is what a CPU yard box gets
-    assert isinstance(engine, OnnxRuntimeEngine) and engine.name == "onnxruntime-cpu"
+    said = [r.getMessage() for r in caplog.records if "engine auto on the CPU" in r.message]
+    assert len(said) == 1, caplog.text
+    rates = {
+        name: float(rate)
+        for name, rate in re.findall(r"(\S+) ([0-9.]+) tiles/s", said[0].split(";")[0])
+    }
+    assert len(rates) == 2 and "onnxruntime-cpu" in rates
+    assert any(name.startswith("openvino-cpu-") for name in rates)
+    assert said[0].endswith(f"chose {engine.name}") and rates[engine.name] == max(rates.values())
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setitem(sys.modules, "openvino", None)  # not installed: import fails
+    try:
+        assert open_engine(bundle).name == "onnxruntime-cpu"
+        with pytest.raises(EngineError, match="openvino package is not installed"):
+            open_engine(bundle, "openvino")
+    finally:
+        monkeypatch.undo()
+
+
+def test_openvino_at_fp32_answers_as_onnxruntime(bundle, images):
+    engine = open_engine(bundle, "openvino", precision="fp32")
+    assert isinstance(engine, OpenVinoEngine) and engine.name == "openvino-cpu-fp32"
+    got, want = engine.infer(images), open_engine(bundle, "onnxruntime").infer(images)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == np.float32 and g.shape == w.shape
+        np.testing.assert_allclose(g, w, atol=1e-4)
+    with pytest.raises(EngineError, match="runs on the CPU"):
+        open_engine(bundle, "openvino", device="cuda")
+
+
+def test_openvino_runs_below_fp32_only_within_the_fp16_parity_bound(
+    bundle, images, caplog, monkeypatch
+):
+    import openvino
+
+    bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    caplog.set_level(logging.INFO, "service.engine")
+    engine = open_engine(bundle, "openvino")  # precision auto: bf16 where the CPU has it
+    if not bf16:
+        assert engine.precision == "fp32" and "no bf16 on this CPU" in caplog.text
+        pytest.skip("this CPU has no bf16: the parity check did not run")
+    found = re.search(r"max abs difference (\S+) .* serving (\w+)", caplog.text)
+    assert found is not None, caplog.text
+    assert engine.precision == found[2] == ("bf16" if float(found[1]) <= 1e-2 else "fp32")
+    fp32 = open_engine(bundle, "openvino", precision="fp32").infer(images)
+    assert np.abs(engine.infer(images).anomaly - fp32.anomaly).max() <= 5e-2
+
+    caplog.clear()
+    monkeypatch.setitem(engine_module.PARITY_TOLERANCE, "fp16", 0.0)  # nothing can keep it
+    strict = open_engine(bundle, "openvino", precision="bf16")
+    assert strict.precision == "fp32" and strict.name == "openvino-cpu-fp32"
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "serving fp32" in warned[0].getMessage()
 
 
 def test_onnxruntime_and_torch_engines_agree(bundle, images):
