@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -44,6 +45,7 @@ from common.classes import CLASS_NAMES
 from common.cli import command
 from common.imaging import CLIP_MEAN, CLIP_STD, normalize
 from common.jsonfile import JSONFileError, read_json
+from common.repository import Repository, RepositoryError
 from model_export.graph import INPUT_NAMES, OUTPUT_NAMES, InferenceGraph
 from model_export.onnx_export import convert_fp16, export_onnx, simplify
 from model_export.parity import (
@@ -405,7 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
     p = command("scrapscan-export", __doc__)
     p.add_argument("--checkpoint", type=Path, required=True, metavar="FILE")
-    p.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, metavar="BUNDLE_DIR", help="the bundle folder to write")
+    where.add_argument(
+        "--repository",
+        type=Path,
+        metavar="REPO_DIR",
+        help="add the bundle to this model repository as REPO_DIR/<name>/<version> (an "
+        "existing version is never replaced); it becomes the active version when the "
+        "repository has none yet (scrapscan-serve --repository serves the active one)",
+    )
     p.add_argument(
         "--report",
         type=Path,
@@ -489,28 +500,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--max-batch must be >= 1, --min-area >= 0, --max-bed-fraction in (0, 1]")
     if args.precision != "fp16" and (not args.tensorrt or args.calibration is None):
         parser.error(f"--precision {args.precision} needs --tensorrt and --calibration DIR")
+    if args.repository is not None:
+        return _export_to_repository(args, parser)
     if args.out.exists() and not args.overwrite:
         print(
             f"scrapscan-export: {args.out} exists; pass --overwrite to replace it", file=sys.stderr
         )
         return 2
-    options = ExportOptions(
-        name=args.name,
-        version=args.version,
-        report=args.report,
-        fp16=not args.no_fp16,
-        torch_export=not args.no_torch_export,
-        simplify=not args.no_simplify,
-        max_batch=args.max_batch,
-        tensorrt=args.tensorrt,
-        precision=args.precision,
-        calibration=args.calibration,
-        thresholds=args.thresholds,
-        min_area_px=args.min_area,
-        max_bed_fraction=args.max_bed_fraction,
-        bed_model=args.bed_model,
-        bed_from=args.bed_from,
-    )
+    options = _options(args)
     staged = args.out.with_name(f".{args.out.name}.old") if args.out.exists() else None
     if staged is not None and args.bed_from and args.bed_from.resolve() == args.out.resolve():
         options = replace(options, bed_from=staged)  # the bundle being replaced: read it there
@@ -529,8 +526,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     if staged is not None:
         shutil.rmtree(staged)
+    _said(manifest, args.out)
+    return 0
+
+
+def _said(manifest: Manifest, where: Path) -> None:
     sizes = ", ".join(f"{n} {f.bytes / 1e6:.1f} MB" for n, f in manifest.files.items())
-    print(f"bundle {manifest.model.name} {manifest.model.version} at {args.out}: {sizes}")
+    print(f"bundle {manifest.model.name} {manifest.model.version} at {where}: {sizes}")
+
+
+def _options(args: argparse.Namespace) -> ExportOptions:
+    return ExportOptions(
+        name=args.name,
+        version=args.version,
+        report=args.report,
+        fp16=not args.no_fp16,
+        torch_export=not args.no_torch_export,
+        simplify=not args.no_simplify,
+        max_batch=args.max_batch,
+        tensorrt=args.tensorrt,
+        precision=args.precision,
+        calibration=args.calibration,
+        thresholds=args.thresholds,
+        min_area_px=args.min_area,
+        max_bed_fraction=args.max_bed_fraction,
+        bed_model=args.bed_model,
+        bed_from=args.bed_from,
+    )
+
+
+def _export_to_repository(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Export into REPO/.incoming-<pid>, then move it to REPO/<name>/<version>."""
+    if args.overwrite:
+        parser.error("--overwrite: a repository's versions are never replaced; export a new one")
+    repo = Repository(args.repository)
+    try:
+        repo.check()
+        if args.name is not None or args.version is not None:  # refused before the work
+            repo.folder(args.name or "x", args.version or "x")
+    except RepositoryError as err:
+        print(f"scrapscan-export: {err}", file=sys.stderr)
+        return 2
+    incoming = args.repository / f".incoming-{os.getpid()}"
+    try:
+        manifest = export_bundle(args.checkpoint, incoming, _options(args))
+        target = repo.folder(manifest.model.name, manifest.model.version)
+        if target.exists():
+            raise RepositoryError(
+                f"{target} exists: model {manifest.model.name} version "
+                f"{manifest.model.version} is in the repository already; give another --version"
+            )
+        target.parent.mkdir(exist_ok=True)
+        incoming.rename(target)
+        if repo.active() is None:
+            repo.activate(manifest.model.name, manifest.model.version, "scrapscan-export")
+    except (CheckpointError, ExportError, ParityError, TensorRTError, RepositoryError) as err:
+        print(f"scrapscan-export: {err}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+    _said(manifest, target)
+    active = repo.active()
+    assert active is not None
+    print(f"active version: {active.name} {active.version}")
     return 0
 
 

@@ -6,7 +6,7 @@ processes (--processes) behind one port. POST crane frames to /v1/frames; the AP
 documentation is at /docs.
 
 Settings come from SCRAPSCAN_* environment variables and the file named by
-SCRAPSCAN_SETTINGS_FILE; --bundle and --data-dir override them. Without
+SCRAPSCAN_SETTINGS_FILE; --bundle, --repository and --data-dir override them. Without
 SCRAPSCAN_API_KEYS_FILE it serves only on a loopback address.
 """
 
@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The command's arguments (everything else comes from SCRAPSCAN_* settings)."""
     p = command("scrapscan-serve", __doc__)
     p.add_argument("--bundle", type=Path, help="model bundle folder (default: models/demo)")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        metavar="DIR",
+        help="model repository (scrapscan-export --repository): serve its active version; "
+        "admins change it with POST /v1/models/active and /v1/models/rollback",
+    )
     p.add_argument("--data-dir", type=Path, help="where uploads and results are kept (data)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -69,14 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.local import GRACE_S
     from service.logs import configure_logging
     from service.objects import ObjectStore, ObjectStoreError
+    from service.runner import bundle_path
     from service.settings import Settings
 
-    overrides = {k: v for k, v in (("bundle", args.bundle), ("data_dir", args.data_dir)) if v}
+    given = (("bundle", args.bundle), ("data_dir", args.data_dir), ("repository", args.repository))
+    overrides = {k: v for k, v in given if v}
     try:
         settings = Settings(**overrides)
+        # fail here, with the file named, not in the server
+        path = bundle_path(settings)
         if settings.store == "sqlite":  # with store redis the workers load the model
-            # fail here, with the file named, not in the server
-            load_bundle(settings.bundle, serving=True)
+            load_bundle(path, serving=True)
         KeyRing(settings.api_keys_file)
         if settings.api_keys_file is None and args.host not in LOOPBACK:
             raise ValueError(

@@ -159,6 +159,10 @@ class Metrics:
             "The model being served (always 1)",
             ("name", "version", "engine"),
         )
+        self.model_swap_failures = self._counter(
+            "scrapscan_model_swap_failures",
+            "Repository versions this process could not load or warm (the old one served on)",
+        )
         self.claimed = self._counter(
             "scrapscan_worker_claimed_frames",
             "Frames taken over from a worker that stopped answering",

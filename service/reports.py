@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.classes import ANOMALY_CLASSES
-from service.result import Verdict, gravest
+from service.result import ModelRef, Verdict, gravest
 from service.store import FrameRecord
 
 EVIDENCE_FRAMES = 5
@@ -62,6 +62,11 @@ class TruckSummary(BaseModel):
     first_seen: str | None
     last_seen: str | None
     classes: dict[str, ClassFigures]
+    models: list[ModelRef] = Field(
+        default_factory=list,
+        description="the models that made its frames, first used first: more than one when "
+        "the model served changed while the truck was seen (its verdicts may differ by model)",
+    )
 
 
 class TruckReport(TruckSummary):
@@ -123,6 +128,8 @@ def count_end(report: TruckReport, frame: FrameRecord) -> None:
         return
     result = frame.result
     report.frames += 1
+    if result.model is not None and result.model not in report.models:
+        report.models.append(result.model)
     report.verdict = gravest((report.verdict, result.verdict))
     for c, agg in report.classes.items():
         mine = [i for i in result.instances if i.class_name == c]

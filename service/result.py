@@ -91,10 +91,12 @@ class Summary(_Model):
     verdict: Verdict
     scores: dict[str, float] = Field(description="the frame's highest score per anomaly class")
     instances: Sequence[InstanceSummary]
+    model: ModelRef | None = Field(None, description="the model that made it")
 
     def summary(self) -> Summary:
         """What is kept for truck reports once the full result has expired."""
         return Summary(
+            model=self.model,
             verdict=self.verdict,
             scores=self.scores,
             instances=[

@@ -23,11 +23,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
 
 from common.bundle import BundleError, load_bundle
+from common.repository import Repository, RepositoryError
 from service.batcher import Batcher, BatchRecord
 from service.engine import open_engine
 from service.errors import BadImage
@@ -39,16 +42,39 @@ from service.store import FrameRecord, Store
 
 log = logging.getLogger("scrapscan.runner")
 
+MODEL_POLL_S = 2.0
+"""How often a runner serving from a repository looks at its active version."""
+
+
+def bundle_path(s: Settings) -> Path:
+    """The bundle to serve: the repository's active version, else settings.bundle.
+
+    RepositoryError when the repository cannot say (no folder, no active version).
+    """
+    if s.repository is None:
+        return s.bundle
+    repo = Repository(s.repository)
+    repo.check()
+    active = repo.active()
+    if active is None:
+        raise RepositoryError(
+            f"{s.repository}: no active version; activate one (POST /v1/models/active) or "
+            "export with scrapscan-export --repository, which activates the first"
+        )
+    return repo.path(active.name, active.version)
+
 
 async def open_pipeline(
-    s: Settings, on_batch: Callable[[BatchRecord], None] | None = None
+    s: Settings, on_batch: Callable[[BatchRecord], None] | None = None, path: Path | None = None
 ) -> Pipeline:
-    """The pipeline the settings describe: bundle, engine (warmed), batcher (started), bed model.
+    """The pipeline of a bundle: bundle, engine (warmed), batcher (started), bed model.
 
-    The bundle's bed model is loaded when a camera's bed is "learned", or "auto" and the
-    bundle has one. The caller stops `pipeline.batcher` when done.
+    The bundle at `path`, by default `bundle_path(s)`. Its bed model is loaded when a
+    camera's bed is "learned", or "auto" and the bundle has one. The caller stops
+    `pipeline.batcher` when done.
     """
-    bundle = await asyncio.to_thread(load_bundle, s.bundle, True, True)
+    path = bundle_path(s) if path is None else path
+    bundle = await asyncio.to_thread(load_bundle, path, True, True)
     engine = await asyncio.to_thread(
         open_engine, bundle, s.engine, s.device, s.threads, s.precision
     )
@@ -105,6 +131,9 @@ class FrameRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._slot = asyncio.Event()
+        self._using: dict[asyncio.Task[Any], Pipeline] = {}
+        """The pipeline each frame under way runs on (a swap waits for the old one's)."""
+        self._swap = asyncio.Lock()
 
     async def start(self) -> None:
         """Load the bundle and the engine (warmed), then take frames in the background."""
@@ -113,20 +142,15 @@ class FrameRunner:
         except Exception as err:
             self.failure = f"loading the engine failed: {type(err).__name__}: {err}"
             raise
-        m = self.pipeline.bundle.manifest.model
-        engine = self.pipeline.batcher.engine.name
-        self.metrics.model.labels(m.name, m.version, engine).set(1)
-        calibration = self.pipeline.bundle.manifest.postprocess.calibration
-        for name, quantiles in calibration.get("frame_score_quantiles", {}).items():
-            for q, value in quantiles.items():  # "0.5" -> percentile "50"
-                self.metrics.reference.labels(name, f"{float(q) * 100:g}").set(value)
+        self._serving(self.pipeline)
         self.metrics.watch(LiveCollector("gpu_memory", gpu_memory))
         self.ready = True
-        log.info("engine ready: bundle %s, engine %s", self.pipeline.bundle, engine)
         self._loops = [
             asyncio.create_task(self._take(), name="take"),
             asyncio.create_task(self._renew(), name="renew"),
         ]
+        if self.settings.repository is not None:
+            self._loops.append(asyncio.create_task(self._follow(), name="follow-model"))
 
     async def stop(self, grace_s: float = 30) -> None:
         """Stop taking frames, let those in hand finish (up to grace_s), stop the engine.
@@ -145,6 +169,71 @@ class FrameRunner:
             await asyncio.gather(*late, return_exceptions=True)
         if self.pipeline is not None:
             await self.pipeline.batcher.stop()
+
+    async def swap(self, path: Path) -> Pipeline:
+        """Serve the bundle at `path` from the next frame on, without losing one.
+
+        The new engine is loaded and warmed beside the old one; frames that start from
+        then on run on it, frames under way finish on the old one, which is then stopped.
+        A bundle that fails to load or warm raises, and the old one goes on serving.
+        """
+        async with self._swap:
+            new = await open_pipeline(self.settings, self._batch_done, path)
+            old, self.pipeline = self.pipeline, new
+            self._serving(new, old)
+            busy = [task for task, p in self._using.items() if p is old]
+            if busy:
+                await asyncio.wait(busy)
+            if old is not None:
+                await old.batcher.stop()
+            return new
+
+    async def _follow(self) -> None:
+        """Serve the repository's active version: look every MODEL_POLL_S, swap on a change.
+
+        How a scrapscan-worker learns of an activation through the API (the repository
+        folder is shared; embedded, the API swaps at once and this finds nothing to do).
+        A version that fails to load is not tried again until the pointer moves.
+        """
+        assert self.settings.repository is not None
+        repo = Repository(self.settings.repository)
+        failed: Path | None = None
+        while True:
+            await asyncio.sleep(MODEL_POLL_S)
+            try:
+                path = await asyncio.to_thread(bundle_path, self.settings)
+            except (RepositoryError, OSError) as err:
+                log.warning("model repository %s: %s", repo.root, err)
+                continue
+            assert self.pipeline is not None
+            if path.resolve() in (self.pipeline.bundle.root.resolve(), failed):
+                continue
+            try:
+                await self.swap(path)
+                failed = None
+            except Exception as err:  # the old one serves on
+                failed = path.resolve()
+                self.metrics.model_swap_failures.inc()
+                log.error("model %s not served: %s: %s", path, type(err).__name__, err)
+
+    def _serving(self, new: Pipeline, old: Pipeline | None = None) -> None:
+        """Metrics and log: `new` serves (in place of `old`)."""
+        if old is not None:
+            was = old.bundle.manifest.model
+            self.metrics.model.remove(was.name, was.version, old.batcher.engine.name)
+        m, engine = new.bundle.manifest, new.batcher.engine.name
+        self.metrics.model.labels(m.model.name, m.model.version, engine).set(1)
+        for name, quantiles in m.postprocess.calibration.get("frame_score_quantiles", {}).items():
+            for q, value in quantiles.items():  # "0.5" -> percentile "50"
+                self.metrics.reference.labels(name, f"{float(q) * 100:g}").set(value)
+        log.info("serving bundle %s on engine %s", new.bundle, engine)
+
+    def serving(self) -> dict[str, str] | None:
+        """The model served now: name and version (None before it is loaded)."""
+        if self.pipeline is None:
+            return None
+        m = self.pipeline.bundle.manifest.model
+        return {"name": m.name, "version": m.version}
 
     def stuck(self) -> list[str]:
         """Deliveries held longer than queue.max_frame_s."""
@@ -230,6 +319,15 @@ class FrameRunner:
         Store errors propagate; pipeline errors other than a bad image raise FrameFailed.
         """
         assert self.pipeline is not None, "start() first"
+        task = asyncio.current_task()
+        assert task is not None
+        self._using[task] = pipeline = self.pipeline
+        try:
+            await self._run(record, pipeline)
+        finally:
+            self._using.pop(task, None)
+
+    async def _run(self, record: FrameRecord, pipeline: Pipeline) -> None:
         store, frame_id = self.store, record.frame_id
         await asyncio.to_thread(store.set_processing, frame_id)
         self.metrics.stage_seconds.labels("queue_wait").observe(
@@ -240,7 +338,7 @@ class FrameRunner:
         except KeyError:
             raise FrameFailed("internal_error: the stored upload is missing") from None
         try:
-            processed = await self.pipeline.process(data, record.camera_id)
+            processed = await pipeline.process(data, record.camera_id)
         except BadImage as err:  # the bytes passed the header check but not decoding
             if await asyncio.to_thread(store.fail, frame_id, f"{err.code}: {err.message}"):
                 self._count_failed(record.camera_id)

@@ -12,10 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 
 import redis
 
-from service.errors import InvalidInput, NotFound, Unavailable
+from common.bundle import BundleError, load_bundle
+from common.repository import Pointer, Repository, RepositoryError
+from service.errors import Conflict, InvalidInput, NotFound, Unavailable
 from service.metrics import LiveCollector, Metrics, queue_gauges
 from service.queue import LocalQueue, group_info
 from service.runner import FrameRunner
@@ -96,6 +99,59 @@ class Service:
             self.done[frame_id] = asyncio.Event()
         if self.runner is not None:
             self.queue.put(frame_id)
+
+    # --- the model repository ----------------------------------------------------------
+
+    def repository(self) -> Repository:
+        """The repository the service serves from; NotFound when it serves a lone bundle."""
+        if self.settings.repository is None:
+            raise NotFound(
+                "no_repository",
+                "this service serves one bundle (SCRAPSCAN_BUNDLE); start it with "
+                "--repository DIR to change models while it runs",
+            )
+        return Repository(self.settings.repository)
+
+    async def activate(self, name: str, version: str, by: str) -> Pointer:
+        """Serve this version: hot-swapped here (embedded), or announced to the workers.
+
+        NotFound for a version the repository does not hold; Conflict (bundle_refused)
+        with the reason when it cannot be served, and the version served stays.
+        """
+        repo = self.repository()
+        try:
+            path = await asyncio.to_thread(repo.path, name, version)
+        except RepositoryError as err:
+            raise NotFound("model_version_not_found", str(err)) from None
+        await self._switch(path)
+        return await asyncio.to_thread(repo.activate, name, version, by)
+
+    async def rollback(self, by: str) -> Pointer:
+        """Serve again the version served before the current one."""
+        repo = self.repository()
+        history = (await asyncio.to_thread(repo.state))["history"]
+        if len(history) < 2:
+            raise Conflict("nothing_to_roll_back", "no version was served before this one")
+        previous = history[-2]
+        try:
+            path = await asyncio.to_thread(repo.path, previous["name"], previous["version"])
+        except RepositoryError as err:
+            raise Conflict("bundle_refused", str(err)) from None
+        await self._switch(path)
+        return await asyncio.to_thread(repo.rollback, by)
+
+    async def _switch(self, path: Path) -> None:
+        if self.runner is None:  # the workers load it; here, check what can be checked
+            try:
+                await asyncio.to_thread(load_bundle, path, True, True)
+            except BundleError as err:
+                raise Conflict("bundle_refused", str(err)) from None
+            return
+        try:
+            await self.runner.swap(path)
+        except Exception as err:  # not loaded or not warmed: the old one serves on
+            log.warning("model %s refused: %s: %s", path, type(err).__name__, err)
+            raise Conflict("bundle_refused", f"{type(err).__name__}: {err}") from None
 
     async def record(self, frame_id: str) -> FrameRecord:
         """The stored frame; NotFound when there is none."""

@@ -135,7 +135,10 @@ class Settings(BaseSettings):
     )
 
     bundle: Path = REPO_ROOT / "models" / "demo"
-    """The model bundle folder."""
+    """The model bundle folder (when no repository is given)."""
+    repository: Path | None = None
+    """A model repository (common/repository.py): its active version is served, and
+    POST /v1/models/active and /v1/models/rollback change it while frames go on."""
     data_dir: Path = Path("data")
     """Uploads, masks, overlays and the SQLite store."""
     store: Literal["sqlite", "redis"] = "sqlite"

@@ -48,7 +48,7 @@ from service.logs import RequestId, configure_logging
 from service.metrics import HTTPMetrics, LiveCollector, Metrics, queue_gauges
 from service.queue import RedisQueue, group_info
 from service.routes.errors import error_response
-from service.runner import FrameRunner
+from service.runner import FrameRunner, bundle_path
 from service.settings import Settings
 from service.store_redis import RedisStore
 
@@ -81,6 +81,10 @@ class StreamWorker:
     def failure(self) -> str | None:
         """Why loading the engine failed, if it did."""
         return self.runner.failure
+
+    def serving(self) -> dict[str, str] | None:
+        """The model served now: name and version (None before it is loaded)."""
+        return self.runner.serving()
 
     def stuck(self) -> list[str]:
         """Entries this worker has held longer than queue.max_frame_s."""
@@ -150,13 +154,13 @@ def create_worker_app(settings: Settings, name: str) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        """The engine is loaded and warmed: 503 not_ready while it loads."""
+        """The engine is loaded and warmed (and which model it serves): 503 while it loads."""
         worker = worker_of(app)
         if not worker.ready:
             return error_response(
                 Unavailable("not_ready", worker.failure or "the model is loading")
             )
-        return JSONResponse({"status": "ready", "consumer": name})
+        return JSONResponse({"status": "ready", "consumer": name, "model": worker.serving()})
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -179,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("scrapscan-worker", __doc__)
     p.add_argument("--bundle", type=Path, help="model bundle folder (default: models/demo)")
     p.add_argument(
+        "--repository",
+        type=Path,
+        metavar="DIR",
+        help="model repository shared with the API: serve its active version and follow it "
+        "when an admin changes it",
+    )
+    p.add_argument(
         "--name",
         default=f"{socket.gethostname()}-{os.getpid()}",
         help="consumer name in the group, unique per worker (default: host-pid)",
@@ -198,13 +209,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.objects import ObjectStore, ObjectStoreError
 
     try:
-        settings = Settings(**({"bundle": args.bundle} if args.bundle else {}))
+        given = {"bundle": args.bundle, "repository": args.repository}
+        settings = Settings(**{k: v for k, v in given.items() if v})
         if settings.store != "redis":
             raise ValueError(
                 "a worker reads the Redis stream: set SCRAPSCAN_STORE=redis and "
                 "SCRAPSCAN_REDIS_URL (embedded mode needs no worker: scrapscan-serve has one)"
             )
-        load_bundle(settings.bundle, serving=True)
+        load_bundle(bundle_path(settings), serving=True)
         if settings.objects is not None:
             ObjectStore.of(settings.objects).check()
     except (ValidationError, BundleError, ValueError, OSError, ObjectStoreError) as err:

@@ -35,10 +35,16 @@ STATUS: dict[type[ServiceError], tuple[int, str]] = {
     InvalidInput: (400, "bad request: a missing or invalid field, query or header, not an image"),
     NotAuthenticated: (401, "unauthorized: no API key, or a key this service does not know"),
     NotAllowed: (403, "forbidden: the key's role may not use this route"),
-    NotFound: (404, "no such frame or truck, or its result is not ready"),
+    NotFound: (
+        404,
+        "no such frame or truck, or its result is not ready; no such model version, or no "
+        "model repository",
+    ),
     Conflict: (
         409,
-        "Idempotency-Key reused with other bytes; feedback on a frame not done or past retention",
+        "Idempotency-Key reused with other bytes; feedback on a frame not done or past "
+        "retention; a model version that cannot be served (bundle_refused), no earlier one "
+        "to roll back to",
     ),
     TooLarge: (413, "upload or image too large"),
     UnsupportedMedia: (415, "not multipart/form-data"),

@@ -84,14 +84,17 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses=responses(Unavailable))
-async def readyz(svc: ServiceDep) -> dict[str, str]:
+async def readyz(svc: ServiceDep) -> dict[str, Any]:
     """Ready for frames.
 
-    Embedded: the bundle is loaded and the engine warmed with one batch. With store
-    redis: Redis answers (each scrapscan-worker has its own /readyz).
+    Embedded: the bundle is loaded and the engine warmed with one batch; `model` is the
+    one served. With store redis: Redis answers (each scrapscan-worker has its own
+    /readyz, which names the model it serves).
     """
     await svc.ready()
-    return {"status": "ready"}
+    if svc.runner is None:
+        return {"status": "ready"}
+    return {"status": "ready", "model": svc.runner.serving()}
 
 
 @router.get("/metrics", response_class=Response)

@@ -408,3 +408,32 @@ def test_the_bed_cropper_of_another_bundle_is_reused_as_it_is(checkpoint, tmp_pa
     main([*args[:2], "--out", str(plain), "--no-fp16", "--no-torch-export"])
     assert main([*args[:2], "--out", str(other), "--bed-from", str(plain)]) == 1
     assert "the bundle has no bed model" in capsys.readouterr().err and not other.exists()
+
+
+def test_export_adds_versions_to_a_repository_and_never_replaces_one(checkpoint, tmp_path, capsys):
+    from common.repository import Repository
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    quick = ["--checkpoint", str(checkpoint), "--no-fp16", "--no-torch-export", "--no-simplify"]
+    for version in ("1", "2"):
+        argv = [*quick, "--repository", str(repo), "--name", "yard", "--version", version]
+        assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert f"at {repo / 'yard' / '2'}" in said and said.rstrip().endswith("active version: yard 1")
+    r = Repository(repo)
+    assert [(v.name, v.version) for v in r.versions()] == [("yard", "1"), ("yard", "2")]
+    active = r.active()
+    assert active is not None and (active.version, active.by) == ("1", "scrapscan-export")
+    load_bundle(repo / "yard" / "2")
+
+    before = sorted(p.name for p in repo.iterdir())
+    assert main([*quick, "--repository", str(repo), "--name", "yard", "--version", "2"]) == 1
+    assert "yard version 2 is in the repository already" in capsys.readouterr().err
+    assert main([*quick, "--repository", str(repo), "--name", "yard", "--version", "../x"]) == 2
+    assert "model version '../x'" in capsys.readouterr().err
+    assert main([*quick, "--repository", str(tmp_path / "none")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert sorted(p.name for p in repo.iterdir()) == before  # no leftover incoming folder
+    with pytest.raises(SystemExit):
+        main([*quick, "--repository", str(repo), "--out", str(tmp_path / "b")])

@@ -153,16 +153,18 @@ def loose_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def loose_server(tmp_path_factory: pytest.TempPathFactory, loose_bundle: Path) -> Iterator[Server]:
-    """An embedded service on `loose_bundle`, without keys."""
-    srv = Server(
-        tmp_path_factory.mktemp("loose-service") / "data",
-        {"SCRAPSCAN_BUNDLE": str(loose_bundle), "SCRAPSCAN_THREADS": "2"},
-    )
+def running(srv: Server) -> Iterator[Server]:
+    """A fixture's body: the server started, yielded, stopped."""
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def loose_server(tmp_path_factory: pytest.TempPathFactory, loose_bundle: Path) -> Iterator[Server]:
+    """An embedded service on `loose_bundle`, without keys."""
+    env = {"SCRAPSCAN_BUNDLE": str(loose_bundle), "SCRAPSCAN_THREADS": "2"}
+    yield from running(Server(tmp_path_factory.mktemp("loose-service") / "data", env))
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,9 @@ OPERATIONS = [
     ("GET", "/v1/config"),
     ("GET", "/v1/status"),
     ("GET", "/v1/feedback/export"),
+    ("GET", "/v1/models"),  # 404 no_repository on this service, as documented
+    ("POST", "/v1/models/active"),
+    ("POST", "/v1/models/rollback"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),

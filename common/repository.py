@@ -1,0 +1,176 @@
+"""The model repository: bundles by name and version, and which one is served.
+
+    REPO/<name>/<version>/manifest.json ...   a bundle (scrapscan-export --repository)
+    REPO/active.json                          the version served, and how it came to be
+
+active.json holds `history`, the activations in force oldest first (the last one is
+served; a rollback takes the last one off) and `log`, every activation and rollback with
+who asked and when (the audit trail, newest last). It is replaced atomically, so a reader
+never sees half of it. A version folder is never changed once written: a new model is a
+new version.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from common.bundle import MANIFEST, BundleError, read_manifest
+
+ACTIVE: Final = "active.json"
+NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""A model's name or version: a folder name, nothing that climbs out of the repository."""
+LOG_LIMIT: Final = 200
+"""Entries of the audit log kept in active.json (the oldest go first)."""
+
+
+class RepositoryError(ValueError):
+    """The repository cannot do what was asked; the message says why."""
+
+
+class UnknownVersion(RepositoryError):
+    """No such name and version in the repository."""
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One bundle of the repository."""
+
+    name: str
+    version: str
+    path: Path
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pointer:
+    """The version served: which, since when (epoch seconds), on whose word."""
+
+    name: str
+    version: str
+    at: float
+    by: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """For active.json and the API."""
+        return {"name": self.name, "version": self.version, "at": self.at, "by": self.by}
+
+
+class Repository:
+    """A model repository folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def check(self) -> None:
+        """RepositoryError unless the folder exists and active.json, if any, reads."""
+        if not self.root.is_dir():
+            raise RepositoryError(f"{self.root}: no such folder (a model repository)")
+        self._state()
+
+    def folder(self, name: str, version: str) -> Path:
+        """Where a version's bundle lives (it may not exist yet)."""
+        for what, value in (("name", name), ("version", version)):
+            if not NAME.match(value):
+                raise RepositoryError(
+                    f"model {what} {value!r}: 1 to 64 letters, digits, '.', '_' or '-', "
+                    "not starting with '.', '_' or '-'"
+                )
+        return self.root / name / version
+
+    def path(self, name: str, version: str) -> Path:
+        """The bundle folder of a version; UnknownVersion when it has none."""
+        folder = self.folder(name, version)
+        if not (folder / MANIFEST).is_file():
+            raise UnknownVersion(f"{self.root}: no model {name} version {version}")
+        return folder
+
+    def versions(self) -> list[Version]:
+        """Every bundle in the repository, oldest first (a folder that is none is skipped)."""
+        found = []
+        for manifest in sorted(self.root.glob(f"*/*/{MANIFEST}")):
+            folder = manifest.parent
+            try:
+                m = read_manifest(folder)
+            except BundleError:
+                continue
+            found.append(
+                Version(folder.parent.name, folder.name, folder, m.model.created_at.isoformat())
+            )
+        return sorted(found, key=lambda v: (v.created_at, v.name, v.version))
+
+    def active(self) -> Pointer | None:
+        """The version served, or None before the first activation."""
+        history = self._state()["history"]
+        return _pointer(history[-1]) if history else None
+
+    def state(self) -> dict[str, Any]:
+        """active.json as it stands (history and log), empty lists before any activation."""
+        return self._state()
+
+    def activate(self, name: str, version: str, by: str) -> Pointer:
+        """Serve this version from now on (the one served before stays a rollback away)."""
+        self.path(name, version)
+        with self._locked():
+            state = self._state()
+            now = Pointer(name, version, time.time(), by)
+            state["history"].append(now.as_dict())
+            self._write(state, {"action": "activate", **now.as_dict()})
+        return now
+
+    def rollback(self, by: str) -> Pointer:
+        """Serve again the version that was served before the current one."""
+        with self._locked():
+            state = self._state()
+            if len(state["history"]) < 2:
+                raise RepositoryError(f"{self.root}: no earlier version to roll back to")
+            state["history"].pop()
+            back = _pointer(state["history"][-1])
+            self.path(back.name, back.version)  # still there
+            event = {"action": "rollback", **back.as_dict(), "at": time.time(), "by": by}
+            self._write(state, event)
+        return back
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One change at a time, across processes sharing the folder."""
+        with (self.root / ".lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _state(self) -> dict[str, Any]:
+        path = self.root / ACTIVE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {"history": [], "log": []}
+        except (OSError, ValueError) as err:
+            raise RepositoryError(f"{path}: not readable JSON ({err})") from None
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("history"), list)
+            or not isinstance(data.get("log"), list)
+        ):
+            raise RepositoryError(f"{path}: needs the lists history and log")
+        return data
+
+    def _write(self, state: dict[str, Any], event: dict[str, Any]) -> None:
+        state["log"] = [*state["log"], event][-LOG_LIMIT:]
+        tmp = self.root / f".{ACTIVE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.root / ACTIVE)
+
+
+def _pointer(entry: dict[str, Any]) -> Pointer:
+    return Pointer(str(entry["name"]), str(entry["version"]), float(entry["at"]), str(entry["by"]))
