@@ -26,7 +26,7 @@ from service import __version__
 from service.auth import KeyRing
 from service.logs import RequestId
 from service.metrics import HTTPMetrics
-from service.routes import errors, feedback, frames, models, ops, pages, results, trucks
+from service.routes import errors, feedback, frames, live, models, ops, pages, results, trucks
 from service.routes.deps import BodyLimit
 from service.runtime import Service
 from service.settings import Settings
@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # pages.install serves the docs from the package, not a CDN
         redoc_url=None,
     )
-    for module in (frames, feedback, results, trucks, ops, models):
+    for module in (frames, feedback, results, trucks, ops, models, live):
         app.include_router(module.router)
     pages.install(app)
     errors.install(app, s.queue.retry_after_s)

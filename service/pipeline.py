@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cv2
@@ -20,6 +21,7 @@ from common.overlay import CLASS_COLORS_BGR, draw_overlay
 from service.batcher import Batcher
 from service.decode import decode
 from service.heatmap import MAPS, encode_maps
+from service.live import LiveSettings, SettingsChange
 from service.result import (
     BedUsed,
     FrameResult,
@@ -29,7 +31,7 @@ from service.result import (
     Verdict,
     frame_verdict,
 )
-from service.settings import Settings
+from service.settings import CameraBed, Settings
 from service.stages import (
     Bed,
     BedFinder,
@@ -64,6 +66,18 @@ class Processed:
 
     result: FrameResult
     files: dict[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What turns a frame's maps into instances and a verdict, as set now."""
+
+    instance: InstanceRule
+    reject_score: float
+    cameras: Mapping[str, CameraBed]
+    """Per camera, how its bed is found (others: settings.default_bed)."""
+    version: int | None
+    """The live settings' version over the bundle's and the service's; None: none."""
 
 
 class Timer:
@@ -148,33 +162,60 @@ class Pipeline:
         post = m.postprocess
         # sigma was measured at model-input pixels; frame pixels are tile / input as large
         self.sigma = post.sigma * m.tile_size / m.input_size
+        self.rules = self.rules_for(None)
+
+    def rules_for(self, live: SettingsChange | None) -> Rules:
+        """The bundle's postprocess and the service's settings, with `live` over them."""
+        m, s = self.bundle.manifest, self.settings
+        post = m.postprocess
+        given = live.settings if live is not None else LiveSettings()
         per_class = post.class_thresholds
-        self.rule = InstanceRule(
+        if given.thresholds():
+            base, new = per_class or {}, given.thresholds()
+            per_class = {c: new.get(c, base.get(c, post.pixel_threshold)) for c in m.classes[1:]}
+        rule = InstanceRule(
             post.pixel_threshold,
             post.min_area_px,
             post.max_bed_fraction,
             None if per_class is None else tuple(per_class[c] for c in m.classes[1:]),
-            post.min_score,
+            post.min_score if given.min_score is None else given.min_score,
         )
-        self.reject_score = next(
-            v
-            for v in (settings.reject_score, post.reject_score, DEFAULT_REJECT_SCORE)
-            if v is not None
+        reject = (given.reject_score, s.reject_score, post.reject_score, DEFAULT_REJECT_SCORE)
+        return Rules(
+            rule,
+            next(v for v in reject if v is not None),
+            {**s.cameras, **given.cameras},
+            None if live is None else live.version,
         )
 
-    def verdict(self, findings: Findings) -> Verdict:
-        """The frame's verdict under this pipeline's reject score."""
-        return frame_verdict([i.score for i in findings.instances], self.reject_score)
+    def use(self, live: SettingsChange | None) -> None:
+        """Apply a version of the live settings to the frames that start from now on."""
+        self.rules = self.rules_for(live)
 
-    async def analyse(self, data: bytes, camera_id: str) -> Analysis:
+    @property
+    def rule(self) -> InstanceRule:
+        """The instance rule in force."""
+        return self.rules.instance
+
+    @property
+    def reject_score(self) -> float:
+        """The reject score in force."""
+        return self.rules.reject_score
+
+    def verdict(self, findings: Findings, rules: Rules | None = None) -> Verdict:
+        """The frame's verdict under the reject score in force (or of `rules`)."""
+        score = (rules or self.rules).reject_score
+        return frame_verdict([i.score for i in findings.instances], score)
+
+    async def analyse(self, data: bytes, camera_id: str, rules: Rules | None = None) -> Analysis:
         """Every stage up to the instances: what a frame's result is made from."""
         m = self.bundle.manifest
+        rules = rules or self.rules
         timer = Timer()
         frame = await asyncio.to_thread(decode, data, self.settings.max_pixels)
         timer.lap("decode")
-        bed = await asyncio.to_thread(
-            bed_crop, frame, self.settings.bed_for(camera_id), self.bed_finder
-        )
+        bed_setting = rules.cameras.get(camera_id, self.settings.default_bed)
+        bed = await asyncio.to_thread(bed_crop, frame, bed_setting, self.bed_finder)
         timer.lap("crop")
         tiles, inputs = await asyncio.to_thread(
             make_tiles, frame, bed.box, m.tile_size, m.overlap, m.input_size, m.mean, m.std
@@ -194,14 +235,16 @@ class Pipeline:
             self.settings.map_stride,
         )
         timer.lap("merge")
-        findings = await asyncio.to_thread(find_instances, merged, bed, self.classes, self.rule)
+        findings = await asyncio.to_thread(
+            find_instances, merged, bed, self.classes, rules.instance
+        )
         timer.lap("postprocess")
         return Analysis(frame, bed, len(tiles), merged, findings, timer)
 
     async def process(self, data: bytes, camera_id: str) -> Processed:
         """Run every stage on one upload."""
-        m = self.bundle.manifest
-        a = await self.analyse(data, camera_id)
+        m, rules = self.bundle.manifest, self.rules  # one frame, one set of rules
+        a = await self.analyse(data, camera_id, rules)
         frame, bed, findings, timer = a.frame, a.bed, a.findings, a.timer
         # the mask's PNG, the overlay's drawing and JPEG and the maps' PNG in threads (OpenCV
         # lets go of the GIL): the frame's answer waits for the longest, not their sum
@@ -221,10 +264,11 @@ class Pipeline:
                 strategy=bed.strategy,
                 polygon=[(round(float(x), 1), round(float(y), 1)) for x, y in bed.polygon],
             ),
-            verdict=self.verdict(findings),
+            verdict=self.verdict(findings, rules),
             scores={k: round(v, 4) for k, v in findings.frame_scores.items()},
             instances=[i.result() for i in findings.instances],
-            thresholds=Thresholds(**self.rule.describe(self.reject_score)),
+            thresholds=Thresholds(**rules.instance.describe(rules.reject_score)),
+            settings_version=rules.version,
             tiles=a.tiles,
             timings_ms=timer.ms,
         )

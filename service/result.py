@@ -114,6 +114,9 @@ class FrameResult(Summary):
     bed: BedUsed
     instances: Sequence[Instance]
     thresholds: Thresholds
+    settings_version: int | None = Field(
+        None, description="the live settings' version it was made with (null: none set)"
+    )
     tiles: int = Field(description="512 px tiles the bed was cut into")
     timings_ms: dict[str, float] = Field(description="milliseconds per stage, in order")
 

@@ -34,6 +34,7 @@ from common.repository import Repository, RepositoryError
 from service.batcher import Batcher, BatchRecord
 from service.engine import open_engine
 from service.errors import BadImage
+from service.live import SETTINGS_POLL_S, SettingsChange
 from service.metrics import LiveCollector, Metrics, gpu_memory
 from service.pipeline import Pipeline
 from service.queue import Delivery, FrameQueue
@@ -134,6 +135,8 @@ class FrameRunner:
         self._using: dict[asyncio.Task[Any], Pipeline] = {}
         """The pipeline each frame under way runs on (a swap waits for the old one's)."""
         self._swap = asyncio.Lock()
+        self.live: SettingsChange | None = None
+        """The live settings' version in force."""
 
     async def start(self) -> None:
         """Load the bundle and the engine (warmed), then take frames in the background."""
@@ -143,11 +146,14 @@ class FrameRunner:
             self.failure = f"loading the engine failed: {type(err).__name__}: {err}"
             raise
         self._serving(self.pipeline)
+        self.live = await asyncio.to_thread(self.store.live_settings)
+        self.pipeline.use(self.live)
         self.metrics.watch(LiveCollector("gpu_memory", gpu_memory))
         self.ready = True
         self._loops = [
             asyncio.create_task(self._take(), name="take"),
             asyncio.create_task(self._renew(), name="renew"),
+            asyncio.create_task(self._follow_settings(), name="follow-settings"),
         ]
         if self.settings.repository is not None:
             self._loops.append(asyncio.create_task(self._follow(), name="follow-model"))
@@ -179,6 +185,7 @@ class FrameRunner:
         """
         async with self._swap:
             new = await open_pipeline(self.settings, self._batch_done, path)
+            new.use(self.live)
             old, self.pipeline = self.pipeline, new
             self._serving(new, old)
             busy = [task for task, p in self._using.items() if p is old]
@@ -215,6 +222,24 @@ class FrameRunner:
                 failed = path.resolve()
                 self.metrics.model_swap_failures.inc()
                 log.error("model %s not served: %s: %s", path, type(err).__name__, err)
+
+    def use(self, live: SettingsChange | None) -> None:
+        """Apply a version of the live settings to the frames that start from now on."""
+        if live is None or self.pipeline is None:
+            return
+        if self.live is None or live.version > self.live.version:
+            self.live = live
+            self.pipeline.use(live)
+            log.info("live settings version %d (by %s) in force", live.version, live.by)
+
+    async def _follow_settings(self) -> None:
+        """Apply each new version of the live settings within SETTINGS_POLL_S."""
+        while True:
+            await asyncio.sleep(SETTINGS_POLL_S)
+            try:
+                self.use(await asyncio.to_thread(self.store.live_settings))
+            except Exception as err:  # the store away: the settings in force stay
+                log.warning("live settings not read: %s", err)
 
     def _serving(self, new: Pipeline, old: Pipeline | None = None) -> None:
         """Metrics and log: `new` serves (in place of `old`)."""

@@ -26,6 +26,10 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """camera_id and truck_id: letters, digits, dot, dash, underscore; 1 to 64; no path characters."""
 
 
+Fraction = Annotated[float, Field(ge=0, le=1)]
+"""A share of the frame's width or height."""
+
+
 class CameraBed(BaseModel):
     """How the truck bed is found in one camera's frames."""
 
@@ -35,20 +39,9 @@ class CameraBed(BaseModel):
     """"auto": "learned" when the bundle has a bed model, else "full"; "full": the whole
     frame; "polygon": a fixed bed outline (the camera does not move); "learned": the
     bundle's bed model finds the bed in each frame (trucks park anywhere)."""
-    polygon: tuple[tuple[float, float], ...] | None = None
-    """Bed corners as (x, y) fractions of the frame width and height, for bed: polygon."""
-
-    @field_validator("polygon")
-    @classmethod
-    def _inside(
-        cls, v: tuple[tuple[float, float], ...] | None
-    ) -> tuple[tuple[float, float], ...] | None:
-        if v is not None:
-            if len(v) < 3:
-                raise ValueError("a polygon needs at least 3 corners")
-            if not all(0 <= x <= 1 and 0 <= y <= 1 for x, y in v):
-                raise ValueError("corners are fractions of the frame size, in [0, 1]")
-        return v
+    polygon: Annotated[tuple[tuple[Fraction, Fraction], ...], Field(min_length=3)] | None = None
+    """Bed corners as (x, y) fractions of the frame width and height, for bed: polygon
+    (at least 3)."""
 
     def model_post_init(self, _: Any) -> None:
         """A polygon strategy needs its polygon."""

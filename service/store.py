@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 from service.errors import Conflict
 from service.feedback import FrameFeedback, TruckDecision
+from service.live import LiveSettings, SettingsChange
 from service.result import FrameResult, Summary, Verdict
 
 if TYPE_CHECKING:  # service.reports reads FrameRecord from here
@@ -205,6 +206,18 @@ class Store(Protocol):
         self, since: float | None = None, until: float | None = None
     ) -> list[FrameFeedback | TruckDecision]:
         """All feedback given in [since, until), in the order given."""
+        ...
+
+    def save_settings(self, settings: LiveSettings, by: str) -> SettingsChange:
+        """Keep a new version of the live settings (the next number); returns it."""
+        ...
+
+    def live_settings(self) -> SettingsChange | None:
+        """The latest version of the live settings; None before the first."""
+        ...
+
+    def settings_log(self, limit: int = 100) -> list[SettingsChange]:
+        """The last `limit` versions, oldest first (each with what it replaced)."""
         ...
 
     def close(self) -> None:

@@ -61,6 +61,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from service.feedback import FEEDBACK, FrameFeedback, TruckDecision
+from service.live import LiveSettings, SettingsChange, next_change
 from service.objects import DELETE_BATCH, ObjectStore, ObjectStoreError, result_key, upload_key
 from service.queue import FRAMES, P
 from service.reports import (
@@ -160,6 +161,8 @@ if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 return due
 """
 OBJECTS = f"{P}objects"
+SETTINGS = f"{P}settings"
+"""The live settings' versions, oldest first (kept for good: one short entry a change)."""
 RESULT_FILES = ("mask.png", "overlay.jpg", "maps.png")
 """The files the pipeline stores for a done frame."""
 KEEP = UploadKeeping()
@@ -638,6 +641,34 @@ class RedisStore:
         ext, token = self.r.hmget(f"{P}frame:{frame_id}", "image_ext", "files")
         entries = [f"{frame_id} {ext.decode()}"] if ext else []
         return entries + ([f"{frame_id}/{token.decode()}"] if token else [])
+
+    def save_settings(self, settings: LiveSettings, by: str) -> SettingsChange:
+        """Keep a new version of the live settings (the next number); returns it.
+
+        Two API processes saving at once: the one whose list changed under it tries again.
+        """
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(SETTINGS)
+                    last = pipe.lindex(SETTINGS, -1)
+                    previous = SettingsChange.model_validate_json(last) if last else None
+                    change = next_change(previous, settings, by)
+                    pipe.multi()
+                    pipe.rpush(SETTINGS, change.model_dump_json())
+                    pipe.execute()
+                    return change
+                except redis.WatchError:
+                    continue
+
+    def live_settings(self) -> SettingsChange | None:
+        """The latest version of the live settings; None before the first."""
+        last = self.r.lindex(SETTINGS, -1)
+        return SettingsChange.model_validate_json(last) if last else None
+
+    def settings_log(self, limit: int = 100) -> list[SettingsChange]:
+        """The last `limit` versions, oldest first (each with what it replaced)."""
+        return [SettingsChange.model_validate_json(t) for t in self.r.lrange(SETTINGS, -limit, -1)]
 
     def feedback(self, kind: Target, target: str) -> list[FrameFeedback | TruckDecision]:
         """The feedback about a frame or a truck, in the order given."""

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from service.feedback import FEEDBACK, FrameFeedback, TruckDecision
+from service.live import LiveSettings, SettingsChange, next_change
 from service.reports import (
     TruckReport,
     count_arrival,
@@ -102,6 +103,10 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_target ON feedback (kind, target);
 CREATE INDEX IF NOT EXISTS feedback_at ON feedback (at);
+CREATE TABLE IF NOT EXISTS live_settings (
+    version INTEGER PRIMARY KEY,
+    change TEXT NOT NULL
+);
 """
 
 _NOT_HELD = "frame_id NOT IN (SELECT target FROM feedback WHERE kind = 'frame')"
@@ -449,6 +454,34 @@ class SQLiteStore:
                 "INSERT INTO feedback (kind, target, at, item) VALUES (?, ?, ?, ?)",
                 (item.kind, target, item.at, item.model_dump_json()),
             )
+
+    def save_settings(self, settings: LiveSettings, by: str) -> SettingsChange:
+        """Keep a new version of the live settings (the next number); returns it."""
+        with self._lock, self._db:
+            last = self._settings(1)
+            change = next_change(last[-1] if last else None, settings, by)
+            self._db.execute(
+                "INSERT INTO live_settings (version, change) VALUES (?, ?)",
+                (change.version, change.model_dump_json()),
+            )
+        return change
+
+    def live_settings(self) -> SettingsChange | None:
+        """The latest version of the live settings; None before the first."""
+        with self._lock:
+            last = self._settings(1)
+        return last[-1] if last else None
+
+    def settings_log(self, limit: int = 100) -> list[SettingsChange]:
+        """The last `limit` versions, oldest first (each with what it replaced)."""
+        with self._lock:
+            return self._settings(limit)
+
+    def _settings(self, limit: int) -> list[SettingsChange]:
+        rows = self._db.execute(
+            "SELECT change FROM live_settings ORDER BY version DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [SettingsChange.model_validate_json(r[0]) for r in reversed(rows)]
 
     def feedback(self, kind: Target, target: str) -> list[FrameFeedback | TruckDecision]:
         """The feedback about a frame or a truck, in the order given."""

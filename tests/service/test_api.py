@@ -266,7 +266,8 @@ def test_unknown_and_malformed_ids(server, path, status, code):
 
 def test_health_config_metrics_and_docs(server):
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
+    ready = httpx.get(f"{server.url}/readyz").json()
+    assert ready["status"] == "ready" and ready["model"]["name"] == "demo"
     config = httpx.get(f"{server.url}/v1/config").json()
     assert config["redis_url"] == "redis://***@cache.local:6379" and "secret" not in str(config)
     assert config["max_upload_bytes"] == 3_000_000

@@ -14,9 +14,10 @@ from service.feedback import (
     latest_labels,
     truck_decision,
 )
+from service.live import LiveSettings
 from service.reports import truck_report
 from service.result import load_result, pack_result
-from service.settings import UploadKeeping
+from service.settings import CameraBed, UploadKeeping
 from service.store import IdempotencyConflict, NewFrame, TruckQuery
 from service.store_redis import RedisStore
 from service.store_sqlite import SQLiteStore
@@ -467,3 +468,32 @@ def test_a_data_folder_from_before_keeps_its_frame_folders(tmp_path):
     assert again.purge(60, 600, now=ended + 61) == 1
     assert not old.exists() and again.file_bytes("2" * 32, "mask.png") is None
     again.close()
+
+
+def reopened(store, tmp_path, request):
+    """Another store on the same data: the embedded store after a restart, another process."""
+    if isinstance(store, SQLiteStore):
+        store.close()
+        return SQLiteStore(tmp_path / "data")
+    return RedisStore(request.getfixturevalue("redis_url"))
+
+
+def test_live_settings_are_versioned_with_what_they_replaced_and_survive_a_restart(
+    store, tmp_path, request
+):
+    assert store.live_settings() is None and store.settings_log() == []
+    first = store.save_settings(LiveSettings(class_thresholds={"cable": 0.97}), "admin")
+    second = store.save_settings(
+        LiveSettings(reject_score=0.9, cameras={"crane-2": CameraBed(bed="full")}), "ops"
+    )
+    assert (first.version, second.version) == (1, 2)
+    assert first.previous == LiveSettings() and second.previous == first.settings
+    again = reopened(store, tmp_path, request)
+    try:
+        assert again.live_settings() == second
+        assert [c.version for c in again.settings_log()] == [1, 2]
+        assert again.settings_log(limit=1) == [second]
+        third = again.save_settings(LiveSettings(), "admin")
+        assert third.version == 3 and third.previous == second.settings
+    finally:
+        again.close()
