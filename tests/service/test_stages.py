@@ -120,8 +120,10 @@ def test_polygon_bed_limits_the_maps_and_tiles():
 def test_bad_polygons_are_refused():
     with pytest.raises(ValueError, match="needs polygon"):
         CameraBed(bed="polygon")
-    with pytest.raises(ValueError, match="fractions"):
+    with pytest.raises(ValueError, match="less than or equal to 1"):  # a corner past the frame
         CameraBed(bed="polygon", polygon=((0, 0), (2, 0), (1, 1)))
+    with pytest.raises(ValueError, match="at least 3 items"):
+        CameraBed(bed="polygon", polygon=((0, 0), (1, 1)))
 
 
 def test_instances_are_sized_classed_and_outlined():
