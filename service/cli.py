@@ -34,14 +34,7 @@ log = logging.getLogger("scrapscan.serve")
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments (everything else comes from SCRAPSCAN_* settings)."""
     p = command("scrapscan-serve", __doc__)
-    p.add_argument("--bundle", type=Path, help="model bundle folder (default: models/demo)")
-    p.add_argument(
-        "--repository",
-        type=Path,
-        metavar="DIR",
-        help="model repository (scrapscan-export --repository): serve its active version; "
-        "admins change it with POST /v1/models/active and /v1/models/rollback",
-    )
+    add_model_arguments(p)
     p.add_argument("--data-dir", type=Path, help="where uploads and results are kept (data)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -53,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="API processes sharing the port (store redis only; metrics are added up across them)",
     )
     return p
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--bundle and --repository, shared with scrapscan-worker."""
+    p.add_argument("--bundle", type=Path, help="model bundle folder (default: models/demo)")
+    p.add_argument(
+        "--repository",
+        type=Path,
+        metavar="DIR",
+        help="model repository (scrapscan-export --repository; the API and the workers "
+        "share the folder): serve its active version, and follow it when an admin changes "
+        "it (POST /v1/models/active, /v1/models/rollback)",
+    )
 
 
 def add_log_arguments(p: argparse.ArgumentParser) -> None:

@@ -34,7 +34,6 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -42,7 +41,7 @@ from pydantic import ValidationError
 
 from common.cli import command
 from service import __version__
-from service.cli import add_log_arguments
+from service.cli import add_log_arguments, add_model_arguments
 from service.errors import Unavailable
 from service.logs import RequestId, configure_logging
 from service.metrics import HTTPMetrics, LiveCollector, Metrics, queue_gauges
@@ -181,14 +180,7 @@ def _report_failure(task: asyncio.Task[None]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments (everything else comes from SCRAPSCAN_* settings)."""
     p = command("scrapscan-worker", __doc__)
-    p.add_argument("--bundle", type=Path, help="model bundle folder (default: models/demo)")
-    p.add_argument(
-        "--repository",
-        type=Path,
-        metavar="DIR",
-        help="model repository shared with the API: serve its active version and follow it "
-        "when an admin changes it",
-    )
+    add_model_arguments(p)
     p.add_argument(
         "--name",
         default=f"{socket.gethostname()}-{os.getpid()}",
