@@ -176,24 +176,32 @@ class FrameRunner:
         if self.pipeline is not None:
             await self.pipeline.batcher.stop()
 
-    async def swap(self, path: Path) -> Pipeline:
+    async def swap(self, path: Path, then: Callable[[], object] | None = None) -> Pipeline:
         """Serve the bundle at `path` from the next frame on, without losing one.
 
         The new engine is loaded and warmed beside the old one; frames that start from
         then on run on it, frames under way finish on the old one, which is then stopped.
         A bundle that fails to load or warm raises, and the old one goes on serving.
+        `then` (the repository's pointer moved, in a thread) runs once the new one
+        serves, before the repository is looked at again.
         """
         async with self._swap:
-            new = await open_pipeline(self.settings, self._batch_done, path)
-            new.use(self.live)
-            old, self.pipeline = self.pipeline, new
-            self._serving(new, old)
-            busy = [task for task, p in self._using.items() if p is old]
-            if busy:
-                await asyncio.wait(busy)
-            if old is not None:
-                await old.batcher.stop()
+            new = await self._swap_to(path)
+            if then is not None:
+                await asyncio.to_thread(then)
             return new
+
+    async def _swap_to(self, path: Path) -> Pipeline:
+        new = await open_pipeline(self.settings, self._batch_done, path)
+        new.use(self.live)
+        old, self.pipeline = self.pipeline, new
+        self._serving(new, old)
+        busy = [task for task, p in self._using.items() if p is old]
+        if busy:
+            await asyncio.wait(busy)
+        if old is not None:
+            await old.batcher.stop()
+        return new
 
     async def _follow(self) -> None:
         """Serve the repository's active version: look every MODEL_POLL_S, swap on a change.
@@ -207,21 +215,22 @@ class FrameRunner:
         failed: Path | None = None
         while True:
             await asyncio.sleep(MODEL_POLL_S)
-            try:
-                path = await asyncio.to_thread(bundle_path, self.settings)
-            except (RepositoryError, OSError) as err:
-                log.warning("model repository %s: %s", repo.root, err)
-                continue
-            assert self.pipeline is not None
-            if path.resolve() in (self.pipeline.bundle.root.resolve(), failed):
-                continue
-            try:
-                await self.swap(path)
-                failed = None
-            except Exception as err:  # the old one serves on
-                failed = path.resolve()
-                self.metrics.model_swap_failures.inc()
-                log.error("model %s not served: %s: %s", path, type(err).__name__, err)
+            async with self._swap:  # not while the API swaps and moves the pointer
+                try:
+                    path = await asyncio.to_thread(bundle_path, self.settings)
+                except (RepositoryError, OSError) as err:
+                    log.warning("model repository %s: %s", repo.root, err)
+                    continue
+                assert self.pipeline is not None
+                if path.resolve() in (self.pipeline.bundle.root.resolve(), failed):
+                    continue
+                try:
+                    await self._swap_to(path)
+                    failed = None
+                except Exception as err:  # the old one serves on
+                    failed = path.resolve()
+                    self.metrics.model_swap_failures.inc()
+                    log.error("model %s not served: %s: %s", path, type(err).__name__, err)
 
     def use(self, live: SettingsChange | None) -> None:
         """Apply a version of the live settings to the frames that start from now on."""

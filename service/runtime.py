@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -123,8 +124,7 @@ class Service:
             path = await asyncio.to_thread(repo.path, name, version)
         except RepositoryError as err:
             raise NotFound("model_version_not_found", str(err)) from None
-        await self._switch(path)
-        return await asyncio.to_thread(repo.activate, name, version, by)
+        return await self._switch(path, lambda: repo.activate(name, version, by))
 
     async def rollback(self, by: str) -> Pointer:
         """Serve again the version served before the current one."""
@@ -137,21 +137,28 @@ class Service:
             path = await asyncio.to_thread(repo.path, previous["name"], previous["version"])
         except RepositoryError as err:
             raise Conflict("bundle_refused", str(err)) from None
-        await self._switch(path)
-        return await asyncio.to_thread(repo.rollback, by)
+        return await self._switch(path, lambda: repo.rollback(by))
 
-    async def _switch(self, path: Path) -> None:
-        if self.runner is None:  # the workers load it; here, check what can be checked
+    async def _switch(self, path: Path, move: Callable[[], Pointer]) -> Pointer:
+        """Serve the bundle at `path`, then `move` the repository's pointer to it.
+
+        Embedded the swap comes first, and the pointer moves only once the new one
+        serves; with store redis the bundle's files are checked, and the workers follow
+        the pointer.
+        """
+        moved: list[Pointer] = []
+        if self.runner is None:
             try:
                 await asyncio.to_thread(load_bundle, path, True, True)
             except BundleError as err:
                 raise Conflict("bundle_refused", str(err)) from None
-            return
+            return await asyncio.to_thread(move)
         try:
-            await self.runner.swap(path)
+            await self.runner.swap(path, lambda: moved.append(move()))
         except Exception as err:  # not loaded or not warmed: the old one serves on
             log.warning("model %s refused: %s: %s", path, type(err).__name__, err)
             raise Conflict("bundle_refused", f"{type(err).__name__}: {err}") from None
+        return moved[0]
 
     async def record(self, frame_id: str) -> FrameRecord:
         """The stored frame; NotFound when there is none."""
