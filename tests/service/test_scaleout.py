@@ -264,7 +264,12 @@ def test_a_worker_is_not_ready_until_its_engine_is_loaded(own_redis):
         finally:
             await app.state.worker.runner.stop()
 
-    assert asyncio.run(loaded()).json() == {"status": "ready", "consumer": "probe"}
+    ready = asyncio.run(loaded()).json()
+    assert (ready["status"], ready["consumer"], ready["model"]["name"]) == (
+        "ready",
+        "probe",
+        "demo",
+    )
 
 
 def test_a_hung_worker_stops_renewing_and_fails_its_health_check(own_redis):

@@ -44,6 +44,19 @@ def args(config, data, out, *extra):
     return ["--config", str(config), "--data", str(data), "--out", str(out), *map(str, extra)]
 
 
+def train_cli(argv):
+    """scrapscan-train in a process of its own, for runs with data-loader workers.
+
+    The workers are forked from the process that trains; forking pytest's own process,
+    which by then holds the threads of the libraries earlier tests loaded (OpenVINO's
+    among them), crashed it with a segmentation fault in full-suite runs.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "training", *map(str, argv)], capture_output=True, text=True
+    )
+    return done.returncode, done.stderr
+
+
 def records(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -150,7 +163,8 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(
     assert "SIGTERM: checkpoint written at step" in err and "--resume" in err
     step = torch.load(run / CHECKPOINT, weights_only=False)["position"]["step"]
     assert step >= 1
-    assert main(args(config, train_data, run, "--max-steps", step + 2, "--resume")) == 0
+    code, err = train_cli(args(config, train_data, run, "--max-steps", step + 2, "--resume"))
+    assert code == 0, err
     assert torch.load(run / CHECKPOINT, weights_only=False)["position"]["step"] == step + 2
 
 
@@ -393,7 +407,8 @@ def test_a_finished_run_resumes_with_its_own_config_or_more_epochs(
     assert main(["--data", str(train_data), "--out", str(run), "--resume"]) == 0
     assert torch.load(run / CHECKPOINT, weights_only=False)["position"]["step"] == per_epoch
     two = with_changes(long_config, tmp_path, "two.yaml", epochs=2, num_workers=1)
-    assert main(args(two, train_data, run, "--resume")) == 0
+    code, err = train_cli(args(two, train_data, run, "--resume"))
+    assert code == 0, err
     position = torch.load(run / CHECKPOINT, weights_only=False)["position"]
     assert position == {"epoch": 2, "batch": 0, "step": 2 * per_epoch}
     recorded = yaml.safe_load((run / "config.yaml").read_text())["train"]
