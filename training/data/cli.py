@@ -9,6 +9,7 @@ from pathlib import Path
 
 from common.imaging import DEFAULT_OVERLAP
 from training.data.frames import DataError, load_frames
+from training.data.merge import merge_folders
 from training.data.patches import PatchSet
 
 
@@ -43,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_OVERLAP,
         help=f"tile overlap in pixels for --patches ({DEFAULT_OVERLAP})",
     )
+    merge = sub.add_parser(
+        "merge",
+        help="join labelled data folders into one to train on",
+        description="Write the frames of every DIR to the new folder OUT as one COCO folder "
+        "(images hard-linked where possible, ids renumbered, file names prefixed with their "
+        "folder's name, each image's fields kept): a yard's frames with its operators' "
+        "exported feedback, or frames of several cameras. Every DIR is checked first; a "
+        "problem stops the merge before OUT is written.",
+    )
+    merge.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="data folders")
+    merge.add_argument("--out", type=Path, required=True, metavar="OUT", help="a new folder")
     export = sub.add_parser(
         "export-feedback",
         help="write the frames operators judged as a labelled COCO folder",
@@ -72,7 +84,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             "scrapscan-data: export-feedback runs from the scrapscan-data command", file=sys.stderr
         )
         return 2
+    if args.command == "merge":
+        return merge(args)
     return check(args)
+
+
+def _problems(where: Path, err: DataError) -> int:
+    print(f"scrapscan-data: {where}: {len(err.problems)} problem(s)", file=sys.stderr)
+    for problem in err.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1
+
+
+def merge(args: argparse.Namespace) -> int:
+    """The merge command; returns the process exit code."""
+    sets = []
+    for folder in args.dirs:
+        try:
+            sets.append(load_frames(folder))
+        except FileNotFoundError as err:
+            print(f"scrapscan-data: {err}", file=sys.stderr)
+            return 2
+        except DataError as err:
+            return _problems(folder, err)
+    try:
+        summary = merge_folders(sets, args.out)
+    except (ValueError, OSError) as err:
+        print(f"scrapscan-data: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1
+    parts = ", ".join(f"{n} from {prefix}" for prefix, n in summary.per_source)
+    print(f"{args.out}: {summary.frames} frames ({parts}), {summary.instances} instances")
+    return 0
 
 
 def check(args: argparse.Namespace) -> int:
@@ -83,10 +125,7 @@ def check(args: argparse.Namespace) -> int:
         print(f"scrapscan-data: {err}", file=sys.stderr)
         return 2
     except DataError as err:
-        print(f"scrapscan-data: {args.dir}: {len(err.problems)} problem(s)", file=sys.stderr)
-        for problem in err.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
+        return _problems(args.dir, err)
     with_bed = sum(f.bed_polygon is not None for f in frames.frames)
     counts = ", ".join(f"{n} {name}" for name, n in frames.instance_counts().items())
     print(
