@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = cli.build_parser().parse_args(argv)
     if args.command == "export-feedback":
         return export_feedback(args)
-    return cli.check(args)
+    return cli.run(args)
 
 
 if __name__ == "__main__":

@@ -84,9 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "scrapscan-data: export-feedback runs from the scrapscan-data command", file=sys.stderr
         )
         return 2
-    if args.command == "merge":
-        return merge(args)
-    return check(args)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The commands of training's own: check and merge."""
+    return merge(args) if args.command == "merge" else check(args)
 
 
 def _problems(where: Path, err: DataError) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.data import load_frames
-from training.data.cli import main as data_main
+from tools.data_cli import main as data_main  # the scrapscan-data command
 
 
 @pytest.fixture
