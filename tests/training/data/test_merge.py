@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from training.data import load_frames
 from tools.data_cli import main as data_main  # the scrapscan-data command
+from training.data import load_frames
 
 
 @pytest.fixture
