@@ -4,8 +4,10 @@
     REPO/active.json                          the version served, and how it came to be
 
 active.json holds `history`, the activations in force oldest first (the last one is
-served; a rollback takes the last one off) and `log`, every activation and rollback with
-who asked and when (the audit trail, newest last). It is replaced atomically, so a reader
+served; a rollback takes the last one off), `shadow`, the candidate version scoring a
+share of the live frames beside the served one (service/shadow.py; absent or null when
+none does) and `log`, every activation, rollback and shadow started or stopped with who
+asked and when (the audit trail, newest last). It is replaced atomically, so a reader
 never sees half of it. A version folder is never changed once written: a new model is a
 new version.
 """
@@ -64,6 +66,28 @@ class Pointer:
         return {"name": self.name, "version": self.version, "at": self.at, "by": self.by}
 
 
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """The candidate scoring a share of the live frames beside the served version."""
+
+    name: str
+    version: str
+    share: float
+    """Of the frames, those picked to score too (service.shadow.picked), 0 < share <= 1."""
+    at: float
+    by: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """For active.json and the API."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "share": self.share,
+            "at": self.at,
+            "by": self.by,
+        }
+
+
 class Repository:
     """A model repository folder."""
 
@@ -112,18 +136,56 @@ class Repository:
         history = self._state()["history"]
         return _pointer(history[-1]) if history else None
 
+    def shadow(self) -> Shadow | None:
+        """The candidate scoring beside the served version, or None."""
+        entry = self._state().get("shadow")
+        return None if not entry else _shadow(entry)
+
+    def start_shadow(self, name: str, version: str, share: float, by: str) -> Shadow:
+        """Score `share` of the frames with this version too (in place of any candidate)."""
+        if not 0 < share <= 1:
+            raise RepositoryError(f"shadow share {share}: more than 0, at most 1")
+        self.path(name, version)
+        with self._locked():
+            state = self._state()
+            plan = Shadow(name, version, share, time.time(), by)
+            state["shadow"] = plan.as_dict()
+            self._write(state, {"action": "shadow", **plan.as_dict()})
+        return plan
+
+    def stop_shadow(self, by: str) -> Shadow | None:
+        """No candidate scores any more; the one that did, or None."""
+        with self._locked():
+            state = self._state()
+            entry = state.get("shadow")
+            if not entry:
+                return None
+            state["shadow"] = None
+            was = _shadow(entry)
+            event = {"action": "shadow_stop", **was.as_dict(), "at": time.time(), "by": by}
+            self._write(state, event)
+        return was
+
     def state(self) -> dict[str, Any]:
         """active.json as it stands (history and log), empty lists before any activation."""
         return self._state()
 
     def activate(self, name: str, version: str, by: str) -> Pointer:
-        """Serve this version from now on (the one served before stays a rollback away)."""
+        """Serve this version from now on (the one served before stays a rollback away).
+
+        A candidate in shadow that is activated stops scoring in shadow.
+        """
         self.path(name, version)
         with self._locked():
             state = self._state()
             now = Pointer(name, version, time.time(), by)
             state["history"].append(now.as_dict())
-            self._write(state, {"action": "activate", **now.as_dict()})
+            events = [{"action": "activate", **now.as_dict()}]
+            shadow = state.get("shadow")
+            if shadow and (shadow["name"], shadow["version"]) == (name, version):
+                state["shadow"] = None
+                events.append({"action": "shadow_stop", **shadow, "at": now.at, "by": by})
+            self._write(state, *events)
         return now
 
     def rollback(self, by: str) -> Pointer:
@@ -165,11 +227,21 @@ class Repository:
             raise RepositoryError(f"{path}: needs the lists history and log")
         return data
 
-    def _write(self, state: dict[str, Any], event: dict[str, Any]) -> None:
-        state["log"] = [*state["log"], event][-LOG_LIMIT:]
+    def _write(self, state: dict[str, Any], *events: dict[str, Any]) -> None:
+        state["log"] = [*state["log"], *events][-LOG_LIMIT:]
         tmp = self.root / f".{ACTIVE}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.root / ACTIVE)
+
+
+def _shadow(entry: dict[str, Any]) -> Shadow:
+    return Shadow(
+        str(entry["name"]),
+        str(entry["version"]),
+        float(entry["share"]),
+        float(entry["at"]),
+        str(entry["by"]),
+    )
 
 
 def _pointer(entry: dict[str, Any]) -> Pointer:

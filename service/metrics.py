@@ -163,6 +163,23 @@ class Metrics:
             "scrapscan_model_swap_failures",
             "Repository versions this process could not load or warm (the old one served on)",
         )
+        self.shadow_frames = self._counter(
+            "scrapscan_shadow_frames",
+            "Frames a candidate model in shadow scored beside the served one, by candidate "
+            "(name/version) and whether the two verdicts agree (yes, no)",
+            ("candidate", "agree"),
+        )
+        self.shadow_instances = self._counter(
+            "scrapscan_shadow_instances",
+            "Instances compared in shadow, by candidate and change: matched (both found it, same "
+            "class), reclassified (another class), added (the candidate only), dropped (the "
+            "served model only)",
+            ("candidate", "change"),
+        )
+        self.shadow_failures = self._counter(
+            "scrapscan_shadow_failures",
+            "Frames a candidate in shadow could not score (the served answer is not affected)",
+        )
         self.claimed = self._counter(
             "scrapscan_worker_claimed_frames",
             "Frames taken over from a worker that stopped answering",

@@ -10,7 +10,9 @@ One runner in the embedded service (an in-process queue) and one in each scrapsc
   with its attempts used up (it kept killing its worker) is given up on at once;
 - while the store or Redis is away the delivery is left where it is, for a later attempt.
 
-Up to `workers` frames run at once, their tiles sharing engine batches. The runner
+Up to `workers` frames run at once, their tiles sharing engine batches. A candidate model
+in shadow (service/shadow.py) scores the frames it picks after their result is stored,
+on an engine of its own, before the delivery ends. The runner
 renews the deliveries it holds every third of queue.claim_idle_s, except those held
 longer than queue.max_frame_s (a hung frame: another worker may take it over, and the
 worker's /healthz fails).
@@ -30,21 +32,27 @@ import numpy as np
 import redis
 
 from common.bundle import BundleError, load_bundle
-from common.repository import Repository, RepositoryError
+from common.repository import Repository, RepositoryError, Shadow
 from service.batcher import Batcher, BatchRecord
 from service.engine import open_engine
 from service.errors import BadImage
 from service.live import SETTINGS_POLL_S, SettingsChange
 from service.metrics import LiveCollector, Metrics, gpu_memory
-from service.pipeline import Pipeline
+from service.pipeline import Pipeline, Processed
 from service.queue import Delivery, FrameQueue
+from service.result import ModelRef
 from service.settings import Settings
+from service.shadow import CHANGES, changes, compare, picked
 from service.store import FrameRecord, Store
 
 log = logging.getLogger("scrapscan.runner")
 
 MODEL_POLL_S = 2.0
 """How often a runner serving from a repository looks at its active version."""
+
+
+def _same(pipeline: Pipeline, path: Path) -> bool:
+    return pipeline.bundle.root.resolve() == path.resolve()
 
 
 def bundle_path(s: Settings) -> Path:
@@ -137,6 +145,9 @@ class FrameRunner:
         self._swap = asyncio.Lock()
         self.live: SettingsChange | None = None
         """The live settings' version in force."""
+        self.shadow: Pipeline | None = None
+        """The candidate in shadow, when one is."""
+        self.shadow_share = 0.0
 
     async def start(self) -> None:
         """Load the bundle and the engine (warmed), then take frames in the background."""
@@ -175,6 +186,7 @@ class FrameRunner:
             await asyncio.gather(*late, return_exceptions=True)
         if self.pipeline is not None:
             await self.pipeline.batcher.stop()
+        await self._drop_shadow()
 
     async def swap(self, path: Path, then: Callable[[], object] | None = None) -> Pipeline:
         """Serve the bundle at `path` from the next frame on, without losing one.
@@ -189,7 +201,48 @@ class FrameRunner:
             new = await self._swap_to(path)
             if then is not None:
                 await asyncio.to_thread(then)
+            if self.shadow is not None and _same(self.shadow, path):  # it serves now
+                await self._drop_shadow()
             return new
+
+    async def start_shadow(
+        self, path: Path, share: float, then: Callable[[], object] | None = None
+    ) -> Pipeline:
+        """Score `share` of the frames with the bundle at `path` too (in place of any other).
+
+        Its engine is loaded and warmed first; a bundle that fails raises, and any
+        candidate before it stays. `then` (the repository's shadow set, in a thread) runs
+        once it scores.
+        """
+        async with self._swap:
+            new = await self._shadow_to(path, share)
+            if then is not None:
+                await asyncio.to_thread(then)
+            return new
+
+    async def stop_shadow(self, then: Callable[[], object] | None = None) -> None:
+        """No candidate scores any more."""
+        async with self._swap:
+            await self._drop_shadow()
+            if then is not None:
+                await asyncio.to_thread(then)
+
+    async def _shadow_to(self, path: Path, share: float) -> Pipeline:
+        if self.shadow is not None and _same(self.shadow, path):
+            self.shadow_share = share
+            return self.shadow
+        new = await open_pipeline(self.settings, path=path)
+        new.use(self.live)
+        await self._drop_shadow()
+        self.shadow, self.shadow_share = new, share
+        log.info("candidate %s scores %g of the frames in shadow", new.bundle, share)
+        return new
+
+    async def _drop_shadow(self) -> None:
+        old, self.shadow = self.shadow, None
+        if old is not None:  # a frame it scores now fails its shadow scoring only
+            await old.batcher.stop()
+            log.info("candidate %s no longer in shadow", old.bundle)
 
     async def _swap_to(self, path: Path) -> Pipeline:
         new = await open_pipeline(self.settings, self._batch_done, path)
@@ -213,6 +266,7 @@ class FrameRunner:
         assert self.settings.repository is not None
         repo = Repository(self.settings.repository)
         failed: Path | None = None
+        failed_shadow: Path | None = None
         while True:
             await asyncio.sleep(MODEL_POLL_S)
             async with self._swap:  # not while the API swaps and moves the pointer
@@ -222,15 +276,37 @@ class FrameRunner:
                     log.warning("model repository %s: %s", repo.root, err)
                     continue
                 assert self.pipeline is not None
-                if path.resolve() in (self.pipeline.bundle.root.resolve(), failed):
-                    continue
+                if path.resolve() not in (self.pipeline.bundle.root.resolve(), failed):
+                    try:
+                        await self._swap_to(path)
+                        failed = None
+                    except Exception as err:  # the old one serves on
+                        failed = path.resolve()
+                        self.metrics.model_swap_failures.inc()
+                        log.error("model %s not served: %s: %s", path, type(err).__name__, err)
                 try:
-                    await self._swap_to(path)
-                    failed = None
-                except Exception as err:  # the old one serves on
-                    failed = path.resolve()
-                    self.metrics.model_swap_failures.inc()
-                    log.error("model %s not served: %s: %s", path, type(err).__name__, err)
+                    plan = await asyncio.to_thread(repo.shadow)
+                except (RepositoryError, OSError):
+                    continue  # said above
+                failed_shadow = await self._follow_shadow(repo, plan, failed_shadow)
+
+    async def _follow_shadow(
+        self, repo: Repository, plan: Shadow | None, failed: Path | None
+    ) -> Path | None:
+        """Score in shadow as the repository says; the candidate that failed to load, if any."""
+        if plan is None:
+            await self._drop_shadow()
+            return None
+        path = repo.folder(plan.name, plan.version)
+        if path.resolve() == failed:
+            return failed
+        try:
+            await self._shadow_to(path, plan.share)
+        except Exception as err:
+            self.metrics.model_swap_failures.inc()
+            log.error("candidate %s not scoring: %s: %s", path, type(err).__name__, err)
+            return path.resolve()
+        return None
 
     def use(self, live: SettingsChange | None) -> None:
         """Apply a version of the live settings to the frames that start from now on."""
@@ -239,6 +315,8 @@ class FrameRunner:
         if self.live is None or live.version > self.live.version:
             self.live = live
             self.pipeline.use(live)
+            if self.shadow is not None:
+                self.shadow.use(live)
             log.info("live settings version %d (by %s) in force", live.version, live.by)
 
     async def _follow_settings(self) -> None:
@@ -393,6 +471,43 @@ class FrameRunner:
         m.verdicts.labels(result.verdict, camera).inc()
         m.bed.labels(result.bed.strategy, camera).inc()
         m.frames.labels("done", camera).inc()
+        shadow = self.shadow
+        if shadow is not None and picked(frame_id, self.shadow_share):
+            await self._score_shadow(shadow, record, data, processed)
+
+    async def _score_shadow(
+        self, shadow: Pipeline, record: FrameRecord, data: bytes, served: Processed
+    ) -> None:
+        """The candidate's answer to a served frame, compared and kept (never served)."""
+        m = shadow.bundle.manifest.model
+        candidate = ModelRef(name=m.name, version=m.version)
+        try:
+            rules = shadow.rules
+            a = await shadow.analyse(data, record.camera_id, rules)
+            frame = compare(
+                record.frame_id,
+                record.camera_id,
+                time.time(),
+                served.result,
+                candidate,
+                shadow.verdict(a.findings, rules),
+                a.findings,
+            )
+            await asyncio.to_thread(self.store.add_shadow, frame)
+        except Exception as err:
+            self.metrics.shadow_failures.inc()
+            log.warning(
+                "frame %s: shadow scoring failed: %s: %s", record.frame_id, type(err).__name__, err
+            )
+            return
+        label = f"{m.name}/{m.version}"
+        agree = "yes" if frame.served_verdict == frame.candidate_verdict else "no"
+        self.metrics.shadow_frames.labels(label, agree).inc()
+        counted = dict.fromkeys(CHANGES, 0)
+        for change, _ in changes(frame):
+            counted[change] += 1
+        for change, n in counted.items():
+            self.metrics.shadow_instances.labels(label, change).inc(n)
 
     async def _give_up(self, d: Delivery, record: FrameRecord, reason: str, attempts: int) -> None:
         log.error("frame %s: %s", d.frame_id, reason)

@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 
 from common.bundle import BundleError, load_bundle
-from common.repository import Pointer, Repository, RepositoryError
+from common.repository import Pointer, Repository, RepositoryError, Shadow
 from service.errors import Conflict, InvalidInput, NotFound, Unavailable
 from service.metrics import LiveCollector, Metrics, queue_gauges
 from service.queue import LocalQueue, group_info
@@ -159,6 +159,52 @@ class Service:
             log.warning("model %s refused: %s: %s", path, type(err).__name__, err)
             raise Conflict("bundle_refused", f"{type(err).__name__}: {err}") from None
         return moved[0]
+
+    async def start_shadow(self, name: str, version: str, share: float, by: str) -> Shadow:
+        """Score `share` of the frames with this version too, its answers kept, not served.
+
+        Embedded its engine is loaded and warmed here; with store redis the bundle's
+        files are checked and the workers follow the repository. NotFound for a version
+        the repository does not hold; Conflict for the version served (shadow_is_served)
+        or a bundle that cannot be served (bundle_refused).
+        """
+        repo = self.repository()
+        try:
+            path = await asyncio.to_thread(repo.path, name, version)
+            active = await asyncio.to_thread(repo.active)
+        except RepositoryError as err:
+            raise NotFound("model_version_not_found", str(err)) from None
+        if active is not None and (active.name, active.version) == (name, version):
+            raise Conflict("shadow_is_served", f"model {name} version {version} is the one served")
+        planned: list[Shadow] = []
+
+        def move() -> None:
+            planned.append(repo.start_shadow(name, version, share, by))
+
+        try:
+            if self.runner is None:
+                await asyncio.to_thread(load_bundle, path, True, True)
+                move()
+            else:
+                await self.runner.start_shadow(path, share, move)
+        except Exception as err:
+            log.warning("candidate %s refused: %s: %s", path, type(err).__name__, err)
+            raise Conflict("bundle_refused", f"{type(err).__name__}: {err}") from None
+        return planned[0]
+
+    async def stop_shadow(self, by: str) -> Shadow | None:
+        """No candidate scores any more; the one that did, if any."""
+        repo = self.repository()
+        stopped: list[Shadow | None] = []
+
+        def move() -> None:
+            stopped.append(repo.stop_shadow(by))
+
+        if self.runner is None:
+            await asyncio.to_thread(move)
+        else:
+            await self.runner.stop_shadow(move)
+        return stopped[0]
 
     async def record(self, frame_id: str) -> FrameRecord:
         """The stored frame; NotFound when there is none."""

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 from service.errors import Conflict
 from service.feedback import FrameFeedback, TruckDecision
 from service.live import LiveSettings, SettingsChange
-from service.result import FrameResult, Summary, Verdict
+from service.result import FrameResult, ModelRef, Summary, Verdict
+from service.shadow import ShadowFrame
 
 if TYPE_CHECKING:  # service.reports reads FrameRecord from here
     from service.reports import TruckReport, TruckSummary
@@ -32,6 +33,9 @@ CURSOR = re.compile(r"^([0-9]{1,18}(-[0-9]{1,18})?)?$")
 """A feed cursor as both stores read it: this store gives out sequence numbers; Redis
 stream ids (milliseconds-sequence)."""
 
+
+SHADOW_KEEP = 10_000
+"""Shadow frames kept per candidate version (the oldest go first)."""
 
 FEED_SCAN = 5000
 """SQLite: at most this many feed entries are looked at for one camera-filtered page; the
@@ -218,6 +222,14 @@ class Store(Protocol):
 
     def settings_log(self, limit: int = 100) -> list[SettingsChange]:
         """The last `limit` versions, oldest first (each with what it replaced)."""
+        ...
+
+    def add_shadow(self, frame: ShadowFrame) -> None:
+        """Keep a frame as a candidate in shadow answered it (the last SHADOW_KEEP of each)."""
+        ...
+
+    def shadow_frames(self, candidate: ModelRef, limit: int = SHADOW_KEEP) -> list[ShadowFrame]:
+        """The candidate's last `limit` shadow frames, oldest first."""
         ...
 
     def close(self) -> None:

@@ -73,9 +73,11 @@ from service.reports import (
     summary_of,
     truck_report,
 )
-from service.result import FrameResult, Summary, load_result, pack_result
+from service.result import FrameResult, ModelRef, Summary, load_result, pack_result
 from service.settings import Settings, UploadKeeping
+from service.shadow import ShadowFrame
 from service.store import (
+    SHADOW_KEEP,
     FeedPage,
     FrameRecord,
     IdempotencyConflict,
@@ -670,6 +672,19 @@ class RedisStore:
         """The last `limit` versions, oldest first (each with what it replaced)."""
         return [SettingsChange.model_validate_json(t) for t in self.r.lrange(SETTINGS, -limit, -1)]
 
+    def add_shadow(self, frame: ShadowFrame) -> None:
+        """Keep a frame as a candidate in shadow answered it (the last SHADOW_KEEP of each)."""
+        key = _shadow_key(frame.candidate_model)
+        with self.r.pipeline() as pipe:
+            pipe.rpush(key, frame.model_dump_json(by_alias=True))
+            pipe.ltrim(key, -SHADOW_KEEP, -1)
+            pipe.execute()
+
+    def shadow_frames(self, candidate: ModelRef, limit: int = SHADOW_KEEP) -> list[ShadowFrame]:
+        """The candidate's last `limit` shadow frames, oldest first."""
+        items = self.r.lrange(_shadow_key(candidate), -limit, -1)
+        return [ShadowFrame.model_validate_json(t) for t in items]
+
     def feedback(self, kind: Target, target: str) -> list[FrameFeedback | TruckDecision]:
         """The feedback about a frame or a truck, in the order given."""
         return [
@@ -735,3 +750,8 @@ def _record(frame_id: str, h: dict[bytes, bytes]) -> FrameRecord | None:
         result=load_result(result) if result else None,
         completed_at=float(completed) if completed else None,
     )
+
+
+def _shadow_key(model: ModelRef) -> str:
+    """The list of a candidate's shadow frames, oldest first."""
+    return f"{P}shadow:{model.name}/{model.version}"

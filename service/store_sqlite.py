@@ -47,10 +47,12 @@ from service.reports import (
     summary_of,
     truck_report,
 )
-from service.result import FrameResult, load_result, pack_result
+from service.result import FrameResult, ModelRef, load_result, pack_result
+from service.shadow import ShadowFrame
 from service.store import (
     CURSOR,
     FEED_SCAN,
+    SHADOW_KEEP,
     FeedPage,
     FrameRecord,
     IdempotencyConflict,
@@ -107,6 +109,12 @@ CREATE TABLE IF NOT EXISTS live_settings (
     version INTEGER PRIMARY KEY,
     change TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shadow (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    candidate TEXT NOT NULL,
+    frame TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shadow_candidate ON shadow (candidate, seq);
 """
 
 _NOT_HELD = "frame_id NOT IN (SELECT target FROM feedback WHERE kind = 'frame')"
@@ -483,6 +491,29 @@ class SQLiteStore:
         ).fetchall()
         return [SettingsChange.model_validate_json(r[0]) for r in reversed(rows)]
 
+    def add_shadow(self, frame: ShadowFrame) -> None:
+        """Keep a frame as a candidate in shadow answered it (the last SHADOW_KEEP of each)."""
+        key = _candidate(frame.candidate_model)
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO shadow (candidate, frame) VALUES (?, ?)",
+                (key, frame.model_dump_json(by_alias=True)),
+            )
+            self._db.execute(
+                "DELETE FROM shadow WHERE candidate = ? AND seq <= (SELECT seq FROM shadow "
+                "WHERE candidate = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (key, key, SHADOW_KEEP),
+            )
+
+    def shadow_frames(self, candidate: ModelRef, limit: int = SHADOW_KEEP) -> list[ShadowFrame]:
+        """The candidate's last `limit` shadow frames, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT frame FROM shadow WHERE candidate = ? ORDER BY seq DESC LIMIT ?",
+                (_candidate(candidate), limit),
+            ).fetchall()
+        return [ShadowFrame.model_validate_json(r[0]) for r in reversed(rows)]
+
     def feedback(self, kind: Target, target: str) -> list[FrameFeedback | TruckDecision]:
         """The feedback about a frame or a truck, in the order given."""
         with self._lock:
@@ -562,3 +593,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
+
+
+def _candidate(model: ModelRef) -> str:
+    return f"{model.name}/{model.version}"

@@ -48,7 +48,17 @@ from common.classes import CLASS_NAMES, IGNORE_INDEX
 from common.imaging import polygon_mask
 from service.pipeline import Pipeline, render_overlay
 from service.result import VERDICTS, Verdict, frame_verdict
-from service.stages import Bed, Findings, Instance, InstanceRule, Merged, find_instances
+from service.stages import (
+    Bed,
+    Findings,
+    Instance,
+    InstanceRule,
+    Merged,
+    find_instances,
+    match_regions,
+    polygon_rle,
+    region_iou,
+)
 from training.data import FrameRecord
 from training.data.coco import segmentation_to_rle
 from training.metrics import PixelMetricAccumulator
@@ -184,15 +194,6 @@ class FrameOutcome:
         return max((i.score for i in self.candidates), default=0.0)
 
 
-def polygon_rle(instance: Instance, height: int, width: int) -> dict[str, Any]:
-    """A served instance's outline as a compressed RLE (the pixels the overlay shows)."""
-    flat = [float(v) for xy in instance.polygon for v in xy]
-    if len(flat) < 6:  # a region one cell wide: its box
-        x, y, w, h = instance.bbox
-        flat = [x, y, x + w, y, x + w, y + h, x, y + h]
-    return dict(mask_utils.merge(mask_utils.frPyObjects([flat], height, width)))
-
-
 def match(
     scores: Sequence[float],
     rles: list[dict[str, Any]],
@@ -200,20 +201,7 @@ def match(
     match_iou: float,
 ) -> list[int | None]:
     """Greedy matching by score (the rule in the module docstring)."""
-    out: list[int | None] = [None] * len(rles)
-    if not rles or not truth.rles:
-        return out
-    iou = np.asarray(mask_utils.iou(rles, truth.rles, [0] * len(truth.rles)))
-    taken: set[int] = set()
-    for p in np.argsort(-np.asarray(scores), kind="stable"):
-        for t in np.argsort(-iou[p], kind="stable"):
-            if iou[p, t] < match_iou:
-                break
-            if int(t) not in taken:
-                taken.add(int(t))
-                out[p] = int(t)
-                break
-    return out
+    return match_regions(scores, region_iou(rles, truth.rles), match_iou)
 
 
 def outcome(

@@ -44,7 +44,7 @@ STATUS: dict[type[ServiceError], tuple[int, str]] = {
         409,
         "Idempotency-Key reused with other bytes; feedback on a frame not done or past "
         "retention; a model version that cannot be served (bundle_refused), no earlier one "
-        "to roll back to",
+        "to roll back to, the served version put in shadow (shadow_is_served)",
     ),
     TooLarge: (413, "upload or image too large"),
     UnsupportedMedia: (415, "not multipart/form-data"),

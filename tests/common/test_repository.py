@@ -67,3 +67,37 @@ def test_unknown_versions_bad_names_and_a_broken_pointer_are_refused(tmp_path):
         repo.check()
     with pytest.raises(RepositoryError, match="no such folder"):
         Repository(tmp_path / "none").check()
+
+
+def test_a_shadow_candidate_is_kept_logged_and_ended_by_its_activation(tmp_path):
+    repo = Repository(tmp_path)
+    for v in ("v1", "v2", "v3"):
+        add(tmp_path, "yard", v)
+    repo.activate("yard", "v1", "setup")
+    assert repo.shadow() is None and repo.stop_shadow("admin") is None
+    for share in (0, -0.1, 1.5):
+        with pytest.raises(RepositoryError, match="more than 0, at most 1"):
+            repo.start_shadow("yard", "v2", share, "admin")
+    with pytest.raises(UnknownVersion):
+        repo.start_shadow("yard", "v9", 0.5, "admin")
+    plan = repo.start_shadow("yard", "v2", 0.25, "admin")
+    assert repo.shadow() == plan and (plan.version, plan.share, plan.by) == ("v2", 0.25, "admin")
+    assert repo.start_shadow("yard", "v3", 1.0, "ops").version == "v3"  # in place of v2
+    stopped = repo.stop_shadow("ops")
+    assert stopped is not None and (stopped.version, stopped.share) == ("v3", 1.0)
+    assert repo.shadow() is None
+    repo.start_shadow("yard", "v2", 0.5, "admin")
+    repo.activate("yard", "v3", "admin")  # another version: the candidate stays
+    assert repo.shadow() is not None and repo.shadow().version == "v2"
+    repo.activate("yard", "v2", "admin")  # the candidate itself: its shadow ends
+    assert repo.shadow() is None
+    assert [(e["action"], e["version"]) for e in repo.state()["log"]] == [
+        ("activate", "v1"),
+        ("shadow", "v2"),
+        ("shadow", "v3"),
+        ("shadow_stop", "v3"),
+        ("shadow", "v2"),
+        ("activate", "v3"),
+        ("activate", "v2"),
+        ("shadow_stop", "v2"),
+    ]

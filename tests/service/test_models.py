@@ -21,21 +21,26 @@ from .test_api import jpeg, post
 pytestmark = pytest.mark.slow
 
 
-def add(root: Path, version: str, **manifest_changes: object) -> Path:
+def add(
+    root: Path, version: str, postprocess: dict | None = None, **manifest_changes: object
+) -> Path:
     """The demo bundle as version `version` of model demo."""
     folder = root / "demo" / version
     shutil.copytree(REPO / "models" / "demo", folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["model"]["version"] = version
+    manifest["postprocess"].update(postprocess or {})
     manifest.update(manifest_changes)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
 
 def make_repository(root: Path) -> Path:
-    """v1 (active) and v2 of the demo bundle, and two versions that cannot be served."""
+    """v1 (active) and v2 of the demo bundle, an eager one, two that cannot be served."""
     add(root, "v1")
     add(root, "v2")
+    eager = {"class_thresholds": None, "pixel_threshold": 0.5, "min_score": 0.0}
+    add(root, "eager", postprocess={**eager, "reject_score": 0.9})  # finds more, rejects more
     add(root, "unwarmable", grid=36)  # loads, and its engine answers another grid
     torn = add(root, "torn")
     (torn / "model.onnx").write_bytes((torn / "model.onnx").read_bytes()[:1000])
@@ -180,12 +185,121 @@ def test_workers_follow_the_repository_under_load(tmp_path_factory, redis_url):
             assert r.status_code == 200 and r.json()["version"] == "v1", r.text
             serving("v1")
             load.more(4)
+            body = {"name": "demo", "version": "eager", "share": 1.0}
+            r = httpx.put(f"{srv.url}/v1/models/shadow", json=body, timeout=120)
+            assert r.status_code == 200, r.text
+            load.more(6)  # the workers follow the repository within 2 s
+            summary = shadow_figures(srv, 1)["summary"]
+            assert summary["candidate_model"]["version"] == "eager"
+            assert summary["frames"] == len(httpx.get(f"{srv.url}/v1/models/shadow/frames").json())
         versions = load.versions()
         assert set(versions) == {"v1", "v2"} and versions[-1] == "v1"
         assert httpx.get(f"{srv.url}/v1/models").json()["serving"] is None  # the workers serve
     finally:
         for process in (*workers, srv):
             process.stop()
+
+
+def shadow_figures(srv: Server, frames: int) -> dict:
+    """GET /v1/models/shadow once the candidate has scored `frames` frames."""
+    for _ in range(300):
+        status = httpx.get(f"{srv.url}/v1/models/shadow").json()
+        if status["summary"] and status["summary"]["frames"] >= frames:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"the candidate scored {status}")
+
+
+def test_a_candidate_in_shadow_is_compared_not_served(served, repo):
+    r = httpx.put(
+        f"{served.url}/v1/models/shadow",
+        json={"name": "demo", "version": "eager", "share": 1.0},
+        timeout=120,
+    )
+    assert r.status_code == 200 and r.json()["share"] == 1.0, r.text
+    frames = [jpeg(render_frame(71, i, 1280, 720).image) for i in range(4)]
+    answers = [post(served, data, {"camera_id": "crane-9"}, wait=True).json() for data in frames]
+    assert {a["result"]["model"]["version"] for a in answers} == {"v1"}  # never served
+    status = shadow_figures(served, len(frames))
+    assert (
+        status["shadow"]["version"] == "eager" and status["shadow"]["by"] == "anonymous"
+    )  # no keys on loopback
+    summary = status["summary"]
+    kept = httpx.get(f"{served.url}/v1/models/shadow/frames").json()
+    assert sorted(f["frame_id"] for f in kept) == sorted(a["frame_id"] for a in answers)
+    served_by_id = {a["frame_id"]: a["result"] for a in answers}
+    recount = {"agree": 0, "matched": 0, "reclassified": 0, "added": 0, "dropped": 0}
+    pairs: dict[tuple[str, str], int] = {}
+    for f in kept:  # the figures, counted again from the stored frames and results
+        result = served_by_id[f["frame_id"]]
+        assert f["served_verdict"] == result["verdict"]
+        assert len(f["matched"]) + len(f["dropped"]) == len(result["instances"])
+        assert f["candidate_model"] == {"name": "demo", "version": "eager"}
+        key = (f["served_verdict"], f["candidate_verdict"])
+        pairs[key] = pairs.get(key, 0) + 1
+        recount["agree"] += key[0] == key[1]
+        for m in f["matched"]:
+            same = m["served"]["class"] == m["candidate"]["class"]
+            recount["matched" if same else "reclassified"] += 1
+        recount["added"] += len(f["added"])
+        recount["dropped"] += len(f["dropped"])
+    assert summary["frames"] == len(frames) and summary["verdicts_agree"] == recount["agree"]
+    assert summary["instances"] == {
+        k: recount[k] for k in ("matched", "reclassified", "added", "dropped")
+    }
+    assert {
+        (a, b): n for a, row in summary["verdicts"].items() for b, n in row.items() if n
+    } == pairs
+    assert recount["added"] > 0  # the eager candidate finds what the served one leaves out
+    metrics = httpx.get(f"{served.url}/metrics").text
+    scored = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("scrapscan_shadow_frames_total{") and '"demo/eager"' in line
+    ]
+    assert sum(scored) == len(frames)
+
+    r = httpx.delete(f"{served.url}/v1/models/shadow")
+    assert r.status_code == 200 and r.json()["summary"]["frames"] == len(frames)
+    post(served, frames[0], {"camera_id": "crane-9"}, wait=True)
+    assert httpx.delete(f"{served.url}/v1/models/shadow").json()["shadow"] is None
+    time.sleep(1)
+    again = httpx.get(f"{served.url}/v1/models/shadow?name=demo&version=eager").json()
+    assert again["shadow"] is None and again["summary"]["frames"] == len(frames)
+
+    # the candidate activated ends its shadow
+    body = {"name": "demo", "version": "v2", "share": 0.5}
+    assert httpx.put(f"{served.url}/v1/models/shadow", json=body, timeout=120).status_code == 200
+    assert activate(served, "v2").status_code == 200
+    assert httpx.get(f"{served.url}/v1/models/shadow").json()["shadow"] is None
+    assert httpx.post(f"{served.url}/v1/models/rollback", timeout=120).status_code == 200
+    log = httpx.get(f"{served.url}/v1/models").json()["log"]
+    assert [(e["action"], e["version"]) for e in log[-6:]] == [
+        ("shadow", "eager"),
+        ("shadow_stop", "eager"),
+        ("shadow", "v2"),
+        ("activate", "v2"),
+        ("shadow_stop", "v2"),
+        ("rollback", "v1"),
+    ]
+
+
+def test_a_candidate_that_cannot_score_is_refused_with_the_reason(served, server):
+    url = f"{served.url}/v1/models/shadow"
+    for share in (0, 1.5, "half"):
+        r = httpx.put(url, json={"name": "demo", "version": "v2", "share": share})
+        assert r.status_code == 400 and "share" in r.text, r.text
+    r = httpx.put(url, json={"name": "demo", "version": "v9", "share": 0.5})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_version_not_found"
+    r = httpx.put(url, json={"name": "demo", "version": "v1", "share": 0.5})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "shadow_is_served"
+    for broken, why in [("torn", "model.onnx"), ("unwarmable", "36 x 36 grid")]:
+        r = httpx.put(url, json={"name": "demo", "version": broken, "share": 0.5}, timeout=120)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "bundle_refused"
+        assert why in r.text
+    assert httpx.get(url).json()["shadow"] is None  # nothing was put in shadow
+    r = httpx.get(f"{server.url}/v1/models/shadow")  # a lone bundle
+    assert r.status_code == 404 and r.json()["error"]["code"] == "no_repository"
 
 
 def test_unknown_versions_and_a_lone_bundle_get_clear_errors(served, server):

@@ -54,6 +54,10 @@ OPERATIONS = [
     ("GET", "/v1/models"),  # 404 no_repository on this service, as documented
     ("POST", "/v1/models/active"),
     ("POST", "/v1/models/rollback"),
+    ("GET", "/v1/models/shadow"),
+    ("PUT", "/v1/models/shadow"),
+    ("DELETE", "/v1/models/shadow"),
+    ("GET", "/v1/models/shadow/frames"),
     ("GET", "/v1/settings/live"),
     ("PUT", "/v1/settings/live"),
     ("GET", "/v1/settings/log"),

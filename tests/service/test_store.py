@@ -16,8 +16,9 @@ from service.feedback import (
 )
 from service.live import LiveSettings
 from service.reports import truck_report
-from service.result import load_result, pack_result
+from service.result import ModelRef, load_result, pack_result
 from service.settings import CameraBed, UploadKeeping
+from service.shadow import ShadowFrame
 from service.store import IdempotencyConflict, NewFrame, TruckQuery
 from service.store_redis import RedisStore
 from service.store_sqlite import SQLiteStore
@@ -351,6 +352,8 @@ def test_every_sqlite_query_a_route_makes_has_an_index(tmp_path):
     s.unfinished()
     s.feedback("frame", f"{3:032x}")
     s.feedback_between(0.0, 1e18)
+    s.add_shadow(shadow_frame("f" * 32, "a", agree=True))
+    s.shadow_frames(ModelRef(name="test", version="a"))
     s.purge(60, 600)
     s._db.set_trace_callback(None)
     queries = {q for q in statements if q.split()[0] in ("SELECT", "UPDATE", "DELETE")}
@@ -495,5 +498,48 @@ def test_live_settings_are_versioned_with_what_they_replaced_and_survive_a_resta
         assert again.settings_log(limit=1) == [second]
         third = again.save_settings(LiveSettings(), "admin")
         assert third.version == 3 and third.previous == second.settings
+    finally:
+        again.close()
+
+
+def shadow_frame(frame_id: str, version: str, agree: bool) -> ShadowFrame:
+    served = frame_result([{"class": "motor", "score": 0.9, "area": 64}])
+    return ShadowFrame(
+        frame_id=frame_id,
+        camera_id="cam",
+        at=time.time(),
+        served_model=served.model,
+        candidate_model=ModelRef(name="test", version=version),
+        served_verdict="inspect",
+        candidate_verdict="inspect" if agree else "clean",
+        matched=[],
+        added=[],
+        dropped=[],
+    )
+
+
+def test_shadow_frames_are_kept_per_candidate_up_to_a_bound_and_survive_a_restart(
+    store, tmp_path, request, monkeypatch
+):
+    for module in ("service.store_sqlite", "service.store_redis"):
+        monkeypatch.setattr(f"{module}.SHADOW_KEEP", 5)
+    a, b = ModelRef(name="test", version="a"), ModelRef(name="test", version="b")
+    assert store.shadow_frames(a) == []
+    for k in range(7):
+        store.add_shadow(shadow_frame(f"f{k}", "a", agree=k % 2 == 0))
+    other = shadow_frame("g0", "b", agree=True)
+    store.add_shadow(other)
+    assert [f.frame_id for f in store.shadow_frames(a)] == ["f2", "f3", "f4", "f5", "f6"]
+    assert [f.frame_id for f in store.shadow_frames(a, limit=2)] == ["f5", "f6"]
+    again = reopened(store, tmp_path, request)
+    try:
+        assert again.shadow_frames(b) == [other]
+        assert [f.candidate_verdict for f in again.shadow_frames(a)] == [
+            "inspect",
+            "clean",
+            "inspect",
+            "clean",
+            "inspect",
+        ]
     finally:
         again.close()
