@@ -7,16 +7,9 @@ import pytest
 import torch
 
 from common.bundle import BundleError, load_bundle
+from model_export import parity as checks
 from model_export.export import ExportOptions, export_bundle, main
 from model_export.graph import OUTPUT_NAMES, InferenceGraph
-from model_export.parity import (
-    Parity,
-    ParityError,
-    compare,
-    onnx_runner,
-    parity_inputs,
-    torch_runner,
-)
 from model_export.tensorrt import TensorRTError, build_engine, engine_name
 from training.checkpoint import load_trained
 from training.config import BinaryMode
@@ -49,7 +42,7 @@ def graph(checkpoint):
 @pytest.fixture(scope="module")
 def fresh_inputs():
     """Other inputs than the export checked itself on: other noise, other frames."""
-    return parity_inputs(518, random=3, synthetic=5, seed=11)
+    return checks.parity_inputs(518, random=3, synthetic=5, seed=11)
 
 
 def test_graph_outputs_and_no_text_tower(graph):
@@ -64,14 +57,18 @@ def test_graph_outputs_and_no_text_tower(graph):
 
 
 def test_fp32_onnx_matches_pytorch(bundle, graph, fresh_inputs):
-    parity = compare(torch_runner(graph), onnx_runner(bundle / "model.onnx"), fresh_inputs)
+    parity = checks.compare(
+        checks.torch_runner(graph), checks.onnx_runner(bundle / "model.onnx"), fresh_inputs
+    )
     assert max(parity.max_abs.values()) <= 1e-4
     assert parity.argmax_agreement >= 0.999
     parity.check("fp32", "model.onnx")
 
 
 def test_fp16_onnx_matches_pytorch(bundle, graph, fresh_inputs):
-    parity = compare(torch_runner(graph), onnx_runner(bundle / "model.fp16.onnx"), fresh_inputs)
+    parity = checks.compare(
+        checks.torch_runner(graph), checks.onnx_runner(bundle / "model.fp16.onnx"), fresh_inputs
+    )
     assert max(parity.max_abs.values()) <= 1e-2
     assert parity.argmax_agreement >= 0.999
     assert max(parity.max_abs.values()) > 0  # it is another precision, not the same file
@@ -79,7 +76,7 @@ def test_fp16_onnx_matches_pytorch(bundle, graph, fresh_inputs):
 
 def test_torch_export_matches_pytorch(bundle, graph, fresh_inputs):
     program = torch.export.load(bundle / "model.pt2").module()
-    parity = compare(torch_runner(graph), torch_runner(program), fresh_inputs)
+    parity = checks.compare(checks.torch_runner(graph), checks.torch_runner(program), fresh_inputs)
     assert max(parity.max_abs.values()) <= 1e-4
 
 
@@ -160,18 +157,18 @@ def test_unreadable_manifest_and_non_bundles(copy_of, tmp_path):
 
 
 def test_parity_check_fails_beyond_the_limits(graph):
-    inputs = parity_inputs(518, random=2, synthetic=0)
-    reference = torch_runner(graph)
+    inputs = checks.parity_inputs(518, random=2, synthetic=0)
+    reference = checks.torch_runner(graph)
 
     def drifting(x):
         return tuple(o + 2e-4 for o in reference(x))
 
-    parity = compare(reference, drifting, inputs)
+    parity = checks.compare(reference, drifting, inputs)
     parity.check("fp16", "drifting")  # within fp16's limit
-    with pytest.raises(ParityError, match=r"drifting: max abs difference 2\.0\de-04"):
+    with pytest.raises(checks.ParityError, match=r"drifting: max abs difference 2\.0\de-04"):
         parity.check("fp32", "drifting")
-    with pytest.raises(ParityError, match="argmax agreement"):
-        Parity({"class_probs": 0.0}, 0.99, 1).check("fp32", "swapped")
+    with pytest.raises(checks.ParityError, match="argmax agreement"):
+        checks.Parity({"class_probs": 0.0}, 0.99, 1).check("fp32", "swapped")
 
 
 def test_an_export_whose_file_drifts_is_refused_and_writes_nothing(
@@ -243,7 +240,7 @@ def test_the_bundle_forms_the_binary_map_the_report_evaluated(checkpoint, tmp_pa
     )
     assert load_bundle(out).manifest.model.binary_mode == other.value
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    x = parity_inputs(518, random=1, synthetic=1, seed=5)
+    x = checks.parity_inputs(518, random=1, synthetic=1, seed=5)
     _, anomaly, _ = session.run(None, {"images": x})
     wanted, _ = load_trained(checkpoint, binary_mode=other)
     own, _ = load_trained(checkpoint)
@@ -360,8 +357,8 @@ def test_the_committed_demo_bundle_loads_and_runs():
     assert m.postprocess.pixel_threshold == m.metrics["evaluation"]["pixel"]["f1_threshold"]
     assert set(m.postprocess.class_thresholds) == set(m.classes[1:])
     assert m.postprocess.calibration["frames"] >= 48
-    run = onnx_runner(demo.path("model.onnx"))
-    probs, anomaly, _ = run(parity_inputs(m.input_size, random=1, synthetic=1))
+    run = checks.onnx_runner(demo.path("model.onnx"))
+    probs, anomaly, _ = run(checks.parity_inputs(m.input_size, random=1, synthetic=1))
     assert probs.shape == (2, 4, m.grid, m.grid) and np.all((anomaly >= 0) & (anomaly <= 1))
 
 
