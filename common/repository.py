@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from common.bundle import MANIFEST, BundleError, read_manifest
+from common.bundle import MANIFEST, BundleError, load_bundle, read_manifest
 
 ACTIVE: Final = "active.json"
 NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -130,6 +131,37 @@ class Repository:
                 Version(folder.parent.name, folder.name, folder, m.model.created_at.isoformat())
             )
         return sorted(found, key=lambda v: (v.created_at, v.name, v.version))
+
+    def add(self, bundle: Path, by: str, move: bool = False) -> tuple[Version, Pointer | None]:
+        """Put the bundle folder `bundle` in as <name>/<version>, as its manifest says.
+
+        Its files are checked first (BundleError names a wrong one); a version the
+        repository holds already is refused (RepositoryError). Copied through a hidden
+        folder beside the versions, or moved (`move`, a folder on the same file system
+        that nobody needs after). The first version of a repository becomes the active
+        one: then its Pointer is returned too.
+        """
+        self.check()
+        m = load_bundle(bundle).manifest
+        target = self.folder(m.model.name, m.model.version)
+        if target.exists():
+            raise RepositoryError(
+                f"{target} exists: model {m.model.name} version {m.model.version} is in the "
+                "repository already (a version is never replaced; export another)"
+            )
+        incoming = self.root / f".incoming-{os.getpid()}-copy"
+        try:
+            if not move:
+                shutil.copytree(bundle, incoming)
+                bundle = incoming
+            target.parent.mkdir(exist_ok=True)
+            bundle.rename(target)
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+        version = Version(m.model.name, m.model.version, target, m.model.created_at.isoformat())
+        with self._locked():
+            first = not self._state()["history"]
+        return version, self.activate(version.name, version.version, by) if first else None
 
     def active(self) -> Pointer | None:
         """The version served, or None before the first activation."""

@@ -39,6 +39,7 @@ from common.bundle import (
     BundleFile,
     Manifest,
     load_bundle,
+    read_manifest,
     sha256_of,
 )
 from common.classes import CLASS_NAMES
@@ -406,7 +407,15 @@ def export_bundle(
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
     p = command("scrapscan-export", __doc__)
-    p.add_argument("--checkpoint", type=Path, required=True, metavar="FILE")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, metavar="FILE", help="what to export")
+    source.add_argument(
+        "--bundle",
+        type=Path,
+        metavar="BUNDLE_DIR",
+        help="with --repository: add this bundle, as exported before, to the repository "
+        "instead (its files checked first); e.g. models/demo",
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, metavar="BUNDLE_DIR", help="the bundle folder to write")
     where.add_argument(
@@ -500,6 +509,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--max-batch must be >= 1, --min-area >= 0, --max-bed-fraction in (0, 1]")
     if args.precision != "fp16" and (not args.tensorrt or args.calibration is None):
         parser.error(f"--precision {args.precision} needs --tensorrt and --calibration DIR")
+    if args.bundle is not None and (args.repository is None or args.name or args.version):
+        parser.error(
+            "--bundle adds a bundle as it is to a --repository (its manifest names it: no "
+            "--name or --version)"
+        )
     if args.repository is not None:
         return _export_to_repository(args, parser)
     if args.out.exists() and not args.overwrite:
@@ -569,22 +583,24 @@ def _export_to_repository(args: argparse.Namespace, parser: argparse.ArgumentPar
         return 2
     incoming = args.repository / f".incoming-{os.getpid()}"
     try:
-        manifest = export_bundle(args.checkpoint, incoming, _options(args))
-        target = repo.folder(manifest.model.name, manifest.model.version)
-        if target.exists():
-            raise RepositoryError(
-                f"{target} exists: model {manifest.model.name} version "
-                f"{manifest.model.version} is in the repository already; give another --version"
-            )
-        target.parent.mkdir(exist_ok=True)
-        incoming.rename(target)
-        if repo.active() is None:
-            repo.activate(manifest.model.name, manifest.model.version, "scrapscan-export")
-    except (CheckpointError, ExportError, ParityError, TensorRTError, RepositoryError) as err:
+        if args.bundle is None:
+            export_bundle(args.checkpoint, incoming, _options(args))
+            version, _ = repo.add(incoming, "scrapscan-export", move=True)
+        else:  # the user's folder stays where it is
+            version, _ = repo.add(args.bundle, "scrapscan-export")
+    except (
+        CheckpointError,
+        ExportError,
+        ParityError,
+        TensorRTError,
+        RepositoryError,
+        BundleError,
+    ) as err:
         print(f"scrapscan-export: {err}", file=sys.stderr)
         return 1
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
+    manifest, target = read_manifest(version.path), version.path
     _said(manifest, target)
     active = repo.active()
     assert active is not None

@@ -52,9 +52,15 @@ def test_compose_file_matches_the_compose_spec():
     assert "./deploy/redis.conf:/usr/local/etc/redis/redis.conf:ro" in services["redis"]["volumes"]
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    # both serve the model repository; the API writes its active.json, the worker reads
+    assert "${SCRAPSCAN_MODELS_DIR:?set SCRAPSCAN_MODELS_DIR}:/models" in services["api"]["volumes"]
+    assert (
+        "${SCRAPSCAN_MODELS_DIR:?set SCRAPSCAN_MODELS_DIR}:/models:ro"
+        in (services["worker"]["volumes"])
+    )
     for name in ("api", "worker"):
         env = services[name]["environment"]
-        assert env["SCRAPSCAN_STORE"] == "redis"
+        assert env["SCRAPSCAN_STORE"] == "redis" and env["SCRAPSCAN_REPOSITORY"] == "/models"
         # the bucket the service is told of is the one made for it, on the MinIO beside it
         objects = ObjectStoreSettings.model_validate_json(env["SCRAPSCAN_OBJECTS"])
         assert f"yard/{objects.bucket}" in services["minio-bucket"]["command"][0]
@@ -112,6 +118,21 @@ def test_kustomizations_name_files_that_exist_and_pods_are_locked_down():
     container = worker["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container)
+
+
+def test_kubernetes_api_and_workers_share_the_model_repository():
+    (config, _) = docs(K8S_BASE / "config.yaml")
+    assert config["data"]["SCRAPSCAN_REPOSITORY"] == "/models"
+    worker = {d["kind"]: d for d in docs(K8S_BASE / "worker.yaml")}
+    claim = worker["PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # the API writes active.json
+    for name, read_only in (("api.yaml", False), ("worker.yaml", True)):
+        pod = next(d for d in docs(K8S_BASE / name) if d["kind"] == "Deployment")["spec"]
+        spec = pod["template"]["spec"]
+        volume = next(v for v in spec["volumes"] if v["name"] == "models")
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "models")
+        assert mount["mountPath"] == "/models" and mount.get("readOnly", False) is read_only
 
 
 def test_kubernetes_api_and_workers_use_the_bucket_the_job_makes():

@@ -434,3 +434,32 @@ def test_export_adds_versions_to_a_repository_and_never_replaces_one(checkpoint,
     assert sorted(p.name for p in repo.iterdir()) == before  # no leftover incoming folder
     with pytest.raises(SystemExit):
         main([*quick, "--repository", str(repo), "--out", str(tmp_path / "b")])
+
+
+def test_a_bundle_as_exported_is_added_to_a_repository_as_it_is(tmp_path, capsys):
+    from common.repository import Repository
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    demo = CONFIGS.parent / "models" / "demo"
+    name = json.loads((demo / "manifest.json").read_text())["model"]
+    assert main(["--bundle", str(demo), "--repository", str(repo)]) == 0
+    said = capsys.readouterr().out
+    assert said.rstrip().endswith(f"active version: {name['name']} {name['version']}")
+    assert (demo / "manifest.json").is_file()  # copied, not moved
+    load_bundle(repo / name["name"] / name["version"])
+    assert main(["--bundle", str(demo), "--repository", str(repo)]) == 1
+    assert "is in the repository already" in capsys.readouterr().err
+    torn = tmp_path / "torn"
+    shutil.copytree(demo, torn)
+    manifest = json.loads((torn / "manifest.json").read_text())
+    manifest["model"]["version"] = "torn"
+    (torn / "manifest.json").write_text(json.dumps(manifest))
+    (torn / "model.onnx").write_bytes(b"not onnx")
+    assert main(["--bundle", str(torn), "--repository", str(repo)]) == 1
+    assert "model.onnx" in capsys.readouterr().err
+    assert [v.version for v in Repository(repo).versions()] == [name["version"]]
+    assert not [p for p in repo.iterdir() if p.name.startswith(".incoming")]
+    for wrong in (["--out", str(tmp_path / "b")], ["--repository", str(repo), "--name", "x"]):
+        with pytest.raises(SystemExit):
+            main(["--bundle", str(demo), *wrong])
