@@ -12,12 +12,15 @@ the frame this is. The runner (service/runner.py) ends each delivery one way:
   (service/store_redis.py), so a 202 means the frame is queued. A delivery held by a
   consumer that stopped renewing it for claim_idle_s is taken over by another consumer
   (XAUTOCLAIM); its attempt count carries on. Given-up frames go to the stream
-  `scrapscan:dead` with the reason and the attempts.
+  `scrapscan:dead` with the reason and the attempts. A change of the model repository
+  (an activation, a rollback, a candidate in shadow or out of it) is announced on the
+  channel `scrapscan:models`; `news` waits for one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +33,8 @@ DEAD = f"{P}dead"
 DEAD_MAXLEN = 100_000
 ATTEMPTS = f"{P}attempts"
 ERRORS = f"{P}attempt_errors"
+MODELS = f"{P}models"
+"""The channel an API process announces a change of the model repository on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +73,20 @@ class FrameQueue(Protocol):
         """These deliveries are still being worked on (not to be taken over)."""
         ...
 
+    async def news(self, seconds: float) -> bool:
+        """Wait up to `seconds` for the model repository to be announced changed.
+
+        True when it was (then look at it now), False after `seconds`.
+        """
+        ...
+
     async def last_error(self, d: Delivery) -> str | None:
         """Why the frame's last failed attempt failed, if one did."""
         ...
+
+
+NEWS_STEP_S = 0.5
+"""RedisQueue.news listens in steps this long (a stopping worker waits for one at most)."""
 
 
 class LocalQueue:
@@ -116,6 +132,11 @@ class LocalQueue:
         """The reason of the frame's last retry."""
         return self._errors.get(d.frame_id)
 
+    async def news(self, seconds: float) -> bool:
+        """Embedded, the API changes the model itself: nothing to hear of."""
+        await asyncio.sleep(seconds)
+        return False
+
     def _forget(self, frame_id: str) -> None:
         self._attempts.pop(frame_id, None)
         self._errors.pop(frame_id, None)
@@ -146,6 +167,8 @@ class RedisQueue:
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self._group_ready = False
         self._retry = self.r.register_script(_RETRY)
+        self._models: Any = None
+        """The subscription to MODELS, made on the first `news`."""
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) unless they exist."""
@@ -226,6 +249,32 @@ class RedisQueue:
         """Why the frame's last failed attempt failed, if one did."""
         value = await asyncio.to_thread(self.r.hget, ERRORS, d.frame_id)
         return value.decode() if value else None
+
+    async def news(self, seconds: float) -> bool:
+        """Wait up to `seconds` for an announcement on MODELS (announce_models).
+
+        Redis errors propagate, and the subscription is made again on the next call.
+        """
+        try:
+            if self._models is None:
+                self._models = self.r.pubsub(ignore_subscribe_messages=True)
+                await asyncio.to_thread(self._models.subscribe, MODELS)
+            end = time.monotonic() + seconds
+            while (left := end - time.monotonic()) > 0:
+                step = min(NEWS_STEP_S, left)
+                if await asyncio.to_thread(self._models.get_message, timeout=step):
+                    return True
+            return False
+        except redis.RedisError:
+            models, self._models = self._models, None
+            if models is not None:
+                models.close()
+            raise
+
+
+def announce_models(client: Any) -> None:
+    """Tell every worker that the model repository changed (they look at it at once)."""
+    client.publish(MODELS, "changed")
 
 
 def group_info(client: Any) -> dict[str, Any]:

@@ -47,9 +47,6 @@ from service.store import FrameRecord, Store
 
 log = logging.getLogger("scrapscan.runner")
 
-MODEL_POLL_S = 2.0
-"""How often a runner serving from a repository looks at its active version."""
-
 
 def _same(pipeline: Pipeline, path: Path) -> bool:
     return pipeline.bundle.root.resolve() == path.resolve()
@@ -257,10 +254,12 @@ class FrameRunner:
         return new
 
     async def _follow(self) -> None:
-        """Serve the repository's active version: look every MODEL_POLL_S, swap on a change.
+        """Serve the repository's active version and candidate, as it says.
 
-        How a scrapscan-worker learns of an activation through the API (the repository
-        folder is shared; embedded, the API swaps at once and this finds nothing to do).
+        Looked at on each announcement (queue.news) and every settings.repository_poll_s
+        besides; a change is swapped in. How a scrapscan-worker learns of an activation
+        through the API (the repository folder is shared; embedded, the API swaps at once
+        and this finds nothing to do).
         A version that fails to load is not tried again until the pointer moves.
         """
         assert self.settings.repository is not None
@@ -268,7 +267,11 @@ class FrameRunner:
         failed: Path | None = None
         failed_shadow: Path | None = None
         while True:
-            await asyncio.sleep(MODEL_POLL_S)
+            try:
+                await self.queue.news(self.settings.repository_poll_s)
+            except redis.RedisError as err:  # the folder is still looked at
+                log.warning("redis: no model announcements: %s", err)
+                await asyncio.sleep(self.settings.repository_poll_s)
             async with self._swap:  # not while the API swaps and moves the pointer
                 try:
                     path = await asyncio.to_thread(bundle_path, self.settings)

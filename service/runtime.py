@@ -21,7 +21,7 @@ from common.bundle import BundleError, load_bundle
 from common.repository import Pointer, Repository, RepositoryError, Shadow
 from service.errors import Conflict, InvalidInput, NotFound, Unavailable
 from service.metrics import LiveCollector, Metrics, queue_gauges
-from service.queue import LocalQueue, group_info
+from service.queue import LocalQueue, announce_models, group_info
 from service.runner import FrameRunner
 from service.settings import Settings
 from service.store import FeedPage, FrameRecord, Store
@@ -152,7 +152,9 @@ class Service:
                 await asyncio.to_thread(load_bundle, path, True, True)
             except BundleError as err:
                 raise Conflict("bundle_refused", str(err)) from None
-            return await asyncio.to_thread(move)
+            pointer = await asyncio.to_thread(move)
+            await self._announce()
+            return pointer
         try:
             await self.runner.swap(path, lambda: moved.append(move()))
         except Exception as err:  # not loaded or not warmed: the old one serves on
@@ -185,6 +187,7 @@ class Service:
             if self.runner is None:
                 await asyncio.to_thread(load_bundle, path, True, True)
                 move()
+                await self._announce()
             else:
                 await self.runner.start_shadow(path, share, move)
         except Exception as err:
@@ -202,9 +205,18 @@ class Service:
 
         if self.runner is None:
             await asyncio.to_thread(move)
+            await self._announce()
         else:
             await self.runner.stop_shadow(move)
         return stopped[0]
+
+    async def _announce(self) -> None:
+        """Tell the workers the repository changed (else they see it within their poll)."""
+        assert self.redis is not None
+        try:
+            await asyncio.to_thread(announce_models, self.redis.r)
+        except redis.RedisError as err:
+            log.warning("redis: model change not announced (workers poll the folder): %s", err)
 
     async def record(self, frame_id: str) -> FrameRecord:
         """The stored frame; NotFound when there is none."""

@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     repository: Path | None = None
     """A model repository (common/repository.py): its active version is served, and
     POST /v1/models/active and /v1/models/rollback change it while frames go on."""
+    repository_poll_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    """How often a process serving from a repository looks at it besides the changes the
+    API announces through Redis (a worker that missed one still follows)."""
     data_dir: Path = Path("data")
     """Uploads, masks, overlays and the SQLite store."""
     store: Literal["sqlite", "redis"] = "sqlite"

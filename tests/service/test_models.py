@@ -158,6 +158,7 @@ def test_workers_follow_the_repository_under_load(tmp_path_factory, redis_url):
         "SCRAPSCAN_REDIS_URL": redis_url,
         "SCRAPSCAN_REPOSITORY": str(repo),
         "SCRAPSCAN_THREADS": "1",
+        "SCRAPSCAN_REPOSITORY_POLL_S": "600",  # the workers follow the API's announcements
     }
     srv = Server(folder / "data", env)
     workers = [Worker(folder, env, f"worker-{i}") for i in (1, 2)]
@@ -165,7 +166,7 @@ def test_workers_follow_the_repository_under_load(tmp_path_factory, redis_url):
         process.start()
 
     def serving(version: str) -> None:
-        for _ in range(100):  # each worker looks every 2 s
+        for _ in range(100):  # announced: within 20 s, not the 600 s of the poll
             said = [httpx.get(f"{w.url}/readyz").json()["model"]["version"] for w in workers]
             if said == [version, version]:
                 return
@@ -188,10 +189,12 @@ def test_workers_follow_the_repository_under_load(tmp_path_factory, redis_url):
             body = {"name": "demo", "version": "eager", "share": 1.0}
             r = httpx.put(f"{srv.url}/v1/models/shadow", json=body, timeout=120)
             assert r.status_code == 200, r.text
-            load.more(6)  # the workers follow the repository within 2 s
+            load.more(6)
             summary = shadow_figures(srv, 1)["summary"]
             assert summary["candidate_model"]["version"] == "eager"
-            assert summary["frames"] == len(httpx.get(f"{srv.url}/v1/models/shadow/frames").json())
+            kept = httpx.get(f"{srv.url}/v1/models/shadow/frames").json()  # frames go on
+            assert 1 <= summary["frames"] <= len(kept)
+            assert {f["candidate_model"]["version"] for f in kept} == {"eager"}
         versions = load.versions()
         assert set(versions) == {"v1", "v2"} and versions[-1] == "v1"
         assert httpx.get(f"{srv.url}/v1/models").json()["serving"] is None  # the workers serve

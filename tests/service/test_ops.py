@@ -64,6 +64,10 @@ ROUTES = [
     ("GET", "/v1/models", "config"),  # 404 for admin: this service has no repository
     ("POST", "/v1/models/active", "config"),
     ("POST", "/v1/models/rollback", "config"),
+    ("GET", "/v1/models/shadow", "config"),
+    ("PUT", "/v1/models/shadow", "config"),
+    ("DELETE", "/v1/models/shadow", "config"),
+    ("GET", "/v1/models/shadow/frames", "config"),
     ("GET", "/v1/settings/live", "config"),
     ("PUT", "/v1/settings/live", "config"),
     ("GET", "/v1/settings/log", "config"),
@@ -79,11 +83,11 @@ WHO = [None, "unknown", "camera", "dashboard", "operator", "admin"]
 
 def call(srv: Server, method: str, template: str, role: str | None, frame_id: str) -> int:
     path = template.format(frame_id=frame_id, truck_id="TRK-KEYS")
+    if path.startswith("/v1/models/") and method != "GET":
+        body = {"name": "demo", "version": "v1", "share": 0.5}
+        return httpx.request(method, f"{srv.url}{path}", json=body, headers=auth(role)).status_code
     if method == "PUT":  # the live settings: an empty version changes nothing
         return httpx.put(f"{srv.url}{path}", json={}, headers=auth(role)).status_code
-    if path.startswith("/v1/models/"):
-        body = {"name": "demo", "version": "v1"}
-        return httpx.post(f"{srv.url}{path}", json=body, headers=auth(role)).status_code
     if method == "POST" and path.endswith(("/feedback", "/decisions")):
         body = {"label": "missed", "box": [0, 0, 4, 4]} if path.endswith("/feedback") else {}
         body = body or {"decision": "accepted"}
