@@ -57,7 +57,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="model repository (scrapscan-export --repository; the API and the workers "
         "share the folder): serve its active version, and follow it when an admin changes "
-        "it (POST /v1/models/active, /v1/models/rollback)",
+        "it (POST /v1/admin/bundles/active, /v1/admin/bundles/rollback)",
     )
 
 

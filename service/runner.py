@@ -64,7 +64,7 @@ def bundle_path(s: Settings) -> Path:
     active = repo.active()
     if active is None:
         raise RepositoryError(
-            f"{s.repository}: no active version; activate one (POST /v1/models/active) or "
+            f"{s.repository}: no active version; activate one (POST /v1/admin/bundles/active) or "
             "export with scrapscan-export --repository, which activates the first"
         )
     return repo.path(active.name, active.version)

@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     """The model bundle folder (when no repository is given)."""
     repository: Path | None = None
     """A model repository (common/repository.py): its active version is served, and
-    POST /v1/models/active and /v1/models/rollback change it while frames go on."""
+    POST /v1/admin/bundles/active and /v1/admin/bundles/rollback change it while frames go on."""
     repository_poll_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     """How often a process serving from a repository looks at it besides the changes the
     API announces through Redis (a worker that missed one still follows)."""

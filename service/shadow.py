@@ -1,6 +1,6 @@
 """Shadow scoring: how a candidate model would have answered the live frames.
 
-A yard that retrained puts the new version in shadow (PUT /v1/models/shadow) before it
+A yard that retrained puts the new version in shadow (PUT /v1/admin/bundles/shadow) before it
 serves it: of the frames the served model answers, the share picked (`picked`: by the
 frame id, so a frame tried again is picked again, and every process picks the same) are
 scored by the candidate too, right after their result is stored, with the same bed

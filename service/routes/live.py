@@ -20,7 +20,7 @@ router = APIRouter(tags=["settings"])
 
 
 @router.get(
-    "/v1/settings/live",
+    "/v1/admin/settings",
     response_model=SettingsChange | None,
     responses=responses(*LIST),
     dependencies=[require("config")],
@@ -33,7 +33,7 @@ async def live_settings(svc: ServiceDep) -> SettingsChange | None:
     return await asyncio.to_thread(svc.store.live_settings)
 
 
-@router.put("/v1/settings/live", response_model=SettingsChange, responses=responses(*LIST))
+@router.put("/v1/admin/settings", response_model=SettingsChange, responses=responses(*LIST))
 async def set_live_settings(
     svc: ServiceDep, given: LiveSettings, by: Annotated[str, require("config")]
 ) -> SettingsChange:
@@ -51,7 +51,7 @@ async def set_live_settings(
 
 
 @router.get(
-    "/v1/settings/log",
+    "/v1/admin/settings/log",
     response_model=list[SettingsChange],
     responses=responses(*LIST),
     dependencies=[require("config")],

@@ -69,7 +69,7 @@ def _active(pointer: Pointer) -> Active:
 
 
 @router.get(
-    "/v1/models",
+    "/v1/admin/bundles",
     response_model=Models,
     responses=responses(*ONE),
     dependencies=[require("config")],
@@ -100,7 +100,7 @@ async def models(svc: ServiceDep) -> Models:
     )
 
 
-@router.post("/v1/models/active", response_model=Active, responses=responses(*CHANGE))
+@router.post("/v1/admin/bundles/active", response_model=Active, responses=responses(*CHANGE))
 async def activate(svc: ServiceDep, given: Activation, by: Admin) -> Active:
     """Serve this version from now on, without stopping.
 
@@ -112,7 +112,7 @@ async def activate(svc: ServiceDep, given: Activation, by: Admin) -> Active:
     return _active(await svc.activate(given.name, given.version, by))
 
 
-@router.post("/v1/models/rollback", response_model=Active, responses=responses(*CHANGE))
+@router.post("/v1/admin/bundles/rollback", response_model=Active, responses=responses(*CHANGE))
 async def rollback(svc: ServiceDep, by: Admin) -> Active:
     """Serve again the version served before the current one (409 when there is none)."""
     return _active(await svc.rollback(by))
@@ -167,7 +167,7 @@ Version = Annotated[
 
 
 @router.get(
-    "/v1/models/shadow",
+    "/v1/admin/bundles/shadow",
     response_model=ShadowStatus,
     responses=responses(*ONE),
     dependencies=[require("config")],
@@ -189,7 +189,7 @@ async def shadow(svc: ServiceDep, name: Version = None, version: Version = None)
 
 
 @router.get(
-    "/v1/models/shadow/frames",
+    "/v1/admin/bundles/shadow/frames",
     response_model=list[ShadowFrame],
     responses=responses(*ONE),
     dependencies=[require("config")],
@@ -211,7 +211,7 @@ async def shadow_frames(
     return await asyncio.to_thread(svc.store.shadow_frames, candidate, limit)
 
 
-@router.put("/v1/models/shadow", response_model=ShadowPlan, responses=responses(*CHANGE))
+@router.put("/v1/admin/bundles/shadow", response_model=ShadowPlan, responses=responses(*CHANGE))
 async def start_shadow(svc: ServiceDep, given: ShadowRequest, by: Admin) -> ShadowPlan:
     """Score `share` of the frames with this version too, in place of any candidate before.
 
@@ -226,7 +226,7 @@ async def start_shadow(svc: ServiceDep, given: ShadowRequest, by: Admin) -> Shad
     return out
 
 
-@router.delete("/v1/models/shadow", response_model=ShadowStatus, responses=responses(*ONE))
+@router.delete("/v1/admin/bundles/shadow", response_model=ShadowStatus, responses=responses(*ONE))
 async def stop_shadow(svc: ServiceDep, by: Admin) -> ShadowStatus:
     """No candidate scores any more.
 

@@ -33,7 +33,7 @@ def frame() -> bytes:
 
 
 def put(srv: Server, body: dict) -> httpx.Response:
-    return httpx.put(f"{srv.url}/v1/settings/live", json=body, timeout=30)
+    return httpx.put(f"{srv.url}/v1/admin/settings", json=body, timeout=30)
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_a_bad_value_is_refused_naming_the_field(embedded, body, named):
     r = put(embedded, body)
     assert r.status_code == 400, r.text
     assert named in r.json()["error"]["message"]
-    assert httpx.get(f"{embedded.url}/v1/settings/live").json() is None  # nothing saved
+    assert httpx.get(f"{embedded.url}/v1/admin/settings").json() is None  # nothing saved
 
 
 def test_settings_apply_to_the_next_frame_and_survive_a_restart(embedded, frame):
@@ -69,11 +69,11 @@ def test_settings_apply_to_the_next_frame_and_survive_a_restart(embedded, frame)
     assert r.json()["version"] == 2 and r.json()["previous"] == {**STRICT, "cameras": {}}
     embedded.stop()
     embedded.start()
-    live = httpx.get(f"{embedded.url}/v1/settings/live").json()
+    live = httpx.get(f"{embedded.url}/v1/admin/settings").json()
     assert live["version"] == 2 and live["by"] == "anonymous"
     moved = post(embedded, frame, {"camera_id": "crane-9"}, wait=True).json()["result"]
     assert moved["settings_version"] == 2 and moved["bed"]["strategy"] == "full"
-    log = httpx.get(f"{embedded.url}/v1/settings/log").json()
+    log = httpx.get(f"{embedded.url}/v1/admin/settings/log").json()
     assert [c["version"] for c in log] == [1, 2]
 
 

@@ -111,7 +111,7 @@ class Load:
 
 def activate(srv: Server, version: str) -> httpx.Response:
     body = {"name": "demo", "version": version}  # answered once the new engine is warm
-    return httpx.post(f"{srv.url}/v1/models/active", json=body, timeout=120)
+    return httpx.post(f"{srv.url}/v1/admin/bundles/active", json=body, timeout=120)
 
 
 def test_versions_swap_and_roll_back_under_load_without_a_lost_frame(served, repo):
@@ -125,13 +125,13 @@ def test_versions_swap_and_roll_back_under_load_without_a_lost_frame(served, rep
             assert r.status_code == 409, r.text
             assert r.json()["error"]["code"] == "bundle_refused" and why in r.text
         load.more(3)  # the refused ones changed nothing: v2 serves on
-        r = httpx.post(f"{served.url}/v1/models/rollback", timeout=120)
+        r = httpx.post(f"{served.url}/v1/admin/bundles/rollback", timeout=120)
         assert r.status_code == 200 and r.json()["version"] == "v1", r.text
         load.more(4)
     versions = load.versions()
     assert set(versions) == {"v1", "v2"}
     assert versions[-1] == "v1"  # frames posted after the rollback ended on v1
-    models = httpx.get(f"{served.url}/v1/models").json()
+    models = httpx.get(f"{served.url}/v1/admin/bundles").json()
     assert models["active"]["version"] == models["serving"]["version"] == "v1"
     assert [(e["action"], e["version"]) for e in models["log"]] == [
         ("activate", "v1"),
@@ -182,31 +182,32 @@ def test_workers_follow_the_repository_under_load(tmp_path_factory, redis_url):
             load.more(4)
             r = activate(srv, "torn")  # the API checks the files before any worker sees it
             assert r.status_code == 409 and "model.onnx" in r.text
-            r = httpx.post(f"{srv.url}/v1/models/rollback", timeout=120)
+            r = httpx.post(f"{srv.url}/v1/admin/bundles/rollback", timeout=120)
             assert r.status_code == 200 and r.json()["version"] == "v1", r.text
             serving("v1")
             load.more(4)
             body = {"name": "demo", "version": "eager", "share": 1.0}
-            r = httpx.put(f"{srv.url}/v1/models/shadow", json=body, timeout=120)
+            r = httpx.put(f"{srv.url}/v1/admin/bundles/shadow", json=body, timeout=120)
             assert r.status_code == 200, r.text
             load.more(6)
             summary = shadow_figures(srv, 1)["summary"]
             assert summary["candidate_model"]["version"] == "eager"
-            kept = httpx.get(f"{srv.url}/v1/models/shadow/frames").json()  # frames go on
+            kept = httpx.get(f"{srv.url}/v1/admin/bundles/shadow/frames").json()  # frames go on
             assert 1 <= summary["frames"] <= len(kept)
             assert {f["candidate_model"]["version"] for f in kept} == {"eager"}
         versions = load.versions()
         assert set(versions) == {"v1", "v2"} and versions[-1] == "v1"
-        assert httpx.get(f"{srv.url}/v1/models").json()["serving"] is None  # the workers serve
+        bundles = httpx.get(f"{srv.url}/v1/admin/bundles").json()
+        assert bundles["serving"] is None  # the workers serve
     finally:
         for process in (*workers, srv):
             process.stop()
 
 
 def shadow_figures(srv: Server, frames: int) -> dict:
-    """GET /v1/models/shadow once the candidate has scored `frames` frames."""
+    """GET /v1/admin/bundles/shadow once the candidate has scored `frames` frames."""
     for _ in range(300):
-        status = httpx.get(f"{srv.url}/v1/models/shadow").json()
+        status = httpx.get(f"{srv.url}/v1/admin/bundles/shadow").json()
         if status["summary"] and status["summary"]["frames"] >= frames:
             return status
         time.sleep(0.1)
@@ -215,7 +216,7 @@ def shadow_figures(srv: Server, frames: int) -> dict:
 
 def test_a_candidate_in_shadow_is_compared_not_served(served, repo):
     r = httpx.put(
-        f"{served.url}/v1/models/shadow",
+        f"{served.url}/v1/admin/bundles/shadow",
         json={"name": "demo", "version": "eager", "share": 1.0},
         timeout=120,
     )
@@ -228,7 +229,7 @@ def test_a_candidate_in_shadow_is_compared_not_served(served, repo):
         status["shadow"]["version"] == "eager" and status["shadow"]["by"] == "anonymous"
     )  # no keys on loopback
     summary = status["summary"]
-    kept = httpx.get(f"{served.url}/v1/models/shadow/frames").json()
+    kept = httpx.get(f"{served.url}/v1/admin/bundles/shadow/frames").json()
     assert sorted(f["frame_id"] for f in kept) == sorted(a["frame_id"] for a in answers)
     served_by_id = {a["frame_id"]: a["result"] for a in answers}
     recount = {"agree": 0, "matched": 0, "reclassified": 0, "added": 0, "dropped": 0}
@@ -262,21 +263,22 @@ def test_a_candidate_in_shadow_is_compared_not_served(served, repo):
     ]
     assert sum(scored) == len(frames)
 
-    r = httpx.delete(f"{served.url}/v1/models/shadow")
+    r = httpx.delete(f"{served.url}/v1/admin/bundles/shadow")
     assert r.status_code == 200 and r.json()["summary"]["frames"] == len(frames)
     post(served, frames[0], {"camera_id": "crane-9"}, wait=True)
-    assert httpx.delete(f"{served.url}/v1/models/shadow").json()["shadow"] is None
+    assert httpx.delete(f"{served.url}/v1/admin/bundles/shadow").json()["shadow"] is None
     time.sleep(1)
-    again = httpx.get(f"{served.url}/v1/models/shadow?name=demo&version=eager").json()
+    again = httpx.get(f"{served.url}/v1/admin/bundles/shadow?name=demo&version=eager").json()
     assert again["shadow"] is None and again["summary"]["frames"] == len(frames)
 
     # the candidate activated ends its shadow
     body = {"name": "demo", "version": "v2", "share": 0.5}
-    assert httpx.put(f"{served.url}/v1/models/shadow", json=body, timeout=120).status_code == 200
+    r = httpx.put(f"{served.url}/v1/admin/bundles/shadow", json=body, timeout=120)
+    assert r.status_code == 200
     assert activate(served, "v2").status_code == 200
-    assert httpx.get(f"{served.url}/v1/models/shadow").json()["shadow"] is None
-    assert httpx.post(f"{served.url}/v1/models/rollback", timeout=120).status_code == 200
-    log = httpx.get(f"{served.url}/v1/models").json()["log"]
+    assert httpx.get(f"{served.url}/v1/admin/bundles/shadow").json()["shadow"] is None
+    assert httpx.post(f"{served.url}/v1/admin/bundles/rollback", timeout=120).status_code == 200
+    log = httpx.get(f"{served.url}/v1/admin/bundles").json()["log"]
     assert [(e["action"], e["version"]) for e in log[-6:]] == [
         ("shadow", "eager"),
         ("shadow_stop", "eager"),
@@ -288,7 +290,7 @@ def test_a_candidate_in_shadow_is_compared_not_served(served, repo):
 
 
 def test_a_candidate_that_cannot_score_is_refused_with_the_reason(served, server):
-    url = f"{served.url}/v1/models/shadow"
+    url = f"{served.url}/v1/admin/bundles/shadow"
     for share in (0, 1.5, "half"):
         r = httpx.put(url, json={"name": "demo", "version": "v2", "share": share})
         assert r.status_code == 400 and "share" in r.text, r.text
@@ -301,7 +303,7 @@ def test_a_candidate_that_cannot_score_is_refused_with_the_reason(served, server
         assert r.status_code == 409 and r.json()["error"]["code"] == "bundle_refused"
         assert why in r.text
     assert httpx.get(url).json()["shadow"] is None  # nothing was put in shadow
-    r = httpx.get(f"{server.url}/v1/models/shadow")  # a lone bundle
+    r = httpx.get(f"{server.url}/v1/admin/bundles/shadow")  # a lone bundle
     assert r.status_code == 404 and r.json()["error"]["code"] == "no_repository"
 
 
@@ -310,7 +312,7 @@ def test_unknown_versions_and_a_lone_bundle_get_clear_errors(served, server):
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_version_not_found"
     r = activate(served, "../v1")
     assert r.status_code == 400
-    r = httpx.get(f"{server.url}/v1/models")  # started with a bundle, not a repository
+    r = httpx.get(f"{server.url}/v1/admin/bundles")  # started with a bundle, not a repository
     assert r.status_code == 404 and r.json()["error"]["code"] == "no_repository"
 
 

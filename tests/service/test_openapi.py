@@ -51,16 +51,16 @@ OPERATIONS = [
     ("GET", "/v1/config"),
     ("GET", "/v1/status"),
     ("GET", "/v1/feedback/export"),
-    ("GET", "/v1/models"),  # 404 no_repository on this service, as documented
-    ("POST", "/v1/models/active"),
-    ("POST", "/v1/models/rollback"),
-    ("GET", "/v1/models/shadow"),
-    ("PUT", "/v1/models/shadow"),
-    ("DELETE", "/v1/models/shadow"),
-    ("GET", "/v1/models/shadow/frames"),
-    ("GET", "/v1/settings/live"),
-    ("PUT", "/v1/settings/live"),
-    ("GET", "/v1/settings/log"),
+    ("GET", "/v1/admin/bundles"),  # 404 no_repository on this service, as documented
+    ("POST", "/v1/admin/bundles/active"),
+    ("POST", "/v1/admin/bundles/rollback"),
+    ("GET", "/v1/admin/bundles/shadow"),
+    ("PUT", "/v1/admin/bundles/shadow"),
+    ("DELETE", "/v1/admin/bundles/shadow"),
+    ("GET", "/v1/admin/bundles/shadow/frames"),
+    ("GET", "/v1/admin/settings"),
+    ("PUT", "/v1/admin/settings"),
+    ("GET", "/v1/admin/settings/log"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -118,14 +118,14 @@ def test_every_answer_with_a_key_is_what_the_document_says(api_schema, method, p
         # its parameters are two optional free times: the only invalid requests that
         # Schemathesis makes of it add unknown query parameters, which every route ignores
         excluded = [negative_data_rejection]
-    if path == "/v1/settings/live" and method == "PUT":
+    if path == "/v1/admin/settings" and method == "PUT":
         # a camera's bed "polygon" needs its polygon: a rule between two fields that the
         # document states in words, which Schemathesis does not read; and the "invalid"
         # bodies it makes of this all-optional body are null where null is allowed (or
         # lack the key, which this test puts back). tests/service/test_live.py sends the
         # invalid bodies, each refused naming its field
         excluded = [positive_data_acceptance, negative_data_rejection]
-    if path == "/v1/settings/log":
+    if path == "/v1/admin/settings/log":
         # its one parameter is an integer: a "string" Schemathesis makes of it may be
         # digits, which a query string carries as text whatever the type
         excluded = [negative_data_rejection]

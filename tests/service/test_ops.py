@@ -61,16 +61,16 @@ ROUTES = [
     ("GET", "/v1/config", "config"),
     ("GET", "/v1/status", "frames"),
     ("GET", "/v1/feedback/export", "export"),
-    ("GET", "/v1/models", "config"),  # 404 for admin: this service has no repository
-    ("POST", "/v1/models/active", "config"),
-    ("POST", "/v1/models/rollback", "config"),
-    ("GET", "/v1/models/shadow", "config"),
-    ("PUT", "/v1/models/shadow", "config"),
-    ("DELETE", "/v1/models/shadow", "config"),
-    ("GET", "/v1/models/shadow/frames", "config"),
-    ("GET", "/v1/settings/live", "config"),
-    ("PUT", "/v1/settings/live", "config"),
-    ("GET", "/v1/settings/log", "config"),
+    ("GET", "/v1/admin/bundles", "config"),  # 404 for admin: this service has no repository
+    ("POST", "/v1/admin/bundles/active", "config"),
+    ("POST", "/v1/admin/bundles/rollback", "config"),
+    ("GET", "/v1/admin/bundles/shadow", "config"),
+    ("PUT", "/v1/admin/bundles/shadow", "config"),
+    ("DELETE", "/v1/admin/bundles/shadow", "config"),
+    ("GET", "/v1/admin/bundles/shadow/frames", "config"),
+    ("GET", "/v1/admin/settings", "config"),
+    ("PUT", "/v1/admin/settings", "config"),
+    ("GET", "/v1/admin/settings/log", "config"),
     ("GET", "/dashboard", None),
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),
@@ -83,7 +83,7 @@ WHO = [None, "unknown", "camera", "dashboard", "operator", "admin"]
 
 def call(srv: Server, method: str, template: str, role: str | None, frame_id: str) -> int:
     path = template.format(frame_id=frame_id, truck_id="TRK-KEYS")
-    if path.startswith("/v1/models/") and method != "GET":
+    if path.startswith("/v1/admin/bundles/") and method != "GET":
         body = {"name": "demo", "version": "v1", "share": 0.5}
         return httpx.request(method, f"{srv.url}{path}", json=body, headers=auth(role)).status_code
     if method == "PUT":  # the live settings: an empty version changes nothing
@@ -124,7 +124,7 @@ def test_each_role_on_each_route(keyed, done_frame, who, method, path, permissio
     elif who in (None, "unknown"):
         assert status == 401
     elif who in ACCESS[permission]:
-        assert status in ((404,) if path.startswith("/v1/models") else (200, 201, 202))
+        assert status in ((404,) if path.startswith("/v1/admin/bundles") else (200, 201, 202))
     else:
         assert status == 403
 
