@@ -578,4 +578,31 @@ def write_report(
     ]
     body = {**header, **scored.report, "worst_frames": files, "per_frame": per_frame}
     (out / "report.json").write_text(json.dumps(body, indent=2) + "\n")
+    (out / "false_regions.json").write_text(json.dumps(false_regions(seen, scored)) + "\n")
     plot_curves(out, scored)
+
+
+def false_regions(seen: Sequence[Seen], scored: Scored) -> dict[str, Any]:
+    """Per frame, the candidate instances that found nothing true (any score).
+
+    What the region encoder learns as plain scrap (scrapscan-region train --negatives):
+    keyed by the image's file name, each with its box, outline, class and score.
+    """
+    frames: dict[str, list[dict[str, Any]]] = {}
+    for s, o in zip(seen, scored.outcomes, strict=True):
+        found = [
+            {
+                "bbox": list(i.bbox),
+                "polygon": [[round(x, 1), round(y, 1)] for x, y in i.polygon],
+                "class": i.class_name,
+                "score": float(i.score),  # as the rule compares it
+            }
+            for i, m in zip(o.candidates, o.matched, strict=True)
+            if m is None
+        ]
+        if found:
+            frames[s.record.image_path.name] = found
+    return {
+        "description": "candidate instances of the served path that matched no label",
+        "frames": frames,
+    }

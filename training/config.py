@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -213,6 +213,9 @@ class RunConfig(_Strict):
         return self
 
 
+Config = TypeVar("Config", bound=BaseModel)
+
+
 class ConfigError(ValueError):
     """A configuration file cannot be used; the message names the file and each wrong field."""
 
@@ -229,18 +232,28 @@ def _describe(err: ValidationError) -> list[str]:
 
 
 def parse_config(data: Any, source: str = "<config>") -> RunConfig:
+    """Validate a parsed YAML/JSON training configuration (ConfigError: every wrong field)."""
+    return parse_as(RunConfig, data, source)
+
+
+def load_config(path: Path | str) -> RunConfig:
+    """Read and validate a YAML training configuration file."""
+    return load_as(RunConfig, path)
+
+
+def parse_as(schema: type[Config], data: Any, source: str) -> Config:
     """Validate a parsed YAML/JSON mapping; raises ConfigError listing every wrong field."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     try:
-        return RunConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as err:
         details = "\n".join(f"  {line}" for line in _describe(err))
         raise ConfigError(f"{source}: {err.error_count()} wrong field(s):\n{details}") from None
 
 
-def load_config(path: Path | str) -> RunConfig:
-    """Read and validate a YAML configuration file."""
+def load_as(schema: type[Config], path: Path | str) -> Config:
+    """Read and validate a YAML configuration file of `schema`."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -250,4 +263,4 @@ def load_config(path: Path | str) -> RunConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_config(data, str(path))
+    return parse_as(schema, data, str(path))

@@ -17,6 +17,7 @@ from tools.evaluate import main
 from tools.served_eval import Seen, Truth, match, score, truth_of
 from training.data import FrameRecord, load_frames
 from training.data.frames import LabelledInstance
+from training.region.data import negative_regions
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 H, W = 200, 300
@@ -208,6 +209,16 @@ def test_the_cli_runs_the_service_pipeline_and_calibrates(synth_dir, tmp_path, c
     assert (out / "roc.png").stat().st_size > 0 and (out / "pr.png").stat().st_size > 0
     for name in report["worst_frames"]["false_alarms"] + report["worst_frames"]["misses"]:
         assert (out / name).stat().st_size > 0
+    # what matched nothing, for the region encoder to learn as plain scrap, and only that
+    false = json.loads((out / "false_regions.json").read_text())["frames"]
+    assert set(false) <= {i["file_name"] for i in labels["images"]}
+    frames = load_frames(synth_dir)
+    negatives = negative_regions(out / "false_regions.json", frames)
+    assert len(negatives) == sum(len(v) for v in false.values())
+    least = report["thresholds"]["min_score"]
+    served_false = report["instances"]["served"] - report["instances"]["found"]
+    high = [r["score"] for v in false.values() for r in v if r["score"] >= least]
+    assert len(high) == served_false
     thresholds = json.loads((out / "thresholds.json").read_text())
     assert thresholds == {**thresholds, **report["thresholds"]}  # the report is under them
     assert len(thresholds["classes"]) == 3 and thresholds["bundle"]["name"] == "demo"
