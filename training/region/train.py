@@ -285,11 +285,12 @@ def judge(encoder: RegionEncoder, crops: RegionCrops, descriptions: Descriptions
             by_count.setdefault(str(n) if n < 5 else "5+", []).append(predicted[k] == truth[k])
     contaminant = sims[:, text_classes > 0].max(axis=1) - sims[:, text_classes == 0].max(axis=1)
     is_contaminant = truth > 0
-    auroc = (
-        float(roc_auc_score(is_contaminant, contaminant))
-        if 0 < is_contaminant.sum() < len(truth)
-        else None
-    )
+    negative = np.asarray([r.source == "negative" for r in crops.regions])
+
+    def auroc(keep: np.ndarray[Any, Any]) -> float | None:
+        y = is_contaminant[keep]
+        return float(roc_auc_score(y, contaminant[keep])) if 0 < y.sum() < len(y) else None
+
     confusion = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), np.int64)
     np.add.at(confusion, (truth, predicted), 1)
     right = predicted[labelled] == truth[labelled]
@@ -309,7 +310,8 @@ def judge(encoder: RegionEncoder, crops: RegionCrops, descriptions: Descriptions
             name: dict(zip(CLASS_NAMES, map(int, confusion[k]), strict=True))
             for k, name in enumerate(CLASS_NAMES)
         },
-        "verification_auroc": auroc,
+        "verification_auroc": auroc(np.ones(len(truth), bool)),
+        "verification_auroc_served_false": auroc(labelled | negative) if negative.any() else None,
     }
 
 
@@ -340,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", type=Path, required=True, metavar="DIR")
     e.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR")
     e.add_argument(
+        "--negatives",
+        type=Path,
+        metavar="FILE",
+        help="false_regions.json of scrapscan-eval on these frames: the served false regions "
+        "join the plain scrap the verification AUROC sets the contaminants against",
+    )
+    e.add_argument(
         "--plain-per-frame",
         type=int,
         default=2,
@@ -362,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             encoder, cfg = load_encoder(args.checkpoint)
             descriptions = load_descriptions(cfg.descriptions)
-            crops = gather_crops(cfg, args.data, None, args.plain_per_frame)
+            crops = gather_crops(cfg, args.data, args.negatives, args.plain_per_frame)
             report = {
                 "checkpoint": str(args.checkpoint),
                 "data": str(args.data),
