@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from common.regions import crop_box
 from training.data import load_frames
 from training.model import WeightsError
 from training.region.config import LoraConfig, RegionModelConfig, RegionRunConfig
 from training.region.data import (
     RegionCrops,
-    crop_box,
     labelled_regions,
     negative_regions,
     normal_regions,

@@ -10,15 +10,13 @@ A region is a class and an outline in a frame:
 - hard negatives (class normal): the regions a served model reported where nothing was
   (`scrapscan-eval` writes them as false_regions.json).
 
-`RegionCrops` cuts every region once (each frame decoded once): the crop is the region's
-box grown by `context` of its longer side on each side, made square, at the model's input
-size; the alpha channel is the region's mask in it.
+`RegionCrops` cuts every region once (each frame decoded once), as the service cuts an
+instance (common.regions).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from common.imaging import polygon_mask
+from common.regions import cut_region
 from training.data.coco import segmentation_to_mask
 from training.data.frames import FrameRecord, FrameSet
 
@@ -181,13 +180,6 @@ def negative_regions(path: Path, frames: FrameSet) -> list[Region]:
     return out
 
 
-def crop_box(box: tuple[int, int, int, int], context: float, min_crop: int) -> tuple[int, int, int]:
-    """The square crop of a region's box: its left, top and side in frame pixels."""
-    x, y, w, h = box
-    side = max(min_crop, math.ceil(max(w, h) * (1 + 2 * context)))
-    return x + w // 2 - side // 2, y + h // 2 - side // 2, side
-
-
 def cut(
     image: npt.NDArray[np.uint8],
     region: Region,
@@ -195,24 +187,8 @@ def cut(
     context: float,
     min_crop: int,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-    """(size, size, 3) RGB crop and (size, size) alpha (255 on the region) of one region.
-
-    Parts of the crop outside the frame are black, with alpha 0.
-    """
-    left, top, side = crop_box(region.box, context, min_crop)
-    h, w = image.shape[:2]
-    canvas = np.zeros((side, side, 3), np.uint8)
-    alpha = np.zeros((side, side), np.uint8)
-    sx0, sy0 = max(0, left), max(0, top)
-    sx1, sy1 = min(w, left + side), min(h, top + side)
-    canvas[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = image[sy0:sy1, sx0:sx1]
-    x, y, rw, rh = region.box
-    pixels = region.pixels()
-    ax, ay = x - left, y - top
-    alpha[ay : ay + rh, ax : ax + rw][pixels[: side - ay, : side - ax]] = 255
-    rgb = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
-    a = cv2.resize(alpha, (size, size), interpolation=cv2.INTER_AREA)
-    return np.asarray(rgb, np.uint8), np.asarray(a, np.uint8)
+    """(size, size, 3) RGB crop and (size, size) alpha of one region (common.regions)."""
+    return cut_region(image, region.box, region.pixels(), size, context, min_crop)
 
 
 @dataclass(slots=True)
