@@ -33,7 +33,7 @@ at each precision: checked by the export, and by an engine that lowers the preci
 MIN_ARGMAX_AGREEMENT: Final = 0.999
 """The least share of cells whose most likely class a lower-precision run must keep."""
 
-FileKind = Literal["onnx", "torch_export", "tensorrt", "bed_model"]
+FileKind = Literal["onnx", "torch_export", "tensorrt", "bed_model", "region_encoder"]
 Precision = Literal["fp32", "fp16", "int8", "fp8"]
 
 
@@ -112,6 +112,46 @@ class BedModelInfo(_Strict):
     metrics: dict[str, Any] = {}
 
 
+class RegionDescription(_Strict):
+    """A description an instance can be given, and the class it speaks of."""
+
+    text: str
+    class_name: str
+
+
+class RegionInfo(_Strict):
+    """The region encoder (region.onnx, training.region): describes and checks instances.
+
+    Input `region` (N, 4, S, S): the crop CLIP-normalised and, as the fourth channel, the
+    instance's mask in [0, 1] (common.regions cuts both); output `embedding` (N, D),
+    L2-normalised. An instance's description is the one of highest cosine similarity;
+    its verification score is the best contaminant description's similarity minus the
+    best plain one's; below `verify_margin` it is unverified, and with
+    `drop_unverified` it does not count towards the frame's verdict.
+    """
+
+    file: str
+    input_size: Annotated[int, Field(gt=0)]
+    context: Annotated[float, Field(ge=0)]
+    min_crop: Annotated[int, Field(gt=0)]
+    descriptions: tuple[RegionDescription, ...]
+    embeddings: tuple[tuple[float, ...], ...]
+    """(len(descriptions), D) the descriptions through the text tower, L2-normalised."""
+    verify_margin: float | None = None
+    drop_unverified: bool = False
+    metrics: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _one_embedding_per_description(self) -> RegionInfo:
+        if len(self.embeddings) != len(self.descriptions) or not self.descriptions:
+            raise ValueError(
+                f"{len(self.descriptions)} descriptions but {len(self.embeddings)} embeddings"
+            )
+        if len({len(e) for e in self.embeddings}) != 1:
+            raise ValueError("embeddings of different lengths")
+        return self
+
+
 class Manifest(_Strict):
     """manifest.json."""
 
@@ -131,6 +171,7 @@ class Manifest(_Strict):
     metrics: dict[str, Any]
     files: dict[str, BundleFile]
     bed_model: BedModelInfo | None = None
+    region: RegionInfo | None = None
 
     @model_validator(mode="after")
     def _thresholds_name_the_classes(self) -> Manifest:
@@ -140,6 +181,12 @@ class Manifest(_Strict):
                 f"postprocess.class_thresholds names {sorted(given)}, the bundle's "
                 f"contaminant classes are {list(self.classes[1:])}"
             )
+        if self.region is not None:
+            unknown = {d.class_name for d in self.region.descriptions} - set(self.classes)
+            if unknown:
+                raise ValueError(f"region descriptions of unknown classes {sorted(unknown)}")
+            if self.region.file not in self.files:
+                raise ValueError(f"region.file {self.region.file} is not among the files")
         return self
 
     def file(self, kind: FileKind, precision: Precision | None = None) -> str | None:

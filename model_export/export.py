@@ -5,6 +5,7 @@ BUNDLE/model.onnx             fp32 inference graph, batch axis dynamic (model_ex
 BUNDLE/model.fp16.onnx        fp16 variant, float32 inputs and outputs
 BUNDLE/model.pt2              torch.export program, for the service's PyTorch engine
 BUNDLE/model.<gpu>.trt<v>.<precision>.plan   with --tensorrt, on a GPU with TensorRT
+BUNDLE/region.onnx            with --region, the region encoder (model_export.region)
 
 Every exported file is checked against the PyTorch model (model_export.parity) before
 the bundle is written; a file out of tolerance stops the export. The bundle is written
@@ -57,6 +58,7 @@ from model_export.parity import (
     parity_inputs,
     torch_runner,
 )
+from model_export.region import REGION_FILE, export_region_encoder
 from model_export.tensorrt import PRECISIONS, TensorRTError, build_engine, require_tensorrt
 from training.checkpoint import CheckpointError, load_trained
 from training.config import BinaryMode
@@ -90,6 +92,8 @@ class ExportOptions:
     max_bed_fraction: float = DEFAULT_MAX_BED_FRACTION
     bed_model: Path | None = None
     bed_from: Path | None = None
+    region: Path | None = None
+    """A scrapscan-region checkpoint: the region encoder that describes each instance."""
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -148,7 +152,12 @@ def _calibrated(path: Path, checkpoint: Path, mode: str, sigma: float) -> dict[s
         raise ExportError(f"{path}: thresholds and scores must be numbers in [0, 1]")
     if not isinstance(data["min_area_px"], int) or data["min_area_px"] < 0:
         raise ExportError(f"{path}: min_area_px must be a whole number of pixels >= 0")
+    margin = data.get("verify_margin")
+    if margin is not None and not isinstance(margin, int | float):
+        raise ExportError(f"{path}: verify_margin must be a number or null")
     return {
+        "verify_margin": margin,
+        "verify_region": made.get("region"),
         "pixel_threshold": data["pixel"],
         "threshold_source": "calibrated",
         "class_thresholds": dict(zip(CLASS_NAMES[1:], classes, strict=True)),
@@ -268,6 +277,17 @@ def export_bundle(
         if options.thresholds is None
         else _calibrated(options.thresholds, checkpoint, cfg.model.binary_mode.value, sigma)
     )
+    margin, verified_with = (
+        calibrated.pop("verify_margin", None),
+        calibrated.pop("verify_region", None),
+    )
+    if margin is not None and (
+        options.region is None or Path(str(verified_with)).resolve() != options.region.resolve()
+    ):
+        raise ExportError(
+            f"{options.thresholds}: its verify_margin was chosen for the region encoder "
+            f"{verified_with}; pass that checkpoint as --region"
+        )
     graph = InferenceGraph(model).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -326,6 +346,18 @@ def export_bundle(
             }
             files[BED_FILE] = _entry(work / BED_FILE, "bed_model", "fp32")
             log(f"  {BED_FILE}: from {source}")
+        region_info: dict[str, Any] | None = None
+        if options.region is not None:
+            try:
+                region_info = export_region_encoder(
+                    options.region, work / REGION_FILE, options.max_batch
+                )
+            except ValueError as err:
+                raise ExportError(f"--region: {err}") from None
+            parity[REGION_FILE] = region_info.pop("parity")
+            region_info.update(verify_margin=margin, drop_unverified=margin is not None)
+            files[REGION_FILE] = _entry(work / REGION_FILE, "region_encoder", "fp32")
+            log(f"  {REGION_FILE}: parity max abs {parity[REGION_FILE]['max_abs']:.1e}")
         if options.tensorrt:
             calib = (
                 _calibration_patches(options.calibration, cfg.model.input_size)
@@ -393,6 +425,7 @@ def export_bundle(
                 },
                 "files": files,
                 "bed_model": bed_info,
+                "region": region_info,
             }
         )
         (work / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
@@ -497,6 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BUNDLE_DIR",
         help="reuse the bed cropper (bed.onnx and its figures) of an existing bundle",
     )
+    p.add_argument(
+        "--region",
+        type=Path,
+        metavar="FILE",
+        help="a scrapscan-region checkpoint: the region encoder that describes and checks "
+        "each instance, as region.onnx with its descriptions' embeddings",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     return p
 
@@ -566,6 +606,7 @@ def _options(args: argparse.Namespace) -> ExportOptions:
         max_bed_fraction=args.max_bed_fraction,
         bed_model=args.bed_model,
         bed_from=args.bed_from,
+        region=args.region,
     )
 
 

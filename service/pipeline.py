@@ -7,6 +7,7 @@ stages run in threads so the event loop stays free.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from service.batcher import Batcher
 from service.decode import decode
 from service.heatmap import MAPS, encode_maps
 from service.live import LiveSettings, SettingsChange
+from service.region import RegionCheck
 from service.result import (
     BedUsed,
     FrameResult,
@@ -152,9 +154,12 @@ class Pipeline:
         batcher: Batcher,
         settings: Settings,
         bed_finder: BedFinder | None = None,
+        region: RegionCheck | None = None,
     ) -> None:
         self.bundle = bundle
         self.bed_finder = bed_finder
+        self.region = region
+        """The bundle's region encoder, when it has one: describes and checks instances."""
         self.batcher = batcher
         self.settings = settings
         m = bundle.manifest
@@ -256,6 +261,17 @@ class Pipeline:
         )
         files = {"mask.png": mask_png, "overlay.jpg": overlay_jpg, MAPS: maps_png}
         timer.lap("encode")
+        instances = [i.result() for i in findings.instances]
+        counted = [i.score for i in findings.instances]
+        if self.region is not None and instances:
+            said = await asyncio.to_thread(self.region.describe, frame, findings.instances)
+            instances = [
+                i.model_copy(update=dataclasses.asdict(d))
+                for i, d in zip(instances, said, strict=True)
+            ]
+            if self.region.info.drop_unverified:  # unverified: shown, not counted
+                counted = [i.score for i in instances if i.verified is not False]
+            timer.lap("describe")
         h, w = frame.shape[:2]
         result = FrameResult(
             model=ModelRef(name=m.model.name, version=m.model.version),
@@ -264,9 +280,9 @@ class Pipeline:
                 strategy=bed.strategy,
                 polygon=[(round(float(x), 1), round(float(y), 1)) for x, y in bed.polygon],
             ),
-            verdict=self.verdict(findings, rules),
+            verdict=frame_verdict(counted, rules.reject_score),
             scores={k: round(v, 4) for k, v in findings.frame_scores.items()},
-            instances=[i.result() for i in findings.instances],
+            instances=instances,
             thresholds=Thresholds(**rules.instance.describe(rules.reject_score)),
             settings_version=rules.version,
             tiles=a.tiles,

@@ -51,6 +51,24 @@ class Instance(InstanceSummary):
     class_scores: dict[str, float] = Field(description="mean probability of each class")
     bbox: tuple[int, int, int, int] = Field(description="x, y, width, height in frame pixels")
     polygon: list[tuple[float, float]] = Field(description="its outline in frame pixels")
+    description: str | None = Field(
+        None,
+        description="what the bundle's region encoder says it is (null without one)",
+        examples=["a small electric motor with copper windings"],
+    )
+    description_class: str | None = Field(
+        None, description="the class of that description (normal: plain scrap)"
+    )
+    verification: float | None = Field(
+        None,
+        description="the region encoder's best contaminant description's similarity minus "
+        "its best plain-scrap one's",
+    )
+    verified: bool | None = Field(
+        None,
+        description="verification at or over the bundle's margin (null when it sets none); "
+        "an unverified instance does not count towards the verdict when the bundle says so",
+    )
 
 
 class ModelRef(_Model):

@@ -102,7 +102,12 @@ async def open_pipeline(
         from service.bedmodel import LearnedBed
 
         finder = LearnedBed(bundle)
-    return Pipeline(bundle, batcher, s, finder)
+    region = None
+    if bundle.manifest.region is not None:
+        from service.region import RegionCheck
+
+        region = await asyncio.to_thread(RegionCheck, bundle, s.device, s.threads)
+    return Pipeline(bundle, batcher, s, finder, region)
 
 
 class FrameFailed(Exception):

@@ -182,3 +182,21 @@ def s3_url() -> Iterator[str]:
             os.environ[k] = v
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def region_checkpoint(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A region encoder (configs/region-tiny.yaml at 56 px) trained for 4 steps."""
+    import yaml
+
+    from training.region.train import main
+
+    folder = tmp_path_factory.mktemp("region")
+    cfg = yaml.safe_load((CONFIGS / "region-tiny.yaml").read_text())
+    cfg["model"]["tiny_config"]["vision_cfg"]["image_size"] = 56
+    cfg["model"]["input_size"] = 56
+    cfg["train"].update(epochs=1, batch_size=4)
+    (folder / "region.yaml").write_text(yaml.safe_dump(cfg))
+    argv = ["--config", str(folder / "region.yaml"), "--data", str(synth_dir)]
+    assert main(["train", *argv, "--out", str(folder / "run"), "--max-steps", "4"]) == 0
+    return folder / "run" / "checkpoint.pt"

@@ -8,12 +8,17 @@ With --bundle, labelled full frames go through the service's own pipeline and ar
 as a yard judges them (tools.served_eval): instance AP, recall and precision, frame
 verdicts, trucks, full-frame pixel metrics. With --calibrate the thresholds are chosen
 on those frames first (tools.calibrate), written to REPORT_DIR/thresholds.json for
-`scrapscan-export --thresholds`, and the report gives the figures under them.
+`scrapscan-export --thresholds`, and the report gives the figures under them. A bundle
+with a region encoder is also judged as a verifier: its verification score of each
+served instance, and the instances and frames without and with the instances under the
+margin (report "verifier"); --calibrate chooses the margin (the highest instance
+precision at a recall at most 0.05 below the recall without it).
 
 REPORT_DIR/report.json     the figures, the thresholds that made them, per-frame rows
 REPORT_DIR/roc.png, pr.png pixel and frame-score ROC, pixel precision-recall
 REPORT_DIR/false_alarms_*.jpg, misses_*.jpg   the served overlay beside the truth
 REPORT_DIR/thresholds.json (--calibrate) what scrapscan-export puts into the manifest
+REPORT_DIR/false_regions.json  what matched no label, for scrapscan-region --negatives
 
 Nothing is written until every frame has gone through; REPORT_DIR appears whole or not
 at all.
@@ -39,7 +44,15 @@ from service.pipeline import Pipeline
 from service.runner import open_pipeline
 from service.settings import CameraBed, Settings
 from tools.calibrate import FRAME_RULES, CalibrationError, calibrate
-from tools.served_eval import Seen, run_frames, score, write_report
+from tools.served_eval import (
+    Seen,
+    choose_margin,
+    run_frames,
+    score,
+    verifications,
+    verifier_figures,
+    write_report,
+)
 from training import evaluate as patch_evaluate
 from training.data import DataError, FrameRecord, load_frames
 
@@ -175,6 +188,9 @@ def served_main(argv: Sequence[str]) -> int:
                 "source": bundle.manifest.model.source,
                 "binary_mode": bundle.manifest.model.binary_mode,
                 "sigma": bundle.manifest.postprocess.sigma,
+                "region": None
+                if bundle.manifest.region is None
+                else bundle.manifest.region.metrics.get("checkpoint"),
             },
             "data": [str(d) for d in args.data],
             "bed": args.bed,
@@ -198,6 +214,21 @@ def served_main(argv: Sequence[str]) -> int:
                 "calibration": details,
             }
         scored = score(seen, rule, reject, classes, args.match_iou)
+        region = bundle.manifest.region
+        if pipeline.region is not None and region is not None:
+            checks = verifications(seen, scored.outcomes, pipeline.region, rule.min_score)
+            margin = region.verify_margin
+            if args.calibrate:
+                margin = choose_margin(seen, scored.outcomes, checks, classes, rule.min_score)
+                assert thresholds is not None
+                thresholds["verify_margin"] = margin
+            if margin is not None:
+                scored.report["verifier"] = {
+                    "drop_unverified": region.drop_unverified or args.calibrate,
+                    **verifier_figures(
+                        seen, scored.outcomes, checks, classes, rule.min_score, reject, margin
+                    ),
+                }
         with tempfile.TemporaryDirectory(
             dir=args.out.parent if args.out.parent.exists() else None
         ) as tmp:

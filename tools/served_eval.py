@@ -47,6 +47,7 @@ from pycocotools.cocoeval import COCOeval
 from common.classes import CLASS_NAMES, IGNORE_INDEX
 from common.imaging import polygon_mask
 from service.pipeline import Pipeline, render_overlay
+from service.region import RegionCheck
 from service.result import VERDICTS, Verdict, frame_verdict
 from service.stages import (
     Bed,
@@ -447,6 +448,93 @@ def score(
         "bed_strategies": sorted({s.bed.strategy for s in seen}),
     }
     return Scored(report, outcomes, verdicts, curves)
+
+
+# --- the region encoder as a verifier ---------------------------------------------------------
+
+
+def verifications(
+    seen: Sequence[Seen], outcomes: Sequence[FrameOutcome], region: RegionCheck, min_score: float
+) -> list[list[float | None]]:
+    """Per frame, each served candidate's verification score (None below `min_score`)."""
+    out = []
+    for s, o in zip(seen, outcomes, strict=True):
+        scores: list[float | None] = [None] * len(o.candidates)
+        picked = [k for k, i in enumerate(o.candidates) if i.score >= min_score]
+        if picked:
+            frame = cv2.imread(str(s.record.image_path), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise OSError(f"{s.record.image_path}: cannot decode image")
+            said = region.describe(np.asarray(frame, np.uint8), [o.candidates[k] for k in picked])
+            for k, d in zip(picked, said, strict=True):
+                scores[k] = d.verification
+        out.append(scores)
+    return out
+
+
+def verified(
+    outcomes: Sequence[FrameOutcome], scores: Sequence[Sequence[float | None]], margin: float
+) -> list[FrameOutcome]:
+    """The outcomes without the served candidates verified below `margin`."""
+    out = []
+    for o, vs in zip(outcomes, scores, strict=True):
+        keep = [k for k, v in enumerate(vs) if v is None or v >= margin]
+        out.append(
+            FrameOutcome(
+                [o.candidates[k] for k in keep],
+                [o.rles[k] for k in keep],
+                [o.matched[k] for k in keep],
+            )
+        )
+    return out
+
+
+def choose_margin(
+    seen: Sequence[Seen],
+    outcomes: Sequence[FrameOutcome],
+    scores: Sequence[Sequence[float | None]],
+    classes: tuple[str, ...],
+    min_score: float,
+    recall_drop: float = 0.05,
+) -> float | None:
+    """The verification margin of the highest instance precision.
+
+    Among margins whose recall is at most `recall_drop` below the recall without the
+    verifier; None when none is more precise than no verifier.
+    """
+    base = count(seen, outcomes, classes, min_score).figures()
+    if base["recall"] is None:
+        return None
+    best, margin = base["precision"] or 0.0, None
+    for m in sorted({v for vs in scores for v in vs if v is not None}):
+        f = count(seen, verified(outcomes, scores, m), classes, min_score).figures()
+        near = f["recall"] is not None and f["recall"] >= base["recall"] - recall_drop
+        if near and f["precision"] is not None and f["precision"] > best:
+            best, margin = f["precision"], m
+    return margin
+
+
+def verifier_figures(
+    seen: Sequence[Seen],
+    outcomes: Sequence[FrameOutcome],
+    scores: Sequence[Sequence[float | None]],
+    classes: tuple[str, ...],
+    min_score: float,
+    reject: float,
+    margin: float,
+) -> dict[str, Any]:
+    """Instances and frames without and with the verifier at `margin`."""
+
+    def figures(o: Sequence[FrameOutcome]) -> dict[str, Any]:
+        frames, _ = frame_table(seen, o, min_score, reject)
+        frames.pop("frame_score_roc")
+        return {"instances": count(seen, o, classes, min_score).figures(), "frames": frames}
+
+    return {
+        "margin": margin,
+        "without": figures(outcomes),
+        "with": figures(verified(outcomes, scores, margin)),
+    }
 
 
 def _spread(values: Sequence[float]) -> dict[str, float] | None:

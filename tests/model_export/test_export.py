@@ -463,3 +463,54 @@ def test_a_bundle_as_exported_is_added_to_a_repository_as_it_is(tmp_path, capsys
     for wrong in (["--out", str(tmp_path / "b")], ["--repository", str(repo), "--name", "x"]):
         with pytest.raises(SystemExit):
             main(["--bundle", str(demo), *wrong])
+
+
+def test_the_region_encoder_goes_into_the_bundle_checked_with_its_descriptions(
+    checkpoint, region_checkpoint, tmp_path, capsys
+):
+    from model_export.region import region_inputs
+    from training.region.train import load_encoder
+
+    out = tmp_path / "with-region"
+    quick = ["--checkpoint", str(checkpoint), "--no-fp16", "--no-torch-export", "--no-simplify"]
+    assert main([*quick, "--out", str(out), "--region", str(region_checkpoint)]) == 0
+    bundle = load_bundle(out)
+    region = bundle.manifest.region
+    assert region is not None and region.file == "region.onnx"
+    assert bundle.manifest.files["region.onnx"].kind == "region_encoder"
+    assert bundle.manifest.metrics["parity"]["region.onnx"]["max_abs"] <= 1e-4
+    texts = [d.text for d in region.descriptions]
+    assert "a small electric motor with copper windings" in texts
+    assert {d.class_name for d in region.descriptions} == {"normal", "motor", "cable", "spray_can"}
+    # the embeddings are the checkpoint's text tower's, and region.onnx its image side
+    encoder, _ = load_encoder(region_checkpoint)
+    expected = encoder.encode_texts(texts).numpy()
+    assert np.abs(np.asarray(region.embeddings) - expected).max() < 1e-6
+    x = region_inputs(region.input_size, region.context, region.min_crop, count=3)
+    got = ort.InferenceSession(str(out / "region.onnx")).run(None, {"region": x})[0]
+    with torch.no_grad():
+        ref = encoder.encode_region(torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:]))
+    assert np.abs(got - ref.numpy()).max() < 1e-4
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    capsys.readouterr()
+    assert main([*quick, "--out", str(tmp_path / "no"), "--region", str(junk)]) == 1
+    assert "--region: " in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+
+def test_a_calibrated_verification_margin_goes_with_its_region_encoder(
+    checkpoint, region_checkpoint, tmp_path, capsys
+):
+    _, cfg = load_trained(checkpoint)
+    mode = cfg.model.binary_mode.value
+    path = tmp_path / "thresholds.json"
+    made = _thresholds(checkpoint, binary_mode=mode, region=str(region_checkpoint))
+    path.write_text(json.dumps({**made, "verify_margin": 0.125}))
+    quick = ["--checkpoint", str(checkpoint), "--no-fp16", "--no-torch-export", "--no-simplify"]
+    args = [*quick, "--thresholds", str(path)]
+    assert main([*args, "--out", str(tmp_path / "no-region")]) == 1  # before any work
+    assert "pass that checkpoint as --region" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "b"), "--region", str(region_checkpoint)]) == 0
+    region = load_bundle(tmp_path / "b").manifest.region
+    assert region is not None and (region.verify_margin, region.drop_unverified) == (0.125, True)

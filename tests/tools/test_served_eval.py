@@ -11,7 +11,7 @@ from common.classes import CLASS_NAMES
 from common.tiling import Box
 from service.runner import open_pipeline
 from service.settings import Settings
-from service.stages import Bed, InstanceRule, Merged
+from service.stages import Bed, Instance, InstanceRule, Merged
 from tools.calibrate import _lowest_above, _most_balanced, _precise_from, calibrate
 from tools.evaluate import main
 from tools.served_eval import Seen, Truth, match, score, truth_of
@@ -293,3 +293,33 @@ def test_a_frame_labelled_by_its_mask_alone_has_one_instance_per_region(synth_di
             assert (mask[region] == k).all() and not drawn[region].any()
             drawn[region] = k
         assert np.array_equal(drawn, np.where(mask < 4, mask, 0))
+
+
+def test_the_verification_margin_keeps_recall_and_raises_precision():
+    from tools.served_eval import FrameOutcome, choose_margin, count, verified
+
+    def inst(score):
+        return Instance("motor", score, {"motor": 1.0}, (0, 0, 4, 4), 16, [(0, 0), (4, 0), (4, 4)])
+
+    seen = [
+        Seen(None, "t", None, None, Truth([1, 1], [None, None], [16, 16]), None, 1, {}),
+        Seen(None, "u", None, None, Truth([1], [None], [16]), None, 1, {}),
+    ]
+    # frame 1: two true finds (verified 0.3, 0.1) and a false one (-0.2); frame 2: a true
+    # find (0.05) and two false ones (0.0, -0.4); one candidate under the minimum score
+    outcomes = [
+        FrameOutcome([inst(0.9), inst(0.8), inst(0.7)], [None] * 3, [0, 1, None]),
+        FrameOutcome(
+            [inst(0.9), inst(0.85), inst(0.6), inst(0.1)], [None] * 4, [0, None, None, None]
+        ),
+    ]
+    checks = [[0.3, 0.1, -0.2], [0.05, 0.0, -0.4, None]]
+    classes = ("normal", "motor", "cable", "spray_can")
+    base = count(seen, outcomes, classes, 0.5).figures()
+    assert (base["recall"], base["precision"]) == (1.0, 0.5)
+    # 0.0 keeps every true find and one false one; 0.05 only the true ones; 0.1 loses a
+    # third of the recall, more than the 0.05 allowed
+    kept = count(seen, verified(outcomes, checks, 0.0), classes, 0.5).figures()
+    assert (kept["recall"], kept["precision"]) == (1.0, 0.75)
+    assert choose_margin(seen, outcomes, checks, classes, 0.5) == 0.05
+    assert choose_margin(seen, outcomes, [[-1, -1, -1], [-1, -1, -1, None]], classes, 0.5) is None
