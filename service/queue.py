@@ -14,12 +14,16 @@ the frame this is. The runner (service/runner.py) ends each delivery one way:
   (XAUTOCLAIM); its attempt count carries on. Given-up frames go to the stream
   `scrapscan:dead` with the reason and the attempts. A change of the model repository
   (an activation, a rollback, a candidate in shadow or out of it) is announced on the
-  channel `scrapscan:models`; `news` waits for one.
+  channel `scrapscan:models`; `news` waits for one. A region an operator asks about is
+  put on the list `scrapscan:describe` for the workers (`asked`), and a worker's reply on
+  the request's own list (`answer`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +37,9 @@ DEAD = f"{P}dead"
 DEAD_MAXLEN = 100_000
 ATTEMPTS = f"{P}attempts"
 ERRORS = f"{P}attempt_errors"
+DESCRIBE = f"{P}describe"
+"""Describe requests the API puts for the workers (POST /v1/frames/{id}/describe)."""
+REPLY_TTL_S = 60
 MODELS = f"{P}models"
 """The channel an API process announces a change of the model repository on."""
 
@@ -71,6 +78,14 @@ class FrameQueue(Protocol):
 
     async def renew(self, held: list[Delivery]) -> None:
         """These deliveries are still being worked on (not to be taken over)."""
+        ...
+
+    async def asked(self, seconds: float) -> dict[str, Any] | None:
+        """A describe request for this process's region encoder, waiting up to `seconds`."""
+        ...
+
+    async def answer(self, request: dict[str, Any], body: dict[str, Any]) -> None:
+        """Reply to a describe request."""
         ...
 
     async def news(self, seconds: float) -> bool:
@@ -136,6 +151,14 @@ class LocalQueue:
         """Embedded, the API changes the model itself: nothing to hear of."""
         await asyncio.sleep(seconds)
         return False
+
+    async def asked(self, seconds: float) -> dict[str, Any] | None:
+        """Embedded, the API describes regions itself: nobody asks."""
+        await asyncio.sleep(seconds)
+        return None
+
+    async def answer(self, request: dict[str, Any], body: dict[str, Any]) -> None:
+        """Nobody to answer."""
 
     def _forget(self, frame_id: str) -> None:
         self._attempts.pop(frame_id, None)
@@ -270,6 +293,35 @@ class RedisQueue:
             if models is not None:
                 models.close()
             raise
+
+    async def asked(self, seconds: float) -> dict[str, Any] | None:
+        """The next describe request an API process put on DESCRIBE, or None after `seconds`."""
+        got = await asyncio.to_thread(self.r.brpop, [DESCRIBE], max(1, round(seconds)))
+        return None if got is None else dict(json.loads(got[1]))
+
+    async def answer(self, request: dict[str, Any], body: dict[str, Any]) -> None:
+        """The reply to the request's own list, which the asking API process waits on."""
+        key = f"{DESCRIBE}:reply:{request['id']}"
+
+        def push() -> None:
+            with self.r.pipeline() as pipe:
+                pipe.rpush(key, json.dumps(body))
+                pipe.expire(key, REPLY_TTL_S)
+                pipe.execute()
+
+        await asyncio.to_thread(push)
+
+
+def ask_describe(client: Any, request: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
+    """Put a describe request for the workers and wait for a reply (None after timeout_s)."""
+    request = {**request, "id": secrets.token_hex(8)}
+    key = f"{DESCRIBE}:reply:{request['id']}"
+    client.lpush(DESCRIBE, json.dumps(request))
+    got = client.blpop([key], max(1, round(timeout_s)))
+    if got is None:  # nobody answered: take the request back if it is still there
+        client.lrem(DESCRIBE, 1, json.dumps(request))
+        return None
+    return dict(json.loads(got[1]))
 
 
 def announce_models(client: Any) -> None:

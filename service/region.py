@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
 
 from common.bundle import Bundle, RegionInfo
 from common.imaging import CLIP_MEAN, CLIP_STD, polygon_mask
@@ -22,6 +24,85 @@ from common.regions import cut_region
 from service.stages import Outlined
 
 NORMAL = "normal"
+TOP = 5
+"""Descriptions a describe request answers, best first."""
+MAX_POINTS = 2000
+
+
+class _Pointed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def points(self) -> list[tuple[float, float]]:
+        """The region's corners in frame pixels."""
+        raise NotImplementedError
+
+    def outline(self, width: int, height: int) -> Region:
+        """The region in a width x height frame; ValueError when it is not inside it."""
+        points = self.points()
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        if min(xs) < 0 or min(ys) < 0 or max(xs) > width or max(ys) > height:
+            raise ValueError(f"the region must lie inside the {width}x{height} frame")
+        x, y = int(min(xs)), int(min(ys))
+        w, h = int(np.ceil(max(xs))) - x, int(np.ceil(max(ys))) - y
+        if w < 1 or h < 1:
+            raise ValueError("the region covers no pixel")
+        return Region((x, y, w, h), points)
+
+
+class PolygonIn(_Pointed):
+    """A region a person outlines, in frame pixels."""
+
+    polygon: Annotated[list[tuple[float, float]], Field(min_length=3, max_length=MAX_POINTS)] = (
+        Field(description="its outline: at least three [x, y] corners")
+    )
+
+    def points(self) -> list[tuple[float, float]]:
+        """The outline's corners."""
+        return list(self.polygon)
+
+
+class BoxIn(_Pointed):
+    """A region a person draws a box around, in frame pixels."""
+
+    box: tuple[float, float, float, float] = Field(
+        description="[x0, y0, x1, y1]", examples=[[600, 300, 700, 380]]
+    )
+
+    def points(self) -> list[tuple[float, float]]:
+        """The box's corners."""
+        x0, y0, x1, y1 = self.box
+        return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+DescribeIn = PolygonIn | BoxIn
+"""What POST /v1/frames/{id}/describe takes: an outline or a box."""
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A region in frame pixels: its box and outline (what service.stages.Outlined asks)."""
+
+    bbox: tuple[int, int, int, int]
+    polygon: list[tuple[float, float]]
+
+
+class Ranked(BaseModel):
+    """A description and how near the region is to it."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    text: str
+    class_name: str = Field(alias="class")
+    similarity: float
+
+
+class Description(BaseModel):
+    """What the region encoder says of a region."""
+
+    descriptions: list[Ranked] = Field(description=f"the {TOP} nearest, best first")
+    description_class: str
+    verification: float
+    verified: bool | None = Field(description="null when the bundle sets no margin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +157,42 @@ class RegionCheck:
             out[k, 3] = alpha.astype(np.float32) / 255
         return out
 
+    def similarities(
+        self, frame_bgr: npt.NDArray[np.uint8], regions: Sequence[Outlined]
+    ) -> npt.NDArray[np.float32]:
+        """(N, descriptions) cosine similarity of each region to each description."""
+        embedding = self.session.run(None, {"region": self.inputs(frame_bgr, regions)})[0]
+        return np.asarray(np.asarray(embedding, np.float32) @ self.texts.T, np.float32)
+
+    def rank(self, frame_bgr: npt.NDArray[np.uint8], region: Outlined) -> Description:
+        """One region's nearest descriptions and its verification (a describe request)."""
+        all_sims = self.similarities(frame_bgr, [region])
+        (said,) = self._said(all_sims)
+        sims = all_sims[0]
+        order = np.argsort(-sims)[:TOP]
+        return Description(
+            descriptions=[
+                Ranked(
+                    text=self.info.descriptions[k].text,
+                    class_name=self.classes[k],
+                    similarity=round(float(sims[k]), 4),
+                )
+                for k in order
+            ],
+            description_class=said.description_class,
+            verification=said.verification,
+            verified=said.verified,
+        )
+
     def describe(
         self, frame_bgr: npt.NDArray[np.uint8], regions: Sequence[Outlined]
     ) -> list[Described]:
         """Each region's best description, its class and its verification."""
         if not regions:
             return []
-        embedding = self.session.run(None, {"region": self.inputs(frame_bgr, regions)})[0]
-        sims = np.asarray(embedding, np.float32) @ self.texts.T
+        return self._said(self.similarities(frame_bgr, regions))
+
+    def _said(self, sims: npt.NDArray[np.float32]) -> list[Described]:
         margin = sims[:, ~self.normal].max(axis=1) - sims[:, self.normal].max(axis=1)
         best = sims.argmax(axis=1)
         least = self.info.verify_margin

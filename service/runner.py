@@ -34,12 +34,14 @@ import redis
 from common.bundle import BundleError, load_bundle
 from common.repository import Repository, RepositoryError, Shadow
 from service.batcher import Batcher, BatchRecord
+from service.decode import decode
 from service.engine import open_engine
-from service.errors import BadImage
+from service.errors import BadImage, Conflict, ServiceError
 from service.live import SETTINGS_POLL_S, SettingsChange
 from service.metrics import LiveCollector, Metrics, gpu_memory
 from service.pipeline import Pipeline, Processed
 from service.queue import Delivery, FrameQueue
+from service.region import Description, Region
 from service.result import ModelRef
 from service.settings import Settings
 from service.shadow import CHANGES, changes, compare, picked
@@ -167,6 +169,7 @@ class FrameRunner:
             asyncio.create_task(self._take(), name="take"),
             asyncio.create_task(self._renew(), name="renew"),
             asyncio.create_task(self._follow_settings(), name="follow-settings"),
+            asyncio.create_task(self._answer_describe(), name="describe"),
         ]
         if self.settings.repository is not None:
             self._loops.append(asyncio.create_task(self._follow(), name="follow-model"))
@@ -315,6 +318,55 @@ class FrameRunner:
             log.error("candidate %s not scoring: %s: %s", path, type(err).__name__, err)
             return path.resolve()
         return None
+
+    async def describe(self, frame_id: str, region: Region) -> Description:
+        """What the region encoder of the bundle served says of a region of a stored frame.
+
+        Conflict when the bundle has no region encoder or the upload is no longer kept.
+        """
+        pipeline = self.pipeline
+        if pipeline is None or pipeline.region is None:
+            raise Conflict(
+                "no_region_encoder",
+                "the bundle served has no region encoder (scrapscan-export --region)",
+            )
+        try:
+            data = await asyncio.to_thread(self.store.image, frame_id)
+        except (KeyError, FileNotFoundError):
+            raise Conflict(
+                "upload_gone", f"frame {frame_id}: its upload is no longer kept"
+            ) from None
+        frame = await asyncio.to_thread(decode, data, self.settings.max_pixels)
+        return await asyncio.to_thread(pipeline.region.rank, frame, region)
+
+    async def _answer_describe(self) -> None:
+        """Answer the describe requests the API puts for the workers (scaled out)."""
+        while True:
+            try:
+                request = await self.queue.asked(1.0)
+            except redis.RedisError as err:
+                log.warning("redis: describe requests not read: %s", err)
+                await asyncio.sleep(1.0)
+                continue
+            if request is None:
+                continue
+            region = Region(tuple(request["bbox"]), [tuple(p) for p in request["polygon"]])
+            try:
+                said = await self.describe(str(request["frame_id"]), region)
+                body: dict[str, Any] = {"description": said.model_dump(mode="json")}
+            except ServiceError as err:
+                body = {
+                    "error": {"kind": type(err).__name__, "code": err.code, "message": err.message}
+                }
+            except Exception as err:
+                log.exception("describe request failed")
+                body = {
+                    "error": {"kind": "Unavailable", "code": "internal_error", "message": str(err)}
+                }
+            try:
+                await self.queue.answer(request, body)
+            except redis.RedisError as err:
+                log.warning("redis: describe reply not sent: %s", err)
 
     def use(self, live: SettingsChange | None) -> None:
         """Apply a version of the live settings to the frames that start from now on."""

@@ -21,7 +21,9 @@ from common.bundle import BundleError, load_bundle
 from common.repository import Pointer, Repository, RepositoryError, Shadow
 from service.errors import Conflict, InvalidInput, NotFound, Unavailable
 from service.metrics import LiveCollector, Metrics, queue_gauges
-from service.queue import LocalQueue, announce_models, group_info
+from service.queue import LocalQueue, announce_models, ask_describe, group_info
+from service.region import DescribeIn, Description
+from service.result import FrameResult
 from service.runner import FrameRunner
 from service.settings import Settings
 from service.store import FeedPage, FrameRecord, Store
@@ -217,6 +219,38 @@ class Service:
             await asyncio.to_thread(announce_models, self.redis.r)
         except redis.RedisError as err:
             log.warning("redis: model change not announced (workers poll the folder): %s", err)
+
+    async def describe(self, frame_id: str, given: DescribeIn) -> Description:
+        """What the region encoder says of a region of a done frame.
+
+        Embedded the runner's model answers; scaled out a worker does, through Redis.
+        NotFound for no such frame; Conflict for a frame not done (or past the results'
+        retention), no region encoder, or an upload no longer kept; InvalidInput for a
+        region not inside the frame; Unavailable when no worker answers in time.
+        """
+        record = await self.record(frame_id)
+        if not isinstance(record.result, FrameResult):
+            raise Conflict(
+                "frame_not_done", f"frame {frame_id} has no result to describe (yet, or any more)"
+            )
+        try:
+            region = given.outline(record.result.image.width, record.result.image.height)
+        except ValueError as err:
+            raise InvalidInput("invalid_region", str(err)) from None
+        if self.runner is not None:
+            return await self.runner.describe(frame_id, region)
+        assert self.redis is not None
+        request = {"frame_id": frame_id, "bbox": region.bbox, "polygon": region.polygon}
+        timeout = self.settings.wait_timeout_s
+        reply = await asyncio.to_thread(ask_describe, self.redis.r, request, timeout)
+        if reply is None:
+            raise Unavailable("describe_timeout", f"no worker answered within {timeout:g} s")
+        if "error" in reply:
+            kind = {"Conflict": Conflict, "NotFound": NotFound}.get(
+                reply["error"]["kind"], Unavailable
+            )
+            raise kind(reply["error"]["code"], reply["error"]["message"])
+        return Description.model_validate(reply["description"])
 
     async def record(self, frame_id: str) -> FrameRecord:
         """The stored frame; NotFound when there is none."""

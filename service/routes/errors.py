@@ -44,7 +44,9 @@ STATUS: dict[type[ServiceError], tuple[int, str]] = {
         409,
         "Idempotency-Key reused with other bytes; feedback on a frame not done or past "
         "retention; a model version that cannot be served (bundle_refused), no earlier one "
-        "to roll back to, the served version put in shadow (shadow_is_served)",
+        "to roll back to, the served version put in shadow (shadow_is_served); a region to "
+        "describe on a frame not done, a bundle without a region encoder, an upload no "
+        "longer kept",
     ),
     TooLarge: (413, "upload or image too large"),
     UnsupportedMedia: (415, "not multipart/form-data"),
@@ -52,7 +54,7 @@ STATUS: dict[type[ServiceError], tuple[int, str]] = {
     Unavailable: (
         503,
         "not_ready: the model is loading; store_unavailable: Redis is away; "
-        "object_store_unavailable: the bucket is away",
+        "object_store_unavailable: the bucket is away; describe_timeout: no worker answered",
     ),
 }
 """Each kind of error: its HTTP status and what that status means here (the OpenAPI text)."""

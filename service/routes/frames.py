@@ -29,13 +29,15 @@ from service.errors import (
     InvalidInput,
     NotFound,
     TooLarge,
+    Unavailable,
     UnsupportedMedia,
 )
 from service.heatmap import MAPS, decode_map, render_heatmap
+from service.region import DescribeIn, Description
 from service.reports import frame_links
 from service.result import FrameResult, Summary
 from service.routes.deps import BodyTooLarge, ServiceDep, parse_time, require
-from service.routes.errors import LIST, ONE, responses
+from service.routes.errors import CHANGE, LIST, ONE, responses
 from service.runtime import Service
 from service.settings import ID_PATTERN
 from service.store import FrameRecord, NewFrame
@@ -347,3 +349,22 @@ async def get_heatmap(
         return bytes(data.tobytes())
 
     return Response(await asyncio.to_thread(draw), media_type="image/png")
+
+
+@router.post(
+    "/v1/frames/{frame_id}/describe",
+    response_model=Description,
+    responses=responses(*CHANGE, Unavailable),
+    dependencies=[require("feedback")],
+)
+async def describe(svc: ServiceDep, frame_id: FrameId, given: DescribeIn) -> Description:
+    """What the bundle's region encoder says of a region a person points at.
+
+    A `polygon` ([[x, y], ...], at least 3 corners) or a `box` ([x0, y0, x1, y1]) in frame
+    pixels of a done frame whose upload is kept: its nearest descriptions with their
+    similarity, the class of the best, and its verification score (best contaminant
+    description's similarity minus the best plain one's). 400 invalid_region outside the
+    frame; 409 frame_not_done, no_region_encoder (the bundle has none) or upload_gone;
+    scaled out a worker answers, and 503 describe_timeout when none does in time.
+    """
+    return await svc.describe(checked_id(frame_id), given)

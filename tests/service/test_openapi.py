@@ -58,6 +58,7 @@ OPERATIONS = [
     ("PUT", "/v1/admin/bundles/shadow"),
     ("DELETE", "/v1/admin/bundles/shadow"),
     ("GET", "/v1/admin/bundles/shadow/frames"),
+    ("POST", "/v1/frames/{frame_id}/describe"),
     ("GET", "/v1/admin/settings"),
     ("PUT", "/v1/admin/settings"),
     ("GET", "/v1/admin/settings/log"),

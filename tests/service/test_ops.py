@@ -53,6 +53,7 @@ ROUTES = [
     ("POST", "/v1/frames/{frame_id}/feedback", "feedback"),
     ("GET", "/v1/frames/{frame_id}/feedback", "frames"),
     ("POST", "/v1/trucks/{truck_id}/decisions", "feedback"),
+    ("POST", "/v1/frames/{frame_id}/describe", "feedback"),  # 409: no region encoder here
     ("GET", "/v1/trucks/{truck_id}/decisions", "reports"),
     ("GET", "/v1/results", "feed"),
     ("GET", "/v1/results/stream", "feed"),
@@ -88,6 +89,9 @@ def call(srv: Server, method: str, template: str, role: str | None, frame_id: st
         return httpx.request(method, f"{srv.url}{path}", json=body, headers=auth(role)).status_code
     if method == "PUT":  # the live settings: an empty version changes nothing
         return httpx.put(f"{srv.url}{path}", json={}, headers=auth(role)).status_code
+    if path.endswith("/describe"):
+        body = {"box": [0, 0, 10, 10]}
+        return httpx.post(f"{srv.url}{path}", json=body, headers=auth(role)).status_code
     if method == "POST" and path.endswith(("/feedback", "/decisions")):
         body = {"label": "missed", "box": [0, 0, 4, 4]} if path.endswith("/feedback") else {}
         body = body or {"decision": "accepted"}
@@ -124,7 +128,10 @@ def test_each_role_on_each_route(keyed, done_frame, who, method, path, permissio
     elif who in (None, "unknown"):
         assert status == 401
     elif who in ACCESS[permission]:
-        assert status in ((404,) if path.startswith("/v1/admin/bundles") else (200, 201, 202))
+        allowed = {"/v1/admin/bundles": (404,), "/v1/frames/{frame_id}/describe": (409,)}
+        assert status in next(
+            (v for k, v in allowed.items() if path.startswith(k)), (200, 201, 202)
+        )
     else:
         assert status == 403
 

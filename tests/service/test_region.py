@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from common.bundle import load_bundle, sha256_of
 from model_export.region import REGION_FILE, export_region_encoder
 from training.synth import render_frame
 
-from .conftest import REPO, Server, running
+from .conftest import REPO, Server, Worker, running
 from .test_api import jpeg, post
 
 pytestmark = pytest.mark.slow
@@ -68,3 +70,77 @@ def test_each_instance_is_described_and_an_unverified_one_does_not_count(strict,
             assert i["description"] is None and i["verified"] is None
         assert after["verdict"] == "clean"  # shown, and not counted
         assert "describe" in after["timings_ms"] or not after["instances"]
+
+
+def describe(srv: Server, frame_id: str, body: object):
+    return httpx.post(f"{srv.url}/v1/frames/{frame_id}/describe", json=body, timeout=60)
+
+
+def test_a_region_a_person_points_at_is_described(strict, server):
+    done = post(strict, jpeg(render_frame(31, 1, 1280, 720).image), wait=True).json()
+    fid = done["frame_id"]
+    r = describe(strict, fid, {"box": [600, 300, 700, 380]})
+    assert r.status_code == 200, r.text
+    said = r.json()
+    texts = [d["text"] for d in said["descriptions"]]
+    assert len(texts) == 5 and len(set(texts)) == 5
+    sims = [d["similarity"] for d in said["descriptions"]]
+    assert sims == sorted(sims, reverse=True)
+    assert said["description_class"] == said["descriptions"][0]["class"]
+    assert said["verified"] is False  # the margin is 10
+    by_polygon = describe(
+        strict, fid, {"polygon": [[600, 300], [700, 300], [700, 380], [600, 380]]}
+    )
+    assert by_polygon.json() == said  # the same region, as an outline
+    for body, code in [
+        ({"box": [1200, 600, 1400, 700]}, "invalid_region"),  # past the 1280 x 720 frame
+        ({"polygon": [[1, 1], [5, 5]]}, "invalid_request"),  # two corners
+        ({"box": [1, 1, 5, 5], "polygon": [[1, 1], [5, 1], [5, 5]]}, "invalid_request"),
+        ({}, "invalid_request"),
+        ({"box": [10, 10, 10, 50]}, "invalid_region"),  # no width
+    ]:
+        r = describe(strict, fid, body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == code, (body, r.text)
+    r = describe(strict, "f" * 32, {"box": [0, 0, 10, 10]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "frame_not_found"
+    plain = post(server, jpeg(render_frame(31, 1, 1280, 720).image), wait=True).json()
+    r = describe(server, plain["frame_id"], {"box": [0, 0, 10, 10]})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "no_region_encoder"
+
+
+def test_scaled_out_a_worker_describes_and_a_silent_one_times_out(
+    tmp_path_factory, region_checkpoint, redis_url
+):
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    root = tmp_path_factory.mktemp("region-redis")
+    bundle = with_region(root / "bundle", region_checkpoint, verify_margin=-10.0)
+    env = {
+        "SCRAPSCAN_STORE": "redis",
+        "SCRAPSCAN_REDIS_URL": redis_url,
+        "SCRAPSCAN_BUNDLE": str(bundle),
+        "SCRAPSCAN_THREADS": "1",
+        "SCRAPSCAN_WAIT_TIMEOUT_S": "3",  # how long the API waits for a worker's answer
+    }
+    api, worker = Server(root / "data", env), Worker(root, env, "worker-1")
+    api.start()
+    worker.start()
+    try:
+        fid = post(api, jpeg(render_frame(31, 2, 1280, 720).image)).json()["frame_id"]
+        for _ in range(600):
+            if httpx.get(f"{api.url}/v1/frames/{fid}").json()["status"] == "done":
+                break
+            time.sleep(0.1)
+        r = describe(api, fid, {"box": [600, 300, 700, 380]})
+        assert r.status_code == 200, r.text
+        assert r.json()["verified"] is True and len(r.json()["descriptions"]) == 5  # margin -10
+        r = describe(api, fid, {"box": [600, 300, 7000, 380]})  # checked by the API itself
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_region"
+        worker.stop()
+        r = describe(api, fid, {"box": [600, 300, 700, 380]})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "describe_timeout"
+        assert redis.Redis.from_url(redis_url).llen("scrapscan:describe") == 0  # taken back
+    finally:
+        worker.stop()
+        api.stop()
