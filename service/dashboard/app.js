@@ -653,7 +653,19 @@ function instanceRow(frameId, inst, i, judged, select) {
       "aria-label": `instance ${i}: ${className(inst.class)} ${fmtScore(inst.score)}`,
     },
     h("td", {}, String(i)),
-    h("td", {}, h("span", { class: `swatch ${inst.class}` }), className(inst.class)),
+    h(
+      "td",
+      {},
+      h("span", { class: `swatch ${inst.class}` }),
+      className(inst.class),
+      inst.description
+        ? h(
+            "div",
+            { class: "description" },
+            inst.description + (inst.verified === false ? " (unverified)" : ""),
+          )
+        : "",
+    ),
     h("td", {}, fmtScore(inst.score)),
     h("td", {}, String(inst.area)),
     state,
