@@ -115,6 +115,8 @@ def _post_frames(url: str, settings: Settings, args: argparse.Namespace) -> int:
                 f"  {inst['class']:9s} score {inst['score']:.2f}  "
                 f"at x={x} y={y} {bw}x{bh} px ({inst['area']} px)"
             )
+            if inst.get("description"):  # the bundle's region encoder
+                print(f"            seen as: {inst['description']}")
         if len(res["instances"]) > 3:
             print(f"  ... {len(res['instances']) - 3} more")
         print(f"  overlay: {path}")

@@ -20,8 +20,20 @@ from .test_api import jpeg, post
 pytestmark = pytest.mark.slow
 
 
+def without_region(folder: Path) -> Path:
+    """The demo bundle without its region encoder."""
+    shutil.copytree(REPO / "models" / "demo", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["region"] = None
+    manifest["files"].pop(REGION_FILE, None)
+    (folder / REGION_FILE).unlink(missing_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    load_bundle(folder)
+    return folder
+
+
 def with_region(folder: Path, checkpoint: Path, **verify: object) -> Path:
-    """The demo bundle with a region encoder and its descriptions added."""
+    """The demo bundle with this region encoder and its descriptions (in place of its own)."""
     shutil.copytree(REPO / "models" / "demo", folder)
     info = export_region_encoder(checkpoint, folder / REGION_FILE, 32)
     info.pop("parity")
@@ -40,6 +52,14 @@ def with_region(folder: Path, checkpoint: Path, **verify: object) -> Path:
 
 
 @pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """A service whose bundle has no region encoder."""
+    root = tmp_path_factory.mktemp("plain")
+    env = {"SCRAPSCAN_BUNDLE": str(without_region(root / "bundle")), "SCRAPSCAN_THREADS": "2"}
+    yield from running(Server(root / "data", env))
+
+
+@pytest.fixture(scope="module")
 def strict(tmp_path_factory, region_checkpoint):
     """A service whose region encoder verifies nothing (margin 10) and drops the unverified."""
     root = tmp_path_factory.mktemp("region")
@@ -50,13 +70,13 @@ def strict(tmp_path_factory, region_checkpoint):
     yield from running(Server(root / "data", env))
 
 
-def test_each_instance_is_described_and_an_unverified_one_does_not_count(strict, server):
+def test_each_instance_is_described_and_an_unverified_one_does_not_count(strict, plain):
     frames = [jpeg(render_frame(31, i, 1280, 720).image) for i in range(3)]
-    plain = [post(server, f, wait=True).json()["result"] for f in frames]
+    unchecked = [post(plain, f, wait=True).json()["result"] for f in frames]
     checked = [post(strict, f, wait=True).json()["result"] for f in frames]
-    assert any(r["instances"] for r in plain), "no frame with an instance to check"
+    assert any(r["instances"] for r in unchecked), "no frame with an instance to check"
     classes = {"normal", "motor", "cable", "spray_can"}
-    for before, after in zip(plain, checked, strict=True):
+    for before, after in zip(unchecked, checked, strict=True):
         # the same instances, each now with what the region encoder says of it
         keep = ("class", "score", "bbox", "area")
         assert [{k: i[k] for k in keep} for i in after["instances"]] == [
@@ -76,7 +96,7 @@ def describe(srv: Server, frame_id: str, body: object):
     return httpx.post(f"{srv.url}/v1/frames/{frame_id}/describe", json=body, timeout=60)
 
 
-def test_a_region_a_person_points_at_is_described(strict, server):
+def test_a_region_a_person_points_at_is_described(strict, plain, server):
     done = post(strict, jpeg(render_frame(31, 1, 1280, 720).image), wait=True).json()
     fid = done["frame_id"]
     r = describe(strict, fid, {"box": [600, 300, 700, 380]})
@@ -103,9 +123,14 @@ def test_a_region_a_person_points_at_is_described(strict, server):
         assert r.status_code == 400 and r.json()["error"]["code"] == code, (body, r.text)
     r = describe(strict, "f" * 32, {"box": [0, 0, 10, 10]})
     assert r.status_code == 404 and r.json()["error"]["code"] == "frame_not_found"
-    plain = post(server, jpeg(render_frame(31, 1, 1280, 720).image), wait=True).json()
-    r = describe(server, plain["frame_id"], {"box": [0, 0, 10, 10]})
+    done = post(plain, jpeg(render_frame(31, 1, 1280, 720).image), wait=True).json()
+    r = describe(plain, done["frame_id"], {"box": [0, 0, 10, 10]})
     assert r.status_code == 409 and r.json()["error"]["code"] == "no_region_encoder"
+    # the demo bundle describes what it finds, and drops nothing (it sets no margin)
+    shown = post(server, jpeg(render_frame(31, 1, 1280, 720).image), wait=True).json()
+    assert all(i["description"] and i["verified"] is None for i in shown["result"]["instances"])
+    r = describe(server, shown["frame_id"], {"box": [600, 300, 700, 380]})
+    assert r.status_code == 200 and r.json()["verified"] is None
 
 
 def test_scaled_out_a_worker_describes_and_a_silent_one_times_out(

@@ -258,6 +258,7 @@ def test_bad_inputs_are_named_and_nothing_is_written(synth_dir, tmp_path, capsys
     manifest = json.loads((binary / "manifest.json").read_text())
     manifest["classes"] = ["normal", "anomaly"]
     manifest["postprocess"]["class_thresholds"] = None
+    manifest["region"] = None  # its descriptions name the three classes
     (binary / "manifest.json").write_text(json.dumps(manifest))
     assert main(["--bundle", str(binary), "--data", str(synth_dir), "--out", str(out)]) == 1
     assert "differ from the data's" in capsys.readouterr().err and not out.exists()
