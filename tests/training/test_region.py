@@ -285,3 +285,30 @@ def test_the_shipped_region_configs_load():
     )
     tiny = load_as(RegionRunConfig, CONFIGS / "region-tiny.yaml")
     assert tiny.lora.rank == 0 and tiny.model.pretrained is None
+
+
+def test_training_takes_the_served_false_regions_as_plain_scrap(synth_dir, tmp_path, capsys):
+    frames = load_frames(synth_dir)
+    listed = {
+        "frames": {
+            f.image_path.name: [{"bbox": [100, 100, 40, 30], "polygon": [], "score": 0.9}]
+            for f in frames.frames
+        }
+    }
+    negatives = tmp_path / "false_regions.json"
+    negatives.write_text(json.dumps(listed))
+    config = small_config(tmp_path)
+    argv = ["train", "--config", str(config), "--data", str(synth_dir), "--max-steps", "1"]
+    assert main([*argv, "--out", str(tmp_path / "without")]) == 0
+    without = capsys.readouterr().out
+    assert main([*argv, "--out", str(tmp_path / "with"), "--negatives", str(negatives)]) == 0
+    with_them = capsys.readouterr().out
+
+    def normal(printed: str) -> int:
+        line = next(x for x in printed.splitlines() if " regions: " in x)
+        return int(line.split(": ")[1].split(" normal")[0])
+
+    assert normal(with_them) == normal(without) + len(frames.frames)
+    negatives.write_text("{}")
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--negatives", str(negatives)]) == 1
+    assert "not a false_regions.json" in capsys.readouterr().err
