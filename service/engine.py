@@ -70,30 +70,40 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def ort_session(path: Path, device: str = "auto", threads: int = 0) -> Any:
+    """An ONNX Runtime session on `path`: CUDA when asked (or auto) and available, else CPU.
+
+    EngineError when device is cuda and onnxruntime has no CUDA provider.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers = ["CPUExecutionProvider"]
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        providers.insert(0, "CUDAExecutionProvider")
+    elif device == "cuda":
+        raise EngineError(
+            "device cuda: onnxruntime has no CUDA provider here; install onnxruntime-gpu "
+            "in place of onnxruntime (pip uninstall onnxruntime; pip install "
+            "'scrapscan[serve,gpu]') or set SCRAPSCAN_DEVICE=cpu"
+        )
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
 class OnnxRuntimeEngine:
     """ONNX Runtime with the CUDA provider when asked and available, else the CPU."""
 
     def __init__(
         self, path: Path, device: str = "auto", threads: int = 0, max_batch: int = 32
     ) -> None:
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        providers = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-            providers.insert(0, "CUDAExecutionProvider")
-        elif device == "cuda":
-            raise EngineError(
-                "device cuda: onnxruntime has no CUDA provider here; install onnxruntime-gpu "
-                "in place of onnxruntime (pip uninstall onnxruntime; pip install "
-                "'scrapscan[serve,gpu]') or set SCRAPSCAN_DEVICE=cpu"
-            )
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         self.path = path
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
-        self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+        self.session = ort_session(path, device, threads)
+        self.device = (
+            "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        )
         self.name = f"onnxruntime-{self.device}"
         self.max_batch = max_batch
 

@@ -19,8 +19,9 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.bundle import Bundle, RegionInfo
-from common.imaging import CLIP_MEAN, CLIP_STD, polygon_mask
+from common.imaging import normalize, polygon_mask
 from common.regions import cut_region
+from service.engine import ort_session
 from service.stages import Outlined
 
 NORMAL = "normal"
@@ -121,25 +122,13 @@ class RegionCheck:
     """The bundle's region encoder, ready to describe regions of a decoded frame."""
 
     def __init__(self, bundle: Bundle, device: str = "auto", threads: int = 0) -> None:
-        import onnxruntime as ort
-
         info = bundle.manifest.region
         assert info is not None, "a bundle with a region encoder"
         self.info: RegionInfo = info
-        providers = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            str(bundle.path(info.file)), options, providers=providers
-        )
+        self.session = ort_session(bundle.path(info.file), device, threads)
         self.texts = np.asarray(info.embeddings, np.float32)
         self.classes = [d.class_name for d in info.descriptions]
         self.normal = np.asarray([c == NORMAL for c in self.classes])
-        self._mean = np.asarray(CLIP_MEAN, np.float32).reshape(1, 3, 1, 1)
-        self._std = np.asarray(CLIP_STD, np.float32).reshape(1, 3, 1, 1)
 
     def inputs(
         self, frame_bgr: npt.NDArray[np.uint8], regions: Sequence[Outlined]
@@ -152,8 +141,7 @@ class RegionCheck:
             shifted = [(px - x, py - y) for px, py in r.polygon]
             pixels = polygon_mask(shifted, h, w) if len(shifted) >= 3 else np.ones((h, w), bool)
             crop, alpha = cut_region(frame_bgr, r.bbox, pixels, i.input_size, i.context, i.min_crop)
-            rgb = crop[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255
-            out[k, :3] = ((rgb - self._mean) / self._std)[0]
+            normalize(crop, out=out[k, :3], bgr=True)
             out[k, 3] = alpha.astype(np.float32) / 255
         return out
 
