@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.local import GRACE_S
     from service.logs import configure_logging
     from service.objects import ObjectStore, ObjectStoreError
-    from service.runner import bundle_path
+    from service.serving import bundle_path
     from service.settings import Settings
 
     given = (("bundle", args.bundle), ("data_dir", args.data_dir), ("repository", args.repository))

@@ -22,7 +22,7 @@ from common.bundle import Bundle, RegionInfo
 from common.imaging import normalize, polygon_mask
 from common.regions import cut_region
 from service.engine import ort_session
-from service.stages import Outlined
+from service.matching import Outlined
 
 NORMAL = "normal"
 TOP = 5
@@ -81,7 +81,7 @@ DescribeIn = PolygonIn | BoxIn
 
 @dataclass(frozen=True, slots=True)
 class Region:
-    """A region in frame pixels: its box and outline (what service.stages.Outlined asks)."""
+    """A region in frame pixels: its box and outline (what service.matching.Outlined asks)."""
 
     bbox: tuple[int, int, int, int]
     polygon: list[tuple[float, float]]

@@ -158,7 +158,7 @@ class Service:
             await self._announce()
             return pointer
         try:
-            await self.runner.swap(path, lambda: moved.append(move()))
+            await self.runner.models.swap(path, lambda: moved.append(move()))
         except Exception as err:  # not loaded or not warmed: the old one serves on
             log.warning("model %s refused: %s: %s", path, type(err).__name__, err)
             raise Conflict("bundle_refused", f"{type(err).__name__}: {err}") from None
@@ -191,7 +191,7 @@ class Service:
                 move()
                 await self._announce()
             else:
-                await self.runner.start_shadow(path, share, move)
+                await self.runner.models.start_shadow(path, share, move)
         except Exception as err:
             log.warning("candidate %s refused: %s: %s", path, type(err).__name__, err)
             raise Conflict("bundle_refused", f"{type(err).__name__}: {err}") from None
@@ -209,7 +209,7 @@ class Service:
             await asyncio.to_thread(move)
             await self._announce()
         else:
-            await self.runner.stop_shadow(move)
+            await self.runner.models.stop_shadow(move)
         return stopped[0]
 
     async def _announce(self) -> None:

@@ -11,7 +11,7 @@ in another class, adds or drops.
 
 Matching rule: within a frame, the candidate's instances in descending score each take
 the served instance of highest mask IoU not yet taken, when that IoU is at least
-MATCH_IOU (service.stages.match_regions; tools/served_eval matches with the truth the
+MATCH_IOU (service.matching.match_regions; tools/served_eval matches with the truth the
 same way).
 """
 
@@ -24,8 +24,9 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, Field
 
+from service.matching import match_regions, polygon_rle, region_iou
 from service.result import VERDICTS, FrameResult, ModelRef, Verdict
-from service.stages import Findings, match_regions, polygon_rle, region_iou
+from service.stages import Findings
 
 MATCH_IOU: Final = 0.25
 """Mask IoU from which a candidate's instance is the served one found again."""

@@ -25,6 +25,11 @@ Every query a route makes has an index (tests/service/test_store.py reads the pl
 The module is longer than the project's 400 lines because its one job is the whole store
 contract (service/store.py) over one database: split, each part would reach into the
 same tables and the same lock.
+
+Longer than the project's 400 lines for a module because its one job is the whole store
+contract (frames, feed, trucks and reports, feedback, live settings, shadow frames,
+retention) over one schema: split, each part would need the schema, the lock and the
+transactions of the others.
 """
 
 from __future__ import annotations
@@ -415,44 +420,61 @@ class SQLiteStore:
         """
         now = time.time() if now is None else now
         changed = 0
-        while True:
-            with self._lock:
-                stale = self._db.execute(
-                    "SELECT frame_id, result, image_name FROM frames INDEXED BY frames_with_files"
-                    f" WHERE completed_at < ? AND image_name != '' AND {_NOT_HELD} LIMIT ?",
-                    (now - result_ttl, batch),
-                ).fetchall()
-            if not stale:
-                break
-            slim = []
-            for frame_id, result, image_name in stale:  # outside the lock
-                self._remove_files(frame_id, image_name)
-                small = load_result(result).summary() if result else None
-                slim.append((pack_result(small) if small is not None else None, frame_id))
-            with self._lock, self._db:
-                self._db.executemany(
-                    "UPDATE frames SET image_name = '', result = ? WHERE frame_id = ?", slim
-                )
-            changed += len(stale)
-        while True:
-            with self._lock, self._db:
-                old = self._db.execute(
-                    "SELECT frame_id, truck_id, image_name FROM frames INDEXED BY frames_ended"
-                    f" WHERE completed_at < ? AND {_NOT_HELD} LIMIT ?",
-                    (now - report_ttl, batch),
-                ).fetchall()
-                if not old:
-                    break
-                ids = [(r[0],) for r in old]
-                names = [(r[0], r[2]) for r in old]
-                self._db.executemany("DELETE FROM feed WHERE frame_id = ?", ids)
-                self._db.executemany("DELETE FROM frames WHERE frame_id = ?", ids)
-                for truck_id in {r[1] for r in old if r[1] is not None}:
-                    self._recount(truck_id)
-            for frame_id, image_name in names:
-                self._remove_files(frame_id, image_name)
-            changed += len(old)
+        while done := self._slim(now - result_ttl, batch):
+            changed += done
+        while done := self._forget(now - report_ttl, batch):
+            changed += done
         return changed
+
+    def _slim(self, cutoff: float, batch: int) -> int:
+        """Up to `batch` frames ended before `cutoff` lose their files; how many did."""
+        with self._lock:
+            stale = self._ended_before(
+                cutoff,
+                batch,
+                "frame_id, result, image_name",
+                "frames_with_files",
+                "image_name != ''",
+            )
+        if not stale:
+            return 0
+        slim = []
+        for frame_id, result, image_name in stale:  # outside the lock
+            self._remove_files(frame_id, image_name)
+            small = load_result(result).summary() if result else None
+            slim.append((pack_result(small) if small is not None else None, frame_id))
+        with self._lock, self._db:
+            self._db.executemany(
+                "UPDATE frames SET image_name = '', result = ? WHERE frame_id = ?", slim
+            )
+        return len(stale)
+
+    def _ended_before(
+        self, cutoff: float, batch: int, columns: str, index: str, also: str = "1"
+    ) -> list[Any]:
+        """Up to `batch` rows of frames ended before `cutoff`, not held by feedback."""
+        return self._db.execute(
+            f"SELECT {columns} FROM frames INDEXED BY {index}"
+            f" WHERE completed_at < ? AND {also} AND {_NOT_HELD} LIMIT ?",
+            (cutoff, batch),
+        ).fetchall()
+
+    def _forget(self, cutoff: float, batch: int) -> int:
+        """Up to `batch` frames ended before `cutoff` are forgotten; how many were."""
+        with self._lock, self._db:
+            old = self._ended_before(
+                cutoff, batch, "frame_id, truck_id, image_name", "frames_ended"
+            )
+            if not old:
+                return 0
+            ids = [(r[0],) for r in old]
+            self._db.executemany("DELETE FROM feed WHERE frame_id = ?", ids)
+            self._db.executemany("DELETE FROM frames WHERE frame_id = ?", ids)
+            for truck_id in {r[1] for r in old if r[1] is not None}:
+                self._recount(truck_id)
+        for frame_id, _, image_name in old:
+            self._remove_files(frame_id, image_name)
+        return len(old)
 
     def add_feedback(self, item: FrameFeedback | TruckDecision) -> None:
         """Keep an operator's feedback (a frame with feedback is held from purge())."""

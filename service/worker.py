@@ -47,7 +47,8 @@ from service.logs import RequestId, configure_logging
 from service.metrics import HTTPMetrics, LiveCollector, Metrics, queue_gauges
 from service.queue import RedisQueue, group_info
 from service.routes.errors import error_response
-from service.runner import FrameRunner, bundle_path
+from service.runner import FrameRunner
+from service.serving import bundle_path
 from service.settings import Settings
 from service.store_redis import RedisStore
 
@@ -83,7 +84,7 @@ class StreamWorker:
 
     def serving(self) -> dict[str, str] | None:
         """The model served now: name and version (None before it is loaded)."""
-        return self.runner.serving()
+        return self.runner.models.serving()
 
     def stuck(self) -> list[str]:
         """Entries this worker has held longer than queue.max_frame_s."""

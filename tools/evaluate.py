@@ -41,10 +41,11 @@ from common.bundle import BundleError, load_bundle
 from common.classes import CLASS_NAMES
 from common.cli import command
 from service.pipeline import Pipeline
-from service.runner import open_pipeline
+from service.serving import open_pipeline
 from service.settings import CameraBed, Settings
 from tools.calibrate import FRAME_RULES, CalibrationError, calibrate
 from tools.served_eval import (
+    Checked,
     Seen,
     choose_margin,
     run_frames,
@@ -217,17 +218,16 @@ def served_main(argv: Sequence[str]) -> int:
         region = bundle.manifest.region
         if pipeline.region is not None and region is not None:
             checks = verifications(seen, scored.outcomes, pipeline.region, rule.min_score)
+            checked = Checked(seen, scored.outcomes, checks, classes, rule.min_score)
             margin = region.verify_margin
             if args.calibrate:
-                margin = choose_margin(seen, scored.outcomes, checks, classes, rule.min_score)
+                margin = choose_margin(checked)
                 assert thresholds is not None
                 thresholds["verify_margin"] = margin
             if margin is not None:
                 scored.report["verifier"] = {
                     "drop_unverified": region.drop_unverified or args.calibrate,
-                    **verifier_figures(
-                        seen, scored.outcomes, checks, classes, rule.min_score, reject, margin
-                    ),
+                    **verifier_figures(checked, reject, margin),
                 }
         with tempfile.TemporaryDirectory(
             dir=args.out.parent if args.out.parent.exists() else None

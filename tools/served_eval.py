@@ -1,6 +1,6 @@
 """The served path judged where a yard judges it: instances, frame verdicts, trucks, pixels.
 
-Labelled full frames go through the service's own pipeline (service.runner.open_pipeline
+Labelled full frames go through the service's own pipeline (service.serving.open_pipeline
 and Pipeline.analyse: decode, bed crop per the camera setting, tiles, engine through the
 batcher, merge, instances), with no HTTP in between and no second copy of any stage. What
 the service would answer is then compared with the labels:
@@ -46,6 +46,7 @@ from pycocotools.cocoeval import COCOeval
 
 from common.classes import CLASS_NAMES, IGNORE_INDEX
 from common.imaging import polygon_mask
+from service.matching import match_regions, polygon_rle, region_iou
 from service.pipeline import Pipeline, render_overlay
 from service.region import RegionCheck
 from service.result import VERDICTS, Verdict, frame_verdict
@@ -56,9 +57,6 @@ from service.stages import (
     InstanceRule,
     Merged,
     find_instances,
-    match_regions,
-    polygon_rle,
-    region_iou,
 )
 from training.data import FrameRecord
 from training.data.coco import segmentation_to_rle
@@ -489,52 +487,51 @@ def verified(
     return out
 
 
-def choose_margin(
-    seen: Sequence[Seen],
-    outcomes: Sequence[FrameOutcome],
-    scores: Sequence[Sequence[float | None]],
-    classes: tuple[str, ...],
-    min_score: float,
-    recall_drop: float = 0.05,
-) -> float | None:
+@dataclass(frozen=True)
+class Checked:
+    """The served candidates of labelled frames and the verifier's score of each."""
+
+    seen: Sequence[Seen]
+    outcomes: Sequence[FrameOutcome]
+    scores: Sequence[Sequence[float | None]]
+    """verifications(seen, outcomes, ...)"""
+    classes: tuple[str, ...]
+    min_score: float
+
+    def instances(self, margin: float | None = None) -> dict[str, Any]:
+        """Instance figures without the verifier, or with it at `margin`."""
+        o = self.outcomes if margin is None else verified(self.outcomes, self.scores, margin)
+        return count(self.seen, o, self.classes, self.min_score).figures()
+
+
+def choose_margin(checked: Checked, recall_drop: float = 0.05) -> float | None:
     """The verification margin of the highest instance precision.
 
     Among margins whose recall is at most `recall_drop` below the recall without the
     verifier; None when none is more precise than no verifier.
     """
-    base = count(seen, outcomes, classes, min_score).figures()
+    base = checked.instances()
     if base["recall"] is None:
         return None
     best, margin = base["precision"] or 0.0, None
-    for m in sorted({v for vs in scores for v in vs if v is not None}):
-        f = count(seen, verified(outcomes, scores, m), classes, min_score).figures()
+    for m in sorted({v for vs in checked.scores for v in vs if v is not None}):
+        f = checked.instances(m)
         near = f["recall"] is not None and f["recall"] >= base["recall"] - recall_drop
         if near and f["precision"] is not None and f["precision"] > best:
             best, margin = f["precision"], m
     return margin
 
 
-def verifier_figures(
-    seen: Sequence[Seen],
-    outcomes: Sequence[FrameOutcome],
-    scores: Sequence[Sequence[float | None]],
-    classes: tuple[str, ...],
-    min_score: float,
-    reject: float,
-    margin: float,
-) -> dict[str, Any]:
+def verifier_figures(checked: Checked, reject: float, margin: float) -> dict[str, Any]:
     """Instances and frames without and with the verifier at `margin`."""
 
-    def figures(o: Sequence[FrameOutcome]) -> dict[str, Any]:
-        frames, _ = frame_table(seen, o, min_score, reject)
+    def figures(m: float | None) -> dict[str, Any]:
+        o = checked.outcomes if m is None else verified(checked.outcomes, checked.scores, m)
+        frames, _ = frame_table(checked.seen, o, checked.min_score, reject)
         frames.pop("frame_score_roc")
-        return {"instances": count(seen, o, classes, min_score).figures(), "frames": frames}
+        return {"instances": checked.instances(m), "frames": frames}
 
-    return {
-        "margin": margin,
-        "without": figures(outcomes),
-        "with": figures(verified(outcomes, scores, margin)),
-    }
+    return {"margin": margin, "without": figures(None), "with": figures(margin)}
 
 
 def _spread(values: Sequence[float]) -> dict[str, float] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from datetime import datetime
 from typing import Annotated, Any
@@ -59,11 +60,14 @@ ANONYMOUS = "anonymous"
 """Who a caller is when the service runs without keys."""
 
 
+@functools.cache
 def require(permission: Permission) -> Any:
     """A route dependency: NotAuthenticated without a known key, NotAllowed for its role.
 
     Its value is who the caller is: the roles of the key that grant the permission
     (`Annotated[str, require(...)]` in a route's parameters), ANONYMOUS without keys.
+    One dependency per permission, so that a router's and a parameter's check of the
+    same permission run once per request.
     """
 
     async def check(
@@ -85,6 +89,10 @@ def require(permission: Permission) -> Any:
         return ",".join(sorted(r for r in roles if allowed(frozenset({r}), permission)))
 
     return Depends(check)
+
+
+Admin = Annotated[str, require("config")]
+"""Who changes the service's configuration: the caller's key (it must hold the admin role)."""
 
 
 class BodyLimit:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
+from fastapi.types import DecoratedCallable
 from starlette.background import BackgroundTask
 
 from common.classes import ANOMALY_CLASSES
+from service.auth import Permission
+from service.errors import ServiceError
 from service.feedback import (
     FrameFeedback,
     FrameFeedbackIn,
@@ -38,17 +42,16 @@ Judge = Annotated[str, require("feedback")]
 """Who gives the feedback: the caller's key (it must hold the feedback role)."""
 
 
-@router.post(
-    "/v1/frames/{frame_id}/feedback",
-    status_code=201,
-    response_model=FrameFeedback,
-    responses=responses(*CHANGE),
-)
+def _recorded(
+    path: str, model: type, *errors: type[ServiceError]
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """A POST route that records a judgement: 201 with the judgement as recorded."""
+    return router.post(path, status_code=201, response_model=model, responses=responses(*errors))
+
+
+@_recorded("/v1/frames/{frame_id}/feedback", FrameFeedback, *CHANGE)
 async def post_frame_feedback(
-    svc: ServiceDep,
-    frame_id: FrameId,
-    given: FrameFeedbackIn,
-    by: Judge,
+    svc: ServiceDep, frame_id: FrameId, given: FrameFeedbackIn, by: Judge
 ) -> FrameFeedback:
     """Judge one of a done frame's instances, or mark a contaminant it missed.
 
@@ -65,12 +68,19 @@ async def post_frame_feedback(
     return item
 
 
-@router.get(
-    "/v1/frames/{frame_id}/feedback",
-    response_model=list[FrameFeedback],
-    responses=responses(*ONE),
-    dependencies=[require("frames")],
-)
+def _listed(
+    path: str, model: Any, permission: Permission
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """A GET route of the judgements of one frame or truck, oldest first."""
+    return router.get(
+        path,
+        response_model=list[model],
+        responses=responses(*ONE),
+        dependencies=[require(permission)],
+    )
+
+
+@_listed("/v1/frames/{frame_id}/feedback", FrameFeedback, "frames")
 async def get_frame_feedback(svc: ServiceDep, frame_id: FrameId) -> list[FrameFeedback]:
     """The feedback given on a frame, oldest first."""
     await svc.record(checked_id(frame_id))
@@ -78,17 +88,9 @@ async def get_frame_feedback(svc: ServiceDep, frame_id: FrameId) -> list[FrameFe
     return [i for i in items if isinstance(i, FrameFeedback)]
 
 
-@router.post(
-    "/v1/trucks/{truck_id}/decisions",
-    status_code=201,
-    response_model=TruckDecision,
-    responses=responses(*ONE),
-)
+@_recorded("/v1/trucks/{truck_id}/decisions", TruckDecision, *ONE)
 async def post_truck_decision(
-    svc: ServiceDep,
-    truck_id: TruckId,
-    given: TruckDecisionIn,
-    by: Judge,
+    svc: ServiceDep, truck_id: TruckId, given: TruckDecisionIn, by: Judge
 ) -> TruckDecision:
     """Record what was done with a truck: accepted, rejected or sent for manual inspection."""
     await known_truck(svc, truck_id)
@@ -98,12 +100,7 @@ async def post_truck_decision(
     return item
 
 
-@router.get(
-    "/v1/trucks/{truck_id}/decisions",
-    response_model=list[TruckDecision],
-    responses=responses(*ONE),
-    dependencies=[require("reports")],
-)
+@_listed("/v1/trucks/{truck_id}/decisions", TruckDecision, "reports")
 async def get_truck_decisions(svc: ServiceDep, truck_id: TruckId) -> list[TruckDecision]:
     """The decisions recorded for a truck, oldest first (the last is the one in force)."""
     await known_truck(svc, truck_id)

@@ -13,17 +13,17 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.live import LiveSettings, SettingsChange
-from service.routes.deps import ServiceDep, require
+from service.routes.deps import Admin, ServiceDep, require
 from service.routes.errors import LIST, responses
 
-router = APIRouter(tags=["settings"])
+router = APIRouter(tags=["settings"], dependencies=[require("config")])
+"""Every route here is the admin's (the config permission)."""
 
 
 @router.get(
     "/v1/admin/settings",
     response_model=SettingsChange | None,
     responses=responses(*LIST),
-    dependencies=[require("config")],
 )
 async def live_settings(svc: ServiceDep) -> SettingsChange | None:
     """The live settings in force: their version, who set them and when.
@@ -34,9 +34,7 @@ async def live_settings(svc: ServiceDep) -> SettingsChange | None:
 
 
 @router.put("/v1/admin/settings", response_model=SettingsChange, responses=responses(*LIST))
-async def set_live_settings(
-    svc: ServiceDep, given: LiveSettings, by: Annotated[str, require("config")]
-) -> SettingsChange:
+async def set_live_settings(svc: ServiceDep, given: LiveSettings, by: Admin) -> SettingsChange:
     """Replace the live settings with a new version.
 
     Per-class thresholds, minimum and reject scores, per-camera beds; what is left out
@@ -46,7 +44,7 @@ async def set_live_settings(
     """
     change = await asyncio.to_thread(svc.store.save_settings, given, by)
     if svc.runner is not None:
-        svc.runner.use(change)
+        svc.runner.models.use(change)
     return change
 
 
@@ -54,7 +52,6 @@ async def set_live_settings(
     "/v1/admin/settings/log",
     response_model=list[SettingsChange],
     responses=responses(*LIST),
-    dependencies=[require("config")],
 )
 async def settings_log(
     svc: ServiceDep,

@@ -18,15 +18,13 @@ from pydantic import BaseModel, Field
 from common.classes import ANOMALY_CLASSES
 from common.repository import NAME, Pointer, Shadow
 from service.result import ModelRef
-from service.routes.deps import ServiceDep, require
+from service.routes.deps import Admin, ServiceDep, require
 from service.routes.errors import CHANGE, ONE, responses
 from service.shadow import ShadowFrame, ShadowSummary, summarise
 from service.store import SHADOW_KEEP
 
-router = APIRouter(tags=["models"])
-
-Admin = Annotated[str, require("config")]
-"""Who changes the model: the caller's key (it must hold the admin role)."""
+router = APIRouter(tags=["models"], dependencies=[require("config")])
+"""Every route here is the admin's (the config permission)."""
 
 
 class Activation(BaseModel):
@@ -72,7 +70,6 @@ def _active(pointer: Pointer) -> Active:
     "/v1/admin/bundles",
     response_model=Models,
     responses=responses(*ONE),
-    dependencies=[require("config")],
 )
 async def models(svc: ServiceDep) -> Models:
     """The repository's versions, the one active and the audit log of changes."""
@@ -81,7 +78,7 @@ async def models(svc: ServiceDep) -> Models:
         asyncio.to_thread(repo.state), asyncio.to_thread(repo.versions)
     )
     active = state["history"][-1] if state["history"] else None
-    pipeline = svc.runner.pipeline if svc.runner is not None else None
+    pipeline = svc.runner.models.pipeline if svc.runner is not None else None
     serving = pipeline.bundle.manifest.model if pipeline is not None else None
     return Models(
         active=Active(**active) if active else None,
@@ -170,7 +167,6 @@ Version = Annotated[
     "/v1/admin/bundles/shadow",
     response_model=ShadowStatus,
     responses=responses(*ONE),
-    dependencies=[require("config")],
 )
 async def shadow(svc: ServiceDep, name: Version = None, version: Version = None) -> ShadowStatus:
     """The candidate in shadow and its answers counted against the served ones.
@@ -192,7 +188,6 @@ async def shadow(svc: ServiceDep, name: Version = None, version: Version = None)
     "/v1/admin/bundles/shadow/frames",
     response_model=list[ShadowFrame],
     responses=responses(*ONE),
-    dependencies=[require("config")],
 )
 async def shadow_frames(
     svc: ServiceDep,

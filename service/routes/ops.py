@@ -94,7 +94,7 @@ async def readyz(svc: ServiceDep) -> dict[str, Any]:
     await svc.ready()
     if svc.runner is None:
         return {"status": "ready"}
-    return {"status": "ready", "model": svc.runner.serving()}
+    return {"status": "ready", "model": svc.runner.models.serving()}
 
 
 @router.get("/metrics", response_class=Response)

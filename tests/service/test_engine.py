@@ -21,7 +21,7 @@ from service.engine import (
     TorchEngine,
     open_engine,
 )
-from service.runner import open_pipeline
+from service.serving import open_pipeline
 from service.settings import Settings
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"

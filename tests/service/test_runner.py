@@ -37,7 +37,7 @@ def embedded(tmp_path, failures: int) -> tuple[FrameRunner, LocalQueue, SQLiteSt
     queue = LocalQueue()
     settings = Settings(data_dir=tmp_path, queue=QueueSettings(max_attempts=3))
     runner = FrameRunner(settings, store, queue, Metrics())
-    runner.pipeline = FlakyPipeline(failures)  # type: ignore[assignment]
+    runner.models.pipeline = FlakyPipeline(failures)  # type: ignore[assignment]
     store.add(NewFrame("a" * 32, "cam", None, None, b"jpeg", ".jpg"))
     queue.put("a" * 32)
     return runner, queue, store
@@ -65,7 +65,7 @@ def test_a_frame_is_given_up_on_after_max_attempts_with_the_reason(tmp_path):
     assert asyncio.run(deliver_all(runner, queue)) == ["queued", "queued", "failed"]
     error = store.get("a" * 32).error
     assert error.startswith("gave up after 3 attempts: internal_error: RuntimeError")
-    assert runner.pipeline.calls == 3
+    assert runner.models.pipeline.calls == 3
     store.close()
 
 

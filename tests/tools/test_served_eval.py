@@ -9,7 +9,7 @@ from pycocotools import mask as mask_utils
 
 from common.classes import CLASS_NAMES
 from common.tiling import Box
-from service.runner import open_pipeline
+from service.serving import open_pipeline
 from service.settings import Settings
 from service.stages import Bed, Instance, InstanceRule, Merged
 from tools.calibrate import _lowest_above, _most_balanced, _precise_from, calibrate
@@ -297,7 +297,7 @@ def test_a_frame_labelled_by_its_mask_alone_has_one_instance_per_region(synth_di
 
 
 def test_the_verification_margin_keeps_recall_and_raises_precision():
-    from tools.served_eval import FrameOutcome, choose_margin, count, verified
+    from tools.served_eval import Checked, FrameOutcome, choose_margin, count, verified
 
     def inst(score):
         return Instance("motor", score, {"motor": 1.0}, (0, 0, 4, 4), 16, [(0, 0), (4, 0), (4, 4)])
@@ -322,5 +322,7 @@ def test_the_verification_margin_keeps_recall_and_raises_precision():
     # third of the recall, more than the 0.05 allowed
     kept = count(seen, verified(outcomes, checks, 0.0), classes, 0.5).figures()
     assert (kept["recall"], kept["precision"]) == (1.0, 0.75)
-    assert choose_margin(seen, outcomes, checks, classes, 0.5) == 0.05
-    assert choose_margin(seen, outcomes, [[-1, -1, -1], [-1, -1, -1, None]], classes, 0.5) is None
+    assert Checked(seen, outcomes, checks, classes, 0.5).instances(0.0) == kept
+    assert choose_margin(Checked(seen, outcomes, checks, classes, 0.5)) == 0.05
+    never = [[-1, -1, -1], [-1, -1, -1, None]]
+    assert choose_margin(Checked(seen, outcomes, never, classes, 0.5)) is None

@@ -1,4 +1,8 @@
-"""scrapscan-data: check a labelled data folder before training on it."""
+"""scrapscan-data: work with labelled crane-frame folders.
+
+A folder is COCO (annotations.json) or images/ + masks/: check one before training on
+it, merge several into one, export operators' feedback as one.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.cli import command
 from common.imaging import DEFAULT_OVERLAP
 from training.data.frames import DataError, load_frames
 from training.data.merge import merge_folders
@@ -15,11 +20,7 @@ from training.data.patches import PatchSet
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
-    p = argparse.ArgumentParser(
-        prog="scrapscan-data",
-        description="Work with labelled crane-frame folders (COCO annotations.json, or "
-        "images/ + masks/).",
-    )
+    p = command("scrapscan-data", __doc__)
     sub = p.add_subparsers(dest="command", required=True)
     check = sub.add_parser(
         "check",

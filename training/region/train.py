@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from common.classes import CLASS_NAMES
+from common.cli import command
 from common.imaging import CLIP_MEAN, CLIP_STD
 from training.config import ConfigError, load_as
 from training.data.frames import DataError, load_frames
@@ -315,25 +316,20 @@ def judge(encoder: RegionEncoder, crops: RegionCrops, descriptions: Descriptions
     }
 
 
+def _negatives(p: argparse.ArgumentParser, what: str) -> None:
+    said = f"false_regions.json of scrapscan-eval {what}"
+    p.add_argument("--negatives", type=Path, metavar="FILE", help=said)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
-    p = argparse.ArgumentParser(
-        prog="scrapscan-region",
-        description="Train the region encoder (CLIP with an alpha input) that describes "
-        "and checks each instance, and judge it on labelled frames.",
-    )
+    p = command("scrapscan-region", __doc__)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train on a labelled data folder")
     t.add_argument("--config", type=Path, metavar="FILE", help="e.g. configs/region-tiny.yaml")
     t.add_argument("--data", type=Path, required=True, metavar="DIR")
     t.add_argument("--out", type=Path, required=True, metavar="RUN_DIR")
-    t.add_argument(
-        "--negatives",
-        type=Path,
-        metavar="FILE",
-        help="false_regions.json of scrapscan-eval on the same frames: the served model's "
-        "false regions, learned as plain scrap",
-    )
+    _negatives(t, "on the same frames: the served model's false regions, learned as plain scrap")
     t.add_argument("--val", type=Path, metavar="DIR", help="frames to judge after each epoch")
     t.add_argument("--resume", action="store_true", help="go on from RUN_DIR's checkpoint")
     t.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps in all")
@@ -341,12 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", type=Path, required=True, metavar="FILE")
     e.add_argument("--data", type=Path, required=True, metavar="DIR")
     e.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR")
-    e.add_argument(
-        "--negatives",
-        type=Path,
-        metavar="FILE",
-        help="false_regions.json of scrapscan-eval on these frames: the served false regions "
-        "join the plain scrap the verification AUROC sets the contaminants against",
+    _negatives(
+        e,
+        "on these frames: the served false regions join the plain scrap the verification "
+        "AUROC sets the contaminants against",
     )
     e.add_argument(
         "--plain-per-frame",
