@@ -29,7 +29,8 @@ from training.data import PatchSet, load_frames
 from training.data.dataset import PatchDataset
 from training.metrics import pixel_metrics
 from training.model import build_model, upsample
-from training.train import class_weights, make_optimizer, train_step
+from training.runs import class_weights
+from training.train import make_optimizer, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 

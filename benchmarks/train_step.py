@@ -25,8 +25,9 @@ import torch
 
 from tools.bench import machine
 from training.config import load_config
+from training.distributed import pick_device
 from training.model import build_model
-from training.train import make_optimizer, pick_device, train_step
+from training.train import make_optimizer, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from model_export.export import main
+from model_export.cli import main
 
 sys.exit(main())

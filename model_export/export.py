@@ -1,29 +1,19 @@
-"""scrapscan-export: freeze a scrapscan-train checkpoint into the bundle the service loads.
+"""Export a trained checkpoint into a bundle: the files, their parity checks, the manifest.
 
-BUNDLE/manifest.json          what the model is, thresholds, metrics, every file's sha256
-BUNDLE/model.onnx             fp32 inference graph, batch axis dynamic (model_export.graph)
-BUNDLE/model.fp16.onnx        fp16 variant, float32 inputs and outputs
-BUNDLE/model.pt2              torch.export program, for the service's PyTorch engine
-BUNDLE/model.<gpu>.trt<v>.<precision>.plan   with --tensorrt, on a GPU with TensorRT
-BUNDLE/region.onnx            with --region, the region encoder (model_export.region)
-
-Every exported file is checked against the PyTorch model (model_export.parity) before
-the bundle is written; a file out of tolerance stops the export. The bundle is written
-into a temporary folder beside BUNDLE and renamed into place, so a failed export leaves
-no half bundle.
+`export_bundle` is what scrapscan-export (model_export/cli.py) runs: the files it writes
+are listed there. Every exported file is checked against the PyTorch model
+(model_export.parity) before the bundle is written; a file out of tolerance stops the
+export. The bundle is written into a temporary folder beside its target and renamed
+into place, so a failed export leaves no half bundle.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,43 +24,34 @@ import torch
 
 from common.bundle import (
     MANIFEST,
-    BedModelInfo,
-    Bundle,
-    BundleError,
     BundleFile,
     Manifest,
     load_bundle,
-    read_manifest,
     sha256_of,
 )
 from common.classes import CLASS_NAMES
-from common.cli import command
 from common.imaging import CLIP_MEAN, CLIP_STD, normalize
 from common.jsonfile import JSONFileError, read_json
-from common.repository import Repository, RepositoryError
+from model_export import ExportError
+from model_export.bed import BED_FILE, bundle_bed, export_bed_model
 from model_export.graph import INPUT_NAMES, OUTPUT_NAMES, InferenceGraph
 from model_export.onnx_export import convert_fp16, export_onnx, simplify
 from model_export.parity import (
     Parity,
-    ParityError,
     compare,
     onnx_runner,
     parity_inputs,
     torch_runner,
 )
 from model_export.region import REGION_FILE, export_region_encoder
-from model_export.tensorrt import PRECISIONS, TensorRTError, build_engine, require_tensorrt
-from training.checkpoint import CheckpointError, load_trained
+from model_export.tensorrt import build_engine, require_tensorrt
+from training.checkpoint import load_trained
 from training.config import BinaryMode
 from training.evaluate import DEFAULT_SIGMA
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_AREA = 400
 DEFAULT_MAX_BED_FRACTION = 0.5
-
-
-class ExportError(RuntimeError):
-    """The export cannot go on; the message names the file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,54 +175,6 @@ def _calibration_patches(folder: Path, input_size: int, limit: int = 256) -> npt
     return np.stack([normalize(patches[int(i)].image) for i in picks])
 
 
-BED_FILE = "bed.onnx"
-
-
-def export_bed_model(path: Path, out: Path) -> dict[str, Any]:
-    """Write the bed cropper as ONNX and check it against PyTorch on synthetic frames."""
-    from common.bed import BED_INPUT, bed_input
-    from training.bedseg import load_bed_model
-    from training.synth import render_frame
-
-    try:
-        net, metrics = load_bed_model(path)
-    except ValueError as err:
-        raise ExportError(str(err)) from None
-    graph = torch.nn.Sequential(net, torch.nn.Sigmoid()).eval()
-    h, w = BED_INPUT
-    export_onnx(graph, out, (3, h, w), 16, output_names=("bed_probs",))
-    x = np.stack([bed_input(render_frame(7, i, 768, 432).image) for i in range(4)])
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"images": x})[0]
-    with torch.no_grad():
-        ref = graph(torch.from_numpy(x)).numpy()
-    diff = float(np.abs(got - ref).max())
-    agree = float(((got > 0.5) == (ref > 0.5)).mean())
-    if diff > 1e-4 or agree < 0.999:
-        raise ParityError(f"{out.name}: max abs difference {diff:.2e}, mask agreement {agree:.4%}")
-    return {
-        "file": BED_FILE,
-        "input_height": h,
-        "input_width": w,
-        "metrics": metrics,
-        "parity": {"max_abs": diff, "mask_agreement": agree, "inputs": len(x)},
-    }
-
-
-def _bundle_bed(bundle_dir: Path) -> tuple[Bundle, BedModelInfo]:
-    """The bed cropper of an existing bundle (checked against its manifest), to reuse."""
-    try:
-        bundle = load_bundle(bundle_dir)
-    except BundleError as err:
-        raise ExportError(f"--bed-from: {err}") from None
-    info = bundle.manifest.bed_model
-    if info is None:
-        raise ExportError(f"{bundle_dir / MANIFEST}: --bed-from: the bundle has no bed model")
-    return bundle, info
-
-
 def _entry(path: Path, kind: str, precision: str, **extra: Any) -> BundleFile:
     return BundleFile.model_validate(
         {
@@ -271,7 +204,7 @@ def export_bundle(
         sigma = float(evaluation.get("sigma", DEFAULT_SIGMA))
     if options.bed_model is not None and options.bed_from is not None:
         raise ExportError("give the bed cropper once: --bed-model or --bed-from, not both")
-    reused = None if options.bed_from is None else _bundle_bed(options.bed_from)
+    reused = None if options.bed_from is None else bundle_bed(options.bed_from)
     calibrated = (  # checked before the slow part
         {}
         if options.thresholds is None
@@ -435,219 +368,3 @@ def export_bundle(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return manifest
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command's arguments."""
-    p = command("scrapscan-export", __doc__)
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, metavar="FILE", help="what to export")
-    source.add_argument(
-        "--bundle",
-        type=Path,
-        metavar="BUNDLE_DIR",
-        help="with --repository: add this bundle, as exported before, to the repository "
-        "instead (its files checked first); e.g. models/demo",
-    )
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", type=Path, metavar="BUNDLE_DIR", help="the bundle folder to write")
-    where.add_argument(
-        "--repository",
-        type=Path,
-        metavar="REPO_DIR",
-        help="add the bundle to this model repository as REPO_DIR/<name>/<version> (an "
-        "existing version is never replaced); it becomes the active version when the "
-        "repository has none yet (scrapscan-serve --repository serves the active one)",
-    )
-    p.add_argument(
-        "--report",
-        type=Path,
-        metavar="REPORT_JSON",
-        help="scrapscan-eval report: its F1-max threshold and sigma go into the manifest "
-        f"(else threshold {DEFAULT_THRESHOLD}, sigma {DEFAULT_SIGMA}), and the bundle forms "
-        "the binary map as the report did (scrapscan-eval --binary-mode); without a report, "
-        "as the checkpoint's config says",
-    )
-    p.add_argument("--name", help="model name (default: the config's name)")
-    p.add_argument("--version", help="model version (default: the UTC time of the export)")
-    p.add_argument("--no-fp16", action="store_true", help="leave out model.fp16.onnx")
-    p.add_argument("--no-torch-export", action="store_true", help="leave out model.pt2")
-    p.add_argument(
-        "--no-simplify",
-        action="store_true",
-        help="leave model.onnx as exported (default: simplified with onnxslim, which made it "
-        "18%% faster on the CPU)",
-    )
-    p.add_argument("--max-batch", type=int, default=32, help="largest batch (32)")
-    p.add_argument(
-        "--min-area",
-        type=int,
-        default=DEFAULT_MIN_AREA,
-        metavar="PX",
-        help=f"smallest instance in full-frame pixels ({DEFAULT_MIN_AREA})",
-    )
-    p.add_argument(
-        "--max-bed-fraction",
-        type=float,
-        default=DEFAULT_MAX_BED_FRACTION,
-        help="instances covering more of the bed are not contaminants "
-        f"({DEFAULT_MAX_BED_FRACTION})",
-    )
-    p.add_argument(
-        "--tensorrt",
-        action="store_true",
-        help="also build a TensorRT engine for this machine's GPU (needs tensorrt)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp16",
-        help="TensorRT precision (fp16); int8 and fp8 need --calibration",
-    )
-    p.add_argument(
-        "--calibration",
-        type=Path,
-        metavar="DIR",
-        help="labelled frames whose patches calibrate int8/fp8",
-    )
-    p.add_argument(
-        "--thresholds",
-        type=Path,
-        metavar="FILE",
-        help="thresholds.json of scrapscan-eval --bundle --calibrate on a bundle of this "
-        "checkpoint: per-class pixel thresholds, minimum instance area, minimum and reject "
-        "scores go into the manifest (over --min-area and the report's threshold)",
-    )
-    p.add_argument(
-        "--bed-model",
-        type=Path,
-        metavar="FILE",
-        help="the learned bed cropper (scrapscan-train-bed) to put into the bundle as bed.onnx",
-    )
-    p.add_argument(
-        "--bed-from",
-        type=Path,
-        metavar="BUNDLE_DIR",
-        help="reuse the bed cropper (bed.onnx and its figures) of an existing bundle",
-    )
-    p.add_argument(
-        "--region",
-        type=Path,
-        metavar="FILE",
-        help="a scrapscan-region checkpoint: the region encoder that describes and checks "
-        "each instance, as region.onnx with its descriptions' embeddings",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.max_batch < 1 or args.min_area < 0 or not 0 < args.max_bed_fraction <= 1:
-        parser.error("--max-batch must be >= 1, --min-area >= 0, --max-bed-fraction in (0, 1]")
-    if args.precision != "fp16" and (not args.tensorrt or args.calibration is None):
-        parser.error(f"--precision {args.precision} needs --tensorrt and --calibration DIR")
-    if args.bundle is not None and (args.repository is None or args.name or args.version):
-        parser.error(
-            "--bundle adds a bundle as it is to a --repository (its manifest names it: no "
-            "--name or --version)"
-        )
-    if args.repository is not None:
-        return _export_to_repository(args, parser)
-    if args.out.exists() and not args.overwrite:
-        print(
-            f"scrapscan-export: {args.out} exists; pass --overwrite to replace it", file=sys.stderr
-        )
-        return 2
-    options = _options(args)
-    staged = args.out.with_name(f".{args.out.name}.old") if args.out.exists() else None
-    if staged is not None and args.bed_from and args.bed_from.resolve() == args.out.resolve():
-        options = replace(options, bed_from=staged)  # the bundle being replaced: read it there
-    try:
-        if staged is not None:
-            args.out.rename(staged)
-        manifest = export_bundle(args.checkpoint, args.out, options)
-    except (CheckpointError, ExportError, ParityError, TensorRTError) as err:
-        if staged is not None:
-            staged.rename(args.out)
-        print(f"scrapscan-export: {err}", file=sys.stderr)
-        return 1
-    except BaseException:
-        if staged is not None:
-            staged.rename(args.out)
-        raise
-    if staged is not None:
-        shutil.rmtree(staged)
-    _said(manifest, args.out)
-    return 0
-
-
-def _said(manifest: Manifest, where: Path) -> None:
-    sizes = ", ".join(f"{n} {f.bytes / 1e6:.1f} MB" for n, f in manifest.files.items())
-    print(f"bundle {manifest.model.name} {manifest.model.version} at {where}: {sizes}")
-
-
-def _options(args: argparse.Namespace) -> ExportOptions:
-    return ExportOptions(
-        name=args.name,
-        version=args.version,
-        report=args.report,
-        fp16=not args.no_fp16,
-        torch_export=not args.no_torch_export,
-        simplify=not args.no_simplify,
-        max_batch=args.max_batch,
-        tensorrt=args.tensorrt,
-        precision=args.precision,
-        calibration=args.calibration,
-        thresholds=args.thresholds,
-        min_area_px=args.min_area,
-        max_bed_fraction=args.max_bed_fraction,
-        bed_model=args.bed_model,
-        bed_from=args.bed_from,
-        region=args.region,
-    )
-
-
-def _export_to_repository(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Export into REPO/.incoming-<pid>, then move it to REPO/<name>/<version>."""
-    if args.overwrite:
-        parser.error("--overwrite: a repository's versions are never replaced; export a new one")
-    repo = Repository(args.repository)
-    try:
-        repo.check()
-        if args.name is not None or args.version is not None:  # refused before the work
-            repo.folder(args.name or "x", args.version or "x")
-    except RepositoryError as err:
-        print(f"scrapscan-export: {err}", file=sys.stderr)
-        return 2
-    incoming = args.repository / f".incoming-{os.getpid()}"
-    try:
-        if args.bundle is None:
-            export_bundle(args.checkpoint, incoming, _options(args))
-            version, _ = repo.add(incoming, "scrapscan-export", move=True)
-        else:  # the user's folder stays where it is
-            version, _ = repo.add(args.bundle, "scrapscan-export")
-    except (
-        CheckpointError,
-        ExportError,
-        ParityError,
-        TensorRTError,
-        RepositoryError,
-        BundleError,
-    ) as err:
-        print(f"scrapscan-export: {err}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(incoming, ignore_errors=True)
-    manifest, target = read_manifest(version.path), version.path
-    _said(manifest, target)
-    active = repo.active()
-    assert active is not None
-    print(f"active version: {active.name} {active.version}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -44,11 +44,6 @@ always (deploy/redis.conf, used by the compose file, the k8s manifests and the t
 The module is longer than the project's 400 lines because its one job is the whole store
 contract (service/store.py) over Redis, with the scripts that make each change atomic:
 the scripts and the keys they touch are read together.
-
-Longer than the project's 400 lines for a module because its one job is the whole store
-contract (frames, feed, trucks and reports, feedback, live settings, shadow frames,
-retention) over one key layout and its Lua scripts: split, each part would need the
-layout and scripts of the others.
 """
 
 from __future__ import annotations

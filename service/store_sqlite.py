@@ -25,11 +25,6 @@ Every query a route makes has an index (tests/service/test_store.py reads the pl
 The module is longer than the project's 400 lines because its one job is the whole store
 contract (service/store.py) over one database: split, each part would reach into the
 same tables and the same lock.
-
-Longer than the project's 400 lines for a module because its one job is the whole store
-contract (frames, feed, trucks and reports, feedback, live settings, shadow frames,
-retention) over one schema: split, each part would need the schema, the lock and the
-transactions of the others.
 """
 
 from __future__ import annotations

@@ -81,7 +81,31 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_config: RunCo
     return path
 
 
-class RedisServer:
+class Child:
+    """A process a test starts; stop() asks it to end (SIGTERM), kill() does not ask."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    stop_s = 10.0
+    """How long stop() waits for it to end."""
+
+    def _signal(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final save (what a crash or lost node does)."""
+        if self.proc is not None:
+            self._signal(self.proc)
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=self.stop_s)
+            self.proc = None
+
+
+class RedisServer(Child):
     """A redis-server of its own on a free port, with the deployed settings (deploy/redis.conf:
     AOF, fsync always); kill() and start() again keep its data folder, as a restart does."""
 
@@ -117,19 +141,6 @@ class RedisServer:
                 time.sleep(0.05)
         self.kill()
         pytest.fail("redis-server did not start")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no final save (what a crash or lost node does)."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
 
 
 REDIS_CONF = Path(__file__).resolve().parents[1] / "deploy" / "redis.conf"

@@ -11,8 +11,9 @@ on those frames first (tools.calibrate), written to REPORT_DIR/thresholds.json f
 `scrapscan-export --thresholds`, and the report gives the figures under them. A bundle
 with a region encoder is also judged as a verifier: its verification score of each
 served instance, and the instances and frames without and with the instances under the
-margin (report "verifier"); --calibrate chooses the margin (the highest instance
-precision at a recall at most 0.05 below the recall without it).
+margin (report "verifier"), beside the precision a stricter minimum score alone reaches
+at the same recall; --calibrate chooses the margin (the highest instance precision at a
+recall at most 0.05 below the recall without it).
 
 REPORT_DIR/report.json     the figures, the thresholds that made them, per-frame rows
 REPORT_DIR/roc.png, pr.png pixel and frame-score ROC, pixel precision-recall
@@ -44,16 +45,9 @@ from service.pipeline import Pipeline
 from service.serving import open_pipeline
 from service.settings import CameraBed, Settings
 from tools.calibrate import FRAME_RULES, CalibrationError, calibrate
-from tools.served_eval import (
-    Checked,
-    Seen,
-    choose_margin,
-    run_frames,
-    score,
-    verifications,
-    verifier_figures,
-    write_report,
-)
+from tools.eval_report import write_report
+from tools.served_eval import Seen, run_frames, score
+from tools.verifier_eval import Checked, choose_margin, verifications, verifier_figures
 from training import evaluate as patch_evaluate
 from training.data import DataError, FrameRecord, load_frames
 

@@ -24,6 +24,10 @@ the service would answer is then compared with the labels:
 Stage one (`run_frames`) runs the engine once per frame and keeps each frame's merged
 maps; stage two (`score`) turns maps into instances under a rule. Calibration
 (tools.calibrate) repeats stage two under many rules without running the model again.
+
+Longer than the project's 400 lines for a module: its one job is the figures above over
+the same matched outcomes; the verifier's figures are tools/verifier_eval.py and the
+report folder tools/eval_report.py.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,12 +50,10 @@ from pycocotools.cocoeval import COCOeval
 from common.classes import CLASS_NAMES, IGNORE_INDEX
 from common.imaging import polygon_mask
 from service.matching import match_regions, polygon_rle, region_iou
-from service.pipeline import Pipeline, render_overlay
-from service.region import RegionCheck
+from service.pipeline import Pipeline
 from service.result import VERDICTS, Verdict, frame_verdict
 from service.stages import (
     Bed,
-    Findings,
     Instance,
     InstanceRule,
     Merged,
@@ -448,92 +449,6 @@ def score(
     return Scored(report, outcomes, verdicts, curves)
 
 
-# --- the region encoder as a verifier ---------------------------------------------------------
-
-
-def verifications(
-    seen: Sequence[Seen], outcomes: Sequence[FrameOutcome], region: RegionCheck, min_score: float
-) -> list[list[float | None]]:
-    """Per frame, each served candidate's verification score (None below `min_score`)."""
-    out = []
-    for s, o in zip(seen, outcomes, strict=True):
-        scores: list[float | None] = [None] * len(o.candidates)
-        picked = [k for k, i in enumerate(o.candidates) if i.score >= min_score]
-        if picked:
-            frame = cv2.imread(str(s.record.image_path), cv2.IMREAD_COLOR)
-            if frame is None:
-                raise OSError(f"{s.record.image_path}: cannot decode image")
-            said = region.describe(np.asarray(frame, np.uint8), [o.candidates[k] for k in picked])
-            for k, d in zip(picked, said, strict=True):
-                scores[k] = d.verification
-        out.append(scores)
-    return out
-
-
-def verified(
-    outcomes: Sequence[FrameOutcome], scores: Sequence[Sequence[float | None]], margin: float
-) -> list[FrameOutcome]:
-    """The outcomes without the served candidates verified below `margin`."""
-    out = []
-    for o, vs in zip(outcomes, scores, strict=True):
-        keep = [k for k, v in enumerate(vs) if v is None or v >= margin]
-        out.append(
-            FrameOutcome(
-                [o.candidates[k] for k in keep],
-                [o.rles[k] for k in keep],
-                [o.matched[k] for k in keep],
-            )
-        )
-    return out
-
-
-@dataclass(frozen=True)
-class Checked:
-    """The served candidates of labelled frames and the verifier's score of each."""
-
-    seen: Sequence[Seen]
-    outcomes: Sequence[FrameOutcome]
-    scores: Sequence[Sequence[float | None]]
-    """verifications(seen, outcomes, ...)"""
-    classes: tuple[str, ...]
-    min_score: float
-
-    def instances(self, margin: float | None = None) -> dict[str, Any]:
-        """Instance figures without the verifier, or with it at `margin`."""
-        o = self.outcomes if margin is None else verified(self.outcomes, self.scores, margin)
-        return count(self.seen, o, self.classes, self.min_score).figures()
-
-
-def choose_margin(checked: Checked, recall_drop: float = 0.05) -> float | None:
-    """The verification margin of the highest instance precision.
-
-    Among margins whose recall is at most `recall_drop` below the recall without the
-    verifier; None when none is more precise than no verifier.
-    """
-    base = checked.instances()
-    if base["recall"] is None:
-        return None
-    best, margin = base["precision"] or 0.0, None
-    for m in sorted({v for vs in checked.scores for v in vs if v is not None}):
-        f = checked.instances(m)
-        near = f["recall"] is not None and f["recall"] >= base["recall"] - recall_drop
-        if near and f["precision"] is not None and f["precision"] > best:
-            best, margin = f["precision"], m
-    return margin
-
-
-def verifier_figures(checked: Checked, reject: float, margin: float) -> dict[str, Any]:
-    """Instances and frames without and with the verifier at `margin`."""
-
-    def figures(m: float | None) -> dict[str, Any]:
-        o = checked.outcomes if m is None else verified(checked.outcomes, checked.scores, m)
-        frames, _ = frame_table(checked.seen, o, checked.min_score, reject)
-        frames.pop("frame_score_roc")
-        return {"instances": checked.instances(m), "frames": frames}
-
-    return {"margin": margin, "without": figures(None), "with": figures(margin)}
-
-
 def _spread(values: Sequence[float]) -> dict[str, float] | None:
     """Mean, lowest and median of some figures (None without any)."""
     if not values:
@@ -542,152 +457,4 @@ def _spread(values: Sequence[float]) -> dict[str, float] | None:
         "mean": float(np.mean(values)),
         "min": float(min(values)),
         "median": float(np.median(values)),
-    }
-
-
-# --- files -----------------------------------------------------------------------------------
-
-
-def plot_curves(out: Path, scored: Scored) -> None:
-    """roc.png (pixels and frames) and pr.png (pixels)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    c, frames = scored.curves, scored.report["frames"]["frame_score_roc"]
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    if c:
-        ax.plot(c["fpr"], c["tpr"], label=f"pixels (AUROC {scored.report['pixel']['auroc']:.3f})")
-    if frames:
-        ax.plot(frames["fpr"], frames["tpr"], label=f"frame score (AUROC {frames['auroc']:.3f})")
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, served path")
-    ax.legend(loc="lower right")
-    fig.savefig(out / "roc.png")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    if c:
-        ax.plot(
-            c["recall"], c["precision"], label=f"pixels (AP {scored.report['pixel']['ap']:.3f})"
-        )
-        ax.legend(loc="upper right")
-    ax.set(
-        xlabel="recall",
-        ylabel="precision",
-        title="Precision-recall, served path",
-        xlim=(0, 1),
-        ylim=(0, 1),
-    )
-    fig.savefig(out / "pr.png")
-    plt.close(fig)
-
-
-def side_by_side(
-    seen: Seen, rule: InstanceRule, classes: tuple[str, ...], max_side: int = 1280
-) -> npt.NDArray[np.uint8]:
-    """The served overlay (left) beside the truth drawn the same way (right)."""
-    frame = cv2.imread(str(seen.record.image_path), cv2.IMREAD_COLOR)
-    if frame is None:
-        raise OSError(f"{seen.record.image_path}: cannot decode image")
-    found = find_instances(seen.merged, seen.bed, classes, rule)
-    left = render_overlay(np.asarray(frame, np.uint8), found, seen.bed, classes, max_side)
-    h, w = seen.record.height, seen.record.width
-    mask = np.zeros((h, w), np.uint8)
-    for k, rle in zip(seen.truth.classes, seen.truth.rles, strict=True):
-        mask[mask_utils.decode(rle).astype(bool)] = k
-    truth = Findings([], mask)
-    right = render_overlay(np.asarray(frame, np.uint8), truth, seen.bed, classes, max_side)
-    return np.concatenate([left, np.full((left.shape[0], 8, 3), 255, np.uint8), right], axis=1)
-
-
-def worst_frames(seen: Sequence[Seen], scored: Scored, keep: int) -> dict[str, list[int]]:
-    """The false alarms with the highest frame scores, and the misses.
-
-    Misses: contaminated frames passed as clean first, then those with the most true
-    instances left unfound.
-    """
-    alarms = [
-        k
-        for k, (s, v) in enumerate(zip(seen, scored.verdicts, strict=True))
-        if not s.truth.contaminated and v != "clean"
-    ]
-    alarms.sort(key=lambda k: -scored.outcomes[k].frame_score)
-
-    def unfound(k: int) -> int:
-        return len(seen[k].truth.classes) - sum(t is not None for t in scored.outcomes[k].matched)
-
-    misses = [
-        k
-        for k, s in enumerate(seen)
-        if s.truth.contaminated and (scored.verdicts[k] == "clean" or unfound(k))
-    ]
-    misses.sort(key=lambda k: (scored.verdicts[k] != "clean", -unfound(k)))
-    return {"false_alarms": alarms[:keep], "misses": misses[:keep]}
-
-
-def write_report(
-    out: Path,
-    seen: Sequence[Seen],
-    scored: Scored,
-    rule: InstanceRule,
-    classes: tuple[str, ...],
-    header: dict[str, Any],
-    keep: int = 4,
-) -> None:
-    """report.json, roc.png, pr.png and the worst frames' overlays into `out` (which exists)."""
-    worst = worst_frames(seen, scored, keep)
-    files: dict[str, list[str]] = {}
-    for kind, ks in worst.items():
-        files[kind] = []
-        for k in ks:
-            name = f"{kind}_{len(files[kind]) + 1}_{seen[k].record.name}.jpg"
-            image = side_by_side(seen[k], rule, classes)
-            if not cv2.imwrite(str(out / name), image, [cv2.IMWRITE_JPEG_QUALITY, 85]):
-                raise OSError(f"{out / name}: could not write")
-            files[kind].append(name)
-    per_frame = [
-        {
-            "frame": s.record.name,
-            "truck": s.truck,
-            "contaminated": s.truth.contaminated,
-            "verdict": v,
-            "frame_score": round(o.frame_score, 4),
-            "true_instances": len(s.truth.classes),
-            "served_instances": len(served(o, rule.min_score)),
-            "tiles": s.tiles,
-            "bed_iou": None if s.bed_iou is None else round(s.bed_iou, 4),
-            "timings_ms": s.timings_ms,
-        }
-        for s, o, v in zip(seen, scored.outcomes, scored.verdicts, strict=True)
-    ]
-    body = {**header, **scored.report, "worst_frames": files, "per_frame": per_frame}
-    (out / "report.json").write_text(json.dumps(body, indent=2) + "\n")
-    (out / "false_regions.json").write_text(json.dumps(false_regions(seen, scored)) + "\n")
-    plot_curves(out, scored)
-
-
-def false_regions(seen: Sequence[Seen], scored: Scored) -> dict[str, Any]:
-    """Per frame, the candidate instances that found nothing true (any score).
-
-    What the region encoder learns as plain scrap (scrapscan-region train --negatives):
-    keyed by the image's file name, each with its box, outline, class and score.
-    """
-    frames: dict[str, list[dict[str, Any]]] = {}
-    for s, o in zip(seen, scored.outcomes, strict=True):
-        found = [
-            {
-                "bbox": list(i.bbox),
-                "polygon": [[round(x, 1), round(y, 1)] for x, y in i.polygon],
-                "class": i.class_name,
-                "score": float(i.score),  # as the rule compares it
-            }
-            for i, m in zip(o.candidates, o.matched, strict=True)
-            if m is None
-        ]
-        if found:
-            frames[s.record.image_path.name] = found
-    return {
-        "description": "candidate instances of the served path that matched no label",
-        "frames": frames,
     }

@@ -252,15 +252,19 @@ def parse_as(schema: type[Config], data: Any, source: str) -> Config:
         raise ConfigError(f"{source}: {err.error_count()} wrong field(s):\n{details}") from None
 
 
-def load_as(schema: type[Config], path: Path | str) -> Config:
-    """Read and validate a YAML configuration file of `schema`."""
-    path = Path(path)
+def read_yaml(path: Path, error: type[Exception] = ConfigError) -> Any:
+    """A YAML file's data; `error` with a message naming the file if it cannot be had."""
     try:
         text = path.read_text()
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+        raise error(f"{path}: cannot read ({err.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_as(schema, data, str(path))
+        raise error(f"{path}: not valid YAML: {err}") from None
+
+
+def load_as(schema: type[Config], path: Path | str) -> Config:
+    """Read and validate a YAML configuration file of `schema`."""
+    path = Path(path)
+    return parse_as(schema, read_yaml(path), str(path))

@@ -40,9 +40,9 @@ from common.overlay import draw_overlay
 from training.checkpoint import CheckpointError, load_trained
 from training.config import BinaryMode, ConfigError, load_config
 from training.data import DataError, PatchSet, load_frames
+from training.distributed import pick_device
 from training.metrics import PixelMetricAccumulator
 from training.model import ModelOutput, WeightsError, upsample
-from training.train import pick_device
 
 DEFAULT_SIGMA = 4.0
 

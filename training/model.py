@@ -19,6 +19,10 @@ Path of an image batch (B, 3, 518, 518):
 
 `forward` returns per-stage probabilities (for the losses), the per-class map the
 service uses, and the binary anomaly map the paper evaluates.
+
+Longer than the project's 400 lines for a module: its one job is the paper's model, and
+its parts (backbone loading, prompts, text tower, MSM, the forward pass above) are read
+together against the paper.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ settings may change (train.epochs, to lengthen a run), and config.yaml records t
 The data must give as many patches as the run's own (run.json); new frames make a new run.
 Under `torchrun` the same command trains with DistributedDataParallel (NCCL on GPUs,
 gloo on CPUs); rank 0 writes.
+
+Longer than the project's 400 lines for a module: its one job is the command and its loop;
+the run folder (training/runs.py), the patch order (training/data/sampler.py) and torchrun
+(training/distributed.py) are elsewhere, and `train` stays one function so that a step
+can be read top to bottom.
 """
 
 from __future__ import annotations
@@ -22,26 +27,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import schedulefree
 import torch
 import torch.distributed as dist
-import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from training.checkpoint import (
     CHECKPOINT,
@@ -55,131 +55,23 @@ from training.config import ConfigError, RunConfig, load_config
 from training.data import DataError, PatchSet, load_frames
 from training.data.dataset import PatchDataset
 from training.data.patch_cache import PatchCache
-from training.losses import class_balanced_weights, merge_anomaly_classes, total_loss
+from training.data.sampler import EpochSampler
+from training.distributed import setup_distributed
+from training.losses import merge_anomaly_classes, total_loss
 from training.model import ScrapAnomalyModel, WeightsError, build_model
+from training.runs import (
+    RESUMABLE,
+    ResumeError,
+    check_resumed_data,
+    check_run_folder,
+    prepare_run,
+)
 
 LOG_EVERY = 10
 
 
 class Interrupted(Exception):
     """Raised in the training loop when SIGINT or SIGTERM arrives."""
-
-
-class EpochSampler(Sampler[int]):
-    """Patches in an order fixed by (seed, epoch), split across ranks, resumable.
-
-    Without `anomaly_share` an epoch is a permutation of all patches. With it, that share
-    of the epoch's `size` draws comes from the patches in `anomalous` (those holding a
-    contaminant) and the rest from the others, each group gone through in shuffled
-    rounds (no patch drawn twice before its group has been drawn once), then mixed.
-    `skip` leaves out the first items of this rank's share (batches already trained).
-    """
-
-    def __init__(
-        self,
-        size: int,
-        seed: int,
-        epoch: int,
-        rank: int,
-        world: int,
-        skip: int,
-        anomalous: Sequence[int] = (),
-        anomaly_share: float | None = None,
-    ) -> None:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        flagged = set(anomalous)
-        if anomaly_share is None or not flagged or len(flagged) == size:
-            order = torch.randperm(size, generator=g).tolist()
-        else:
-            normal = [i for i in range(size) if i not in flagged]
-            wanted = round(anomaly_share * size)
-            drawn = _rounds(sorted(flagged), wanted, g) + _rounds(normal, size - wanted, g)
-            order = [drawn[i] for i in torch.randperm(size, generator=g).tolist()]
-        share = len(order) // world  # every rank the same number of batches
-        self.indices = order[rank * share : (rank + 1) * share][skip:]
-        self.epoch, self.start = epoch, rank * share + skip
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def keys(self) -> list[tuple[int, int, int]]:
-        """The epoch's items as (patch index, epoch, position in the epoch's whole order).
-
-        These are the keys under which PatchDataset augments.
-        """
-        return [(i, self.epoch, self.start + n) for n, i in enumerate(self.indices)]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _rounds(group: list[int], count: int, g: torch.Generator) -> list[int]:
-    """`count` items of `group`: whole shuffled passes over it, then part of one more."""
-    out: list[int] = []
-    while len(out) < count:
-        out += [group[i] for i in torch.randperm(len(group), generator=g).tolist()]
-    return out[:count]
-
-
-@dataclass(slots=True)
-class Distributed:
-    """The place of this process in a torchrun job (rank 0 of 1 without torchrun)."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        """Whether this process writes files and logs."""
-        return self.rank == 0
-
-
-def pick_device(choice: str) -> str:
-    """The device for a --device choice: cuda when asked, or auto and one is present."""
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu"
-
-
-def setup_distributed(device: str) -> Distributed:
-    """Join the torchrun process group when WORLD_SIZE > 1; pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    use_cuda = pick_device(device) == "cuda"
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
-    if world > 1:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Distributed(rank, world, dev)
-
-
-def git_revision() -> str:
-    """The source tree's git commit (with "+dirty" for local changes), or "unknown"."""
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return rev + ("+dirty" if dirty else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,63 +197,6 @@ def dry_run(cfg: RunConfig, data: Path | None) -> int:
     return 0
 
 
-def _check_run_folder(out: Path, cfg: RunConfig, resume: bool, main_rank: bool) -> None:
-    """Refuse a run folder that cannot be used, before any data is read."""
-    ckpt = out / CHECKPOINT
-    if resume:
-        if not ckpt.is_file():
-            raise FileExistsError(f"{out} holds no {CHECKPOINT} to resume from")
-        _check_resumed_config(out / "config.yaml", cfg, main_rank)
-    # rank 0 alone decides: it creates run.json later, while the others may still check
-    elif main_rank and (ckpt.exists() or (out / "run.json").exists()):
-        raise FileExistsError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
-
-
-def _prepare_run(
-    out: Path,
-    cfg: RunConfig,
-    data: Path,
-    patches: PatchSet,
-    counts: npt.NDArray[np.int64] | None,
-    main_rank: bool,
-    start: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Create the (checked) folder of a new run; returns run.json's content.
-
-    `start`: where the weights came from (`init_weights`), when not from the config.
-    """
-    stats = patches.class_stats(counts)
-    weights = class_weights(stats.pixels, cfg)
-    info = {
-        "git_revision": git_revision(),
-        "data": str(data.resolve()),
-        "patches": len(patches),
-        "class_pixels": list(stats.pixels),
-        "class_patches": list(stats.patches),
-        "class_weights": [round(float(w), 6) for w in weights],
-        **({"init_from": start} if start else {}),
-    }
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(
-            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        )
-        (out / "run.json").write_text(json.dumps(info, indent=2))
-    return info
-
-
-class ResumeError(ValueError):
-    """A run cannot be resumed with the settings given; the message says why."""
-
-
-RESUMABLE: frozenset[str] = frozenset(
-    {"name", "train.epochs", "train.num_workers", "train.grad_checkpointing"}
-)
-"""Settings a resumed run may change: how long and how it runs, not what it computes."""
-
-
 def _leave_signals_to_the_main_process(worker_id: int) -> None:
     """Make a data-loader worker ignore SIGINT and SIGTERM.
 
@@ -372,76 +207,6 @@ def _leave_signals_to_the_main_process(worker_id: int) -> None:
     """
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _check_resumed_config(path: Path, cfg: RunConfig, main_rank: bool) -> None:
-    """Refuse to resume with settings other than the run's own, except RESUMABLE ones.
-
-    The run's config.yaml then records the settings it goes on with (a longer run's
-    epochs, say).
-    """
-    try:
-        started = _flatten(load_config(path).model_dump(mode="json"))
-    except ConfigError as err:
-        raise ResumeError(f"cannot resume: {err}") from None
-    now = _flatten(cfg.model_dump(mode="json"))
-    changed = [
-        f"{key}: the run has {started.get(key)!r}, the config {now.get(key)!r}"
-        for key in sorted(started.keys() | now.keys())
-        if key not in RESUMABLE and started.get(key) != now.get(key)
-    ]
-    if changed:
-        raise ResumeError(
-            f"{path.parent} was started with other settings; resume it with its own "
-            f"{path.name} (leave out --config) or start a new run. Changed: " + "; ".join(changed)
-        )
-    if main_rank and started != now:  # replaced whole: other ranks may be reading it
-        fresh = path.with_suffix(".yaml.new")
-        fresh.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        fresh.replace(path)
-
-
-def _check_resumed_data(out: Path, data: Path, count: int, main_rank: bool) -> dict[str, Any]:
-    """Refuse to resume on a data set of another size than the run's own; returns run.json.
-
-    The epochs' patch order, the position within an epoch and the class weights all
-    come from the run's data set; new frames make a new run. A data folder that moved
-    (the same number of patches under another path) is noted and accepted.
-    """
-    info: dict[str, Any] = json.loads((out / "run.json").read_text())
-    if info["patches"] != count:
-        raise ResumeError(
-            f"{out} was trained on {info['patches']} patches from {info['data']}; {data} "
-            f"gives {count}: resume it on its own data or start a new run"
-        )
-    if main_rank and info["data"] != str(data.resolve()):
-        print(
-            f"scrapscan-train: note: {out} was trained on {info['data']}; going on with "
-            f"{data}, which gives the same {count} patches",
-            file=sys.stderr,
-        )
-    return info
-
-
-def class_weights(pixels: Sequence[int], cfg: RunConfig) -> torch.Tensor:
-    """The loss's class weights from the training set's labelled pixels per class.
-
-    With binary prompts the contaminant classes count together against normal.
-    """
-    counts = list(pixels)
-    if cfg.model.prompt_mode == "binary":  # normal vs all contaminants together
-        counts = [counts[0], sum(counts[1:])]
-    return class_balanced_weights(counts, cfg.train.class_balance_beta)
 
 
 def make_optimizer(model: ScrapAnomalyModel, cfg: RunConfig) -> Any:
@@ -499,13 +264,13 @@ def train(
     `init_from` (a new run only): the checkpoint or bundle to take the weights from.
     """
     env = setup_distributed(device)
-    _check_run_folder(out, cfg, resume, env.main)
+    check_run_folder(out, cfg, resume, env.main)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     start = None if init_from is None else init_weights(init_from, model)
     model = model.to(env.device)
     patches = PatchSet.for_config(load_frames(data), cfg)
-    resumed = _check_resumed_data(out, data, len(patches), env.main) if resume else None
+    resumed = check_resumed_data(out, data, len(patches), env.main) if resume else None
     cache = None
     if patch_cache is not None:  # built by the main process; the others wait, then open it
         if env.main:
@@ -520,7 +285,7 @@ def train(
     source = patches if cache is None else cache
     counts = source.pixel_counts() if needed else None
     anomalous = [] if counts is None else np.flatnonzero(counts[:, 1:].sum(axis=1)).tolist()
-    info = resumed or _prepare_run(out, cfg, data, patches, counts, env.main, start)
+    info = resumed or prepare_run(out, cfg, data, patches, counts, env.main, start)
     weights = torch.tensor(info["class_weights"], dtype=torch.float32, device=env.device)
 
     model.grad_checkpointing = cfg.train.grad_checkpointing

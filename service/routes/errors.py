@@ -31,31 +31,39 @@ from service.objects import ObjectStoreError
 
 log = logging.getLogger("scrapscan.service")
 
+_NO_MODEL = ("no such model version", "no model repository")
+_CONFLICTS = (
+    "Idempotency-Key reused with other bytes",
+    "feedback on a frame not done or past retention",
+    "a model version that cannot be served (bundle_refused)",
+    "no earlier one to roll back to",
+    "the served version put in shadow (shadow_is_served)",
+    "a region to describe on a frame not done",
+    "a bundle without a region encoder",
+    "an upload no longer kept",
+)
+_AWAY = (
+    "not_ready: the model is loading",
+    "store_unavailable: Redis is away",
+    "object_store_unavailable: the bucket is away",
+    "describe_timeout: no worker answered",
+)
+
+
+def _reasons(*reasons: str) -> str:
+    return "; ".join(reasons)
+
+
 STATUS: dict[type[ServiceError], tuple[int, str]] = {
     InvalidInput: (400, "bad request: a missing or invalid field, query or header, not an image"),
     NotAuthenticated: (401, "unauthorized: no API key, or a key this service does not know"),
     NotAllowed: (403, "forbidden: the key's role may not use this route"),
-    NotFound: (
-        404,
-        "no such frame or truck, or its result is not ready; no such model version, or no "
-        "model repository",
-    ),
-    Conflict: (
-        409,
-        "Idempotency-Key reused with other bytes; feedback on a frame not done or past "
-        "retention; a model version that cannot be served (bundle_refused), no earlier one "
-        "to roll back to, the served version put in shadow (shadow_is_served); a region to "
-        "describe on a frame not done, a bundle without a region encoder, an upload no "
-        "longer kept",
-    ),
+    NotFound: (404, _reasons("no such frame or truck", "its result is not ready", *_NO_MODEL)),
+    Conflict: (409, _reasons(*_CONFLICTS)),
     TooLarge: (413, "upload or image too large"),
     UnsupportedMedia: (415, "not multipart/form-data"),
     Busy: (429, "queue_full: too many frames wait; retry after Retry-After seconds"),
-    Unavailable: (
-        503,
-        "not_ready: the model is loading; store_unavailable: Redis is away; "
-        "object_store_unavailable: the bucket is away; describe_timeout: no worker answered",
-    ),
+    Unavailable: (503, _reasons(*_AWAY)),
 }
 """Each kind of error: its HTTP status and what that status means here (the OpenAPI text)."""
 

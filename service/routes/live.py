@@ -48,14 +48,14 @@ async def set_live_settings(svc: ServiceDep, given: LiveSettings, by: Admin) -> 
     return change
 
 
+LogLength = Annotated[int, Query(ge=1, le=1000, description="the latest this many")]
+
+
 @router.get(
     "/v1/admin/settings/log",
     response_model=list[SettingsChange],
     responses=responses(*LIST),
 )
-async def settings_log(
-    svc: ServiceDep,
-    limit: Annotated[int, Query(ge=1, le=1000, description="the latest this many")] = 100,
-) -> list[SettingsChange]:
+async def settings_log(svc: ServiceDep, limit: LogLength = 100) -> list[SettingsChange]:
     """The audit log of the live settings: each version with who, when, before and after."""
     return await asyncio.to_thread(svc.store.settings_log, limit)

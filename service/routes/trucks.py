@@ -10,9 +10,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.types import DecoratedCallable
 from pydantic import BaseModel
 
-from service.errors import InvalidInput, NotFound
+from service.errors import InvalidInput, NotFound, ServiceError
 from service.reports import TruckList, TruckReport, report_csv, trucks_csv
 from service.result import Verdict
 from service.routes.deps import ServiceDep, Since, Until, epoch, require
@@ -20,14 +21,15 @@ from service.routes.errors import LIST, ONE, responses
 from service.settings import ID_PATTERN
 from service.store import TRUCK_CURSOR, TruckQuery
 
-router = APIRouter(tags=["trucks"])
+router = APIRouter(tags=["trucks"], dependencies=[require("reports")])
+"""Every route here is a report's (the reports permission)."""
 
 DEFAULT_WINDOW_S = 86400.0
 """The truck listing's range without `since`: the day before `until`."""
 MAX_TRUCKS = 1000
 """The most trucks on one page of the listing."""
 
-Format = Literal["json", "csv"]
+Format = Annotated[Literal["json", "csv"], Query()]
 CSV = {"text/csv": {"schema": {"type": "string"}}}
 
 
@@ -46,24 +48,23 @@ async def known_truck(svc: ServiceDep, truck_id: str) -> TruckReport:
     return report
 
 
-def _answer(model: BaseModel, csv_text: Callable[[], str], fmt: Format) -> Response:
+def _table(
+    path: str, model: type[BaseModel], what: str, *errors: type[ServiceError]
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """A GET route that answers `what` as JSON, or as CSV with format=csv."""
+    ok = f"{what} (JSON, or CSV with format=csv)"
+    return router.get(path, response_model=model, responses=responses(*errors, content=CSV, ok=ok))
+
+
+def _answer(model: BaseModel, csv_text: Callable[[], str], fmt: str) -> Response:
     """The model as JSON, or its CSV form with format=csv."""
     if fmt == "csv":
         return PlainTextResponse(csv_text(), media_type="text/csv; charset=utf-8")
     return JSONResponse(model.model_dump(mode="json"))
 
 
-@router.get(
-    "/v1/trucks/{truck_id}/report",
-    response_model=TruckReport,
-    responses=responses(*ONE, content=CSV, ok="the report (JSON, or CSV with format=csv)"),
-    dependencies=[require("reports")],
-)
-async def truck(
-    svc: ServiceDep,
-    truck_id: TruckId,
-    format: Annotated[Format, Query()] = "json",
-) -> Response:
+@_table("/v1/trucks/{truck_id}/report", TruckReport, "the report", *ONE)
+async def truck(svc: ServiceDep, truck_id: TruckId, format: Format = "json") -> Response:
     """Every frame of a truck aggregated.
 
     Per class: highest score, frames, distinct instances, contaminated area; the
@@ -73,26 +74,25 @@ async def truck(
     return _answer(report, lambda: report_csv(report), format)
 
 
-@router.get(
-    "/v1/trucks",
-    response_model=TruckList,
-    responses=responses(*LIST, content=CSV, ok="the trucks (JSON, or CSV with format=csv)"),
-    dependencies=[require("reports")],
-)
+TruckCursor = Annotated[
+    str | None,
+    Query(
+        description="the `next` of the page before (the same query otherwise)",
+        json_schema_extra={"pattern": TRUCK_CURSOR.pattern},
+    ),
+]
+TrucksPerPage = Annotated[int, Query(ge=1, le=MAX_TRUCKS, description="trucks per page")]
+
+
+@_table("/v1/trucks", TruckList, "the trucks", *LIST)
 async def trucks(
     svc: ServiceDep,
     since: Since = None,
     until: Until = None,
     verdict: Annotated[Verdict | None, Query()] = None,
-    after: Annotated[
-        str | None,
-        Query(
-            description="the `next` of the page before (the same query otherwise)",
-            json_schema_extra={"pattern": TRUCK_CURSOR.pattern},
-        ),
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_TRUCKS, description="trucks per page")] = 100,
-    format: Annotated[Format, Query()] = "json",
+    after: TruckCursor = None,
+    limit: TrucksPerPage = 100,
+    format: Format = "json",
 ) -> Response:
     """Trucks whose latest frame came in [since, until), latest first, with their verdicts.
 

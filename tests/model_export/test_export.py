@@ -8,7 +8,8 @@ import torch
 
 from common.bundle import BundleError, load_bundle
 from model_export import parity as checks
-from model_export.export import ExportOptions, export_bundle, main
+from model_export.cli import main
+from model_export.export import ExportOptions, export_bundle
 from model_export.graph import OUTPUT_NAMES, InferenceGraph
 from model_export.tensorrt import TensorRTError, build_engine, engine_name
 from training.checkpoint import load_trained

@@ -20,6 +20,8 @@ from service.local import free_port, wait_ready
 from service.objects import ObjectStore
 from service.result import FrameResult, Instance, Summary
 
+from ..conftest import Child
+
 THRESHOLDS = {
     "pixel": 0.5,
     "classes": None,
@@ -58,10 +60,11 @@ def summary(instances: list[dict], verdict: str) -> Summary:
 REPO = Path(__file__).resolve().parents[2]
 
 
-class Server:
+class Server(Child):
     """scrapscan-serve in a subprocess; start() waits for /readyz."""
 
     module = "service"
+    stop_s = 60.0
 
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
         self.data_dir = data_dir
@@ -90,18 +93,9 @@ class Server:
         except RuntimeError as err:
             raise RuntimeError(f"{err}: {self.log.read_text()[-2000:]}") from None
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
-            self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL to the process and its children (--processes): no shutdown of any kind."""
-        if self.proc is not None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.proc = None
+    def _signal(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL to the process and its children (--processes)."""
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 class Worker(Server):

@@ -297,7 +297,8 @@ def test_a_frame_labelled_by_its_mask_alone_has_one_instance_per_region(synth_di
 
 
 def test_the_verification_margin_keeps_recall_and_raises_precision():
-    from tools.served_eval import Checked, FrameOutcome, choose_margin, count, verified
+    from tools.served_eval import FrameOutcome, count
+    from tools.verifier_eval import Checked, choose_margin, verified
 
     def inst(score):
         return Instance("motor", score, {"motor": 1.0}, (0, 0, 4, 4), 16, [(0, 0), (4, 0), (4, 4)])
@@ -324,5 +325,9 @@ def test_the_verification_margin_keeps_recall_and_raises_precision():
     assert (kept["recall"], kept["precision"]) == (1.0, 0.75)
     assert Checked(seen, outcomes, checks, classes, 0.5).instances(0.0) == kept
     assert choose_margin(Checked(seen, outcomes, checks, classes, 0.5)) == 0.05
+    # a stricter minimum score alone keeps every true find up to 0.8, at precision 0.75
+    stricter = Checked(seen, outcomes, checks, classes, 0.5).score_at_recall(1.0)
+    assert stricter is not None
+    assert (stricter["min_score"], stricter["recall"], stricter["precision"]) == (0.8, 1.0, 0.75)
     never = [[-1, -1, -1], [-1, -1, -1, None]]
     assert choose_margin(Checked(seen, outcomes, never, classes, 0.5)) is None

@@ -13,7 +13,10 @@ import torch
 import yaml
 
 from training import train as train_module
-from training.train import CHECKPOINT, RESUMABLE, EpochSampler, main
+from training.checkpoint import CHECKPOINT
+from training.data.sampler import EpochSampler
+from training.runs import RESUMABLE
+from training.train import main
 
 from .conftest import CONFIGS
 

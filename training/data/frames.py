@@ -14,6 +14,10 @@ silently. Layouts (see DESIGN.md):
 
 With annotations.json the masks/ folder is optional (masks are then drawn from the
 instances); without it, every image needs a mask and the whole frame counts as bed.
+
+Longer than the project's 400 lines for a module: its one job is reading both layouts
+with every check a yard's data needs (each problem named with its file), and the checks
+share the records they fill.
 """
 
 from __future__ import annotations

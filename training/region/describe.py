@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from common.classes import CLASS_NAMES
+from training.config import read_yaml
 
 NORMAL = CLASS_NAMES[0]
 MAX_CHARS = 200
@@ -32,12 +31,7 @@ class Descriptions:
 
 def load_descriptions(path: Path) -> Descriptions:
     """Read a descriptions file: a mapping of every class name to a list of texts."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise DescriptionError(f"{path}: cannot read ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise DescriptionError(f"{path}: not valid YAML: {err}") from None
+    data = read_yaml(path, DescriptionError)
     if not isinstance(data, dict):
         raise DescriptionError(f"{path}: must map each class name to a list of descriptions")
     problems = [f"unknown class {k!r}" for k in data if k not in CLASS_NAMES]

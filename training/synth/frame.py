@@ -10,6 +10,10 @@ so a mask is exactly what is visible in the image.
 
 Every random choice comes from one `numpy.random.Generator` seeded by (seed, index):
 the same seed and index give the same bytes on the same library versions.
+
+Longer than the project's 400 lines for a module: its one job is one frame's composition,
+in the order above (truck, yard, bed contents, warp, camera effects), each step a
+function of the one generator.
 """
 
 from __future__ import annotations

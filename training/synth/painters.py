@@ -5,6 +5,9 @@ in bed-canvas pixels. A piece is drawn twice from the same strokes: in colour on
 canvas, and as a footprint onto the instance map, so that image and labels cannot drift.
 Sizes are given in metres and scaled by `px_per_m`, so objects keep realistic
 proportions at any frame size. Colours are BGR, as OpenCV writes them.
+
+Longer than the project's 400 lines for a module: it is a catalogue, one painter per kind
+of object over the same few drawing helpers and colour tables.
 """
 
 from __future__ import annotations

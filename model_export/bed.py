@@ -1,0 +1,65 @@
+"""The bed cropper in a bundle: exported from its checkpoint and checked, or reused.
+
+`bed.onnx` takes the frame scaled to common.bed.BED_INPUT and answers the bed's
+probability per pixel (`bed_probs`); the service crops the truck bed with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.bundle import MANIFEST, BedModelInfo, Bundle, BundleError, load_bundle
+from model_export import ExportError
+from model_export.onnx_export import export_onnx
+from model_export.parity import ParityError
+
+BED_FILE = "bed.onnx"
+
+
+def export_bed_model(path: Path, out: Path) -> dict[str, Any]:
+    """Write the bed cropper as ONNX and check it against PyTorch on synthetic frames."""
+    from common.bed import BED_INPUT, bed_input
+    from training.bedseg import load_bed_model
+    from training.synth import render_frame
+
+    try:
+        net, metrics = load_bed_model(path)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
+    graph = torch.nn.Sequential(net, torch.nn.Sigmoid()).eval()
+    h, w = BED_INPUT
+    export_onnx(graph, out, (3, h, w), 16, output_names=("bed_probs",))
+    x = np.stack([bed_input(render_frame(7, i, 768, 432).image) for i in range(4)])
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": x})[0]
+    with torch.no_grad():
+        ref = graph(torch.from_numpy(x)).numpy()
+    diff = float(np.abs(got - ref).max())
+    agree = float(((got > 0.5) == (ref > 0.5)).mean())
+    if diff > 1e-4 or agree < 0.999:
+        raise ParityError(f"{out.name}: max abs difference {diff:.2e}, mask agreement {agree:.4%}")
+    return {
+        "file": BED_FILE,
+        "input_height": h,
+        "input_width": w,
+        "metrics": metrics,
+        "parity": {"max_abs": diff, "mask_agreement": agree, "inputs": len(x)},
+    }
+
+
+def bundle_bed(bundle_dir: Path) -> tuple[Bundle, BedModelInfo]:
+    """The bed cropper of an existing bundle (checked against its manifest), to reuse."""
+    try:
+        bundle = load_bundle(bundle_dir)
+    except BundleError as err:
+        raise ExportError(f"--bed-from: {err}") from None
+    info = bundle.manifest.bed_model
+    if info is None:
+        raise ExportError(f"{bundle_dir / MANIFEST}: --bed-from: the bundle has no bed model")
+    return bundle, info

@@ -1,0 +1,126 @@
+"""The region encoder as a verifier of the served instances, judged on labelled frames.
+
+Each served candidate instance gets the verification score of the bundle's region
+encoder (service.region.RegionCheck); a candidate scored below a margin is dropped.
+`choose_margin` picks the margin of the highest instance precision at a recall at most
+0.05 below the recall without the verifier; `verifier_figures` gives the instance and
+frame figures without and with it (tools/served_eval.py counts them), and beside them
+what a stricter minimum score alone gives at the verifier's recall.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from service.region import RegionCheck
+from tools.served_eval import FrameOutcome, Seen, count, frame_table
+
+
+def verifications(
+    seen: Sequence[Seen], outcomes: Sequence[FrameOutcome], region: RegionCheck, min_score: float
+) -> list[list[float | None]]:
+    """Per frame, each served candidate's verification score (None below `min_score`)."""
+    out = []
+    for s, o in zip(seen, outcomes, strict=True):
+        scores: list[float | None] = [None] * len(o.candidates)
+        picked = [k for k, i in enumerate(o.candidates) if i.score >= min_score]
+        if picked:
+            frame = cv2.imread(str(s.record.image_path), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise OSError(f"{s.record.image_path}: cannot decode image")
+            said = region.describe(np.asarray(frame, np.uint8), [o.candidates[k] for k in picked])
+            for k, d in zip(picked, said, strict=True):
+                scores[k] = d.verification
+        out.append(scores)
+    return out
+
+
+def verified(
+    outcomes: Sequence[FrameOutcome], scores: Sequence[Sequence[float | None]], margin: float
+) -> list[FrameOutcome]:
+    """The outcomes without the served candidates verified below `margin`."""
+    out = []
+    for o, vs in zip(outcomes, scores, strict=True):
+        keep = [k for k, v in enumerate(vs) if v is None or v >= margin]
+        out.append(
+            FrameOutcome(
+                [o.candidates[k] for k in keep],
+                [o.rles[k] for k in keep],
+                [o.matched[k] for k in keep],
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The served candidates of labelled frames and the verifier's score of each."""
+
+    seen: Sequence[Seen]
+    outcomes: Sequence[FrameOutcome]
+    scores: Sequence[Sequence[float | None]]
+    """verifications(seen, outcomes, ...)"""
+    classes: tuple[str, ...]
+    min_score: float
+
+    def instances(self, margin: float | None = None) -> dict[str, Any]:
+        """Instance figures without the verifier, or with it at `margin`."""
+        o = self.outcomes if margin is None else verified(self.outcomes, self.scores, margin)
+        return count(self.seen, o, self.classes, self.min_score).figures()
+
+    def score_at_recall(self, recall: float) -> dict[str, Any] | None:
+        """What a stricter minimum score alone gives at `recall`.
+
+        Without the verifier: the highest minimum score whose recall is still `recall` or
+        more, and its instance figures.
+        """
+        best = None
+        scores = {i.score for o in self.outcomes for i in o.candidates}
+        for s in sorted(v for v in scores if v >= self.min_score):
+            f = count(self.seen, self.outcomes, self.classes, s).figures()
+            if f["recall"] is None or f["recall"] < recall:
+                break
+            best = {"min_score": round(s, 4), **f}
+        return best
+
+
+def choose_margin(checked: Checked, recall_drop: float = 0.05) -> float | None:
+    """The verification margin of the highest instance precision.
+
+    Among margins whose recall is at most `recall_drop` below the recall without the
+    verifier; None when none is more precise than no verifier.
+    """
+    base = checked.instances()
+    if base["recall"] is None:
+        return None
+    best, margin = base["precision"] or 0.0, None
+    for m in sorted({v for vs in checked.scores for v in vs if v is not None}):
+        f = checked.instances(m)
+        near = f["recall"] is not None and f["recall"] >= base["recall"] - recall_drop
+        if near and f["precision"] is not None and f["precision"] > best:
+            best, margin = f["precision"], m
+    return margin
+
+
+def verifier_figures(checked: Checked, reject: float, margin: float) -> dict[str, Any]:
+    """Instances and frames without and with the verifier at `margin`."""
+
+    def figures(m: float | None) -> dict[str, Any]:
+        o = checked.outcomes if m is None else verified(checked.outcomes, checked.scores, m)
+        frames, _ = frame_table(checked.seen, o, checked.min_score, reject)
+        frames.pop("frame_score_roc")
+        return {"instances": checked.instances(m), "frames": frames}
+
+    kept = figures(margin)
+    recall = kept["instances"]["recall"]
+    return {
+        "margin": margin,
+        "without": figures(None),
+        "with": kept,
+        "score_at_same_recall": None if recall is None else checked.score_at_recall(recall),
+    }
