@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -28,10 +28,12 @@ from service.result import (
     BedUsed,
     FrameResult,
     ImageSize,
+    Instance,
     ModelRef,
     Thresholds,
     Verdict,
     frame_verdict,
+    that_count,
 )
 from service.settings import CameraBed, Settings
 from service.stages import (
@@ -44,6 +46,7 @@ from service.stages import (
     find_instances,
     merge,
 )
+from service.stages import Instance as StageInstance
 
 DEFAULT_REJECT_SCORE = 0.8
 """The reject score when neither the settings nor the bundle give one."""
@@ -97,6 +100,21 @@ class Timer:
 
 
 LABELS = 8
+DESCRIPTION_CHARS = 40
+"""The longest description drawn under an instance's label (longer ones are cut)."""
+
+
+def _label(inst: StageInstance, said: Instance | None) -> list[str]:
+    """The lines of an instance's label: class and score, then what the region encoder says."""
+    first = f"{inst.class_name} {inst.score:.2f}"
+    if said is None or said.description is None:
+        return [first]
+    if said.verified is False:
+        first += " unverified"
+    text = said.description
+    if len(text) > DESCRIPTION_CHARS:
+        text = text[: DESCRIPTION_CHARS - 3].rstrip() + "..."
+    return [first, text]
 
 
 def render_overlay(
@@ -105,12 +123,15 @@ def render_overlay(
     bed: Bed,
     classes: tuple[str, ...],
     max_side: int = 1920,
+    said: Sequence[Instance] | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """The frame with instances tinted and outlined; the strongest labelled with class and score.
+    """The frame with instances tinted and outlined; the strongest labelled.
 
-    Drawn on the frame scaled down to at most `max_side` pixels on its longer side. At
-    most LABELS labels (instances come strongest first), so a frame with many weak
-    regions stays readable.
+    A label gives the class and score and, when `said` (the result's instances, in the
+    same order) carries the region encoder's description, that description and whether
+    the instance is unverified. Drawn on the frame scaled down to at most `max_side`
+    pixels on its longer side. At most LABELS labels (instances come strongest first), so
+    a frame with many weak regions stays readable.
     """
     h, w = frame.shape[:2]
     f = min(1.0, max_side / max(h, w))
@@ -125,49 +146,47 @@ def render_overlay(
     out = draw_overlay(frame, mask, np.asarray(bed.polygon) * f)
     scale = max(0.6, min(frame.shape[:2]) / 900)
     thick = max(1, round(scale * 2))
-    for inst in findings.instances[:LABELS]:
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for k, inst in enumerate(findings.instances[:LABELS]):
         x, y = round(inst.bbox[0] * f), round(inst.bbox[1] * f)
         color = CLASS_COLORS_BGR[classes.index(inst.class_name)]
-        label = f"{inst.class_name} {inst.score:.2f}"
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        top = max(0, y - th - base - 4)
-        cv2.rectangle(out, (x, top), (x + tw + 6, top + th + base + 4), (0, 0, 0), -1)
-        cv2.putText(
-            out,
-            label,
-            (x + 3, top + th + 2),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            color,
-            thick,
-            cv2.LINE_AA,
-        )
+        lines = _label(inst, said[k] if said is not None else None)
+        sizes = [cv2.getTextSize(t, font, scale, thick) for t in lines]
+        step = max(th + base for (_, th), base in sizes) + 4
+        top = max(0, y - step * len(lines))
+        width = max(tw for (tw, _), _ in sizes)
+        cv2.rectangle(out, (x, top), (x + width + 6, top + step * len(lines)), (0, 0, 0), -1)
+        for n, (text, ((_, th), _)) in enumerate(zip(lines, sizes, strict=True)):
+            shade = color if n == 0 else (235, 235, 235)
+            at = (x + 3, top + n * step + th + 2)
+            cv2.putText(out, text, at, font, scale, shade, thick, cv2.LINE_AA)
     return out
 
 
+@dataclass(eq=False)
 class Pipeline:
     """Turns a frame's bytes into its result, sharing the engine through the batcher."""
 
-    def __init__(
-        self,
-        bundle: Bundle,
-        batcher: Batcher,
-        settings: Settings,
-        bed_finder: BedFinder | None = None,
-        region: RegionCheck | None = None,
-    ) -> None:
-        self.bundle = bundle
-        self.bed_finder = bed_finder
-        self.region = region
-        """The bundle's region encoder, when it has one: describes and checks instances."""
-        self.batcher = batcher
-        self.settings = settings
-        m = bundle.manifest
-        self.classes = m.classes
-        post = m.postprocess
-        # sigma was measured at model-input pixels; frame pixels are tile / input as large
-        self.sigma = post.sigma * m.tile_size / m.input_size
+    bundle: Bundle
+    batcher: Batcher
+    settings: Settings
+    bed_finder: BedFinder | None = None
+    region: RegionCheck | None = None
+    """The bundle's region encoder, when it has one: describes and checks instances."""
+    sigma: float = field(init=False)
+    """The maps' smoothing in frame pixels (the bundle's is in model-input pixels)."""
+    rules: Rules = field(init=False)
+    """The thresholds and verdict rules in force (the live settings over the bundle's)."""
+
+    def __post_init__(self) -> None:
+        m = self.bundle.manifest
+        self.sigma = m.postprocess.sigma * m.tile_size / m.input_size
         self.rules = self.rules_for(None)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The bundle's classes, normal first."""
+        return self.bundle.manifest.classes
 
     def rules_for(self, live: SettingsChange | None) -> Rules:
         """The bundle's postprocess and the service's settings, with `live` over them."""
@@ -251,27 +270,30 @@ class Pipeline:
         m, rules = self.bundle.manifest, self.rules  # one frame, one set of rules
         a = await self.analyse(data, camera_id, rules)
         frame, bed, findings, timer = a.frame, a.bed, a.findings, a.timer
-        # the mask's PNG, the overlay's drawing and JPEG and the maps' PNG in threads (OpenCV
-        # lets go of the GIL): the frame's answer waits for the longest, not their sum
-        merged = a.merged
-        mask_png, overlay_jpg, maps_png = await asyncio.gather(
-            asyncio.to_thread(_encode, ".png", findings.class_mask),
-            asyncio.to_thread(self._overlay_jpg, frame, findings, bed),
-            asyncio.to_thread(encode_maps, merged.anomaly, merged.classes, merged.bed_mask),
-        )
-        files = {"mask.png": mask_png, "overlay.jpg": overlay_jpg, MAPS: maps_png}
-        timer.lap("encode")
         instances = [i.result() for i in findings.instances]
-        counted = [i.score for i in findings.instances]
+        region = self.region.info if self.region is not None else None
         if self.region is not None and instances:
             said = await asyncio.to_thread(self.region.describe, frame, findings.instances)
             instances = [
                 i.model_copy(update=dataclasses.asdict(d))
                 for i, d in zip(instances, said, strict=True)
             ]
-            if self.region.info.drop_unverified:  # unverified: shown, not counted
-                counted = [i.score for i in instances if i.verified is not False]
             timer.lap("describe")
+        # the mask's PNG, the overlay's drawing and JPEG and the maps' PNG in threads (OpenCV
+        # lets go of the GIL): the frame's answer waits for the longest, not their sum
+        merged = a.merged
+        mask_png, overlay_jpg, maps_png = await asyncio.gather(
+            asyncio.to_thread(_encode, ".png", findings.class_mask),
+            asyncio.to_thread(self._overlay_jpg, frame, findings, bed, instances),
+            asyncio.to_thread(encode_maps, merged.anomaly, merged.classes, merged.bed_mask),
+        )
+        files = {"mask.png": mask_png, "overlay.jpg": overlay_jpg, MAPS: maps_png}
+        timer.lap("encode")
+        thresholds = Thresholds(
+            **rules.instance.describe(rules.reject_score),
+            verify_margin=region.verify_margin if region is not None else None,
+            drop_unverified=region is not None and region.drop_unverified,
+        )
         h, w = frame.shape[:2]
         result = FrameResult(
             model=ModelRef(name=m.model.name, version=m.model.version),
@@ -280,18 +302,29 @@ class Pipeline:
                 strategy=bed.strategy,
                 polygon=[(round(float(x), 1), round(float(y), 1)) for x, y in bed.polygon],
             ),
-            verdict=frame_verdict(counted, rules.reject_score),
+            verdict=frame_verdict(
+                [i.score for i in that_count(instances, thresholds.drop_unverified)],
+                rules.reject_score,
+            ),
             scores={k: round(v, 4) for k, v in findings.frame_scores.items()},
             instances=instances,
-            thresholds=Thresholds(**rules.instance.describe(rules.reject_score)),
+            thresholds=thresholds,
             settings_version=rules.version,
             tiles=a.tiles,
             timings_ms=timer.ms,
         )
         return Processed(result, files)
 
-    def _overlay_jpg(self, frame: npt.NDArray[np.uint8], findings: Findings, bed: Bed) -> bytes:
-        overlay = render_overlay(frame, findings, bed, self.classes, self.settings.overlay_max_side)
+    def _overlay_jpg(
+        self,
+        frame: npt.NDArray[np.uint8],
+        findings: Findings,
+        bed: Bed,
+        instances: Sequence[Instance],
+    ) -> bytes:
+        overlay = render_overlay(
+            frame, findings, bed, self.classes, self.settings.overlay_max_side, instances
+        )
         return _encode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, 85])
 
 

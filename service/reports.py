@@ -48,6 +48,11 @@ class Evidence(BaseModel):
     frame_id: str
     score: float
     class_name: str = Field(alias="class")
+    description: str | None = Field(
+        None,
+        description="what the bundle's region encoder says that instance is (null without "
+        "one, or once the frame's result has expired)",
+    )
     overlay: str
 
 
@@ -131,8 +136,9 @@ def count_end(report: TruckReport, frame: FrameRecord) -> None:
     if result.model is not None and result.model not in report.models:
         report.models.append(result.model)
     report.verdict = gravest((report.verdict, result.verdict))
+    instances = result.counted()
     for c, agg in report.classes.items():
-        mine = [i for i in result.instances if i.class_name == c]
+        mine = [i for i in instances if i.class_name == c]
         if not mine:
             continue
         agg.frames += 1
@@ -140,13 +146,14 @@ def count_end(report: TruckReport, frame: FrameRecord) -> None:
         agg.area_px = max(agg.area_px, sum(i.area for i in mine))
         best = max(i.score for i in mine)
         agg.highest_score = best if agg.highest_score is None else max(agg.highest_score, best)
-    if result.instances:
-        top = max(result.instances, key=lambda i: i.score)
+    if instances:
+        top = max(instances, key=lambda i: i.score)
         report.evidence.append(
             Evidence(
                 frame_id=frame.frame_id,
                 score=top.score,
                 class_name=top.class_name,
+                description=getattr(top, "description", None),
                 overlay=frame_links(frame.frame_id)["overlay"],
             )
         )

@@ -101,6 +101,12 @@ class Thresholds(_Model):
     max_bed_fraction: float
     min_score: float | None
     reject_score: float
+    verify_margin: float | None = Field(
+        None, description="the region encoder's margin for a verified instance (null: none)"
+    )
+    drop_unverified: bool = Field(
+        False, description="whether an unverified instance is left out of the verdict"
+    )
 
 
 class Summary(_Model):
@@ -111,6 +117,10 @@ class Summary(_Model):
     instances: Sequence[InstanceSummary]
     model: ModelRef | None = Field(None, description="the model that made it")
 
+    def counted(self) -> Sequence[InstanceSummary]:
+        """The instances that count towards the verdict (and a truck's report)."""
+        return self.instances
+
     def summary(self) -> Summary:
         """What is kept for truck reports once the full result has expired."""
         return Summary(
@@ -119,7 +129,7 @@ class Summary(_Model):
             scores=self.scores,
             instances=[
                 InstanceSummary(class_name=i.class_name, score=i.score, area=i.area)
-                for i in self.instances
+                for i in self.counted()
             ],
         )
 
@@ -137,6 +147,19 @@ class FrameResult(Summary):
     )
     tiles: int = Field(description="512 px tiles the bed was cut into")
     timings_ms: dict[str, float] = Field(description="milliseconds per stage, in order")
+
+    def counted(self) -> Sequence[Instance]:
+        """The instances that count towards the verdict (that_count)."""
+        return that_count(self.instances, self.thresholds.drop_unverified)
+
+
+def that_count(instances: Sequence[Instance], drop_unverified: bool) -> list[Instance]:
+    """The instances that count towards a verdict.
+
+    All but the unverified ones when the thresholds drop them (those are still listed,
+    and drawn on the overlay).
+    """
+    return [i for i in instances if not (drop_unverified and i.verified is False)]
 
 
 def pack_result(result: Summary) -> bytes:

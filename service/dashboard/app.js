@@ -773,6 +773,22 @@ function askMissed(frameId, drawn, box) {
     placeholder: "comment",
     "aria-label": "comment",
   });
+  const said = h("ol", { class: "said", "aria-label": "what the region encoder sees" });
+  // the bundle's region encoder on the box: its nearest descriptions; a contaminant class
+  // it names is taken as the class (the operator may change it)
+  const ask = async () => {
+    try {
+      const answer = await postJson(`/v1/frames/${frameId}/describe`, { box: drawn });
+      said.replaceChildren(
+        ...answer.descriptions.map((d) =>
+          h("li", {}, `${d.text} (${className(d.class)}, ${d.similarity.toFixed(2)})`),
+        ),
+      );
+      if (answer.description_class !== "normal" && !cls.value) cls.value = answer.description_class;
+    } catch (err) {
+      explain(err);
+    }
+  };
   const form = h(
     "form",
     { class: "missed-form" },
@@ -780,6 +796,8 @@ function askMissed(frameId, drawn, box) {
     cls,
     comment,
     h("button", { type: "submit" }, "Save"),
+    h("button", { type: "button", class: "ask", onclick: ask }, "What is it?"),
+    said,
     h(
       "button",
       {
@@ -981,6 +999,7 @@ async function showTruck(truckId) {
         { href: `#/frames/${e.frame_id}` },
         img,
         h("div", { class: "meta" }, `${className(e.class)} ${fmtScore(e.score)}`),
+        e.description ? h("div", { class: "meta description" }, e.description) : null,
       ),
     );
   });

@@ -21,6 +21,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -204,21 +205,41 @@ def test_the_frame_view_shows_the_instances_and_takes_keyboard_judgements(loose_
     assert console_errors(browser) == []
 
 
-def draw_missed(d: WebDriver, cls: str) -> None:
-    """Mark a missed contaminant: drag a box on the overlay, name its class, save."""
+def drag_box(d: WebDriver) -> WebElement:
+    """Drag a box on the overlay after "Mark a missed contaminant"; the form it opens."""
     shapes = wait(d).until(ec.presence_of_element_located((By.ID, "shapes")))
     d.find_element(By.ID, "mark-missed").click()
     drag = ActionChains(d).move_to_element_with_offset(shapes, -100, -60).click_and_hold()
     drag.move_by_offset(120, 80).release().perform()
-    form = wait(d).until(ec.presence_of_element_located((By.CSS_SELECTOR, ".missed-form")))
+    return wait(d).until(ec.presence_of_element_located((By.CSS_SELECTOR, ".missed-form")))
+
+
+def draw_missed(d: WebDriver, cls: str) -> None:
+    """Mark a missed contaminant: drag a box on the overlay, name its class, save."""
+    form = drag_box(d)
     Select(form.find_element(By.TAG_NAME, "select")).select_by_value(cls)
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
 
-def test_a_missed_contaminant_is_drawn_as_a_box(loose_server, browser):
+def test_a_missed_contaminant_is_drawn_as_a_box_and_asked_about(loose_server, browser):
     frame = posted(loose_server, 42)
     open_page(browser, loose_server, f"#/frames/{frame['frame_id']}")
-    draw_missed(browser, "cable")
+    form = drag_box(browser)
+    # what the bundle's region encoder sees in the box: its nearest descriptions, and the
+    # contaminant class it names taken as the class
+    box = [int(v) for v in form.text.split(":")[0].removeprefix("Box ").split(", ")]
+    form.find_element(By.CSS_SELECTOR, "button.ask").click()
+    said = wait(browser).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".missed-form .said li") or False
+    )
+    url = f"{loose_server.url}/v1/frames/{frame['frame_id']}/describe"
+    answer = httpx.post(url, json={"box": box}).json()
+    assert [li.text.split(" (")[0] for li in said] == [d["text"] for d in answer["descriptions"]]
+    chosen = Select(form.find_element(By.TAG_NAME, "select")).first_selected_option
+    named = answer["description_class"]
+    assert chosen.get_attribute("value") == ("" if named == "normal" else named)
+    Select(form.find_element(By.TAG_NAME, "select")).select_by_value("cable")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     url = f"{loose_server.url}/v1/frames/{frame['frame_id']}/feedback"
     wait(browser).until(lambda _: httpx.get(url).json())
     (item,) = httpx.get(url).json()

@@ -72,8 +72,9 @@ def strict(tmp_path_factory, region_checkpoint):
 
 def test_each_instance_is_described_and_an_unverified_one_does_not_count(strict, plain):
     frames = [jpeg(render_frame(31, i, 1280, 720).image) for i in range(3)]
-    unchecked = [post(plain, f, wait=True).json()["result"] for f in frames]
-    checked = [post(strict, f, wait=True).json()["result"] for f in frames]
+    truck = {"truck_id": "TRK-VERIFY"}
+    unchecked = [post(plain, f, truck, wait=True).json()["result"] for f in frames]
+    checked = [post(strict, f, truck, wait=True).json()["result"] for f in frames]
     assert any(r["instances"] for r in unchecked), "no frame with an instance to check"
     classes = {"normal", "motor", "cable", "spray_can"}
     for before, after in zip(unchecked, checked, strict=True):
@@ -90,6 +91,17 @@ def test_each_instance_is_described_and_an_unverified_one_does_not_count(strict,
             assert i["description"] is None and i["verified"] is None
         assert after["verdict"] == "clean"  # shown, and not counted
         assert "describe" in after["timings_ms"] or not after["instances"]
+        assert (after["thresholds"]["verify_margin"], after["thresholds"]["drop_unverified"]) == (
+            10.0,
+            True,
+        )
+        assert before["thresholds"]["verify_margin"] is None
+    # the truck's report counts what the verdicts counted: nothing here, the instances there
+    url = "/v1/trucks/TRK-VERIFY/report"
+    dropped, counted = httpx.get(strict.url + url).json(), httpx.get(plain.url + url).json()
+    assert dropped["verdict"] == "clean" and dropped["evidence"] == []
+    assert all(c["highest_score"] is None for c in dropped["classes"].values())
+    assert counted["evidence"] and all(e["description"] is None for e in counted["evidence"])
 
 
 def describe(srv: Server, frame_id: str, body: object):
@@ -127,8 +139,13 @@ def test_a_region_a_person_points_at_is_described(strict, plain, server):
     r = describe(plain, done["frame_id"], {"box": [0, 0, 10, 10]})
     assert r.status_code == 409 and r.json()["error"]["code"] == "no_region_encoder"
     # the demo bundle describes what it finds, and drops nothing (it sets no margin)
-    shown = post(server, jpeg(render_frame(31, 1, 1280, 720).image), wait=True).json()
+    image = jpeg(render_frame(31, 0, 1280, 720).image)  # two instances
+    shown = post(server, image, {"truck_id": "TRK-SAID"}, wait=True).json()
     assert all(i["description"] and i["verified"] is None for i in shown["result"]["instances"])
+    # the truck report shows what its evidence was seen as
+    top = max(shown["result"]["instances"], key=lambda i: i["score"])
+    (evidence,) = httpx.get(f"{server.url}/v1/trucks/TRK-SAID/report").json()["evidence"]
+    assert evidence["description"] == top["description"]
     r = describe(server, shown["frame_id"], {"box": [600, 300, 700, 380]})
     assert r.status_code == 200 and r.json()["verified"] is None
 

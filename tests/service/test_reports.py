@@ -5,7 +5,7 @@ from service import reports
 from service.reports import report_csv, trucks_csv
 from service.store import FrameRecord
 
-from .conftest import summary
+from .conftest import frame_result, summary
 
 
 def frame(fid, instances, status="done", t=0.0, captured=None, verdict=None):
@@ -101,3 +101,35 @@ def test_a_frame_is_rejected_from_the_reject_score_on():
     assert frame_verdict([0.3, 0.8], 0.8) == "reject"
     assert gravest([]) == "clean" and gravest(["inspect", "clean"]) == "inspect"
     assert gravest(["clean", "reject", "inspect"]) == "reject"
+
+
+def test_the_unverified_instances_a_result_drops_count_nowhere():
+    said = [
+        {"class": "motor", "score": 0.95, "area": 900, "verified": False, "description": "a plate"},
+        {"class": "cable", "score": 0.6, "area": 50, "verified": True, "description": "a cable"},
+    ]
+    kept = frame_result(said)
+    dropped = kept.model_copy(
+        update={"thresholds": kept.thresholds.model_copy(update={"drop_unverified": True})}
+    )
+    assert [i.class_name for i in kept.counted()] == ["motor", "cable"]
+    assert [i.class_name for i in dropped.counted()] == ["cable"]
+    assert [i.class_name for i in dropped.summary().instances] == ["cable"]  # what expires to
+
+    def record(result):
+        return FrameRecord("a", "cam", "T1", None, 1795400000.0, "done", None, result, None)
+
+    r = truck_report("T1", [record(dropped)])
+    assert r["classes"]["motor"]["highest_score"] is None
+    assert r["classes"]["cable"] == {
+        "highest_score": 0.6,
+        "frames": 1,
+        "instances": 1,
+        "area_px": 50,
+    }
+    assert [(e["class"], e["description"]) for e in r["evidence"]] == [("cable", "a cable")]
+    r = truck_report("T1", [record(kept)])
+    assert [(e["class"], e["description"]) for e in r["evidence"]] == [("motor", "a plate")]
+    # once the result has expired, the summary kept says no more than what counted
+    r = truck_report("T1", [record(dropped.summary())])
+    assert r["classes"]["motor"]["frames"] == 0 and r["evidence"][0]["description"] is None

@@ -243,3 +243,29 @@ def test_at_stride_4_instances_are_in_frame_pixels():
     assert can.class_name == "spray_can" and can.bbox == (560, 380, 41, 22)
     assert can.area == (5 * 4 + 2) * (10 * 4 + 1) == (found.class_mask == 3).sum()
     assert found.class_mask.shape == (h, w)
+
+
+def test_an_overlay_label_says_what_the_region_encoder_saw():
+    from service.pipeline import DESCRIPTION_CHARS, _label, render_overlay
+    from service.stages import Bed, Findings, Instance
+
+    found = Instance("motor", 0.9, {"motor": 0.9}, (200, 200, 60, 40), 2400, [(200, 200)])
+    plain = found.result()
+    long = "a small electric motor with copper windings and a cracked housing"
+    said = plain.model_copy(update={"description": long, "verified": False})
+    assert _label(found, None) == _label(found, plain) == ["motor 0.90"]
+    first, second = _label(found, said)
+    assert first == "motor 0.90 unverified"
+    assert len(second) == DESCRIPTION_CHARS and second.endswith("...")
+    assert long.startswith(second[:-3])
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    mask = np.zeros((480, 640), np.uint8)
+    findings = Findings([found], mask)
+    corners = np.array([(0.0, 0.0), (640.0, 0.0), (640.0, 480.0), (0.0, 480.0)])
+    bed = Bed(corners, (0, 0, 640, 480), np.ones((480, 640), bool), "full")
+    classes = ("normal", "motor", "cable", "spray_can")
+    alone = render_overlay(frame, findings, bed, classes)
+    assert np.array_equal(render_overlay(frame, findings, bed, classes, said=[plain]), alone)
+    described = render_overlay(frame, findings, bed, classes, said=[said])
+    changed = np.argwhere((described != alone).any(axis=2))
+    assert len(changed) and changed[:, 0].max() <= 200  # a second line, above the instance
