@@ -50,7 +50,7 @@ class Service:
             self.store = self.redis
             self.runner: FrameRunner | None = None
         else:
-            self.store = SQLiteStore(settings.data_dir)
+            self.store = SQLiteStore.from_settings(settings)
             self.queue = LocalQueue()
             self.runner = FrameRunner(
                 settings, self.store, self.queue, self.metrics, on_end=self.ended
@@ -313,7 +313,10 @@ class Service:
                 event.set()
 
     async def _purge(self) -> None:
-        """Embedded: apply the retention at start and then every hour (Redis expires keys)."""
+        """Embedded: apply the retention at start, then hourly (Redis expires keys).
+
+        More often when half the upload TTL is shorter, so that uploads go near their time.
+        """
         assert isinstance(self.store, SQLiteStore)
         s = self.settings
         while True:
@@ -326,7 +329,7 @@ class Service:
                     log.info("retention: %d frames purged", n)
             except Exception:
                 log.exception("retention failed; trying again in an hour")
-            await asyncio.sleep(min(3600, s.result_ttl_s / 4))
+            await asyncio.sleep(min(3600, s.result_ttl_s / 4, max(60, s.upload_ttl_s / 2)))
 
     async def _purge_objects(self) -> None:
         """Redis with a bucket: delete the objects that are due, every minute.

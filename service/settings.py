@@ -102,7 +102,7 @@ class ObjectStoreSettings(BaseModel):
 class UploadKeeping(BaseModel):
     """Which uploads are kept result_ttl_s after their frame ends (retraining needs them).
 
-    The rest go redis_upload_ttl_s after it. Frames with feedback are always kept.
+    The rest go upload_ttl_s after it. Frames with feedback are always kept.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -144,10 +144,9 @@ class Settings(BaseSettings):
     then only what truck reports need of the frame stays."""
     report_ttl_s: Annotated[int, Field(ge=60)] = 90 * 86400
     """Truck reports are kept this long (90 days)."""
-    redis_upload_ttl_s: Annotated[int, Field(ge=0)] = 3600
-    """With store redis, an upload that keep_uploads does not keep is kept this long after
-    its frame ends (1 hour), for operators to judge the frame; feedback keeps it with the
-    frame for good. (The embedded store keeps every upload result_ttl_s.)"""
+    upload_ttl_s: Annotated[int, Field(ge=0)] = 3600
+    """An upload that keep_uploads does not keep is kept this long after its frame ends (1
+    hour), for operators to judge the frame; feedback keeps it with the frame for good."""
     keep_uploads: UploadKeeping = UploadKeeping()
     objects: ObjectStoreSettings | None = None
     """With store redis: the bucket for uploads, masks and overlays (a 4K JPEG is 1 to 3 MB;

@@ -223,7 +223,7 @@ class RedisStore:
             s.redis_url.get_secret_value(),
             s.result_ttl_s,
             s.report_ttl_s,
-            s.redis_upload_ttl_s,
+            s.upload_ttl_s,
             None if s.objects is None else ObjectStore.of(s.objects),
             s.keep_uploads,
         )

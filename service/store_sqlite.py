@@ -10,9 +10,11 @@ DATA_DIR/files/<ab>/<frame_id>.maps.png     the probability maps (service/heatma
 per stored image. (A data folder from before keeps its frames/<frame_id>/ folders; they
 are read and purged where they are.)
 
-Retention (purge(), run by the service): result_ttl after a frame ends its files go and
-its result keeps what truck reports need; report_ttl after, the frame is forgotten. A
-frame with operators' feedback (the feedback table) is kept whole. The purge works in
+Retention (purge(), run by the service): an upload the keep policy (settings.keep_uploads:
+frames flagged, a share of clean ones) does not keep goes upload_ttl after its frame
+ends; result_ttl after, the frame's files go and its result keeps what truck reports
+need; report_ttl after, the frame is forgotten. A frame with operators' feedback (the
+feedback table) is kept whole. The purge works in
 batches of PURGE_BATCH frames, one transaction each, and lets other callers in between.
 
 A frame that ends gets the next number of the feed in the same transaction as its end.
@@ -48,6 +50,7 @@ from service.reports import (
     truck_report,
 )
 from service.result import FrameResult, ModelRef, load_result, pack_result
+from service.settings import Settings, UploadKeeping
 from service.shadow import ShadowFrame
 from service.store import (
     CURSOR,
@@ -78,12 +81,15 @@ CREATE TABLE IF NOT EXISTS frames (
     result TEXT,
     completed_at REAL,
     idempotency_key TEXT UNIQUE,
-    sha256 TEXT NOT NULL
+    sha256 TEXT NOT NULL,
+    upload_until REAL
 );
 CREATE INDEX IF NOT EXISTS frames_status ON frames (status);
 CREATE INDEX IF NOT EXISTS frames_truck ON frames (truck_id);
 CREATE INDEX IF NOT EXISTS frames_ended ON frames (completed_at, status);
 CREATE INDEX IF NOT EXISTS frames_with_files ON frames (completed_at) WHERE image_name != '';
+CREATE INDEX IF NOT EXISTS frames_upload_due ON frames (upload_until)
+    WHERE upload_until IS NOT NULL;
 CREATE TABLE IF NOT EXISTS trucks (
     truck_id TEXT PRIMARY KEY,
     last_at REAL NOT NULL,
@@ -127,13 +133,23 @@ RESULT_FILES = ("mask.png", "overlay.jpg", "maps.png")
 """The files a frame's end brings (service/pipeline.py), removed with its upload."""
 PURGE_BATCH = 1000
 """Frames per purge transaction; other callers get the store between batches."""
+KEEP = UploadKeeping()
+"""The default upload policy (settings.keep_uploads)."""
+UPLOAD_TTL_S = 3600.0
+"""How long an upload the policy does not keep stays by default (settings.upload_ttl_s)."""
 
 
 class SQLiteStore:
     """Frames and their results in SQLite, files beside it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self, data_dir: Path, keep: UploadKeeping = KEEP, upload_ttl: float = UPLOAD_TTL_S
+    ) -> None:
         self.root = data_dir
+        self.keep = keep
+        """Which uploads stay as long as their frame's result (settings.keep_uploads)."""
+        self.upload_ttl = upload_ttl
+        """How long after its frame ends an upload `keep` does not keep stays."""
         (data_dir / "files").mkdir(parents=True, exist_ok=True)
         self._legacy = (data_dir / "frames").is_dir()
         self._db = sqlite3.connect(data_dir / "scrapscan.db", check_same_thread=False)
@@ -141,12 +157,20 @@ class SQLiteStore:
         self._lock = threading.Lock()
         with self._lock, self._db:
             upgrade = self._has("frames") and not self._has("trucks")
+            if self._has("frames") and not self._has_column("frames", "upload_until"):
+                # a store from before the upload policy: its uploads stay with their results
+                self._db.execute("ALTER TABLE frames ADD COLUMN upload_until REAL")
             self._db.executescript(_SCHEMA)
             if upgrade:  # a store from before the trucks table: count its trucks once
                 for (truck_id,) in self._db.execute(
                     "SELECT DISTINCT truck_id FROM frames WHERE truck_id IS NOT NULL"
                 ).fetchall():
                     self._recount(truck_id)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> SQLiteStore:
+        """The store in s.data_dir with the settings' upload policy."""
+        return cls(s.data_dir, s.keep_uploads, s.upload_ttl_s)
 
     def _has(self, table: str) -> bool:
         return (
@@ -155,6 +179,9 @@ class SQLiteStore:
             ).fetchone()
             is not None
         )
+
+    def _has_column(self, table: str, column: str) -> bool:
+        return any(r[1] == column for r in self._db.execute(f"PRAGMA table_info({table})"))
 
     def close(self) -> None:
         """Close the database."""
@@ -408,18 +435,41 @@ class SQLiteStore:
     ) -> int:
         """Apply the retention; returns how many frames were changed.
 
-        Frames ended result_ttl ago lose their files (upload, mask, overlay) and keep only
+        Uploads the keep policy does not keep go once upload_ttl has passed since their
+        frame ended (a frame with feedback keeps it). Frames ended result_ttl ago lose
+        their files (upload, mask, overlay) and keep only
         what reports need of their result; frames ended report_ttl ago are forgotten, and
         their trucks' reports counted again from the frames left. Frames not ended are
         kept. `batch` frames per transaction; the store is free between batches.
         """
         now = time.time() if now is None else now
         changed = 0
+        while done := self._drop_uploads(now, batch):
+            changed += done
         while done := self._slim(now - result_ttl, batch):
             changed += done
         while done := self._forget(now - report_ttl, batch):
             changed += done
         return changed
+
+    def _drop_uploads(self, now: float, batch: int) -> int:
+        """Up to `batch` uploads due before `now` are deleted; how many were."""
+        with self._lock:
+            due = self._db.execute(
+                "SELECT frame_id, image_name FROM frames INDEXED BY frames_upload_due"
+                f" WHERE upload_until < ? AND {_NOT_HELD} LIMIT ?",
+                (now, batch),
+            ).fetchall()
+        if not due:
+            return 0
+        for frame_id, image_name in due:  # outside the lock
+            if image_name:
+                self.path(frame_id, image_name).unlink(missing_ok=True)
+        with self._lock, self._db:
+            self._db.executemany(
+                "UPDATE frames SET upload_until = NULL WHERE frame_id = ?", [(f,) for f, _ in due]
+            )
+        return len(due)
 
     def _slim(self, cutoff: float, batch: int) -> int:
         """Up to `batch` frames ended before `cutoff` lose their files; how many did."""
@@ -472,13 +522,17 @@ class SQLiteStore:
         return len(old)
 
     def add_feedback(self, item: FrameFeedback | TruckDecision) -> None:
-        """Keep an operator's feedback (a frame with feedback is held from purge())."""
+        """Keep an operator's feedback (a frame with feedback is held from purge() whole)."""
         target = item.frame_id if isinstance(item, FrameFeedback) else item.truck_id
         with self._lock, self._db:
             self._db.execute(
                 "INSERT INTO feedback (kind, target, at, item) VALUES (?, ?, ?, ?)",
                 (item.kind, target, item.at, item.model_dump_json()),
             )
+            if isinstance(item, FrameFeedback):
+                self._db.execute(
+                    "UPDATE frames SET upload_until = NULL WHERE frame_id = ?", (target,)
+                )
 
     def save_settings(self, settings: LiveSettings, by: str) -> SettingsChange:
         """Keep a new version of the live settings (the next number); returns it."""
@@ -560,12 +614,16 @@ class SQLiteStore:
     ) -> bool:
         done = time.time() if status in ("done", "failed") else None
         packed = None if result is None else pack_result(result)
+        verdict = None if result is None else result.verdict
+        goes = None  # the upload stays with the result (or the frame has not ended)
+        if done is not None and not self.keep.keeps(frame_id, verdict):
+            goes = done + self.upload_ttl
         with self._lock, self._db:
             changed = self._db.execute(
                 "UPDATE frames SET status = ?, result = COALESCE(?, result),"
-                " error = COALESCE(?, error), completed_at = ?"
+                " error = COALESCE(?, error), completed_at = ?, upload_until = ?"
                 " WHERE frame_id = ? AND status NOT IN ('done', 'failed')",
-                (status, packed, error, done, frame_id),
+                (status, packed, error, done, goes, frame_id),
             ).rowcount
             if done is not None and changed:  # a frame ends once and is in the feed once
                 self._db.execute("INSERT INTO feed (frame_id) VALUES (?)", (frame_id,))

@@ -131,9 +131,11 @@ def _timed(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
 def _open(args: argparse.Namespace, folder: Path) -> tuple[Store, Callable[[], int]]:
     """The store, and how many bytes it holds now."""
     if args.store == "sqlite":
+        from service.settings import UploadKeeping
         from service.store_sqlite import SQLiteStore
 
-        sqlite = SQLiteStore(folder)
+        # every upload kept with its result: the purge timed is result_ttl's, files and all
+        sqlite = SQLiteStore(folder, keep=UploadKeeping(clean_share=1.0))
 
         def disk() -> int:
             return sum(

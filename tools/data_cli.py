@@ -28,7 +28,7 @@ def open_store(settings: Settings) -> Store:
         return RedisStore.from_settings(settings)
     if not (settings.data_dir / "scrapscan.db").is_file():
         raise FileNotFoundError(f"{settings.data_dir}: no scrapscan.db (set SCRAPSCAN_DATA_DIR)")
-    return SQLiteStore(settings.data_dir)
+    return SQLiteStore.from_settings(settings)
 
 
 def export_feedback(args: argparse.Namespace) -> int:

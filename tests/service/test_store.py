@@ -437,6 +437,68 @@ def test_redis_keeps_uploads_a_while_and_a_judged_frame_for_good(redis_url):
     s.close()
 
 
+def test_sqlite_keeps_uploads_a_while_and_a_judged_frame_for_good(tmp_path):
+    keep = UploadKeeping(flagged=True, clean_share=0.0)
+    s = SQLiteStore(tmp_path, keep=keep, upload_ttl=30)
+    for fid, verdict in (("5" * 32, "clean"), ("6" * 32, "clean"), ("7" * 32, "reject")):
+        add(s, fid)
+        done(s, fid, verdict=verdict)
+    add(s, "8" * 32)
+    s.set_processing("8" * 32)
+    s.fail("8" * 32, "corrupt_image: truncated")  # nothing to retrain on: not kept either
+    judge(s, "5" * 32, "missed", box=(0, 0, 4, 4))  # judged: kept whole, for good
+    ended = max(s.get(f * 32).completed_at for f in "5678")
+    assert s.purge(60, 120, now=ended + 29) == 0
+    assert s.purge(60, 120, now=ended + 31) == 2  # the clean and the failed frame's uploads
+    for fid in ("6" * 32, "8" * 32):
+        with pytest.raises(FileNotFoundError):
+            s.image(fid)
+    assert s.file_bytes("6" * 32, "mask.png") == b"png"  # the result's files stay
+    assert s.get("6" * 32).result is not None
+    assert s.image("5" * 32) == s.image("7" * 32) == b"jpeg-bytes"
+    assert s.purge(60, 120, now=ended + 31) == 0  # done once
+    assert s.purge(60, 120, now=ended + 61) == 3  # result_ttl: the others' files go
+    assert s.image("5" * 32) == b"jpeg-bytes"  # but not the judged frame's
+    with pytest.raises(FileNotFoundError):
+        s.image("7" * 32)
+    s.close()
+
+
+def test_sqlite_keeps_a_share_of_clean_uploads_chosen_by_frame_id(tmp_path):
+    s = SQLiteStore(tmp_path, keep=UploadKeeping(clean_share=0.5), upload_ttl=10)
+    ids = [f"{k:x}" * 32 for k in range(16)]
+    for fid in ids:
+        add(s, fid)
+        done(s, fid, verdict="clean")
+    ended = max(s.get(f).completed_at for f in ids)
+    assert s.purge(60, 120, now=ended + 11) == 8
+    kept = []
+    for fid in ids:
+        try:
+            kept.append(s.image(fid) == b"jpeg-bytes")
+        except FileNotFoundError:
+            kept.append(False)
+    assert kept == [int(f[:8], 16) < 0.5 * 16**8 for f in ids]  # what Redis keeps too
+    s.close()
+
+
+def test_a_store_from_before_the_upload_policy_keeps_its_uploads_with_the_results(tmp_path):
+    s = SQLiteStore(tmp_path)
+    add(s, "1" * 32)
+    done(s, "1" * 32, verdict="clean")
+    with s._db:  # the frames table as it was: no upload_until column
+        s._db.execute("DROP INDEX frames_upload_due")
+        s._db.execute("ALTER TABLE frames DROP COLUMN upload_until")
+    s.close()
+    again = SQLiteStore(tmp_path, upload_ttl=0)
+    ended = again.get("1" * 32).completed_at
+    assert again.purge(60, 120, now=ended + 1) == 0 and again.image("1" * 32) == b"jpeg-bytes"
+    add(again, "2" * 32)
+    done(again, "2" * 32, verdict="clean")
+    assert again.purge(60, 120, now=again.get("2" * 32).completed_at + 1) == 1
+    again.close()
+
+
 def test_results_are_kept_packed_and_plain_ones_still_read(tmp_path):
     result = frame_result([{"class": "cable", "score": 0.7, "area": 300}])
     packed = pack_result(result)
