@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.classes import ANOMALY_CLASSES
-from service.result import ModelRef, Verdict, gravest
+from service.result import Instance, ModelRef, Verdict, gravest
 from service.store import FrameRecord
 
 EVIDENCE_FRAMES = 5
@@ -153,7 +153,7 @@ def count_end(report: TruckReport, frame: FrameRecord) -> None:
                 frame_id=frame.frame_id,
                 score=top.score,
                 class_name=top.class_name,
-                description=getattr(top, "description", None),
+                description=top.description if isinstance(top, Instance) else None,
                 overlay=frame_links(frame.frame_id)["overlay"],
             )
         )

@@ -68,10 +68,13 @@ class Checked:
     classes: tuple[str, ...]
     min_score: float
 
+    def at(self, margin: float | None) -> Sequence[FrameOutcome]:
+        """The outcomes without the verifier, or with it at `margin`."""
+        return self.outcomes if margin is None else verified(self.outcomes, self.scores, margin)
+
     def instances(self, margin: float | None = None) -> dict[str, Any]:
         """Instance figures without the verifier, or with it at `margin`."""
-        o = self.outcomes if margin is None else verified(self.outcomes, self.scores, margin)
-        return count(self.seen, o, self.classes, self.min_score).figures()
+        return count(self.seen, self.at(margin), self.classes, self.min_score).figures()
 
     def score_at_recall(self, recall: float) -> dict[str, Any] | None:
         """What a stricter minimum score alone gives at `recall`.
@@ -111,10 +114,11 @@ def verifier_figures(checked: Checked, reject: float, margin: float) -> dict[str
     """Instances and frames without and with the verifier at `margin`."""
 
     def figures(m: float | None) -> dict[str, Any]:
-        o = checked.outcomes if m is None else verified(checked.outcomes, checked.scores, m)
+        o = checked.at(m)
         frames, _ = frame_table(checked.seen, o, checked.min_score, reject)
         frames.pop("frame_score_roc")
-        return {"instances": checked.instances(m), "frames": frames}
+        counted = count(checked.seen, o, checked.classes, checked.min_score)
+        return {"instances": counted.figures(), "frames": frames}
 
     kept = figures(margin)
     recall = kept["instances"]["recall"]
