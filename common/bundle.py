@@ -27,13 +27,21 @@ OUTPUT_NAMES: Final = ("class_probs", "anomaly", "scores")
 """The model's outputs: (N, C, grid, grid) class probabilities (normal first), the
 (N, grid, grid) anomaly map, and (N, C) scores."""
 
+ZERO_SHOT_INPUT: Final = "zero_shot_text"
+"""With text-class slots (manifest `zero_shot`): (K, 2, D) float32, per slot the features of
+the normal prompts and of the class's prompts (zeros for an unused slot)."""
+ZERO_SHOT_OUTPUT: Final = "zero_shot"
+"""With text-class slots: (N, K, grid, grid) each slot's probability map."""
+
 PARITY_TOLERANCE: Final = {"fp32": 1e-4, "fp16": 1e-2}
 """How far a file of the bundle may answer from the model (max abs difference of any output)
 at each precision: checked by the export, and by an engine that lowers the precision at load."""
 MIN_ARGMAX_AGREEMENT: Final = 0.999
 """The least share of cells whose most likely class a lower-precision run must keep."""
 
-FileKind = Literal["onnx", "torch_export", "tensorrt", "bed_model", "region_encoder"]
+FileKind = Literal[
+    "onnx", "torch_export", "tensorrt", "bed_model", "region_encoder", "text_encoder", "tokenizer"
+]
 Precision = Literal["fp32", "fp16", "int8", "fp8"]
 
 
@@ -90,7 +98,8 @@ class BundleFile(_Strict):
     """One model file of the bundle."""
 
     kind: FileKind
-    precision: Precision
+    precision: Precision | None
+    """None for a file that holds no weights (the tokenizer)."""
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     bytes: Annotated[int, Field(ge=0)]
     max_batch: int | None = None
@@ -152,6 +161,28 @@ class RegionInfo(_Strict):
         return self
 
 
+class ZeroShotInfo(_Strict):
+    """Classes defined by text at run time (model_export.text, service.zeroshot).
+
+    The image graph takes `zero_shot_text` (slots, 2, width) and answers `zero_shot`
+    maps; text.onnx takes `tokens` (P, context_length) int64, P <= max_prompts, made with
+    tokenizer.json, and answers `features` (P, width), L2-normalised. A class's feature is
+    the normalised mean of its prompts' features.
+    """
+
+    text_file: str
+    tokenizer_file: str
+    context_length: Annotated[int, Field(gt=2)]
+    max_prompts: Annotated[int, Field(gt=0)]
+    width: Annotated[int, Field(gt=0)]
+    slots: Annotated[int, Field(gt=0)]
+    """How many text-defined classes the graph scores at once."""
+    temperature: Annotated[float, Field(gt=0)]
+    normal_prompts: tuple[str, ...]
+    """What a class is told apart from when its definition gives no normal prompts."""
+    parity: dict[str, Any] = {}
+
+
 class Manifest(_Strict):
     """manifest.json."""
 
@@ -172,6 +203,7 @@ class Manifest(_Strict):
     files: dict[str, BundleFile]
     bed_model: BedModelInfo | None = None
     region: RegionInfo | None = None
+    zero_shot: ZeroShotInfo | None = None
 
     @model_validator(mode="after")
     def _thresholds_name_the_classes(self) -> Manifest:
@@ -187,7 +219,22 @@ class Manifest(_Strict):
                 raise ValueError(f"region descriptions of unknown classes {sorted(unknown)}")
             if self.region.file not in self.files:
                 raise ValueError(f"region.file {self.region.file} is not among the files")
+        z = self.zero_shot
+        if z is not None:
+            missing = {z.text_file, z.tokenizer_file} - set(self.files)
+            if missing:
+                raise ValueError(f"zero_shot files {sorted(missing)} are not among the files")
         return self
+
+    @property
+    def graph_inputs(self) -> tuple[str, ...]:
+        """The image graph's inputs the service feeds, in order."""
+        return INPUT_NAMES if self.zero_shot is None else (*INPUT_NAMES, ZERO_SHOT_INPUT)
+
+    @property
+    def graph_outputs(self) -> tuple[str, ...]:
+        """The image graph's outputs the service reads, in order."""
+        return OUTPUT_NAMES if self.zero_shot is None else (*OUTPUT_NAMES, ZERO_SHOT_OUTPUT)
 
     def file(self, kind: FileKind, precision: Precision | None = None) -> str | None:
         """The name of the first file of `kind` (and `precision`), or None."""
@@ -200,14 +247,17 @@ class Manifest(_Strict):
 def servable(manifest: Manifest) -> list[str]:
     """Why a service that feeds INPUT_NAMES and reads OUTPUT_NAMES cannot serve the bundle.
 
+    (With the zero_shot section, also ZERO_SHOT_INPUT and ZERO_SHOT_OUTPUT.)
+
     Empty when it can. Normalisation, input size, tile geometry and thresholds are the
     bundle's own and any valid values are served as they are.
     """
     problems = []
-    if tuple(manifest.inputs) != INPUT_NAMES:
-        problems.append(f"inputs {list(manifest.inputs)}; the service feeds {list(INPUT_NAMES)}")
-    if tuple(manifest.outputs) != OUTPUT_NAMES:
-        problems.append(f"outputs {list(manifest.outputs)}; the service reads {list(OUTPUT_NAMES)}")
+    feeds, reads = manifest.graph_inputs, manifest.graph_outputs
+    if tuple(manifest.inputs) != feeds:
+        problems.append(f"inputs {list(manifest.inputs)}; the service feeds {list(feeds)}")
+    if tuple(manifest.outputs) != reads:
+        problems.append(f"outputs {list(manifest.outputs)}; the service reads {list(reads)}")
     if len(manifest.classes) < 2 or manifest.classes[0] != "normal":
         problems.append(
             f"classes {list(manifest.classes)}; the first must be normal, then the contaminants"

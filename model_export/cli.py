@@ -6,6 +6,8 @@ BUNDLE/model.fp16.onnx        fp16 variant, float32 inputs and outputs
 BUNDLE/model.pt2              torch.export program, for the service's PyTorch engine
 BUNDLE/model.<gpu>.trt<v>.<precision>.plan   with --tensorrt, on a GPU with TensorRT
 BUNDLE/region.onnx            with --region, the region encoder (model_export.region)
+BUNDLE/text.onnx, tokenizer.json   the text tower and its tokenizer, for classes defined by
+                              text at run time (model_export.text; not with --zero-shot-slots 0)
 
 Every exported file is checked against the PyTorch model (model_export.parity) before
 the bundle is written; a file out of tolerance stops the export. The bundle is written
@@ -140,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a scrapscan-region checkpoint: the region encoder that describes and checks "
         "each instance, as region.onnx with its descriptions' embeddings",
     )
+    p.add_argument(
+        "--zero-shot-slots",
+        type=int,
+        default=4,
+        metavar="K",
+        help="how many classes defined by text (POST /v1/classes) the service can score at "
+        "once (4); 0 leaves out the text tower and the graph's text input",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     return p
 
@@ -210,6 +220,7 @@ def _options(args: argparse.Namespace) -> ExportOptions:
         bed_model=args.bed_model,
         bed_from=args.bed_from,
         region=args.region,
+        zero_shot_slots=args.zero_shot_slots,
     )
 
 

@@ -34,7 +34,7 @@ from common.imaging import CLIP_MEAN, CLIP_STD, normalize
 from common.jsonfile import JSONFileError, read_json
 from model_export import ExportError
 from model_export.bed import BED_FILE, bundle_bed, export_bed_model
-from model_export.graph import INPUT_NAMES, OUTPUT_NAMES, InferenceGraph
+from model_export.graph import InferenceGraph
 from model_export.onnx_export import convert_fp16, export_onnx, simplify
 from model_export.parity import (
     Parity,
@@ -42,9 +42,11 @@ from model_export.parity import (
     onnx_runner,
     parity_inputs,
     torch_runner,
+    zero_shot_check_text,
 )
 from model_export.region import REGION_FILE, export_region_encoder
 from model_export.tensorrt import build_engine, require_tensorrt
+from model_export.text import TEXT_FILE, TOKENIZER_FILE, export_text_tower
 from training.checkpoint import load_trained
 from training.config import BinaryMode
 from training.evaluate import DEFAULT_SIGMA
@@ -75,6 +77,8 @@ class ExportOptions:
     bed_from: Path | None = None
     region: Path | None = None
     """A scrapscan-region checkpoint: the region encoder that describes each instance."""
+    zero_shot_slots: int = 4
+    """Classes defined by text the service can score at once (0: none, no text tower)."""
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -175,7 +179,7 @@ def _calibration_patches(folder: Path, input_size: int, limit: int = 256) -> npt
     return np.stack([normalize(patches[int(i)].image) for i in picks])
 
 
-def _entry(path: Path, kind: str, precision: str, **extra: Any) -> BundleFile:
+def _entry(path: Path, kind: str, precision: str | None, **extra: Any) -> BundleFile:
     return BundleFile.model_validate(
         {
             "kind": kind,
@@ -221,7 +225,9 @@ def export_bundle(
             f"{options.thresholds}: its verify_margin was chosen for the region encoder "
             f"{verified_with}; pass that checkpoint as --region"
         )
-    graph = InferenceGraph(model).eval()
+    graph = InferenceGraph(model, options.zero_shot_slots).eval()
+    slots = options.zero_shot_slots
+    text = zero_shot_check_text(slots, graph.width) if slots else None
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     work.chmod(0o755)  # mkdtemp makes it private; a bundle is read by the service user
@@ -229,7 +235,7 @@ def export_bundle(
         files: dict[str, BundleFile] = {}
         parity: dict[str, dict[str, object]] = {}
         inputs = parity_inputs(cfg.model.input_size)
-        reference = torch_runner(graph)
+        reference = torch_runner(graph, text)
 
         def checked(name: str, precision: str, result: Parity) -> None:
             result.check(precision, str(out / name))
@@ -241,24 +247,36 @@ def export_bundle(
 
         start = time.perf_counter()
         size = cfg.model.input_size
-        export_onnx(graph, work / "model.onnx", (3, size, size), options.max_batch)
+        fixed = () if text is None else (torch.from_numpy(text),)
+        export_onnx(
+            graph,
+            work / "model.onnx",
+            (3, size, size),
+            options.max_batch,
+            graph.input_names,
+            graph.output_names,
+            fixed=fixed,
+        )
         if options.simplify:
             simplify(work / "model.onnx")
-        checked("model.onnx", "fp32", compare(reference, onnx_runner(work / "model.onnx"), inputs))
+        got = compare(reference, onnx_runner(work / "model.onnx", text), inputs)
+        checked("model.onnx", "fp32", got)
         files["model.onnx"] = _entry(work / "model.onnx", "onnx", "fp32")
         if options.fp16:
             convert_fp16(work / "model.onnx", work / "model.fp16.onnx")
-            got = compare(reference, onnx_runner(work / "model.fp16.onnx"), inputs)
+            got = compare(reference, onnx_runner(work / "model.fp16.onnx", text), inputs)
             checked("model.fp16.onnx", "fp16", got)
             files["model.fp16.onnx"] = _entry(work / "model.fp16.onnx", "onnx", "fp16")
         if options.torch_export:
             example = torch.zeros(2, 3, cfg.model.input_size, cfg.model.input_size)
             batch = torch.export.Dim("batch", min=1, max=options.max_batch)
-            program = torch.export.export(graph, (example,), dynamic_shapes=({0: batch},))
+            program = torch.export.export(
+                graph, (example, *fixed), dynamic_shapes=({0: batch}, *(None for _ in fixed))
+            )
             program.example_inputs = None  # else saved with the program: 6 MB of zeros
             torch.export.save(program, work / "model.pt2")
             loaded = torch.export.load(work / "model.pt2").module()
-            checked("model.pt2", "fp32", compare(reference, torch_runner(loaded), inputs))
+            checked("model.pt2", "fp32", compare(reference, torch_runner(loaded, text), inputs))
             files["model.pt2"] = _entry(
                 work / "model.pt2", "torch_export", "fp32", max_batch=options.max_batch
             )
@@ -291,6 +309,15 @@ def export_bundle(
             region_info.update(verify_margin=margin, drop_unverified=margin is not None)
             files[REGION_FILE] = _entry(work / REGION_FILE, "region_encoder", "fp32")
             log(f"  {REGION_FILE}: parity max abs {parity[REGION_FILE]['max_abs']:.1e}")
+        zero_shot: dict[str, Any] | None = None
+        if slots:
+            try:
+                zero_shot = export_text_tower(model.text, work, slots, cfg.model.temperature)
+            except ValueError as err:
+                raise ExportError(f"text tower: {err}") from None
+            files[TEXT_FILE] = _entry(work / TEXT_FILE, "text_encoder", "fp32")
+            files[TOKENIZER_FILE] = _entry(work / TOKENIZER_FILE, "tokenizer", None)
+            log(f"  {TEXT_FILE}: parity max abs {zero_shot['parity']['max_abs']:.1e}")
         if options.tensorrt:
             calib = (
                 _calibration_patches(options.calibration, cfg.model.input_size)
@@ -335,8 +362,8 @@ def export_bundle(
                 "grid": graph.grid,
                 "mean": CLIP_MEAN,
                 "std": CLIP_STD,
-                "inputs": INPUT_NAMES,
-                "outputs": OUTPUT_NAMES,
+                "inputs": graph.input_names,
+                "outputs": graph.output_names,
                 "postprocess": {
                     "pixel_threshold": threshold,
                     "threshold_source": "f1_max" if evaluation is not None else "default",
@@ -359,6 +386,7 @@ def export_bundle(
                 "files": files,
                 "bed_model": bed_info,
                 "region": region_info,
+                "zero_shot": zero_shot,
             }
         )
         (work / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")

@@ -29,12 +29,17 @@ def export_onnx(
     max_batch: int,
     input_names: Sequence[str] = INPUT_NAMES,
     output_names: Sequence[str] = OUTPUT_NAMES,
+    example: torch.Tensor | None = None,
+    fixed: Sequence[torch.Tensor] = (),
 ) -> None:
     """Write `module` as fp32 ONNX with batch axis 1..max_batch and check it with onnx.checker.
 
-    `input_shape` is one item's shape, e.g. (3, 518, 518).
+    `input_shape` is one item's shape, e.g. (3, 518, 518); `example` a batch of two to
+    trace with (zeros of that shape by default). `fixed`: further inputs, their shapes
+    fixed (no batch axis).
     """
-    example = torch.zeros(2, *input_shape)
+    if example is None:
+        example = torch.zeros(2, *input_shape)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     quiet = logging.getLogger("onnxscript")
     level = quiet.level
@@ -44,13 +49,13 @@ def export_onnx(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
-                (example,),
+                (example, *fixed),
                 str(path),
                 dynamo=True,
                 opset_version=OPSET,
                 input_names=list(input_names),
                 output_names=list(output_names),
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=({0: batch}, *(None for _ in fixed)),
                 external_data=False,
                 verbose=False,
             )

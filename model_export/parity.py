@@ -14,7 +14,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from common.bundle import MIN_ARGMAX_AGREEMENT, PARITY_TOLERANCE
+from common.bundle import (
+    MIN_ARGMAX_AGREEMENT,
+    PARITY_TOLERANCE,
+    ZERO_SHOT_INPUT,
+    ZERO_SHOT_OUTPUT,
+)
 from common.imaging import DEFAULT_OVERLAP, TILE_SIZE
 from common.inputs import make_tiles
 from common.tiling import polygon_box
@@ -77,39 +82,57 @@ def parity_inputs(
     return np.concatenate(out)
 
 
-def torch_runner(graph: InferenceGraph | torch.nn.Module) -> Runner:
-    """Run a PyTorch graph (the module or a loaded torch.export program) on CPU."""
+def zero_shot_check_text(slots: int, width: int, seed: int = 0) -> npt.NDArray[np.float32]:
+    """(slots, 2, width) unit vectors to check the text-class maps with (the same every time)."""
+    rng = np.random.default_rng(seed)
+    text = rng.standard_normal((slots, 2, width)).astype(np.float32)
+    return np.asarray(text / np.linalg.norm(text, axis=-1, keepdims=True), np.float32)
+
+
+def torch_runner(
+    graph: InferenceGraph | torch.nn.Module, text: npt.NDArray[np.float32] | None = None
+) -> Runner:
+    """Run a PyTorch graph (the module or a loaded torch.export program) on CPU.
+
+    `text`: the zero_shot_text fed with every batch, for a graph with text-class slots.
+    """
+    extra = () if text is None else (torch.from_numpy(text),)
 
     def run(x: npt.NDArray[np.float32]) -> Outputs:
         with torch.no_grad():
-            return tuple(o.numpy() for o in graph(torch.from_numpy(x)))
+            return tuple(o.numpy() for o in graph(torch.from_numpy(x), *extra))
 
     return run
 
 
-def onnx_runner(path: Path) -> Runner:
-    """Run an ONNX file with ONNX Runtime's CPU provider."""
+def onnx_runner(path: Path, text: npt.NDArray[np.float32] | None = None) -> Runner:
+    """Run an ONNX file with ONNX Runtime's CPU provider (`text` as for torch_runner)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    extra = {} if text is None else {ZERO_SHOT_INPUT: text}
 
     def run(x: npt.NDArray[np.float32]) -> Outputs:
-        return tuple(np.asarray(o) for o in session.run(list(OUTPUT_NAMES), {"images": x}))
+        return tuple(np.asarray(o) for o in session.run(outputs, {"images": x, **extra}))
 
     return run
 
 
 def compare(reference: Runner, candidate: Runner, inputs: npt.NDArray[np.float32]) -> Parity:
-    """Run both on `inputs` in batches of 4 and measure the differences."""
-    max_abs = dict.fromkeys(OUTPUT_NAMES, 0.0)
+    """Run both on `inputs` in batches of 4 and measure the differences of every output."""
+    max_abs: dict[str, float] = {}
     agree = cells = 0
     for start in range(0, len(inputs), 4):
         x = np.ascontiguousarray(inputs[start : start + 4])
         ref, got = reference(x), candidate(x)
-        for name, r, g in zip(OUTPUT_NAMES, ref, got, strict=True):
+        if len(ref) != len(got):
+            raise ParityError(f"{len(got)} outputs, expected {len(ref)}")
+        names = (*OUTPUT_NAMES, ZERO_SHOT_OUTPUT)[: len(ref)]
+        for name, r, g in zip(names, ref, got, strict=True):
             if r.shape != g.shape:
                 raise ParityError(f"output {name}: shape {g.shape}, expected {r.shape}")
-            max_abs[name] = max(max_abs[name], float(np.abs(r - g).max()))
+            max_abs[name] = max(max_abs.get(name, 0.0), float(np.abs(r - g).max()))
         agree += int((ref[0].argmax(axis=1) == got[0].argmax(axis=1)).sum())
         cells += ref[0].shape[0] * ref[0].shape[2] * ref[0].shape[3]
     return Parity(max_abs, agree / cells, len(inputs))

@@ -5,6 +5,10 @@ a batch as soon as it holds `max_batch` tiles, or when the oldest waiting tile h
 waited `max_wait`. A batch is filled round-robin over the waiting frames in arrival
 order, so a frame with 40 tiles does not hold back one that arrived just after it with
 4. The engine runs in one worker thread, so while a batch runs the next one fills.
+
+A frame may bring the features of the classes defined by text that it is scored with
+(its rules' `text`); a batch holds only frames that bring the same array (the same object:
+the rules in force when each frame started), so a change of classes never mixes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class _Request:
     inputs: Array
     future: asyncio.Future[EngineOutput]
     arrived: float
+    text: Array | None = None
     taken: int = 0
     parts: list[tuple[int, EngineOutput]] = field(default_factory=list)
 
@@ -94,21 +99,26 @@ class Batcher:
         """Tiles submitted and not yet in a batch."""
         return sum(r.left for r in self._pending)
 
-    async def infer(self, tiles: Array) -> EngineOutput:
-        """The engine's outputs for `tiles` (N, 3, S, S), in order."""
+    async def infer(self, tiles: Array, text: Array | None = None) -> EngineOutput:
+        """The engine's outputs for `tiles` (N, 3, S, S), in order (`text`: Engine.infer's)."""
         if self._task is None:
             raise RuntimeError("the batcher is not started")
         future: asyncio.Future[EngineOutput] = asyncio.get_running_loop().create_future()
         if len(tiles) == 0:
             raise ValueError("no tiles to infer")
-        self._pending.append(_Request(tiles, future, self._now()))
+        self._pending.append(_Request(tiles, future, self._now(), text))
         self._wake.set()
         return await future
 
-    def _take(self) -> tuple[list[tuple[_Request, int]], list[float]]:
-        """Up to max_batch (request, tile index) pairs, round-robin over waiting requests."""
+    def _take(self) -> tuple[list[tuple[_Request, int]], list[float], Array | None]:
+        """Up to max_batch (request, tile index) pairs, round-robin over waiting requests.
+
+        Only requests with the oldest waiting one's text; that text is returned too.
+        """
         picks: list[tuple[_Request, int]] = []
         active = [r for r in self._pending if r.left > 0]
+        text = active[0].text if active else None
+        active = [r for r in active if r.text is text]
         while len(picks) < self.max_batch and active:
             for r in list(active):
                 if len(picks) == self.max_batch:
@@ -118,7 +128,7 @@ class Batcher:
                 if r.left == 0:
                     active.remove(r)
         now = self._now()
-        return picks, [now - r.arrived for r, _ in picks]
+        return picks, [now - r.arrived for r, _ in picks], text
 
     async def _loop(self) -> None:
         try:
@@ -147,11 +157,11 @@ class Batcher:
                     await asyncio.wait_for(self._wake.wait(), remaining)
                 except TimeoutError:
                     break
-            picks, waited = self._take()
+            picks, waited, text = self._take()
             batch = np.stack([r.inputs[i] for r, i in picks])
             started = self._now()
             try:
-                out = await loop.run_in_executor(self._pool, self.engine.infer, batch)
+                out = await loop.run_in_executor(self._pool, self.engine.infer, batch, text)
             except Exception as err:  # the engine failed: fail the requests of this batch
                 for r in {id(r): r for r, _ in picks}.values():
                     if not r.future.done():

@@ -1,8 +1,10 @@
 """Engines: one interface over ONNX Runtime, OpenVINO, PyTorch (model.pt2) and TensorRT.
 
-An engine takes (N, 3, S, S) float32 CLIP-normalised tiles, N <= max_batch, and returns
-the bundle's outputs as float32 numpy arrays: class_probs (N, C, g, g), anomaly
-(N, g, g), scores (N, C). `open_engine` picks one by name or, for "auto", the best this
+An engine takes (N, 3, S, S) float32 CLIP-normalised tiles, N <= max_batch, and, for a
+bundle with text-class slots, the (K, 2, D) features of the classes defined by text
+(zeros when none are given); it returns the bundle's outputs as float32 numpy arrays:
+class_probs (N, C, g, g), anomaly (N, g, g), scores (N, C), zero_shot (N, K, g, g) (K = 0
+for a bundle without slots). `open_engine` picks one by name or, for "auto", the best this
 machine can run: TensorRT (an engine built for this GPU and TensorRT version), then
 PyTorch on a CUDA GPU; on the CPU, of ONNX Runtime and OpenVINO (when installed) the one
 that runs a batch faster, timed side by side at load.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -27,8 +30,11 @@ from common.bundle import (
     MIN_ARGMAX_AGREEMENT,
     OUTPUT_NAMES,
     PARITY_TOLERANCE,
+    ZERO_SHOT_INPUT,
+    ZERO_SHOT_OUTPUT,
     Bundle,
     Precision,
+    ZeroShotInfo,
 )
 
 log = logging.getLogger(__name__)
@@ -42,9 +48,11 @@ class EngineOutput(NamedTuple):
     class_probs: Array
     anomaly: Array
     scores: Array
+    zero_shot: Array
+    """(N, K, g, g) the text-defined classes' maps; K = 0 without slots."""
 
 
-assert EngineOutput._fields == OUTPUT_NAMES, "EngineOutput follows the bundle's output names"
+assert EngineOutput._fields == (*OUTPUT_NAMES, ZERO_SHOT_OUTPUT), "the bundle's output names"
 
 
 class Engine(Protocol):
@@ -53,9 +61,36 @@ class Engine(Protocol):
     name: str
     max_batch: int
 
-    def infer(self, images: Array) -> EngineOutput:
-        """Run one batch."""
+    def infer(self, images: Array, text: Array | None = None) -> EngineOutput:
+        """Run one batch (`text`: the zero_shot_text input, None for zeros)."""
         ...
+
+
+class Feeds:
+    """The graph's inputs for a batch, and its outputs as an EngineOutput."""
+
+    def __init__(self, zero_shot: ZeroShotInfo | None) -> None:
+        self.slots = 0 if zero_shot is None else zero_shot.slots
+        self.blank = (
+            None
+            if zero_shot is None
+            else np.zeros((zero_shot.slots, 2, zero_shot.width), np.float32)
+        )
+        self.outputs = (*OUTPUT_NAMES, ZERO_SHOT_OUTPUT) if self.slots else OUTPUT_NAMES
+
+    def __call__(self, images: Array, text: Array | None) -> dict[str, Array]:
+        """The inputs by name."""
+        if self.blank is None:
+            return {"images": images}
+        return {"images": images, ZERO_SHOT_INPUT: self.blank if text is None else text}
+
+    def output(self, arrays: Sequence[Any]) -> EngineOutput:
+        """The engine's arrays, in `outputs` order, as float32."""
+        out = [np.asarray(a, np.float32) for a in arrays]
+        if not self.slots:
+            n, _, g, _ = out[0].shape
+            out.append(np.zeros((n, 0, g, g), np.float32))
+        return EngineOutput(*out)
 
 
 class EngineError(RuntimeError):
@@ -97,9 +132,15 @@ class OnnxRuntimeEngine:
     """ONNX Runtime with the CUDA provider when asked and available, else the CPU."""
 
     def __init__(
-        self, path: Path, device: str = "auto", threads: int = 0, max_batch: int = 32
+        self,
+        path: Path,
+        device: str = "auto",
+        threads: int = 0,
+        max_batch: int = 32,
+        feeds: Feeds | None = None,
     ) -> None:
         self.path = path
+        self.feeds = feeds or Feeds(None)
         self.session = ort_session(path, device, threads)
         self.device = (
             "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
@@ -107,10 +148,10 @@ class OnnxRuntimeEngine:
         self.name = f"onnxruntime-{self.device}"
         self.max_batch = max_batch
 
-    def infer(self, images: Array) -> EngineOutput:
+    def infer(self, images: Array, text: Array | None = None) -> EngineOutput:
         """Run one batch."""
-        out = self.session.run(list(OUTPUT_NAMES), {"images": images})
-        return EngineOutput(*(np.asarray(o, dtype=np.float32) for o in out))
+        f = self.feeds
+        return f.output(self.session.run(list(f.outputs), f(images, text)))
 
 
 _OPENVINO_HINTS: Final = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
@@ -120,8 +161,14 @@ class OpenVinoEngine:
     """OpenVINO on the CPU, at fp32 or, when it keeps parity, at a lower precision."""
 
     def __init__(
-        self, path: Path, threads: int = 0, max_batch: int = 32, precision: str = "auto"
+        self,
+        path: Path,
+        threads: int = 0,
+        max_batch: int = 32,
+        precision: str = "auto",
+        feeds: Feeds | None = None,
     ) -> None:
+        self.feeds = feeds or Feeds(None)
         try:
             import openvino as ov
         except ImportError:
@@ -155,11 +202,12 @@ class OpenVinoEngine:
             config["INFERENCE_NUM_THREADS"] = self._threads
         return self._core.compile_model(self.model, "CPU", config)
 
-    @staticmethod
-    def _run(request: Any, compiled: Any, images: Array) -> EngineOutput:
-        out = request.infer({"images": images})
+    def _run(
+        self, request: Any, compiled: Any, images: Array, text: Array | None = None
+    ) -> EngineOutput:
+        out = request.infer(self.feeds(images, text))
         by_name = {o.get_any_name(): out[o] for o in compiled.outputs}
-        return EngineOutput(*(np.asarray(by_name[n], np.float32) for n in OUTPUT_NAMES))
+        return self.feeds.output([by_name[n] for n in self.feeds.outputs])
 
     def _lower(self, precision: str) -> None:
         """Serve `precision` if its answers on check inputs keep parity with fp32's."""
@@ -187,9 +235,9 @@ class OpenVinoEngine:
         if kept:
             self.compiled, self.precision = lower, precision
 
-    def infer(self, images: Array) -> EngineOutput:
+    def infer(self, images: Array, text: Array | None = None) -> EngineOutput:
         """Run one batch."""
-        return self._run(self.request, self.compiled, images)
+        return self._run(self.request, self.compiled, images, text)
 
 
 def parity_check_inputs(size: int, count: int = 4, seed: int = 0) -> Array:
@@ -214,10 +262,16 @@ class TorchEngine:
     """The bundle's torch.export program (model.pt2) on the CPU or a CUDA GPU."""
 
     def __init__(
-        self, path: Path, device: str = "auto", threads: int = 0, max_batch: int = 32
+        self,
+        path: Path,
+        device: str = "auto",
+        threads: int = 0,
+        max_batch: int = 32,
+        feeds: Feeds | None = None,
     ) -> None:
         import torch
 
+        self.feeds = feeds or Feeds(None)
         if device == "cuda" and not torch.cuda.is_available():
             raise EngineError("device cuda: torch sees no CUDA GPU; set SCRAPSCAN_DEVICE=cpu")
         self.device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
@@ -228,22 +282,24 @@ class TorchEngine:
         self.max_batch = max_batch
         self._torch = torch
 
-    def infer(self, images: Array) -> EngineOutput:
+    def infer(self, images: Array, text: Array | None = None) -> EngineOutput:
         """Run one batch."""
         torch = self._torch
+        inputs = [torch.from_numpy(a).to(self.device) for a in self.feeds(images, text).values()]
         with torch.inference_mode():
-            out = self.module(torch.from_numpy(images).to(self.device))
-        return EngineOutput(*(o.float().cpu().numpy() for o in out))
+            out = self.module(*inputs)
+        return self.feeds.output([o.float().cpu().numpy() for o in out])
 
 
 class TensorRTEngine:
     """A serialized TensorRT engine built for this GPU and TensorRT version (CUDA only)."""
 
-    def __init__(self, path: Path, max_batch: int) -> None:
+    def __init__(self, path: Path, max_batch: int, feeds: Feeds | None = None) -> None:
         import tensorrt as trt
         import torch
 
         self._torch = torch
+        self.feeds = feeds or Feeds(None)
         logger = trt.Logger(trt.Logger.WARNING)
         engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
         if engine is None:
@@ -253,14 +309,15 @@ class TensorRTEngine:
         self.name = "tensorrt"
         self.max_batch = max_batch
 
-    def infer(self, images: Array) -> EngineOutput:
+    def infer(self, images: Array, text: Array | None = None) -> EngineOutput:
         """Run one batch."""
         torch = self._torch
-        x = torch.from_numpy(images).cuda()
-        self.context.set_input_shape("images", tuple(x.shape))
-        self.context.set_tensor_address("images", x.data_ptr())
+        inputs = {k: torch.from_numpy(a).cuda() for k, a in self.feeds(images, text).items()}
+        for name, x in inputs.items():
+            self.context.set_input_shape(name, tuple(x.shape))
+            self.context.set_tensor_address(name, x.data_ptr())
         outs = {}
-        for name in EngineOutput._fields:
+        for name in self.feeds.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
             outs[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
             self.context.set_tensor_address(name, outs[name].data_ptr())
@@ -268,7 +325,7 @@ class TensorRTEngine:
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise EngineError("TensorRT execution failed")
         stream.synchronize()
-        return EngineOutput(*(outs[n].cpu().numpy() for n in EngineOutput._fields))
+        return self.feeds.output([outs[n].cpu().numpy() for n in self.feeds.outputs])
 
 
 def _tensorrt_file(bundle: Bundle) -> tuple[Path, int] | None:
@@ -301,10 +358,11 @@ def open_engine(
     the CPU has it).
     """
     m = bundle.manifest
+    feeds = Feeds(m.zero_shot)
     if kind in ("auto", "tensorrt") and device != "cpu":
         found = _tensorrt_file(bundle)
         if found is not None:
-            return TensorRTEngine(*found)
+            return TensorRTEngine(*found, feeds=feeds)
         if kind == "tensorrt":
             raise EngineError(
                 f"{bundle.root}: no TensorRT engine for this GPU and TensorRT version; build one "
@@ -315,7 +373,7 @@ def open_engine(
         if torch_file is None:
             raise EngineError(f"{bundle.root}: the bundle has no model.pt2 for the torch engine")
         limit = m.files[torch_file].max_batch or 32
-        return TorchEngine(bundle.path(torch_file), device, threads, limit)
+        return TorchEngine(bundle.path(torch_file), device, threads, limit, feeds)
     file_precision: Precision = "fp16" if precision == "fp16" else "fp32"
     onnx_file = m.file("onnx", file_precision) or m.file("onnx", "fp32")
     fp32_file = m.file("onnx", "fp32")
@@ -324,14 +382,14 @@ def open_engine(
             raise EngineError(f"{bundle.root}: the bundle has no fp32 ONNX file for OpenVINO")
         if device == "cuda":
             raise EngineError("engine openvino runs on the CPU; set SCRAPSCAN_DEVICE=cpu or auto")
-        return OpenVinoEngine(bundle.path(fp32_file), threads, precision=precision)
+        return OpenVinoEngine(bundle.path(fp32_file), threads, precision=precision, feeds=feeds)
     if onnx_file is None:
         raise EngineError(f"{bundle.root}: the bundle has no ONNX file")
-    ort = OnnxRuntimeEngine(bundle.path(onnx_file), device, threads)
+    ort = OnnxRuntimeEngine(bundle.path(onnx_file), device, threads, feeds=feeds)
     if kind != "auto" or ort.device != "cpu" or fp32_file is None:
         return ort
     try:
-        ov = OpenVinoEngine(bundle.path(fp32_file), threads, precision=precision)
+        ov = OpenVinoEngine(bundle.path(fp32_file), threads, precision=precision, feeds=feeds)
     except EngineError:  # not installed: ONNX Runtime it is
         return ort
     return _faster(ort, ov, size=m.input_size)

@@ -71,6 +71,7 @@ def _frame_labels(
     mask = np.zeros((h, w), np.uint8)
     judged = latest_labels(items)
     annotations: list[dict[str, Any]] = []
+    text_classes: list[dict[str, Any]] = []
     # unjudged regions first, so that a judged region drawn over them wins
     order = sorted(range(len(result.instances)), key=lambda i: i in judged)
     for i in order:
@@ -84,6 +85,10 @@ def _frame_labels(
         else:
             name = item.class_name if item.label == "other_class" else inst.class_name
             assert name is not None
+            if name not in CLASS_NAMES:  # defined by text: no category in the data yet
+                mask[region] = IGNORE_INDEX
+                text_classes.append({"box": list(inst.bbox), "class": name, "by": item.by})
+                continue
             k = CLASS_NAMES.index(name)
             mask[region] = k
             x, y, bw, bh = inst.bbox
@@ -99,7 +104,7 @@ def _frame_labels(
                     "feedback": item.label,
                 }
             )
-    to_label = []
+    to_label = text_classes
     for item in items:
         if item.label == "missed" and item.box is not None:
             x, y, bw, bh = item.box

@@ -1,4 +1,4 @@
-"""Live settings: thresholds and camera beds an admin changes while the service runs.
+"""Live settings: thresholds, camera beds and text classes changed while the service runs.
 
 The bundle's calibration gives the thresholds a model starts with; a yard tunes them
 (a class that raises too many false alarms, a reject score the operators find too eager)
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.classes import ANOMALY_CLASSES
 from service.settings import CameraBed
+from service.zeroshot import TextClass
 
 SETTINGS_POLL_S: Final = 2.0
 """How often a runner looks for a newer version of the live settings."""
@@ -60,6 +61,11 @@ class LiveSettings(BaseModel):
     cameras: dict[str, CameraBed] = Field(
         default_factory=dict,
         description="per camera, how its bed is found (in place of the service's setting)",
+    )
+    text_classes: tuple[TextClass, ...] | None = Field(
+        None,
+        description="the classes defined by text, in the order they were registered (changed "
+        "through /v1/classes; null in a PUT keeps those registered)",
     )
 
     def thresholds(self) -> dict[str, float]:

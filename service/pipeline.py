@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy.typing as npt
 
 from common.bundle import Bundle
 from common.inputs import make_tiles
-from common.overlay import CLASS_COLORS_BGR, draw_overlay
+from common.overlay import TEXT_CLASS_COLOR_BGR, class_color, draw_overlay
 from service.batcher import Batcher
 from service.decode import decode
 from service.heatmap import MAPS, encode_maps
@@ -47,6 +48,9 @@ from service.stages import (
     merge,
 )
 from service.stages import Instance as StageInstance
+from service.zeroshot import PromptError, TextClass, TextRule, TextTower
+
+log = logging.getLogger("scrapscan.pipeline")
 
 DEFAULT_REJECT_SCORE = 0.8
 """The reject score when neither the settings nor the bundle give one."""
@@ -83,6 +87,8 @@ class Rules:
     """Per camera, how its bed is found (others: settings.default_bed)."""
     version: int | None
     """The live settings' version over the bundle's and the service's; None: none."""
+    text: TextRule | None = None
+    """The classes defined by text that frames are scored with (None: none)."""
 
 
 class Timer:
@@ -106,7 +112,7 @@ DESCRIPTION_CHARS = 40
 
 def _label(inst: StageInstance, said: Instance | None) -> list[str]:
     """The lines of an instance's label: class and score, then what the region encoder says."""
-    first = f"{inst.class_name} {inst.score:.2f}"
+    first = f"{inst.class_name} {inst.score:.2f}" + (" (text)" if inst.zero_shot else "")
     if said is None or said.description is None:
         return [first]
     if said.verified is False:
@@ -149,7 +155,9 @@ def render_overlay(
     font = cv2.FONT_HERSHEY_SIMPLEX
     for k, inst in enumerate(findings.instances[:LABELS]):
         x, y = round(inst.bbox[0] * f), round(inst.bbox[1] * f)
-        color = CLASS_COLORS_BGR[classes.index(inst.class_name)]
+        color = (
+            TEXT_CLASS_COLOR_BGR if inst.zero_shot else class_color(classes.index(inst.class_name))
+        )
         lines = _label(inst, said[k] if said is not None else None)
         sizes = [cv2.getTextSize(t, font, scale, thick) for t in lines]
         step = max(th + base for (_, th), base in sizes) + 4
@@ -173,6 +181,8 @@ class Pipeline:
     bed_finder: BedFinder | None = None
     region: RegionCheck | None = None
     """The bundle's region encoder, when it has one: describes and checks instances."""
+    text_tower: TextTower | None = None
+    """The bundle's text tower, when it has one: encodes the classes defined by text."""
     sigma: float = field(init=False)
     """The maps' smoothing in frame pixels (the bundle's is in model-input pixels)."""
     rules: Rules = field(init=False)
@@ -210,7 +220,34 @@ class Pipeline:
             next(v for v in reject if v is not None),
             {**s.cameras, **given.cameras},
             None if live is None else live.version,
+            self._text_rule(given.text_classes or ()),
         )
+
+    def _text_rule(self, classes: tuple[TextClass, ...]) -> TextRule | None:
+        """The classes defined by text as this bundle scores them (none without a text tower)."""
+        if not classes:
+            return None
+        if self.text_tower is None:
+            log.warning(
+                "%d classes defined by text are not scored: bundle %s has no text tower "
+                "(export it with scrapscan-export --zero-shot-slots K)",
+                len(classes),
+                self.bundle,
+            )
+            return None
+        try:
+            text = self.text_tower.rule(classes)
+        except PromptError as err:  # registered through another bundle's tokenizer
+            log.error("classes defined by text not scored: %s", err)
+            return None
+        if text is not None and text.registered > len(text.names):
+            log.warning(
+                "%d classes defined by text, the bundle scores %d: %s are not scored",
+                text.registered,
+                len(text.names),
+                ", ".join(c.name for c in classes[len(text.names) :]),
+            )
+        return text
 
     def use(self, live: SettingsChange | None) -> None:
         """Apply a version of the live settings to the frames that start from now on."""
@@ -245,7 +282,8 @@ class Pipeline:
             make_tiles, frame, bed.box, m.tile_size, m.overlap, m.input_size, m.mean, m.std
         )
         timer.lap("tile")
-        out = await self.batcher.infer(inputs)
+        text = rules.text
+        out = await self.batcher.infer(inputs, None if text is None else text.text)
         timer.lap("infer")
         merged = await asyncio.to_thread(
             merge,
@@ -257,10 +295,11 @@ class Pipeline:
             m.overlap,
             self.sigma,
             self.settings.map_stride,
+            None if text is None else out.zero_shot[:, : len(text.names)],
         )
         timer.lap("merge")
         findings = await asyncio.to_thread(
-            find_instances, merged, bed, self.classes, rules.instance
+            find_instances, merged, bed, self.classes, rules.instance, text
         )
         timer.lap("postprocess")
         return Analysis(frame, bed, len(tiles), merged, findings, timer)
@@ -289,8 +328,12 @@ class Pipeline:
         )
         files = {"mask.png": mask_png, "overlay.jpg": overlay_jpg, MAPS: maps_png}
         timer.lap("encode")
+        text = rules.text
         thresholds = Thresholds(
             **rules.instance.describe(rules.reject_score),
+            text_classes={}
+            if text is None
+            else dict(zip(text.names, text.thresholds, strict=True)),
             verify_margin=region.verify_margin if region is not None else None,
             drop_unverified=region is not None and region.drop_unverified,
         )

@@ -35,6 +35,7 @@ class ClassFigures(BaseModel):
     """One anomaly class over a truck's frames."""
 
     highest_score: float | None = None
+    zero_shot: bool = Field(False, description="a class defined by text, not a learned one")
     frames: int = Field(0, description="frames it was seen in")
     instances: int = Field(0, description="distinct instances (the most in any one frame)")
     area_px: int = Field(0, description="the largest total area in one frame")
@@ -137,6 +138,9 @@ def count_end(report: TruckReport, frame: FrameRecord) -> None:
         report.models.append(result.model)
     report.verdict = gravest((report.verdict, result.verdict))
     instances = result.counted()
+    for i in instances:  # a class defined by text gets its figures when first seen
+        if i.class_name not in report.classes:
+            report.classes[i.class_name] = ClassFigures(zero_shot=i.zero_shot)
     for c, agg in report.classes.items():
         mine = [i for i in instances if i.class_name == c]
         if not mine:

@@ -43,6 +43,11 @@ class InstanceSummary(_Model):
     class_name: str = Field(alias="class", examples=["motor"])
     score: float = Field(description="the instance's anomaly score, 0 to 1")
     area: int = Field(description="pixels of the full frame")
+    zero_shot: bool = Field(
+        False,
+        description="of a class defined by text at run time (POST /v1/classes), not one the "
+        "model learned; its score is its highest probability of that class",
+    )
 
 
 class Instance(InstanceSummary):
@@ -95,6 +100,11 @@ class BedUsed(_Model):
 class Thresholds(_Model):
     """The thresholds that turned the model's maps into instances and the verdict."""
 
+    text_classes: dict[str, float] = Field(
+        default_factory=dict,
+        description="per class defined by text that the frame was scored with, its threshold",
+    )
+
     pixel: float
     classes: list[float] | None = Field(description="per anomaly class, in the bundle's order")
     min_area_px: int
@@ -128,7 +138,9 @@ class Summary(_Model):
             verdict=self.verdict,
             scores=self.scores,
             instances=[
-                InstanceSummary(class_name=i.class_name, score=i.score, area=i.area)
+                InstanceSummary(
+                    class_name=i.class_name, score=i.score, area=i.area, zero_shot=i.zero_shot
+                )
                 for i in self.counted()
             ],
         )

@@ -28,6 +28,7 @@ from service.pipeline import Pipeline
 from service.queue import FrameQueue
 from service.settings import Settings
 from service.store import Store
+from service.zeroshot import TextTower
 
 log = logging.getLogger("scrapscan.runner")
 
@@ -91,7 +92,10 @@ async def open_pipeline(
         from service.region import RegionCheck
 
         region = await asyncio.to_thread(RegionCheck, bundle, s.device, s.threads)
-    return Pipeline(bundle, batcher, s, finder, region)
+    tower = None
+    if bundle.manifest.zero_shot is not None:
+        tower = await asyncio.to_thread(TextTower, bundle, s.threads)
+    return Pipeline(bundle, batcher, s, finder, region, tower)
 
 
 class Models:

@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     reject_score: Annotated[float, Field(ge=0, le=1)] | None = None
     """A frame whose strongest instance scores this or more is "reject"; below, "inspect".
     None: the bundle's calibrated reject score, else 0.8."""
+    max_text_classes: Annotated[int, Field(ge=0, le=64)] = 4
+    """Classes defined by text (POST /v1/classes) an admin may register; a bundle scores as
+    many as its text-class slots (scrapscan-export --zero-shot-slots, 4 by default)."""
     wait_timeout_s: Annotated[float, Field(gt=0, le=600)] = 60.0
     """How long POST /v1/frames?wait=true waits for the result before answering 202."""
     api_keys_file: Path | None = None

@@ -20,6 +20,7 @@ from common.imaging import polygon_mask
 from common.tiling import Box, Tile, polygon_box
 from service import result
 from service.settings import CameraBed
+from service.zeroshot import TextRule
 
 # --- bed crop ------------------------------------------------------------------------------
 
@@ -115,6 +116,8 @@ class Merged:
     classes: npt.NDArray[np.float32]
     bed_mask: npt.NDArray[np.bool_]
     stride: int = 1
+    zero_shot: npt.NDArray[np.float32] | None = None
+    """(K, H', W') the text-defined classes' maps (0 outside the bed), when scored."""
 
 
 def _cells(n: int, stride: int) -> int:
@@ -157,8 +160,11 @@ def merge(
     overlap: int,
     sigma: float = 0.0,
     stride: int = 1,
+    zero_shot: npt.NDArray[np.float32] | None = None,
 ) -> Merged:
     """Blend per-tile (N, g, g) anomaly and (N, C, g, g) class maps into maps of the frame.
+
+    `zero_shot` (N, K, g, g), the text-defined classes' maps, are blended the same way.
 
     Each map is resized (bilinear) from the g x g grid to the tile's cells, weighted with
     `blend_weights`, and accumulated over the bed's box; `sigma` (frame pixels) smooths
@@ -172,6 +178,10 @@ def merge(
     """
     h, w = frame_shape[:2]
     box = bed.box
+    c = class_probs.shape[1]
+    if zero_shot is not None:  # blended as further channels, split off at the end
+        class_probs = np.concatenate([class_probs, zero_shot], axis=1)
+    k_text = class_probs.shape[1] - c
     c = class_probs.shape[1]
     g = anomaly.shape[-1]
     # the box's cells on the global grid (cell i covers frame pixels [i*s, (i+1)*s))
@@ -212,7 +222,12 @@ def merge(
     inside = bed_mask[rows, cols]
     np.copyto(out_anomaly[rows, cols], acc[..., 0], where=inside)
     np.copyto(out_classes[:, rows, cols], acc[..., 1:].transpose(2, 0, 1), where=inside)
-    return Merged(out_anomaly, out_classes, bed_mask, stride)
+    if zero_shot is None:
+        return Merged(out_anomaly, out_classes, bed_mask, stride)
+    learned = c - k_text
+    texts = out_classes[learned:]
+    texts[:, ~bed_mask] = 0.0
+    return Merged(out_anomaly, out_classes[:learned], bed_mask, stride, texts)
 
 
 # --- instances -------------------------------------------------------------------------------
@@ -228,10 +243,13 @@ class Instance:
     bbox: tuple[int, int, int, int]
     area: int
     polygon: list[tuple[float, float]]
+    zero_shot: bool = False
+    """Of a class defined by text (service.zeroshot), not a learned one."""
 
     def result(self) -> result.Instance:
         """As a frame's result states it (scores to 4 places, outline to 0.1 px)."""
         return result.Instance(
+            zero_shot=self.zero_shot,
             class_name=self.class_name,
             score=round(self.score, 4),
             class_scores={k: round(v, 4) for k, v in self.class_scores.items()},
@@ -286,41 +304,40 @@ class InstanceRule:
         }
 
 
-def find_instances(
-    merged: Merged, bed: Bed, classes: tuple[str, ...], rule: InstanceRule
-) -> Findings:
-    """Threshold the anomaly map inside the bed, keep the regions `rule` accepts.
+@dataclass(frozen=True, slots=True)
+class _Region:
+    """A connected region of on cells, in frame pixels."""
 
-    Each kept component becomes an instance whose class is the argmax of the anomaly
-    classes' probabilities averaged over its cells; the class-index mask (full frame size)
-    marks its pixels with that class. Components over `max_bed_fraction` of the bed are
-    not a contaminant (a whole-bed false alarm), those under `min_area` frame pixels are
-    noise, those scoring under `min_score` are below what the frame verdict counts.
-    Boxes, areas and polygons are in frame pixels whatever the map's stride.
-    """
+    cells: tuple[slice, slice]
+    """Its bounding box on the map's grid."""
+    on: npt.NDArray[np.bool_]
+    """Its cells within that box."""
+    bbox: tuple[int, int, int, int]
+    area: int
+    polygon: list[tuple[float, float]]
+
+
+def _regions(
+    on: npt.NDArray[np.bool_], merged: Merged, bed: Bed, rule: InstanceRule
+) -> list[_Region]:
+    """The connected regions of `on` (inside the bed) of an instance's size (`rule`)."""
     s = merged.stride
     fh, fw = bed.mask.shape[:2]
-    on = merged.anomaly >= rule.cell_thresholds(merged.classes)
     binary = (on & merged.bed_mask).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    gh, gw = merged.anomaly.shape[:2]
-    cells = np.zeros((gh, gw), np.uint8)
+    gh, gw = on.shape[:2]
     # frame pixels per cell: s x s, fewer in the last row and column of a frame whose
     # size is not a multiple of s
     row_px = np.minimum(s, fh - np.arange(gh) * s).astype(np.int64)
     col_px = np.minimum(s, fw - np.arange(gw) * s).astype(np.int64)
-    instances: list[Instance] = []
     largest = rule.max_bed_fraction * bed.area
-    names = classes[1:]
+    out = []
     for label in range(1, count):
         x, y, bw, bh, _ = (int(v) for v in stats[label])
         region = labels[y : y + bh, x : x + bw] == label
         area = int((region * row_px[y : y + bh, None] * col_px[None, x : x + bw]).sum())
-        score = float(merged.anomaly[y : y + bh, x : x + bw][region].max())
-        if area < rule.min_area or area > largest or score < rule.min_score:
+        if area < rule.min_area or area > largest:
             continue
-        per_class = merged.classes[1:, y : y + bh, x : x + bw][:, region].mean(axis=1)
-        best = int(per_class.argmax())
         # outlined at frame resolution (each cell its s x s pixels), so that a region one
         # cell wide still has an area, as at stride 1
         pixels = region.astype(np.uint8)
@@ -333,18 +350,61 @@ def find_instances(
             (min(float(px) + x * s + 0.5, fw), min(float(py) + y * s + 0.5, fh))
             for px, py in outline
         ]
-        cells[y : y + bh, x : x + bw][region] = best + 1
         x0, y0 = x * s, y * s
-        instances.append(
-            Instance(
-                names[best],
-                score,
-                {n: float(v) for n, v in zip(names, per_class, strict=True)},
-                (x0, y0, min((x + bw) * s, fw) - x0, min((y + bh) * s, fh) - y0),
-                area,
-                polygon,
-            )
-        )
+        bbox = (x0, y0, min((x + bw) * s, fw) - x0, min((y + bh) * s, fh) - y0)
+        out.append(_Region((slice(y, y + bh), slice(x, x + bw)), region, bbox, area, polygon))
+    return out
+
+
+def find_instances(
+    merged: Merged,
+    bed: Bed,
+    classes: tuple[str, ...],
+    rule: InstanceRule,
+    text: TextRule | None = None,
+) -> Findings:
+    """Threshold the anomaly map inside the bed, keep the regions `rule` accepts.
+
+    Each kept component becomes an instance whose class is the argmax of the anomaly
+    classes' probabilities averaged over its cells; the class-index mask (full frame size)
+    marks its pixels with that class. Components over `max_bed_fraction` of the bed are
+    not a contaminant (a whole-bed false alarm), those under `min_area` frame pixels are
+    noise, those scoring under `min_score` are below what the frame verdict counts.
+    Boxes, areas and polygons are in frame pixels whatever the map's stride.
+
+    With `text` (and merged.zero_shot), each text-defined class's map is cut the same way
+    at its own threshold: its instances are marked zero-shot and scored by their highest
+    probability of the class; the mask marks them len(classes) + k, drawn over the
+    learned classes' where both claim a cell.
+    """
+    s = merged.stride
+    fh, fw = bed.mask.shape[:2]
+    gh, gw = merged.anomaly.shape[:2]
+    cells = np.zeros((gh, gw), np.uint8)
+    instances: list[Instance] = []
+    names = classes[1:]
+    on = merged.anomaly >= rule.cell_thresholds(merged.classes)
+    for r in _regions(on, merged, bed, rule):
+        score = float(merged.anomaly[r.cells][r.on].max())
+        if score < rule.min_score:
+            continue
+        per_class = merged.classes[(slice(1, None), *r.cells)][:, r.on].mean(axis=1)
+        best = int(per_class.argmax())
+        cells[r.cells][r.on] = best + 1
+        by_class = {n: float(v) for n, v in zip(names, per_class, strict=True)}
+        instances.append(Instance(names[best], score, by_class, r.bbox, r.area, r.polygon))
+    texts = merged.zero_shot
+    if text is not None and texts is not None:
+        for k, (name, threshold) in enumerate(zip(text.names, text.thresholds, strict=True)):
+            for r in _regions(texts[k] >= threshold, merged, bed, rule):
+                score = float(texts[k][r.cells][r.on].max())
+                if score < rule.min_score:
+                    continue
+                cells[r.cells][r.on] = len(classes) + k
+                mean = float(texts[k][r.cells][r.on].mean())
+                instances.append(
+                    Instance(name, score, {name: mean}, r.bbox, r.area, r.polygon, True)
+                )
     instances.sort(key=lambda i: i.score, reverse=True)
     if s == 1:
         class_mask = cells
@@ -355,4 +415,7 @@ def find_instances(
     scores = {"anomaly": float(merged.anomaly[inside].max())}
     for i, name in enumerate(names, start=1):
         scores[name] = float(merged.classes[i][inside].max())
+    if text is not None and texts is not None:
+        for k, name in enumerate(text.names):
+            scores[name] = float(texts[k][inside].max())
     return Findings(instances, class_mask, scores)

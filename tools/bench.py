@@ -3,6 +3,7 @@
     scrapscan-bench engine [--model paper|tiny|BUNDLE [--engine E] [--precision P]]
                            [--batch 1 4 8 16 32] [--seconds 5]
     scrapscan-bench e2e [--cameras 8] [--seconds 30] [--mode fast|naive] [--bundle DIR]
+                        [--text-classes N]
     scrapscan-bench store --store sqlite|redis --frames N [--redis-url URL]
 
 engine: tiles/s by batch size for one model, PyTorch (bf16 on a GPU, fp32 on a CPU) for
@@ -18,7 +19,7 @@ e2e: the service on the given bundle started in this process (uvicorn, a tempora
     encode) from the results' timings, and the GPU busy fraction where NVML can read it.
     `--mode naive` is the baseline a user would otherwise write: one frame at a time (no
     batching across frames), full-resolution maps and overlay, the same engine and
-    precision.
+    precision. `--text-classes N` defines N classes by text first (two prompts each).
 
 store: a store (the embedded SQLite one, or Redis at --redis-url) filled through its own
     API to N frames; times every route's store calls, the retention purge (and what a
@@ -249,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--height", type=int, default=2160, help="synthetic frame height (2160)")
     s.add_argument(
         "--distinct-frames", type=int, default=8, help="different frames the cameras cycle"
+    )
+    s.add_argument(
+        "--text-classes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="define N classes by text (POST /v1/classes, two prompts each) before the run, "
+        "so that every frame is also scored with them (0)",
     )
     s.add_argument(
         "--engine-tiles-per-s",

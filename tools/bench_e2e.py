@@ -54,6 +54,11 @@ class GpuBusy:
         return statistics.fmean(self.samples) if self.samples else None
 
 
+TEXT_CLASSES = ("gas_cylinder", "battery", "sealed_tank", "fire_extinguisher")
+PROMPTS = ("a photo of a {}.", "a {} in a pile of steel scrap.")
+"""What `--text-classes N` defines: N of these, each with both prompts."""
+
+
 def camera_frames(count: int, width: int, height: int) -> list[bytes]:
     """Synthetic crane frames as JPEG (seed 300: held out from the demo bundle's training)."""
     import cv2
@@ -128,6 +133,15 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
                             stages.setdefault(stage, []).append(ms)
 
         with running_service(settings) as url:
+            for k in range(args.text_classes):
+                name = TEXT_CLASSES[k % len(TEXT_CLASSES)]
+                body = {
+                    "name": f"{name}_{k}",
+                    "prompts": [p.format(name.replace("_", " ")) for p in PROMPTS],
+                }
+                r = httpx.post(f"{url}/v1/classes", json=body, timeout=60)
+                if r.status_code != 201:
+                    raise RuntimeError(f"POST /v1/classes: HTTP {r.status_code}: {r.text[:300]}")
             # one frame first: warm-up, not counted
             httpx.post(
                 f"{url}/v1/frames",
@@ -171,6 +185,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
         "non_model_ms_p50": round(1000 * percentile(non_model, 50), 1),
         "stage_ms_p50": {k: round(percentile(v, 50), 1) for k, v in stages.items()},
         "gpu_busy": None if gpu.fraction is None else round(gpu.fraction, 3),
+        "text_classes": args.text_classes,
     }
 
 
@@ -188,7 +203,8 @@ def e2e_table(r: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"{r['mode']} mode, {r['cameras']} cameras for {r['seconds']} s, "
-            f"{r['frame_size']} frames, engine {r['engine']}, {r['machine']}",
+            f"{r['frame_size']} frames, engine {r['engine']}, "
+            f"{r.get('text_classes', 0)} classes defined by text, {r['machine']}",
             "",
             "| frames | frames/s | p50 s | p95 s | p99 s | outside the model, p50 ms | GPU busy |",
             "|---|---|---|---|---|---|---|",

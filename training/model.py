@@ -18,7 +18,9 @@ Path of an image batch (B, 3, 518, 518):
    text again, summed over windows and mixed by a 1x1 conv: the MSM map.
 
 `forward` returns per-stage probabilities (for the losses), the per-class map the
-service uses, and the binary anomaly map the paper evaluates.
+service uses, and the binary anomaly map the paper evaluates. `zero_shot_maps` scores
+classes defined by text at run time against the same stage tokens (the text tower run
+without learned prompts: `TextEncoder.encode_plain`).
 
 Longer than the project's 400 lines for a module: its one job is the paper's model, and
 its parts (backbone loading, prompts, text tower, MSM, the forward pass above) are read
@@ -224,11 +226,25 @@ class TextEncoder(nn.Module):
                 d = deep[i - 1].to(x.dtype).expand(x.shape[0], -1, -1)
                 x = torch.cat([x[:, :1], d, x[:, 1 + length :]], dim=1)
             x = block(x, attn_mask=self.attn_mask)
+        return self._pool(x, tokens)
+
+    def _pool(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The end token's output, projected and normalised: the text's feature."""
         x = self.ln_final(x)
         eot = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
         proj = self.text_projection
         out = proj(eot) if isinstance(proj, nn.Linear) else eot @ proj
         return F.normalize(out, dim=-1)
+
+    def encode_plain(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(P, D) normalised features of tokenised text as CLIP encodes it: no learned prompt.
+
+        What a class defined by text at run time is scored with (`zero_shot_maps`).
+        """
+        x = self.token_embedding(tokens) + self.positional_embedding
+        for block in self.transformer.resblocks:
+            x = block(x, attn_mask=self.attn_mask)
+        return self._pool(x, tokens)
 
     def class_features(self) -> torch.Tensor:
         """(K, D) normalised features of the normal prompt and the anomaly prompt(s)."""
@@ -403,10 +419,16 @@ class ScrapAnomalyModel(nn.Module):
         `text_features` given, the text tower is not run (training needs it run: the
         prompts learn).
         """
-        b, g, t = images.shape[0], self.grid, self.cfg.temperature
+        return self.heads(self.stage_tokens(images), text_features)
+
+    def heads(
+        self, stages: list[torch.Tensor], text_features: TextFeatures | None = None
+    ) -> ModelOutput:
+        """The maps of `stage_tokens`' output: local similarity, MSM, their average."""
+        b, g, t = stages[0].shape[0], self.grid, self.cfg.temperature
         text, binary = text_features if text_features is not None else self.text_features()
         stage_probs, msm_probs, binary_probs = [], [], []
-        for s, tokens in enumerate(self.stage_tokens(images)):
+        for s, tokens in enumerate(stages):
             tokens = tokens.to(text.dtype)
             logits = (tokens @ text.T / t).transpose(1, 2).reshape(b, self.classes, g, g)
             stage_probs.append(logits.softmax(dim=1))
@@ -423,6 +445,25 @@ class ScrapAnomalyModel(nn.Module):
         else:
             anomaly = 1 - class_probs[:, 0]
         return ModelOutput(tuple(stage_probs), tuple(msm_probs), class_probs, anomaly)
+
+
+def zero_shot_maps(
+    stages: list[torch.Tensor], text: torch.Tensor, temperature: float, grid: int
+) -> torch.Tensor:
+    """(B, K, g, g) maps of K classes defined by text, from `stage_tokens`' output.
+
+    `text` (K, 2, D): per class, the normalised features of its normal prompts and of its
+    own prompts. Per stage, a cell's probability of the class is the softmax of its
+    cosine similarity to the two over `temperature`, as the learned classes' local maps
+    are formed; the stages are averaged. The MSM heads are not used: they were trained on
+    the learned classes' texts, and a new key would change what they attend to.
+    """
+    b = stages[0].shape[0]
+    probs = []
+    for tokens in stages:
+        logits = torch.einsum("bld,kcd->bklc", tokens, text.to(tokens.dtype)) / temperature
+        probs.append(logits.softmax(dim=-1)[..., 1])
+    return torch.stack(probs).mean(dim=0).reshape(b, text.shape[0], grid, grid)
 
 
 def build_model(cfg: ModelConfig) -> ScrapAnomalyModel:

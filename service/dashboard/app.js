@@ -475,7 +475,7 @@ async function showFrame(frameId) {
   const shapes = result.instances.map((inst, i) => {
     const poly = svg("polygon", {
       points: inst.polygon.map(([x, y]) => `${x},${y}`).join(" "),
-      class: `shape ${inst.class}`,
+      class: `shape ${inst.zero_shot ? "zero-shot" : inst.class}`,
       "data-index": i,
     });
     layer.append(poly);
@@ -656,8 +656,8 @@ function instanceRow(frameId, inst, i, judged, select) {
     h(
       "td",
       {},
-      h("span", { class: `swatch ${inst.class}` }),
-      className(inst.class),
+      h("span", { class: `swatch ${inst.zero_shot ? "zero-shot" : inst.class}` }),
+      className(inst.class) + (inst.zero_shot ? " (defined by text)" : ""),
       inst.description
         ? h(
             "div",

@@ -31,7 +31,7 @@ from service.objects import ObjectStoreError
 
 log = logging.getLogger("scrapscan.service")
 
-_NO_MODEL = ("no such model version", "no model repository")
+_NO_MODEL = ("no such model version", "no model repository", "no such class defined by text")
 _CONFLICTS = (
     "Idempotency-Key reused with other bytes",
     "feedback on a frame not done or past retention",
@@ -41,6 +41,9 @@ _CONFLICTS = (
     "a region to describe on a frame not done",
     "a bundle without a region encoder",
     "an upload no longer kept",
+    "a class name already registered or learned (class_exists)",
+    "more classes defined by text than allowed (too_many_classes)",
+    "a class defined by text for a bundle without a text tower (no_text_tower)",
 )
 _AWAY = (
     "not_ready: the model is loading",

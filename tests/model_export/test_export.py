@@ -37,7 +37,11 @@ def bundle(checkpoint, tmp_path_factory):
 @pytest.fixture(scope="module")
 def graph(checkpoint):
     model, _ = load_trained(checkpoint)
-    return InferenceGraph(model).eval()
+    return InferenceGraph(model, zero_shot_slots=4).eval()
+
+
+TEXT = checks.zero_shot_check_text(4, 64, seed=7)
+"""Other text-class features than the export checked itself with."""
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +53,9 @@ def fresh_inputs():
 def test_graph_outputs_and_no_text_tower(graph):
     x = torch.randn(2, 3, 518, 518)
     with torch.no_grad():
-        probs, anomaly, scores = graph(x)
+        probs, anomaly, scores, texts = graph(x, torch.from_numpy(TEXT))
     assert probs.shape == (2, 4, 37, 37) and anomaly.shape == (2, 37, 37)
+    assert texts.shape == (2, 4, 37, 37) and 0 <= texts.min() <= texts.max() <= 1
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 37, 37))
     torch.testing.assert_close(scores[:, 0], anomaly.flatten(1).amax(1))
     torch.testing.assert_close(scores[:, 1:], probs[:, 1:].flatten(2).amax(2))
@@ -59,7 +64,9 @@ def test_graph_outputs_and_no_text_tower(graph):
 
 def test_fp32_onnx_matches_pytorch(bundle, graph, fresh_inputs):
     parity = checks.compare(
-        checks.torch_runner(graph), checks.onnx_runner(bundle / "model.onnx"), fresh_inputs
+        checks.torch_runner(graph, TEXT),
+        checks.onnx_runner(bundle / "model.onnx", TEXT),
+        fresh_inputs,
     )
     assert max(parity.max_abs.values()) <= 1e-4
     assert parity.argmax_agreement >= 0.999
@@ -68,7 +75,9 @@ def test_fp32_onnx_matches_pytorch(bundle, graph, fresh_inputs):
 
 def test_fp16_onnx_matches_pytorch(bundle, graph, fresh_inputs):
     parity = checks.compare(
-        checks.torch_runner(graph), checks.onnx_runner(bundle / "model.fp16.onnx"), fresh_inputs
+        checks.torch_runner(graph, TEXT),
+        checks.onnx_runner(bundle / "model.fp16.onnx", TEXT),
+        fresh_inputs,
     )
     assert max(parity.max_abs.values()) <= 1e-2
     assert parity.argmax_agreement >= 0.999
@@ -77,16 +86,20 @@ def test_fp16_onnx_matches_pytorch(bundle, graph, fresh_inputs):
 
 def test_torch_export_matches_pytorch(bundle, graph, fresh_inputs):
     program = torch.export.load(bundle / "model.pt2").module()
-    parity = checks.compare(checks.torch_runner(graph), checks.torch_runner(program), fresh_inputs)
+    parity = checks.compare(
+        checks.torch_runner(graph, TEXT), checks.torch_runner(program, TEXT), fresh_inputs
+    )
+    assert set(parity.max_abs) == {"class_probs", "anomaly", "scores", "zero_shot"}
     assert max(parity.max_abs.values()) <= 1e-4
 
 
 @pytest.mark.parametrize("n", [1, 5])
 def test_onnx_batch_axis_is_dynamic(bundle, n):
     session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
-    out = session.run(None, {"images": np.zeros((n, 3, 518, 518), np.float32)})
-    assert [o.shape for o in out] == [(n, 4, 37, 37), (n, 37, 37), (n, 4)]
+    assert [o.name for o in session.get_outputs()] == [*OUTPUT_NAMES, "zero_shot"]
+    x = np.zeros((n, 3, 518, 518), np.float32)
+    out = session.run(None, {"images": x, "zero_shot_text": TEXT})
+    assert [o.shape for o in out] == [(n, 4, 37, 37), (n, 37, 37), (n, 4), (n, 4, 37, 37)]
 
 
 def test_manifest_describes_the_bundle(bundle):
@@ -94,10 +107,16 @@ def test_manifest_describes_the_bundle(bundle):
     m = loaded.manifest
     assert m.model.name == "tiny-test" and m.classes == ("normal", "motor", "cable", "spray_can")
     assert (m.input_size, m.tile_size, m.overlap, m.grid) == (518, 512, 64, 37)
-    assert set(m.files) == {"model.onnx", "model.fp16.onnx", "model.pt2"}
+    assert set(m.files) == {
+        "model.onnx",
+        "model.fp16.onnx",
+        "model.pt2",
+        "text.onnx",
+        "tokenizer.json",
+    }
     assert m.file("onnx", "fp16") == "model.fp16.onnx" and m.file("tensorrt") is None
     assert m.postprocess.threshold_source == "default"
-    assert set(m.metrics["parity"]) == set(m.files)
+    assert set(m.metrics["parity"]) == {"model.onnx", "model.fp16.onnx", "model.pt2"}
     assert not list(bundle.parent.glob(".tiny.*"))  # the temporary folder is gone
 
 
@@ -159,7 +178,7 @@ def test_unreadable_manifest_and_non_bundles(copy_of, tmp_path):
 
 def test_parity_check_fails_beyond_the_limits(graph):
     inputs = checks.parity_inputs(518, random=2, synthetic=0)
-    reference = checks.torch_runner(graph)
+    reference = checks.torch_runner(graph, TEXT)
 
     def drifting(x):
         return tuple(o + 2e-4 for o in reference(x))
@@ -181,8 +200,8 @@ def test_an_export_whose_file_drifts_is_refused_and_writes_nothing(
 
     real = export_module.onnx_runner
 
-    def runner(path):
-        run = real(path)
+    def runner(path, text=None):
+        run = real(path, text)
         if path.name != "model.fp16.onnx":
             return run
         return lambda x: tuple(o + 0.05 for o in run(x))  # beyond fp16's limit
@@ -216,7 +235,7 @@ def test_report_threshold_goes_into_the_manifest(checkpoint, tmp_path, capsys):
     assert (m.postprocess.pixel_threshold, m.postprocess.sigma) == (0.37, 2.0)
     assert m.postprocess.threshold_source == "f1_max" and m.postprocess.min_area_px == 100
     assert m.metrics["evaluation"]["pixel"]["ap"] == 0.6
-    assert set(m.files) == {"model.onnx"}
+    assert set(m.files) == {"model.onnx", "text.onnx", "tokenizer.json"}
     assert "bundle tiny" in capsys.readouterr().out
     assert main(args) == 2  # exists
     assert "pass --overwrite" in capsys.readouterr().err
@@ -242,7 +261,7 @@ def test_the_bundle_forms_the_binary_map_the_report_evaluated(checkpoint, tmp_pa
     assert load_bundle(out).manifest.model.binary_mode == other.value
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     x = checks.parity_inputs(518, random=1, synthetic=1, seed=5)
-    _, anomaly, _ = session.run(None, {"images": x})
+    _, anomaly, *_ = session.run(None, {"images": x, "zero_shot_text": TEXT})
     wanted, _ = load_trained(checkpoint, binary_mode=other)
     own, _ = load_trained(checkpoint)
     with torch.no_grad():
@@ -358,9 +377,11 @@ def test_the_committed_demo_bundle_loads_and_runs():
     assert m.postprocess.pixel_threshold == m.metrics["evaluation"]["pixel"]["f1_threshold"]
     assert set(m.postprocess.class_thresholds) == set(m.classes[1:])
     assert m.postprocess.calibration["frames"] >= 48
-    run = checks.onnx_runner(demo.path("model.onnx"))
-    probs, anomaly, _ = run(checks.parity_inputs(m.input_size, random=1, synthetic=1))
+    assert m.zero_shot is not None and m.zero_shot.slots == 4
+    run = checks.onnx_runner(demo.path("model.onnx"), TEXT)
+    probs, anomaly, _, texts = run(checks.parity_inputs(m.input_size, random=1, synthetic=1))
     assert probs.shape == (2, 4, m.grid, m.grid) and np.all((anomaly >= 0) & (anomaly <= 1))
+    assert texts.shape == (2, 4, m.grid, m.grid)
 
 
 def test_a_bed_model_goes_into_the_bundle_with_its_parity(checkpoint, tmp_path):

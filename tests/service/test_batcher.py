@@ -18,9 +18,11 @@ class FakeEngine:
         self.max_batch = max_batch
         self.fail_on = fail_on
         self.calls = 0
+        self.texts = []
 
-    def infer(self, images):
+    def infer(self, images, text=None):
         self.calls += 1
+        self.texts.append(text)
         time.sleep(self.seconds)
         if self.fail_on is not None and np.any(images[:, 0, 0, 0] == self.fail_on):
             raise RuntimeError("engine broke")
@@ -30,6 +32,7 @@ class FakeEngine:
             np.broadcast_to(v[:, None, None, None], (n, 2, 2, 2)).astype(np.float32),
             np.broadcast_to(v[:, None, None], (n, 2, 2)).astype(np.float32),
             np.broadcast_to(v[:, None], (n, 2)).astype(np.float32),
+            np.zeros((n, 0, 2, 2), np.float32),
         )
 
 
@@ -64,6 +67,27 @@ def test_each_request_gets_its_own_outputs_in_order():
             assert out.class_probs.shape == (len(v), 2, 2, 2)
 
     run(with_batcher(FakeEngine(), 4, 0.005, body))
+
+
+def test_a_batch_holds_only_frames_scored_with_the_same_text_classes():
+    """Frames started under different text classes (a class added between them) never share
+    a batch: each batch runs with the text of the frames in it."""
+    first = np.ones((4, 2, 8), np.float32)
+    second = np.full((4, 2, 8), 2.0, np.float32)
+    engine = FakeEngine()
+
+    async def body(b):
+        texts = [None, first, second, first, None, second]
+        await asyncio.gather(
+            *(b.infer(tiles(np.full(3, k, np.float32)), t) for k, t in enumerate(texts))
+        )
+
+    _, records = run(with_batcher(engine, 16, 0.05, body))
+    assert len(records) == 3 and sorted(r.size for r in records) == [6, 6, 6]
+    owners = [set(r.owners) for r in records]
+    assert all(len(o) == 2 for o in owners)  # the two frames of each text, and only they
+    assert [t is None for t in engine.texts].count(True) == 1
+    assert sum(t is first for t in engine.texts) == sum(t is second for t in engine.texts) == 1
 
 
 def test_tiles_of_concurrent_frames_share_batches_and_batches_stay_bounded():

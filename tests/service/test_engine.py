@@ -108,6 +108,24 @@ def test_onnxruntime_and_torch_engines_agree(bundle, images):
     assert ort_out.class_probs.shape == (3, 4, 37, 37) and ort_out.scores.shape == (3, 4)
 
 
+@pytest.mark.parametrize(
+    ("kind", "precision"), [("onnxruntime", "fp32"), ("openvino", "fp32"), ("torch", "fp32")]
+)
+def test_every_engine_scores_the_text_classes_it_is_given(bundle, images, kind, precision):
+    """The demo bundle's text-class slots: the maps of the features given, the learned maps
+    the same with or without them, and zeros fed when none are given."""
+    slots = bundle.manifest.zero_shot.slots
+    text = np.random.default_rng(1).standard_normal((slots, 2, 64)).astype(np.float32)
+    engine = open_engine(bundle, kind, device="cpu", precision=precision)
+    given, blank = engine.infer(images, text), engine.infer(images)
+    reference = open_engine(bundle, "onnxruntime", precision="fp32").infer(images, text)
+    assert given.zero_shot.shape == (3, slots, 37, 37)
+    np.testing.assert_allclose(given.zero_shot, reference.zero_shot, atol=1e-4)
+    np.testing.assert_allclose(blank.zero_shot, 0.5, atol=1e-6)  # zeros: no side wins
+    for a, b in zip(given[:3], blank[:3], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_fp16_onnx_is_chosen_by_precision(bundle, images):
     fp16 = open_engine(bundle, "onnxruntime", precision="fp16")
     assert isinstance(fp16, OnnxRuntimeEngine) and fp16.path.name == "model.fp16.onnx"
@@ -150,7 +168,7 @@ def _edited(tmp_path, **changes):
     ("changes", "reason"),
     [
         ({"outputs": ["probs", "anomaly", "scores"]}, "outputs ['probs', 'anomaly', 'scores']"),
-        ({"inputs": ["pixel_values"]}, "the service feeds ['images']"),
+        ({"inputs": ["pixel_values"]}, "the service feeds ['images', 'zero_shot_text']"),
         ({"classes": ["motor", "normal", "cable", "spray_can"]}, "the first must be normal"),
         ({"overlap": 512}, "overlap 512 is not smaller than tile_size 512"),
         ({"std": [0.3, 0.0, 0.3]}, "not positive"),

@@ -147,3 +147,38 @@ def test_export_refuses_a_folder_that_exists_and_a_store_that_is_not_there(
     assert data_main(["export-feedback", "--since", "soon", "--out", str(tmp_path / "o")]) == 2
     assert "--since must be an RFC 3339 time" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_confirmed_text_class_instance_is_left_to_label_not_trained_as_a_class():
+    """A class defined by text has no category in the training data: its confirmed region is
+    ignored in the mask and listed to label, with its name."""
+    from service.feedback import FrameFeedback
+    from service.feedback_export import _frame_labels
+
+    from .conftest import frame_result
+
+    result = frame_result(
+        [
+            {"class": "gas_cylinder", "score": 0.9, "area": 64, "zero_shot": True},
+            {"class": "motor", "score": 0.7, "area": 64},
+        ]
+    )
+    result = result.model_copy(
+        update={
+            "instances": [
+                i.model_copy(update={"polygon": [(x0, 4), (x0 + 8, 4), (x0 + 8, 12), (x0, 12)]})
+                for i, x0 in zip(result.instances, (4, 30), strict=True)
+            ]
+        }
+    )
+    items = [
+        FrameFeedback(
+            id=str(k), frame_id="f", by="operator", at=1.0 + k, label="confirmed", instance=k
+        )
+        for k in range(2)
+    ]
+    mask, annotations, to_label = _frame_labels(result, items, 1, 1)
+    assert [a["category_id"] for a in annotations] == [CLASS_NAMES.index("motor")]
+    assert [(t["class"], t["by"]) for t in to_label] == [("gas_cylinder", "operator")]
+    assert (mask[6:10, 6:10] == IGNORE_INDEX).all()
+    assert (mask[6:10, 32:36] == CLASS_NAMES.index("motor")).all()

@@ -66,7 +66,8 @@ def test_settings_apply_to_the_next_frame_and_survive_a_restart(embedded, frame)
     assert after["thresholds"]["min_area_px"] == before["thresholds"]["min_area_px"]  # the bundle's
 
     r = put(embedded, {**STRICT, "cameras": {"crane-9": {"bed": "full"}}})
-    assert r.json()["version"] == 2 and r.json()["previous"] == {**STRICT, "cameras": {}}
+    assert r.json()["version"] == 2
+    assert r.json()["previous"] == {**STRICT, "cameras": {}, "text_classes": None}
     embedded.stop()
     embedded.start()
     live = httpx.get(f"{embedded.url}/v1/admin/settings").json()
@@ -88,3 +89,96 @@ def test_workers_apply_a_change_made_through_the_api(redis_server, frame):
             break
         time.sleep(0.5)
     assert result["settings_version"] == version and result["instances"] == []
+
+
+GAS = {"name": "gas_cylinder", "prompts": ["a photo of a gas cylinder.", "a steel gas bottle."]}
+
+
+def classes(srv: Server) -> dict:
+    r = httpx.get(f"{srv.url}/v1/classes", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def define(srv: Server, body: dict) -> httpx.Response:
+    return httpx.post(f"{srv.url}/v1/classes", json=body, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"name": "gas_cylinder", "prompts": []}, 400, "invalid_request"),
+        ({"name": "gas_cylinder", "prompts": ["   "]}, 400, "invalid_request"),
+        ({"name": "gas_cylinder", "prompts": ["x" * 201]}, 400, "invalid_request"),
+        ({"name": "gas_cylinder", "prompts": ["a b c d " * 20]}, 400, "prompt_too_long"),
+        (
+            {"name": "gas_cylinder", "prompts": ["a"], "normal_prompts": [""]},
+            400,
+            "invalid_request",
+        ),
+        ({"name": "Gas Cylinder", "prompts": ["a gas cylinder"]}, 400, "invalid_request"),
+        ({"name": "gas_cylinder", "prompts": ["a"], "threshold": 1.5}, 400, "invalid_request"),
+        ({"name": "motor", "prompts": ["an electric motor"]}, 409, "class_exists"),
+        ({"name": "normal", "prompts": ["steel"]}, 409, "class_exists"),
+    ],
+)
+def test_a_bad_class_definition_is_refused_and_nothing_is_kept(embedded, body, status, code):
+    before = classes(embedded)
+    r = define(embedded, body)
+    assert r.status_code == status and r.json()["error"]["code"] == code, r.text
+    assert classes(embedded) == before
+
+
+def test_a_class_defined_by_text_is_scored_kept_over_a_restart_and_removed(embedded, frame):
+    listed = classes(embedded)
+    assert listed["text"] == [] and listed["learned"] == ["motor", "cable", "spray_can"]
+    assert (listed["limit"], listed["slots"]) == (4, 4)
+    r = define(embedded, GAS)
+    assert r.status_code == 201, r.text
+    assert r.json()["text"] == [{**GAS, "normal_prompts": None, "threshold": 0.5}]
+    assert define(embedded, GAS).json()["error"]["code"] == "class_exists"
+
+    result = post(embedded, frame, wait=True).json()["result"]
+    assert result["thresholds"]["text_classes"] == {"gas_cylinder": 0.5}
+    assert 0 <= result["scores"]["gas_cylinder"] <= 1
+    assert all(i["zero_shot"] == (i["class"] == "gas_cylinder") for i in result["instances"])
+
+    for k in range(3):
+        assert define(embedded, {"name": f"hazard_{k}", "prompts": ["a tank."]}).status_code == 201
+    r = define(embedded, {"name": "hazard_3", "prompts": ["a tank."]})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "too_many_classes"
+    assert put(embedded, STRICT).status_code == 200  # other settings keep the classes
+    assert len(classes(embedded)["text"]) == 4
+    r = put(embedded, {"text_classes": [GAS, GAS]})  # the same rules through the settings
+    assert r.status_code == 409 and r.json()["error"]["code"] == "class_exists"
+
+    embedded.stop()
+    embedded.start()
+    kept = classes(embedded)
+    assert [c["name"] for c in kept["text"]] == ["gas_cylinder", "hazard_0", "hazard_1", "hazard_2"]
+    after = post(embedded, frame, wait=True).json()["result"]
+    assert set(after["thresholds"]["text_classes"]) == {c["name"] for c in kept["text"]}
+
+    missing = httpx.delete(f"{embedded.url}/v1/classes/battery", timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "class_not_found"
+    for name in ("gas_cylinder", "hazard_0", "hazard_1", "hazard_2"):
+        assert httpx.delete(f"{embedded.url}/v1/classes/{name}", timeout=30).status_code == 200
+    assert classes(embedded)["text"] == []
+    last = post(embedded, frame, wait=True).json()["result"]
+    assert last["thresholds"]["text_classes"] == {} and "gas_cylinder" not in last["scores"]
+
+
+def test_workers_score_a_class_defined_through_the_api(redis_server, frame):
+    r = define(redis_server, GAS)
+    assert r.status_code == 201 and r.json()["slots"] is None, r.text  # each worker's bundle
+    deadline = time.monotonic() + 10  # a worker looks every 2 s
+    while True:
+        result = post(redis_server, frame, wait=True).json()["result"]
+        if result["thresholds"]["text_classes"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert result["thresholds"]["text_classes"] == {"gas_cylinder": 0.5}
+    assert "gas_cylinder" in result["scores"]
+    assert (
+        httpx.delete(f"{redis_server.url}/v1/classes/gas_cylinder", timeout=30).status_code == 200
+    )

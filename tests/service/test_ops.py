@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import time
+import uuid
 from collections import Counter
 
 import httpx
@@ -72,6 +73,9 @@ ROUTES = [
     ("GET", "/v1/admin/settings", "config"),
     ("PUT", "/v1/admin/settings", "config"),
     ("GET", "/v1/admin/settings/log", "config"),
+    ("GET", "/v1/classes", "config"),
+    ("POST", "/v1/classes", "config"),
+    ("DELETE", "/v1/classes/{name}", "config"),
     ("GET", "/dashboard", None),
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),
@@ -82,8 +86,23 @@ ROUTES = [
 WHO = [None, "unknown", "camera", "dashboard", "operator", "admin"]
 
 
+def call_classes(srv: Server, method: str, path: str, role: str | None) -> int:
+    """Define a class (a new name each time, removed again) or remove one (defined first)."""
+    url = f"{srv.url}/v1/classes"
+    if method == "DELETE":
+        body = {"name": "role_check", "prompts": ["a photo of a gas cylinder."]}
+        httpx.post(url, json=body, headers=auth("admin"))  # 409 when it is there already
+        return httpx.delete(f"{srv.url}{path}", headers=auth(role)).status_code
+    name = f"role_{uuid.uuid4().hex[:8]}"
+    r = httpx.post(url, json={"name": name, "prompts": ["a battery."]}, headers=auth(role))
+    httpx.delete(f"{url}/{name}", headers=auth("admin"))
+    return r.status_code
+
+
 def call(srv: Server, method: str, template: str, role: str | None, frame_id: str) -> int:
-    path = template.format(frame_id=frame_id, truck_id="TRK-KEYS")
+    path = template.format(frame_id=frame_id, truck_id="TRK-KEYS", name="role_check")
+    if path.startswith("/v1/classes") and method != "GET":
+        return call_classes(srv, method, path, role)
     if path.startswith("/v1/admin/bundles/") and method != "GET":
         body = {"name": "demo", "version": "v1", "share": 0.5}
         return httpx.request(method, f"{srv.url}{path}", json=body, headers=auth(role)).status_code

@@ -46,7 +46,13 @@ def test_a_truck_report_aggregates_its_frames():
     assert r["verdict"] == "inspect" and r["frames"] == 3
     assert (r["frames_failed"], r["frames_pending"]) == (1, 1)
     motor = r["classes"]["motor"]
-    assert motor == {"highest_score": 0.7, "frames": 2, "instances": 2, "area_px": 1800}
+    assert motor == {
+        "highest_score": 0.7,
+        "zero_shot": False,
+        "frames": 2,
+        "instances": 2,
+        "area_px": 1800,
+    }
     assert (
         r["classes"]["cable"]["frames"] == 1 and r["classes"]["spray_can"]["highest_score"] is None
     )
@@ -123,6 +129,7 @@ def test_the_unverified_instances_a_result_drops_count_nowhere():
     assert r["classes"]["motor"]["highest_score"] is None
     assert r["classes"]["cable"] == {
         "highest_score": 0.6,
+        "zero_shot": False,
         "frames": 1,
         "instances": 1,
         "area_px": 50,
@@ -133,3 +140,22 @@ def test_the_unverified_instances_a_result_drops_count_nowhere():
     # once the result has expired, the summary kept says no more than what counted
     r = truck_report("T1", [record(dropped.summary())])
     assert r["classes"]["motor"]["frames"] == 0 and r["evidence"][0]["description"] is None
+
+
+def test_a_class_defined_by_text_gets_its_own_figures_marked_zero_shot():
+    gas = {**inst("gas_cylinder", 0.9, 400), "zero_shot": True}
+    frames = [frame("a", [gas, inst("motor", 0.5, 100)], t=1), frame("b", [gas], t=2)]
+    r = truck_report("T1", frames)
+    assert r["verdict"] == "reject"
+    assert r["classes"]["gas_cylinder"] == {
+        "highest_score": 0.9,
+        "zero_shot": True,
+        "frames": 2,
+        "instances": 1,
+        "area_px": 400,
+    }
+    assert r["classes"]["motor"]["zero_shot"] is False
+    assert list(r["classes"])[:3] == ["motor", "cable", "spray_can"]
+    assert r["evidence"][0]["class"] == "gas_cylinder"
+    rows = list(csv.DictReader(io.StringIO(report_csv(reports.truck_report("T1", frames)))))
+    assert "gas_cylinder" in {row.get("class") for row in rows}

@@ -13,6 +13,7 @@ from service.stages import (
     find_instances,
     merge,
 )
+from service.zeroshot import TextRule
 
 CLASSES = ("normal", "motor", "cable", "spray_can")
 
@@ -190,6 +191,60 @@ def test_instances_under_the_min_score_are_not_reported():
     assert found.frame_scores["anomaly"] == pytest.approx(0.9)
     none = find_instances(merged, bed, CLASSES, InstanceRule(0.5, 10, 0.5, min_score=0.95))
     assert none.instances == [] and none.class_mask.max() == 0
+
+
+def test_text_classes_are_cut_at_their_own_thresholds_and_marked_zero_shot():
+    """A text class's map is cut like the learned ones (area rules, min score), at its own
+    threshold; its instances are zero-shot and its mask index follows the learned classes'."""
+    anomaly, classes = _two_regions()
+    h, w = anomaly.shape
+    bed = full_bed(h, w)
+    texts = np.zeros((2, h, w), np.float32)
+    texts[0, 220:260, 20:80] = 0.7  # gas_cylinder: 2400 px at 0.7
+    texts[0, 10:12, 10:12] = 0.99  # 4 px: under the minimum area
+    texts[1, 220:260, 300:380] = 0.55  # battery: under its threshold of 0.6
+    merged = Merged(anomaly, classes, bed.mask, 1, texts)
+    rule = TextRule(("gas_cylinder", "battery"), (0.5, 0.6), np.zeros((4, 2, 8), np.float32), 2)
+    found = find_instances(merged, bed, CLASSES, InstanceRule(0.5, 10, 0.5), rule)
+    assert [(i.class_name, i.zero_shot) for i in found.instances] == [
+        ("cable", False),
+        ("gas_cylinder", True),
+        ("motor", False),
+    ]
+    gas = found.instances[1]
+    assert gas.area == 2400 and gas.bbox == (20, 220, 60, 40) and gas.score == pytest.approx(0.7)
+    assert gas.class_scores == {"gas_cylinder": pytest.approx(0.7)}
+    assert gas.result().zero_shot is True and found.instances[0].result().zero_shot is False
+    assert (found.class_mask == 4).sum() == 2400 and (found.class_mask == 5).sum() == 0
+    assert found.frame_scores["gas_cylinder"] == pytest.approx(0.99)
+    assert found.frame_scores["battery"] == pytest.approx(0.55)
+    lower = TextRule(("gas_cylinder", "battery"), (0.5, 0.5), rule.text, 2)
+    found = find_instances(merged, bed, CLASSES, InstanceRule(0.5, 10, 0.5, min_score=0.65), lower)
+    assert [i.class_name for i in found.instances] == [
+        "cable",
+        "gas_cylinder",
+    ]  # motor 0.6, battery 0.55
+
+
+def test_text_class_maps_are_merged_like_the_learned_ones_and_zero_outside_the_bed():
+    h, w = 300, 500
+    frame = np.zeros((h, w, 3), np.uint8)
+    bed = bed_crop(frame, CameraBed(bed="polygon", polygon=[(0.1, 0.1), (0.9, 0.1), (0.5, 0.9)]))
+    tiles, _ = make_tiles(frame, bed.box, 128, 32, 16)
+    n, g = len(tiles), 16
+    anomaly = np.full((n, g, g), 0.3, np.float32)
+    classes = np.full((n, 4, g, g), 0.25, np.float32)
+    texts = np.stack([np.full((g, g), 0.8, np.float32), np.full((g, g), 0.1, np.float32)])
+    merged = merge(frame.shape, bed, tiles, anomaly, classes, 32, 0.0, 1, np.stack([texts] * n))
+    assert merged.zero_shot is not None and merged.zero_shot.shape == (2, h, w)
+    merged_cells = merged.anomaly > 0  # the bed's pixels within its box, as the anomaly map's
+    assert merged_cells.sum() > 0.99 * bed.mask.sum()
+    np.testing.assert_allclose(merged.zero_shot[0][merged_cells], 0.8, atol=1e-6)
+    np.testing.assert_allclose(merged.zero_shot[1][merged_cells], 0.1, atol=1e-6)
+    assert merged.zero_shot[:, ~bed.mask].max() == 0
+    plain = merge(frame.shape, bed, tiles, anomaly, classes, 32, 0.0, 1)
+    np.testing.assert_array_equal(plain.classes, merged.classes)
+    np.testing.assert_array_equal(plain.anomaly, merged.anomaly)
 
 
 def test_auto_bed_is_learned_with_a_bed_model_and_full_without():

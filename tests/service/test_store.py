@@ -282,6 +282,7 @@ def test_sqlite_retention_keeps_reports_longer_than_files(tmp_path):
         "class",
         "score",
         "area",
+        "zero_shot",
     }
     assert s.truck_report("T-5").frames == 1
     assert s.purge(60, 600, now=ended + 61) == 0  # done once
