@@ -1,7 +1,9 @@
 """scrapscan-eval: pixel-level evaluation of a trained checkpoint on labelled frames.
 
 With --winclip CONFIG instead of --checkpoint it evaluates the WinCLIP zero-shot
-baseline (training.winclip) with the CLIP that CONFIG's model section names.
+baseline (training.winclip) with the CLIP that CONFIG's model section names; with
+--iap-as CONFIG the IAP-AS zero-shot pipeline (training.iapas: image tags, prompts,
+Grounding DINO boxes, SAM masks), whose tags, prompts and size threshold the report keeps.
 
 The frames are cut into patches exactly as for training; the model's binary anomaly map
 is upsampled to the input size and smoothed with a Gaussian (sigma 4 by default, as the
@@ -38,7 +40,7 @@ from common.cli import command
 from common.imaging import INPUT_SIZE, normalize
 from common.overlay import draw_overlay
 from training.checkpoint import CheckpointError, load_trained
-from training.config import BinaryMode, ConfigError, load_config
+from training.config import BinaryMode, ConfigError, RunConfig, load_config
 from training.data import DataError, PatchSet, load_frames
 from training.distributed import pick_device
 from training.metrics import PixelMetricAccumulator
@@ -206,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate the WinCLIP zero-shot baseline with the CLIP of CONFIG's model section "
         "(configs/winclip.yaml: ViT-B-16-plus-240, laion400m_e31)",
     )
+    what.add_argument(
+        "--iap-as",
+        type=Path,
+        metavar="CONFIG",
+        help="evaluate the IAP-AS zero-shot pipeline (training/iapas.py: Grounding DINO, SAM "
+        "and a CLIP tagger from the local weights CONFIG names; configs/iap-as.yaml)",
+    )
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="labelled frames")
     p.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR")
     p.add_argument("--batch-size", type=int, default=8)
@@ -247,7 +256,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = pick_device(args.device)
     model: Scorer
     try:
-        if args.winclip is not None:
+        iapas = None
+        if args.iap_as is not None:
+            from training.iapas import IAPAS, load_iapas_config, normal_patches
+
+            iap_cfg = load_iapas_config(args.iap_as)  # every weights path, before any work
+            cfg = RunConfig(name=iap_cfg.name)
+            patches = PatchSet.for_config(load_frames(args.data), cfg)
+            iapas = IAPAS(iap_cfg, device)
+            iapas.prepare(normal_patches(patches, iap_cfg.tagger.normal_images, iap_cfg.seed))
+            model, mode = iapas, "iap-as"
+        elif args.winclip is not None:
             from training.winclip import WinCLIP
 
             cfg = load_config(args.winclip)
@@ -261,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             mode_arg = BinaryMode(args.binary_mode) if args.binary_mode else None
             trained, cfg = load_trained(args.checkpoint, device, mode_arg)
             model, mode = trained, trained.cfg.binary_mode.value
-        patches = PatchSet.for_config(load_frames(args.data), cfg)
+        if iapas is None:
+            patches = PatchSet.for_config(load_frames(args.data), cfg)
         start = time.perf_counter()
         ev = evaluate(model, patches, args.batch_size, args.sigma, device, args.overlays)
     except (CheckpointError, DataError, ConfigError, WeightsError) as err:
@@ -275,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
         "winclip": None if args.winclip is None else str(args.winclip),
+        "iap_as_config": None if args.iap_as is None else str(args.iap_as),
         "data": str(args.data),
         "patches": ev.patches,
         "sigma": args.sigma,
@@ -283,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "per_class_ap": {k: None if v is None else round(v, 6) for k, v in ev.per_class_ap.items()},
         "seconds": round(seconds, 2),
     }
+    if iapas is not None:
+        report["iap_as"] = iapas.describe()
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     _plot_curves(args.out, ev)
     _write_overlays(args.out, model, patches, ev, args.sigma, device)
