@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -344,6 +344,18 @@ def _tensorrt_file(bundle: Bundle) -> tuple[Path, int] | None:
     return None
 
 
+EngineFactory = Callable[[Bundle, str, int], Engine]
+"""Makes an engine for a bundle, a device and a thread count."""
+PLUGGED: dict[str, EngineFactory] = {}
+"""Engines a launcher plugs in before the service starts: `scrapscan-iap-as` (tools/) adds
+"iap-as", whose code (torch, transformers) the service itself never imports."""
+
+
+def plug_engine(kind: str, factory: EngineFactory) -> None:
+    """Serve `kind` (SCRAPSCAN_ENGINE) with `factory`, in this process."""
+    PLUGGED[kind] = factory
+
+
 def open_engine(
     bundle: Bundle,
     kind: str = "auto",
@@ -351,12 +363,19 @@ def open_engine(
     threads: int = 0,
     precision: str = "auto",
 ) -> Engine:
-    """The engine `kind` (auto | onnxruntime | openvino | torch | tensorrt) for `bundle`.
+    """The engine `kind` for `bundle`: auto, onnxruntime, openvino, torch, tensorrt, or one plugged.
 
     `precision`: which ONNX file ONNX Runtime loads (fp16 where the bundle has one, else
     fp32), and for OpenVINO the precision it runs at if parity holds ("auto": bf16 where
     the CPU has it).
     """
+    if kind in PLUGGED:
+        return PLUGGED[kind](bundle, device, threads)
+    if kind == "iap-as":
+        raise EngineError(
+            "engine iap-as is the zero-shot IAP-AS pipeline (torch and transformers): start "
+            "the service with scrapscan-iap-as serve (or worker) --config CONFIG --report REPORT"
+        )
     m = bundle.manifest
     feeds = Feeds(m.zero_shot)
     if kind in ("auto", "tensorrt") and device != "cpu":

@@ -151,9 +151,10 @@ class Settings(BaseSettings):
     objects: ObjectStoreSettings | None = None
     """With store redis: the bucket for uploads, masks and overlays (a 4K JPEG is 1 to 3 MB;
     a week of 8 cameras does not fit in Redis memory). None: Redis keeps them."""
-    engine: Literal["auto", "onnxruntime", "openvino", "tensorrt", "torch"] = "auto"
+    engine: Literal["auto", "onnxruntime", "openvino", "tensorrt", "torch", "iap-as"] = "auto"
     """auto: TensorRT or PyTorch on a GPU; on the CPU the faster of ONNX Runtime and
-    OpenVINO, timed at load."""
+    OpenVINO, timed at load. iap-as: the zero-shot IAP-AS pipeline in place of the bundle's
+    model, under `scrapscan-iap-as serve|worker` (tools/iapas_serve.py), which plugs it in."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """Which ONNX file the ONNX Runtime engine loads (fp16 pays on GPUs only; else fp32),
     and the precision OpenVINO runs at when it keeps parity with fp32 (auto: bf16 where

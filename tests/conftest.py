@@ -211,3 +211,128 @@ def region_checkpoint(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     argv = ["--config", str(folder / "region.yaml"), "--data", str(synth_dir)]
     assert main(["train", *argv, "--out", str(folder / "run"), "--max-steps", "4"]) == 0
     return folder / "run" / "checkpoint.pt"
+
+
+IAPAS_WORDS = [  # the tiny Grounding DINO's BERT vocabulary
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    ".",
+    "a",
+    "an",
+    "of",
+    "electric",
+    "motor",
+    "cable",
+    "wire",
+    "spray",
+    "aerosol",
+    "can",
+    "among",
+    "abnormal",
+    "object",
+    "defect",
+    "steel",
+    "plate",
+    "beam",
+    "rebar",
+    "scrap",
+    "metal",
+    "pipe",
+    "with",
+    "copper",
+    "windings",
+]
+
+
+@pytest.fixture(scope="session")
+def iapas_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random Grounding DINO and SAM, written as save_pretrained writes them."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SamConfig,
+        SamImageProcessor,
+        SamModel,
+        SamProcessor,
+        SwinConfig,
+    )
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("iapas")
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(IAPAS_WORDS))
+    dino = GroundingDinoForObjectDetection(
+        GroundingDinoConfig(
+            backbone_config=SwinConfig(
+                embed_dim=16,
+                depths=[1, 1, 1, 1],
+                num_heads=[1, 1, 1, 1],
+                window_size=7,
+                out_features=["stage2", "stage3", "stage4"],
+            ),
+            text_config=BertConfig(
+                vocab_size=len(IAPAS_WORDS),
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+            ),
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=2,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            num_queries=12,
+            encoder_n_points=2,
+            decoder_n_points=2,
+        )
+    )
+    processor = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessor(
+            size={"shortest_edge": 224, "longest_edge": 320}
+        ),
+        tokenizer=BertTokenizer(str(vocab)),
+    )
+    dino.save_pretrained(root / "dino")
+    processor.save_pretrained(root / "dino")
+    sam = SamModel(
+        SamConfig(
+            vision_config={
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "mlp_dim": 64,
+                "image_size": 256,
+                "patch_size": 16,
+                "output_channels": 16,
+                "global_attn_indexes": [0],
+                "window_size": 4,
+                "num_pos_feats": 8,
+            },
+            prompt_encoder_config={"hidden_size": 16, "image_size": 256, "patch_size": 16},
+            mask_decoder_config={
+                "hidden_size": 16,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "mlp_dim": 32,
+                "iou_head_hidden_dim": 16,
+            },
+        )
+    )
+    sam.save_pretrained(root / "sam")
+    SamProcessor(
+        image_processor=SamImageProcessor(
+            size={"longest_edge": 256}, pad_size={"height": 256, "width": 256}
+        )
+    ).save_pretrained(root / "sam")
+    return {"grounding_dino": root / "dino", "sam": root / "sam"}

@@ -276,6 +276,24 @@ class IAPAS:
         lines = [s.strip().lstrip("-*0123456789. ").strip() for s in text.splitlines()]
         return [s for s in lines if s][: llm.clauses]
 
+    def use_report(self, path: Path) -> None:
+        """Stage 1's outcome from a report of `scrapscan-eval --iap-as`: tags, prompts, size.
+
+        ValueError naming the file when it holds no IAP-AS run.
+        """
+        import json
+
+        try:
+            given = json.loads(path.read_text()).get("iap_as")
+        except (OSError, ValueError, AttributeError) as err:
+            raise ValueError(f"{path}: not a readable report.json ({err})") from None
+        if not isinstance(given, dict) or not {"tags", "prompts", "size_threshold"} <= set(given):
+            raise ValueError(f"{path}: no iap_as tags, prompts and size_threshold in it")
+        self.tags = [str(t) for t in given["tags"]]
+        self.prompts = {str(k): [str(v) for v in vs] for k, vs in given["prompts"].items()}
+        self.size_threshold = float(given["size_threshold"])
+        self.prompt_source = self.size_source = str(path)
+
     # --- stage 2: segmentation ------------------------------------------------------------
 
     def detect(self, image: npt.NDArray[np.uint8], phrases: list[str]) -> list[tuple[Any, float]]:

@@ -18,130 +18,6 @@ from training.evaluate import main
 
 pytestmark = pytest.mark.slow
 
-WORDS = [
-    "[PAD]",
-    "[UNK]",
-    "[CLS]",
-    "[SEP]",
-    "[MASK]",
-    ".",
-    "a",
-    "an",
-    "of",
-    "electric",
-    "motor",
-    "cable",
-    "wire",
-    "spray",
-    "aerosol",
-    "can",
-    "among",
-    "abnormal",
-    "object",
-    "defect",
-    "steel",
-    "plate",
-    "beam",
-    "rebar",
-    "scrap",
-    "metal",
-    "pipe",
-    "with",
-    "copper",
-    "windings",
-]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random Grounding DINO and SAM, written as save_pretrained writes them."""
-    import torch
-    from transformers import (
-        BertConfig,
-        BertTokenizer,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SamConfig,
-        SamImageProcessor,
-        SamModel,
-        SamProcessor,
-        SwinConfig,
-    )
-
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("iapas")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(WORDS))
-    dino = GroundingDinoForObjectDetection(
-        GroundingDinoConfig(
-            backbone_config=SwinConfig(
-                embed_dim=16,
-                depths=[1, 1, 1, 1],
-                num_heads=[1, 1, 1, 1],
-                window_size=7,
-                out_features=["stage2", "stage3", "stage4"],
-            ),
-            text_config=BertConfig(
-                vocab_size=len(WORDS),
-                hidden_size=32,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                intermediate_size=64,
-            ),
-            d_model=32,
-            encoder_layers=1,
-            decoder_layers=2,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-            num_queries=12,
-            encoder_n_points=2,
-            decoder_n_points=2,
-        )
-    )
-    processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(
-            size={"shortest_edge": 224, "longest_edge": 320}
-        ),
-        tokenizer=BertTokenizer(str(vocab)),
-    )
-    dino.save_pretrained(root / "dino")
-    processor.save_pretrained(root / "dino")
-    sam = SamModel(
-        SamConfig(
-            vision_config={
-                "hidden_size": 32,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "mlp_dim": 64,
-                "image_size": 256,
-                "patch_size": 16,
-                "output_channels": 16,
-                "global_attn_indexes": [0],
-                "window_size": 4,
-                "num_pos_feats": 8,
-            },
-            prompt_encoder_config={"hidden_size": 16, "image_size": 256, "patch_size": 16},
-            mask_decoder_config={
-                "hidden_size": 16,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "mlp_dim": 32,
-                "iou_head_hidden_dim": 16,
-            },
-        )
-    )
-    sam.save_pretrained(root / "sam")
-    SamProcessor(
-        image_processor=SamImageProcessor(
-            size={"longest_edge": 256}, pad_size={"height": 256, "width": 256}
-        )
-    ).save_pretrained(root / "sam")
-    return {"grounding_dino": root / "dino", "sam": root / "sam"}
-
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> Path:
@@ -196,7 +72,7 @@ class _LLM(BaseHTTPRequestHandler):
 
 
 def test_the_whole_pipeline_runs_and_its_report_can_be_repeated(
-    weights, tiny_config, frames, tmp_path, capsys, monkeypatch
+    iapas_weights, tiny_config, frames, tmp_path, capsys, monkeypatch
 ):
     server = HTTPServer(("127.0.0.1", 0), _LLM)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -208,7 +84,7 @@ def test_the_whole_pipeline_runs_and_its_report_can_be_repeated(
         "clauses": 2,
     }
     try:
-        cfg = config(tmp_path, weights, tiny_config, prompts={"llm": llm})
+        cfg = config(tmp_path, iapas_weights, tiny_config, prompts={"llm": llm})
         out = tmp_path / "report"
         assert main(["--iap-as", str(cfg), "--data", str(frames), "--out", str(out)]) == 0
     finally:
@@ -235,7 +111,7 @@ def test_the_whole_pipeline_runs_and_its_report_can_be_repeated(
 
     # the same prompts again, with no language model: from the report
     again = config(
-        tmp_path, weights, tiny_config, prompts={"from_report": str(out / "report.json")}
+        tmp_path, iapas_weights, tiny_config, prompts={"from_report": str(out / "report.json")}
     )
     out2 = tmp_path / "again"
     assert main(["--iap-as", str(again), "--data", str(frames), "--out", str(out2)]) == 0
@@ -255,9 +131,9 @@ def test_the_whole_pipeline_runs_and_its_report_can_be_repeated(
     ],
 )
 def test_a_wrong_config_is_named_before_any_work(
-    weights, tiny_config, frames, tmp_path, capsys, change, named
+    iapas_weights, tiny_config, frames, tmp_path, capsys, change, named
 ):
-    cfg = config(tmp_path, weights, tiny_config, **change)
+    cfg = config(tmp_path, iapas_weights, tiny_config, **change)
     out = tmp_path / "report"
     assert main(["--iap-as", str(cfg), "--data", str(frames), "--out", str(out)]) == 1
     err = capsys.readouterr().err
