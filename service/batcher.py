@@ -20,20 +20,36 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from service.engine import Array, Engine, EngineOutput
+from service.engine import Array
+
+Out = TypeVar("Out", bound=tuple[Any, ...])
+"""What a batch engine answers: a named tuple of arrays whose first axis is the batch's."""
+Out_co = TypeVar("Out_co", bound=tuple[Any, ...], covariant=True)
+
+
+class BatchEngine(Protocol[Out_co]):
+    """What the batcher needs of an engine (service.engine.Engine; the region encoder)."""
+
+    name: str
+    max_batch: int
+
+    def infer(self, images: Array, text: Array | None = None) -> Out_co:
+        """Run one batch."""
+        ...
 
 
 @dataclass(slots=True, eq=False)  # compared by identity
-class _Request:
+class _Request(Generic[Out]):
     inputs: Array
-    future: asyncio.Future[EngineOutput]
+    future: asyncio.Future[Out]
     arrived: float
     text: Array | None = None
     taken: int = 0
-    parts: list[tuple[int, EngineOutput]] = field(default_factory=list)
+    parts: list[tuple[int, Out]] = field(default_factory=list)
 
     @property
     def left(self) -> int:
@@ -53,12 +69,12 @@ class BatchRecord:
     """Per tile, seconds from its request's arrival to the batch's start."""
 
 
-class Batcher:
-    """Feeds an engine with batches of tiles from concurrent requests."""
+class Batcher(Generic[Out]):
+    """Feeds an engine with batches of tiles (or regions) from concurrent requests."""
 
     def __init__(
         self,
-        engine: Engine,
+        engine: BatchEngine[Out],
         max_batch: int,
         max_wait: float,
         on_batch: Callable[[BatchRecord], None] | None = None,
@@ -67,7 +83,7 @@ class Batcher:
         self.max_batch = max(1, min(max_batch, engine.max_batch))
         self.max_wait = max_wait
         self.on_batch = on_batch
-        self._pending: deque[_Request] = deque()
+        self._pending: deque[_Request[Out]] = deque()
         self._wake = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task[None] | None = None
@@ -99,23 +115,23 @@ class Batcher:
         """Tiles submitted and not yet in a batch."""
         return sum(r.left for r in self._pending)
 
-    async def infer(self, tiles: Array, text: Array | None = None) -> EngineOutput:
+    async def infer(self, tiles: Array, text: Array | None = None) -> Out:
         """The engine's outputs for `tiles` (N, 3, S, S), in order (`text`: Engine.infer's)."""
         if self._task is None:
             raise RuntimeError("the batcher is not started")
-        future: asyncio.Future[EngineOutput] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         if len(tiles) == 0:
             raise ValueError("no tiles to infer")
         self._pending.append(_Request(tiles, future, self._now(), text))
         self._wake.set()
         return await future
 
-    def _take(self) -> tuple[list[tuple[_Request, int]], list[float], Array | None]:
+    def _take(self) -> tuple[list[tuple[_Request[Out], int]], list[float], Array | None]:
         """Up to max_batch (request, tile index) pairs, round-robin over waiting requests.
 
         Only requests with the oldest waiting one's text; that text is returned too.
         """
-        picks: list[tuple[_Request, int]] = []
+        picks: list[tuple[_Request[Out], int]] = []
         active = [r for r in self._pending if r.left > 0]
         text = active[0].text if active else None
         active = [r for r in active if r.text is text]
@@ -175,12 +191,13 @@ class Batcher:
                 self.on_batch(BatchRecord(started, seconds, len(picks), owners, tuple(waited)))
             self._scatter(picks, out)
 
-    def _scatter(self, picks: list[tuple[_Request, int]], out: EngineOutput) -> None:
+    def _scatter(self, picks: list[tuple[_Request[Out], int]], out: Out) -> None:
+        kind = type(out)  # each request's share as the same named tuple
         for k, (r, i) in enumerate(picks):
-            r.parts.append((i, EngineOutput(*(o[k] for o in out))))
+            r.parts.append((i, kind(*(o[k] for o in out))))
         for r in {id(r): r for r, _ in picks}.values():
             if r.left == 0 and len(r.parts) == len(r.inputs) and not r.future.done():
                 r.parts.sort(key=lambda p: p[0])
                 fields = zip(*(p[1] for p in r.parts), strict=True)
-                r.future.set_result(EngineOutput(*(np.stack(f) for f in fields)))
+                r.future.set_result(kind(*(np.stack(f) for f in fields)))
                 self._pending.remove(r)

@@ -22,9 +22,10 @@ from common.inputs import make_tiles
 from common.overlay import TEXT_CLASS_COLOR_BGR, class_color, draw_overlay
 from service.batcher import Batcher
 from service.decode import decode
+from service.engine import EngineOutput
 from service.heatmap import MAPS, encode_maps
 from service.live import LiveSettings, SettingsChange
-from service.region import RegionCheck
+from service.region import Embeddings, RegionCheck
 from service.result import (
     BedUsed,
     FrameResult,
@@ -176,11 +177,13 @@ class Pipeline:
     """Turns a frame's bytes into its result, sharing the engine through the batcher."""
 
     bundle: Bundle
-    batcher: Batcher
+    batcher: Batcher[EngineOutput]
     settings: Settings
     bed_finder: BedFinder | None = None
     region: RegionCheck | None = None
     """The bundle's region encoder, when it has one: describes and checks instances."""
+    region_batcher: Batcher[Embeddings] | None = None
+    """Its batcher: the instances of the frames in flight share its batches."""
     text_tower: TextTower | None = None
     """The bundle's text tower, when it has one: encodes the classes defined by text."""
     sigma: float = field(init=False)
@@ -253,6 +256,12 @@ class Pipeline:
         """Apply a version of the live settings to the frames that start from now on."""
         self.rules = self.rules_for(live)
 
+    async def stop(self) -> None:
+        """Stop the batchers (frames still waiting on them get a RuntimeError)."""
+        await self.batcher.stop()
+        if self.region_batcher is not None:
+            await self.region_batcher.stop()
+
     @property
     def rule(self) -> InstanceRule:
         """The instance rule in force."""
@@ -311,8 +320,10 @@ class Pipeline:
         frame, bed, findings, timer = a.frame, a.bed, a.findings, a.timer
         instances = [i.result() for i in findings.instances]
         region = self.region.info if self.region is not None else None
-        if self.region is not None and instances:
-            said = await asyncio.to_thread(self.region.describe, frame, findings.instances)
+        if self.region is not None and self.region_batcher is not None and instances:
+            crops = await asyncio.to_thread(self.region.inputs, frame, findings.instances)
+            embedded = await self.region_batcher.infer(crops)
+            said = self.region.said(self.region.against_texts(embedded.embedding))
             instances = [
                 i.model_copy(update=dataclasses.asdict(d))
                 for i, d in zip(instances, said, strict=True)

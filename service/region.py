@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -118,13 +118,29 @@ class Described:
     """Verification at or over the bundle's margin; None when the bundle sets none."""
 
 
-class RegionCheck:
-    """The bundle's region encoder, ready to describe regions of a decoded frame."""
+class Embeddings(NamedTuple):
+    """What the region encoder answers for a batch of regions."""
 
-    def __init__(self, bundle: Bundle, device: str = "auto", threads: int = 0) -> None:
+    embedding: npt.NDArray[np.float32]
+    """(N, D), L2-normalised."""
+
+
+class RegionCheck:
+    """The bundle's region encoder, ready to describe regions of a decoded frame.
+
+    It is also an engine for a Batcher (`infer`), so that the instances of frames in flight
+    share its batches as their tiles share the model's.
+    """
+
+    name = "region"
+
+    def __init__(
+        self, bundle: Bundle, device: str = "auto", threads: int = 0, max_batch: int = 32
+    ) -> None:
         info = bundle.manifest.region
         assert info is not None, "a bundle with a region encoder"
         self.info: RegionInfo = info
+        self.max_batch = max_batch
         self.session = ort_session(bundle.path(info.file), device, threads)
         self.texts = np.asarray(info.embeddings, np.float32)
         self.classes = [d.class_name for d in info.descriptions]
@@ -145,17 +161,26 @@ class RegionCheck:
             out[k, 3] = alpha.astype(np.float32) / 255
         return out
 
+    def infer(
+        self, regions: npt.NDArray[np.float32], text: npt.NDArray[np.float32] | None = None
+    ) -> Embeddings:
+        """The embeddings of (N, 4, S, S) `inputs` (`text` is the batcher's; unused)."""
+        return Embeddings(np.asarray(self.session.run(None, {"region": regions})[0], np.float32))
+
     def similarities(
         self, frame_bgr: npt.NDArray[np.uint8], regions: Sequence[Outlined]
     ) -> npt.NDArray[np.float32]:
         """(N, descriptions) cosine similarity of each region to each description."""
-        embedding = self.session.run(None, {"region": self.inputs(frame_bgr, regions)})[0]
-        return np.asarray(np.asarray(embedding, np.float32) @ self.texts.T, np.float32)
+        return self.against_texts(self.infer(self.inputs(frame_bgr, regions)).embedding)
+
+    def against_texts(self, embedding: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """(N, descriptions) cosine similarity of (N, D) embeddings to each description."""
+        return np.asarray(embedding @ self.texts.T, np.float32)
 
     def rank(self, frame_bgr: npt.NDArray[np.uint8], region: Outlined) -> Description:
         """One region's nearest descriptions and its verification (a describe request)."""
         all_sims = self.similarities(frame_bgr, [region])
-        (said,) = self._said(all_sims)
+        (said,) = self.said(all_sims)
         sims = all_sims[0]
         order = np.argsort(-sims)[:TOP]
         return Description(
@@ -178,9 +203,10 @@ class RegionCheck:
         """Each region's best description, its class and its verification."""
         if not regions:
             return []
-        return self._said(self.similarities(frame_bgr, regions))
+        return self.said(self.similarities(frame_bgr, regions))
 
-    def _said(self, sims: npt.NDArray[np.float32]) -> list[Described]:
+    def said(self, sims: npt.NDArray[np.float32]) -> list[Described]:
+        """Per region (a row of `against_texts`), what the encoder says of it."""
         margin = sims[:, ~self.normal].max(axis=1) - sims[:, self.normal].max(axis=1)
         best = sims.argmax(axis=1)
         least = self.info.verify_margin

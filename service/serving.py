@@ -26,6 +26,7 @@ from service.live import SETTINGS_POLL_S, SettingsChange
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.queue import FrameQueue
+from service.region import Embeddings, RegionCheck
 from service.settings import Settings
 from service.store import Store
 from service.zeroshot import TextTower
@@ -62,7 +63,7 @@ async def open_pipeline(
 
     The bundle at `path`, by default `bundle_path(s)`. Its bed model is loaded when a
     camera's bed is "learned", or "auto" and the bundle has one. The caller stops
-    `pipeline.batcher` when done.
+    `pipeline.stop()` when done (its batchers).
     """
     path = bundle_path(s) if path is None else path
     bundle = await asyncio.to_thread(load_bundle, path, True, True)
@@ -87,15 +88,19 @@ async def open_pipeline(
         from service.bedmodel import LearnedBed
 
         finder = LearnedBed(bundle)
-    region = None
+    region: RegionCheck | None = None
+    region_batcher: Batcher[Embeddings] | None = None
     if bundle.manifest.region is not None:
-        from service.region import RegionCheck
-
-        region = await asyncio.to_thread(RegionCheck, bundle, s.device, s.threads)
+        region = await asyncio.to_thread(
+            RegionCheck, bundle, s.device, s.threads, s.batch.max_batch
+        )
+        # no wait for a batch to fill: the regions that come while it runs form the next one
+        region_batcher = Batcher(region, s.batch.max_batch, 0.0)
+        region_batcher.start()
     tower = None
     if bundle.manifest.zero_shot is not None:
         tower = await asyncio.to_thread(TextTower, bundle, s.threads)
-    return Pipeline(bundle, batcher, s, finder, region, tower)
+    return Pipeline(bundle, batcher, s, finder, region, region_batcher, tower)
 
 
 class Models:
@@ -136,7 +141,7 @@ class Models:
     async def stop(self) -> None:
         """Stop the engines (the frames on them have ended)."""
         if self.pipeline is not None:
-            await self.pipeline.batcher.stop()
+            await self.pipeline.stop()
         await self._drop_shadow()
 
     @contextlib.contextmanager
@@ -204,7 +209,7 @@ class Models:
     async def _drop_shadow(self) -> None:
         old, self.shadow = self.shadow, None
         if old is not None:  # a frame it scores now fails its shadow scoring only
-            await old.batcher.stop()
+            await old.stop()
             log.info("candidate %s no longer in shadow", old.bundle)
 
     async def _swap_to(self, path: Path) -> Pipeline:
@@ -216,7 +221,7 @@ class Models:
         if busy:
             await asyncio.wait(busy)
         if old is not None:
-            await old.batcher.stop()
+            await old.stop()
         return new
 
     async def _follow(self) -> None:

@@ -149,7 +149,7 @@ async def _run(
         seen = await run_frames(pipeline, records, trucks)
         return pipeline, seen, time.perf_counter() - start
     finally:
-        await pipeline.batcher.stop()
+        await pipeline.stop()
 
 
 def served_main(argv: Sequence[str]) -> int:

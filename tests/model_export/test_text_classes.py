@@ -152,7 +152,7 @@ def test_a_served_text_class_map_equals_pytorchs_on_the_same_frame(bundle, model
             scored = await pipeline.analyse(data.tobytes(), "crane-1")
             return pipeline, plain, scored
         finally:
-            await pipeline.batcher.stop()
+            await pipeline.stop()
 
     pipeline, plain, scored = asyncio.run(run())
     np.testing.assert_array_equal(plain.merged.anomaly, scored.merged.anomaly)

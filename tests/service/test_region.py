@@ -186,3 +186,54 @@ def test_scaled_out_a_worker_describes_and_a_silent_one_times_out(
     finally:
         worker.stop()
         api.stop()
+
+
+def test_the_instances_of_frames_in_flight_share_the_region_encoders_batches():
+    """The demo bundle's region encoder behind its batcher: the instances of three frames
+    processed at once (their tiles in one engine batch; the encoder held 0.5 s a call, so
+    that regions pile up as under load) go through it in shared batches, and each instance
+    is told what the encoder says of it alone (the per-frame path's answer)."""
+    import asyncio
+
+    import cv2
+    import numpy as np
+
+    from service.serving import open_pipeline
+    from service.settings import BatchSettings, Settings
+
+    settings = Settings(
+        bundle=REPO / "models" / "demo", batch=BatchSettings(max_batch=64, max_wait_ms=1500)
+    )
+    frames = [render_frame(4, i, 1280, 720, cover=0).image for i in (2, 5, 6)]  # with finds
+    uploads = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
+
+    async def run():
+        pipeline = await open_pipeline(settings)
+        records = []
+        pipeline.region_batcher.on_batch = records.append
+        encode = pipeline.region.infer
+
+        def slow(regions, text=None):  # the regions that come meanwhile form the next batch
+            time.sleep(0.5)
+            return encode(regions, text)
+
+        pipeline.region.infer = slow
+        try:
+            done = await asyncio.gather(*(pipeline.process(u, "crane-1") for u in uploads))
+            alone = []
+            for u in uploads:  # the same frames through the encoder one frame at a time
+                a = await pipeline.analyse(u, "crane-1")
+                alone.append(pipeline.region.describe(a.frame, a.findings.instances))
+            return done, alone, records
+        finally:
+            await pipeline.stop()
+
+    done, alone, records = asyncio.run(run())
+    counts = [len(p.result.instances) for p in done]
+    assert sum(counts) == sum(r.size for r in records) and sum(c > 0 for c in counts) >= 2
+    assert any(len(set(r.owners)) >= 2 for r in records)  # instances of two frames at once
+    for processed, said in zip(done, alone, strict=True):
+        got = [(i.description, i.verification) for i in processed.result.instances]
+        want = [(d.description, d.verification) for d in said]
+        assert [g[0] for g in got] == [w[0] for w in want]
+        np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], atol=1e-4)

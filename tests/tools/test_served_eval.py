@@ -233,7 +233,7 @@ def test_the_cli_runs_the_service_pipeline_and_calibrates(synth_dir, tmp_path, c
                 rows.append((await pipeline.process(data, "any")).result)
             return rows
         finally:
-            await pipeline.batcher.stop()
+            await pipeline.stop()
 
     plain = tmp_path / "plain"
     assert main(["--bundle", str(DEMO), "--data", str(synth_dir), "--out", str(plain)]) == 0
