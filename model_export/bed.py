@@ -15,7 +15,7 @@ import torch
 from common.bundle import MANIFEST, BedModelInfo, Bundle, BundleError, load_bundle
 from model_export import ExportError
 from model_export.onnx_export import export_onnx
-from model_export.parity import ParityError
+from model_export.parity import ParityError, single_output
 
 BED_FILE = "bed.onnx"
 
@@ -34,13 +34,7 @@ def export_bed_model(path: Path, out: Path) -> dict[str, Any]:
     h, w = BED_INPUT
     export_onnx(graph, out, (3, h, w), 16, output_names=("bed_probs",))
     x = np.stack([bed_input(render_frame(7, i, 768, 432).image) for i in range(4)])
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"images": x})[0]
-    with torch.no_grad():
-        ref = graph(torch.from_numpy(x)).numpy()
-    diff = float(np.abs(got - ref).max())
+    got, ref, diff = single_output(out, graph, "images", x)
     agree = float(((got > 0.5) == (ref > 0.5)).mean())
     if diff > 1e-4 or agree < 0.999:
         raise ParityError(f"{out.name}: max abs difference {diff:.2e}, mask agreement {agree:.4%}")

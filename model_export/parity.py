@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -117,6 +118,23 @@ def onnx_runner(path: Path, text: npt.NDArray[np.float32] | None = None) -> Runn
         return tuple(np.asarray(o) for o in session.run(outputs, {"images": x, **extra}))
 
     return run
+
+
+def single_output(
+    path: Path, module: torch.nn.Module, name: str, x: npt.NDArray[Any]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], float]:
+    """A one-input, one-output ONNX file (bed, region, text) against its PyTorch module.
+
+    Returns ONNX Runtime's answer for `x` (fed as input `name`), PyTorch's, and their
+    largest absolute difference.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = np.asarray(session.run(None, {name: x})[0], np.float32)
+    with torch.no_grad():
+        ref = np.asarray(module(torch.from_numpy(x)).numpy(), np.float32)
+    return got, ref, float(np.abs(got - ref).max())
 
 
 def compare(reference: Runner, candidate: Runner, inputs: npt.NDArray[np.float32]) -> Parity:

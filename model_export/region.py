@@ -16,6 +16,7 @@ import torch
 
 from common.regions import cut_region
 from model_export.onnx_export import export_onnx
+from model_export.parity import single_output
 
 REGION_FILE = "region.onnx"
 PARITY_LIMIT = 1e-4
@@ -58,8 +59,6 @@ def export_region_encoder(checkpoint: Path, out: Path, max_batch: int) -> dict[s
 
     Raises ValueError (not a checkpoint, or parity over PARITY_LIMIT) naming the file.
     """
-    import onnxruntime as ort
-
     from training.model import WeightsError
     from training.region.describe import load_descriptions
     from training.region.train import load_encoder
@@ -80,11 +79,7 @@ def export_region_encoder(checkpoint: Path, out: Path, max_batch: int) -> dict[s
         output_names=("embedding",),
     )
     x = region_inputs(m.input_size, m.context, m.min_crop)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"region": x})[0]
-    with torch.no_grad():
-        ref = graph(torch.from_numpy(x)).numpy()
-    diff = float(np.abs(got - ref).max())
+    _, _, diff = single_output(out, graph, "region", x)
     if diff > PARITY_LIMIT:
         raise ValueError(f"{out.name}: max abs difference {diff:.2e} against PyTorch")
     from common.classes import CLASS_NAMES

@@ -18,6 +18,7 @@ import open_clip
 import torch
 
 from model_export.onnx_export import export_onnx
+from model_export.parity import single_output
 
 TEXT_FILE = "text.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -90,8 +91,6 @@ def export_text_tower(
 
     Raises ValueError when the tokenizer or the ONNX file do not agree with PyTorch.
     """
-    import onnxruntime as ort
-
     context = int(text_encoder.positional_embedding.shape[0])
     write_tokenizer(work / TOKENIZER_FILE)
     ids = tokenize(work / TOKENIZER_FILE, list(CHECK_PROMPTS), context)
@@ -109,11 +108,7 @@ def export_text_tower(
         output_names=("features",),
         example=torch.from_numpy(ids[:2]),
     )
-    session = ort.InferenceSession(str(work / TEXT_FILE), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"tokens": ids})[0]
-    with torch.no_grad():
-        ref = graph(torch.from_numpy(ids)).numpy()
-    diff = float(np.abs(got - ref).max())
+    _, ref, diff = single_output(work / TEXT_FILE, graph, "tokens", ids)
     if diff > PARITY_LIMIT:
         raise ValueError(f"{TEXT_FILE}: max abs difference {diff:.2e} against PyTorch")
     return {

@@ -6,7 +6,8 @@
     OUT/feedback.json               every feedback item exported, as given (the audit trail)
 
 What each judgement becomes (the latest judgement of an instance counts):
-- confirmed: its region, with the class the service gave;
+- confirmed: its region, with the class the service gave; for a class defined by text
+  (no category of the training data yet) its box is 255 and listed under `to_label`;
 - other_class: its region, with the class the operator gave;
 - false_alarm: nothing; its pixels stay normal (0), what the model must learn;
 - missed: its box is 255 (not known pixel by pixel) and the image entry lists it under
@@ -71,7 +72,7 @@ def _frame_labels(
     mask = np.zeros((h, w), np.uint8)
     judged = latest_labels(items)
     annotations: list[dict[str, Any]] = []
-    text_classes: list[dict[str, Any]] = []
+    to_label: list[dict[str, Any]] = []
     # unjudged regions first, so that a judged region drawn over them wins
     order = sorted(range(len(result.instances)), key=lambda i: i in judged)
     for i in order:
@@ -87,7 +88,7 @@ def _frame_labels(
             assert name is not None
             if name not in CLASS_NAMES:  # defined by text: no category in the data yet
                 mask[region] = IGNORE_INDEX
-                text_classes.append({"box": list(inst.bbox), "class": name, "by": item.by})
+                to_label.append({"box": list(inst.bbox), "class": name, "by": item.by})
                 continue
             k = CLASS_NAMES.index(name)
             mask[region] = k
@@ -104,7 +105,6 @@ def _frame_labels(
                     "feedback": item.label,
                 }
             )
-    to_label = text_classes
     for item in items:
         if item.label == "missed" and item.box is not None:
             x, y, bw, bh = item.box

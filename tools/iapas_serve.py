@@ -32,7 +32,7 @@ from common.bundle import Bundle
 from common.cli import command
 from service.engine import Array, EngineOutput, plug_engine
 from training.config import ConfigError
-from training.iapas import IAPAS, IAPASConfig, load_iapas_config
+from training.iapas import IAPAS, IAPASConfig, load_iapas_config, read_stage_one
 from training.model import WeightsError
 
 
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     try:
         cfg = load_iapas_config(args.config)
-        IAPAS.__new__(IAPAS).use_report(args.report)  # the report read before any model
+        read_stage_one(args.report)  # the report read before any model is loaded
     except (ConfigError, WeightsError, ValueError) as err:
         print(f"scrapscan-iap-as: {err}", file=sys.stderr)
         return 1

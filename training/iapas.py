@@ -37,6 +37,7 @@ import random
 from pathlib import Path
 from typing import Annotated, Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 import open_clip
@@ -215,8 +216,6 @@ class IAPAS:
         with torch.no_grad():
             text = torch.nn.functional.normalize(clip.encode_text(tokens), dim=-1)
             for image in images:
-                import cv2
-
                 small = np.asarray(
                     cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), np.uint8
                 )
@@ -230,12 +229,7 @@ class IAPAS:
         """Step 1-3: per class, its prompts (and "anomaly": the fixed ones); and their source."""
         p = self.cfg.prompts
         if p.from_report is not None:
-            import json
-
-            given = json.loads(p.from_report.read_text()).get("iap_as", {}).get("prompts")
-            if not isinstance(given, dict) or not given:
-                raise ValueError(f"{p.from_report}: no iap_as.prompts to reuse")
-            return {str(k): [str(v) for v in vs] for k, vs in given.items()}, str(p.from_report)
+            return read_stage_one(p.from_report)[1], str(p.from_report)
         out: dict[str, list[str]] = {}
         for name in ANOMALY_CLASSES:
             things = p.classes.get(name, (name.replace("_", " "),))
@@ -277,21 +271,8 @@ class IAPAS:
         return [s for s in lines if s][: llm.clauses]
 
     def use_report(self, path: Path) -> None:
-        """Stage 1's outcome from a report of `scrapscan-eval --iap-as`: tags, prompts, size.
-
-        ValueError naming the file when it holds no IAP-AS run.
-        """
-        import json
-
-        try:
-            given = json.loads(path.read_text()).get("iap_as")
-        except (OSError, ValueError, AttributeError) as err:
-            raise ValueError(f"{path}: not a readable report.json ({err})") from None
-        if not isinstance(given, dict) or not {"tags", "prompts", "size_threshold"} <= set(given):
-            raise ValueError(f"{path}: no iap_as tags, prompts and size_threshold in it")
-        self.tags = [str(t) for t in given["tags"]]
-        self.prompts = {str(k): [str(v) for v in vs] for k, vs in given["prompts"].items()}
-        self.size_threshold = float(given["size_threshold"])
+        """Stage 1's outcome from a report of `scrapscan-eval --iap-as` (read_stage_one)."""
+        self.tags, self.prompts, self.size_threshold = read_stage_one(path)
         self.prompt_source = self.size_source = str(path)
 
     # --- stage 2: segmentation ------------------------------------------------------------
@@ -387,6 +368,23 @@ class IAPAS:
             "thresholds": c.thresholds.model_dump(mode="json"),
             "seed": c.seed,
         }
+
+
+def read_stage_one(path: Path) -> tuple[list[str], dict[str, list[str]], float]:
+    """The tags, prompts and size threshold a `scrapscan-eval --iap-as` report keeps.
+
+    ValueError naming the file when it cannot be read or holds no IAP-AS run.
+    """
+    import json
+
+    try:
+        given = json.loads(path.read_text()).get("iap_as")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: not a readable report.json ({err})") from None
+    if not isinstance(given, dict) or not {"tags", "prompts", "size_threshold"} <= set(given):
+        raise ValueError(f"{path}: no iap_as tags, prompts and size_threshold in it")
+    prompts = {str(k): [str(v) for v in vs] for k, vs in dict(given["prompts"]).items()}
+    return [str(t) for t in given["tags"]], prompts, float(given["size_threshold"])
 
 
 def normal_patches(patches: Any, count: int, seed: int) -> list[npt.NDArray[np.uint8]]:

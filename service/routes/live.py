@@ -78,19 +78,23 @@ class TextClasses(BaseModel):
     settings_version: int | None = Field(None, description="the live settings' version")
 
 
-async def _classes(svc: Service) -> tuple[TextClasses, LiveSettings]:
-    current = await asyncio.to_thread(svc.store.live_settings)
-    settings = current.settings if current is not None else LiveSettings()
+def _listed(svc: Service, change: SettingsChange | None) -> TextClasses:
+    """The classes as a version of the live settings (None: none set) defines them."""
     pipeline = svc.runner.models.pipeline if svc.runner is not None else None
     zero_shot = pipeline.bundle.manifest.zero_shot if pipeline is not None else None
-    listed = TextClasses(
+    return TextClasses(
         learned=list(pipeline.classes[1:] if pipeline is not None else ANOMALY_CLASSES),
-        text=list(settings.text_classes or ()),
+        text=list(change.settings.text_classes or ()) if change is not None else [],
         limit=svc.settings.max_text_classes,
         slots=None if pipeline is None else zero_shot.slots if zero_shot is not None else 0,
-        settings_version=None if current is None else current.version,
+        settings_version=None if change is None else change.version,
     )
-    return listed, settings
+
+
+async def _current(svc: Service) -> tuple[TextClasses, LiveSettings]:
+    """The classes in force, and the live settings they are part of."""
+    change = await asyncio.to_thread(svc.store.live_settings)
+    return _listed(svc, change), change.settings if change is not None else LiveSettings()
 
 
 _CLASS_ERRORS = responses(*CHANGE)
@@ -99,7 +103,7 @@ _CLASS_ERRORS = responses(*CHANGE)
 @router.get("/v1/classes", response_model=TextClasses, responses=responses(*LIST))
 async def list_classes(svc: ServiceDep) -> TextClasses:
     """The learned classes and the classes defined by text, with how many may be defined."""
-    return (await _classes(svc))[0]
+    return (await _current(svc))[0]
 
 
 @router.post("/v1/classes", status_code=201, response_model=TextClasses, responses=_CLASS_ERRORS)
@@ -112,11 +116,10 @@ async def add_class(svc: ServiceDep, given: TextClass, by: Admin) -> TextClasses
     it within seconds. With the demo model's random weights such a class cannot be
     accurate (README, "Classes defined by text").
     """
-    listed, settings = await _classes(svc)
+    listed, settings = await _current(svc)
     text = (*listed.text, given)
     await _check_classes(svc, text)
-    await _save(svc, settings.model_copy(update={"text_classes": text}), by)
-    return (await _classes(svc))[0]
+    return _listed(svc, await _save(svc, settings.model_copy(update={"text_classes": text}), by))
 
 
 async def _check_classes(svc: Service, classes: tuple[TextClass, ...]) -> None:
@@ -157,12 +160,11 @@ async def _check_classes(svc: Service, classes: tuple[TextClass, ...]) -> None:
 @router.delete("/v1/classes/{name}", response_model=TextClasses, responses=_CLASS_ERRORS)
 async def remove_class(svc: ServiceDep, name: str, by: Admin) -> TextClasses:
     """Stop scoring a class defined by text (frames already scored keep their instances)."""
-    listed, settings = await _classes(svc)
+    listed, settings = await _current(svc)
     kept = tuple(c for c in listed.text if c.name != name)
     if len(kept) == len(listed.text):
         raise NotFound("class_not_found", f"no class defined by text is named {name}")
-    await _save(svc, settings.model_copy(update={"text_classes": kept}), by)
-    return (await _classes(svc))[0]
+    return _listed(svc, await _save(svc, settings.model_copy(update={"text_classes": kept}), by))
 
 
 LogLength = Annotated[int, Query(ge=1, le=1000, description="the latest this many")]
