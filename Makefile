@@ -48,9 +48,10 @@ test: lint unit
 # Rebuild the committed demo bundle (hours on 2 cores; models/README.md): train the tiny
 # config on 600 plain-view synthetic frames (benchmarks/train_tiny.sh; DEMO_RESUME=1
 # continues it after an interruption), train the bed cropper, export with the pixel
-# threshold of the validation frames' patch report, choose the thresholds on 48
-# validation frames (seeds 220 plain view and 230 default cover) and export again with
-# them. The script's own report is on its test frames, which choose nothing.
+# threshold of the validation frames' patch report, choose the thresholds on 144
+# validation frames (24 + 48 in plain view, seeds 220 and 240; 24 + 48 under the default
+# cover, seeds 230 and 250) and export again with them. The script's own report is on
+# its test frames, which choose nothing.
 DEMO_EPOCHS ?= 12
 DEMO_RESUME ?= 0
 EXPORT := $(PY) -m model_export --checkpoint $(DEMO_WORK)/run/checkpoint.pt \
@@ -64,11 +65,16 @@ demo-bundle: $(VENV)/.dev
 		--out $(DEMO_WORK)/val_plain --frames 24 --seed 220 --cover 0 --workers 2
 	test -f $(DEMO_WORK)/val_cover/annotations.json || $(PY) -m training.synth \
 		--out $(DEMO_WORK)/val_cover --frames 24 --seed 230 --workers 2
+	test -f $(DEMO_WORK)/val2_plain/annotations.json || $(PY) -m training.synth \
+		--out $(DEMO_WORK)/val2_plain --frames 48 --seed 240 --cover 0 --workers 2
+	test -f $(DEMO_WORK)/val2_cover/annotations.json || $(PY) -m training.synth \
+		--out $(DEMO_WORK)/val2_cover --frames 48 --seed 250 --workers 2
 	$(PY) -m training.evaluate --checkpoint $(DEMO_WORK)/run/checkpoint.pt \
 		--data $(DEMO_WORK)/val_plain --out $(DEMO_WORK)/val_report --overwrite
 	$(EXPORT) --out $(DEMO_WORK)/uncalibrated --no-torch-export
 	$(PY) -m tools.evaluate --bundle $(DEMO_WORK)/uncalibrated --overwrite --calibrate \
-		--data $(DEMO_WORK)/val_plain $(DEMO_WORK)/val_cover --out $(DEMO_WORK)/calibration
+		--data $(DEMO_WORK)/val_plain $(DEMO_WORK)/val_cover $(DEMO_WORK)/val2_plain \
+		$(DEMO_WORK)/val2_cover --out $(DEMO_WORK)/calibration
 	$(EXPORT) --out models/demo --version tiny-$$(date -u +%Y%m%d) \
 		--thresholds $(DEMO_WORK)/calibration/thresholds.json
 

@@ -4,12 +4,18 @@ The served path runs once per frame (tools.served_eval.run_frames); every choice
 re-reads the kept maps under another rule:
 
 1. Per-class pixel thresholds: coordinate ascent on the served instances' F1 (the
-   evaluation's matching rule), each class's threshold over a grid with the others fixed,
-   two passes, from the bundle's own threshold for all.
+   evaluation's matching rule) at its best minimum score, each class's threshold over a
+   grid with the others fixed, two passes, from the bundle's own threshold for all, with
+   no area limit yet. The F1 is taken at the best cut of the instances' scores because
+   the minimum score of step 3 cuts them anyway: judged with every candidate served, a
+   rule that proposes fewer regions wins even when its best regions are worse (on the
+   demo bundle's validation frames that kept the minimum area at 817 px and the
+   held-out recall at 0.35; BENCHMARKS.md).
 2. The minimum instance area, from the sizes of the true contaminants and of the false
    regions (the size filter of IAP-AS, fitted to data rather than a constant): every area
    at which a false region could be cut is tried (and the bundle's own), no higher than
-   the median true contaminant's area, and the one of best F1 kept.
+   the median true contaminant's area, and the one of best F1 (again at the best score
+   cut) kept, the smaller on a tie.
 3. The frame decisions: the frame score is the highest instance score, and two scores
    cut it. The minimum score (below it a frame is clean and its instances are not
    reported) depends on the frame rule:
@@ -34,7 +40,7 @@ re-reads the kept maps under another rule:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -75,6 +81,44 @@ def _f1(
     return float(count(seen, outcomes, classes, min_score).figures()["f1"])
 
 
+def _cuts(found: Sequence[tuple[float, bool]]) -> Iterator[tuple[float, int, int]]:
+    """Each cut of the scores of `found` (score, true or not), highest first.
+
+    Yields the lowest score kept, how many are kept and how many of those are true. A cut
+    never splits a tie.
+    """
+    ranked = sorted(found, key=lambda f: -f[0])
+    right = 0
+    for n, (score, ok) in enumerate(ranked, start=1):
+        right += ok
+        if n == len(ranked) or ranked[n][0] != score:
+            yield score, n, right
+
+
+def _best_f1(found: Sequence[tuple[float, bool]], n_true: int) -> float:
+    """The highest instance F1 over the cuts of the scores of `found` (score, true or not)."""
+    return max((2 * right / (n_true + n) for _, n, right in _cuts(found)), default=0.0)
+
+
+def _candidates(
+    seen: Sequence[Seen], rule: InstanceRule, classes: tuple[str, ...], iou: float
+) -> list[tuple[float, bool, int]]:
+    """Every candidate instance of `rule` (minimum score aside): score, found, area."""
+    return [
+        (inst.score, t is not None, inst.area)
+        for s in seen
+        for o in (outcome(s, rule, classes, iou),)
+        for inst, t in zip(o.candidates, o.matched, strict=True)
+    ]
+
+
+def _cut_f1(
+    seen: Sequence[Seen], rule: InstanceRule, classes: tuple[str, ...], iou: float, n_true: int
+) -> float:
+    """`rule`'s instance F1 at its best minimum score."""
+    return _best_f1([(sc, ok) for sc, ok, _ in _candidates(seen, rule, classes, iou)], n_true)
+
+
 def _lowest_above(scores: Sequence[float], allowed: int) -> float:
     """The lowest threshold at which at most `allowed` of `scores` are at or over it."""
     ranked = sorted(scores, reverse=True)
@@ -85,14 +129,9 @@ def _lowest_above(scores: Sequence[float], allowed: int) -> float:
 
 def _precise_from(found: Sequence[tuple[float, bool]], precision: float) -> float:
     """The lowest score from which the instances (score, true or not) reach `precision`."""
-    ranked = sorted(found, key=lambda f: -f[0])
-    best, right = 1.0, 0
-    for n, (score, ok) in enumerate(ranked, start=1):
-        right += ok
-        tied = n < len(ranked) and ranked[n][0] == score  # a cut cannot split a tie
-        if not tied and right / n >= precision:
-            best = score
-    return float(best)
+    return float(
+        min((score for score, n, right in _cuts(found) if right / n >= precision), default=1.0)
+    )
 
 
 def _most_balanced(clean: Sequence[float], contaminated: Sequence[float]) -> float:
@@ -129,10 +168,14 @@ def calibrate(
     if not clean:
         raise CalibrationError("the validation frames hold no clean frame to calibrate on")
 
+    n_true = len(true_areas)
     rule = replace(
-        base, class_thresholds=(base.pixel_threshold,) * (len(classes) - 1), min_score=0.0
+        base,
+        class_thresholds=(base.pixel_threshold,) * (len(classes) - 1),
+        min_area=0,
+        min_score=0.0,
     )
-    best = _f1(seen, rule, classes, match_iou)
+    best = _cut_f1(seen, rule, classes, match_iou, n_true)
     log(f"calibrate: F1 {best:.3f} at the bundle's threshold {base.pixel_threshold:.3f}")
     for _ in range(2):
         for k in range(len(classes) - 1):
@@ -141,34 +184,22 @@ def calibrate(
                 trial = list(rule.class_thresholds)
                 trial[k] = t
                 candidate = replace(rule, class_thresholds=tuple(trial))
-                f1 = _f1(seen, candidate, classes, match_iou)
+                f1 = _cut_f1(seen, candidate, classes, match_iou, n_true)
                 if f1 > best:
                     best, rule = f1, candidate
             chosen = rule.class_thresholds[k] if rule.class_thresholds else base.pixel_threshold
             log(f"calibrate: {classes[k + 1]} threshold {chosen:.2f}, F1 {best:.3f}")
 
-    # 2. minimum area: candidates at no area limit, marked found or false
+    # 2. minimum area: the candidates at no area limit, marked found or false
     cap = float(np.percentile(true_areas, TRUE_AREA_PERCENTILE))
-    loose = replace(rule, min_area=0)
-    outcomes = [outcome(s, loose, classes, match_iou) for s in seen]
-    regions = [
-        (inst.area, t is not None)
-        for o in outcomes
-        for inst, t in zip(o.candidates, o.matched, strict=True)
-    ]
-    false_areas = sorted(a for a, ok in regions if not ok)
+    regions = _candidates(seen, rule, classes, match_iou)
+    false_areas = sorted(a for _, ok, a in regions if not ok)
     options = sorted(
         {0, *(a + 1 for a in false_areas if a + 1 <= cap)} | {min(base.min_area, int(cap))}
     )
-    n_true = len(true_areas)
 
     def area_f1(limit: int) -> float:
-        kept = [ok for a, ok in regions if a >= limit]
-        found, served = sum(kept), len(kept)
-        if not found:
-            return 0.0
-        recall, precision = found / n_true, found / served
-        return 2 * recall * precision / (recall + precision)
+        return _best_f1([(sc, ok) for sc, ok, a in regions if a >= limit], n_true)
 
     min_area = max(options, key=lambda a: (area_f1(a), -a))
     rule = replace(rule, min_area=int(min_area))

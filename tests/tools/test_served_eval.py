@@ -12,7 +12,7 @@ from common.tiling import Box
 from service.serving import open_pipeline
 from service.settings import Settings
 from service.stages import Bed, Instance, InstanceRule, Merged
-from tools.calibrate import _lowest_above, _most_balanced, _precise_from, calibrate
+from tools.calibrate import _best_f1, _lowest_above, _most_balanced, _precise_from, calibrate
 from tools.evaluate import main
 from tools.served_eval import Seen, Truth, match, score, truth_of
 from training.data import FrameRecord, load_frames
@@ -113,7 +113,8 @@ def test_calibration_cuts_what_the_data_says_is_false():
     before = score(seen, base, 0.8, CLASS_NAMES, 0.25).report
     assert before["instances"]["precision"] < 0.5 and before["frames"]["false_alarm_rate"] == 1.0
     rule, reject, details = calibrate(seen, base, CLASS_NAMES, 0.25, 0.05, log=lambda _: None)
-    assert rule.class_thresholds[1] > 0.6  # cable: above the false regions
+    # cable: the false regions under the cable threshold or the minimum score
+    assert rule.class_thresholds[1] > 0.6 or rule.min_score > 0.6
     assert rule.class_thresholds[0] < 0.9  # motor: below the true ones
     assert 36 < rule.min_area <= 3600  # above the 6 x 6 specks, below every true motor
     after = score(seen, rule, reject, CLASS_NAMES, 0.25).report
@@ -129,6 +130,36 @@ def test_calibration_cuts_what_the_data_says_is_false():
         "0.9": pytest.approx(0.95),
     }
     assert set(details["frame_score_quantiles"]) == {"anomaly", "motor", "cable", "spray_can"}
+
+
+def test_thresholds_and_area_are_judged_at_the_best_score_cut():
+    # each truck: a large motor whose body reaches 0.88 and its core 0.95, a small motor
+    # (8 x 8) at 0.95, and two false specks (10 x 10) at 0.89: larger than the small motor
+    # and above the large one's body, so neither an area nor a pixel threshold removes them
+    # without losing a true motor; the minimum score does
+    def frame(name, dirty):
+        regions = [(150, 160, 20, 30, 0.89, 1), (150, 160, 250, 260, 0.89, 1)]
+        truth = []
+        if dirty:
+            regions += [(20, 80, 20, 80, 0.88, 1), (45, 55, 45, 55, 0.95, 1)]
+            regions += [(100, 108, 150, 158, 0.95, 1)]
+            truth = [(20, 80, 20, 80, 1), (100, 108, 150, 158, 1)]
+        return _seen(name, regions, truth)
+
+    seen = [frame(f"t{k}", True) for k in range(4)] + [frame(f"c{k}", False) for k in range(4)]
+    base = InstanceRule(0.5, 0, 0.5)
+    rule, reject, _ = calibrate(seen, base, CLASS_NAMES, 0.25, 0.05, log=lambda _: None)
+    assert rule.class_thresholds[0] < 0.88  # the large motors' bodies stay on
+    assert rule.min_area <= 64  # the small motors stay
+    assert float(np.float32(0.89)) < rule.min_score <= float(np.float32(0.95))  # specks go
+    after = score(seen, rule, reject, CLASS_NAMES, 0.25).report
+    assert after["instances"]["recall"] == 1.0 and after["instances"]["precision"] == 1.0
+    assert after["frames"]["accuracy"] == 1.0
+    # F1 over the cuts of (score, true)
+    assert _best_f1([(0.9, True), (0.8, True), (0.7, False), (0.6, False)], 2) == 1.0
+    assert _best_f1([(0.9, True), (0.8, True), (0.7, False), (0.6, True)], 4) == 0.75  # all
+    assert _best_f1([(0.9, True), (0.9, False)], 1) == pytest.approx(2 / 3)  # a tie is cut whole
+    assert _best_f1([(0.9, False)], 2) == 0.0 and _best_f1([], 2) == 0.0
 
 
 def test_frame_cuts_flag_at_most_the_target_share_of_clean_frames():
