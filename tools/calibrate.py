@@ -244,7 +244,7 @@ def calibrate(
         "match_iou": match_iou,
         "threshold_grid": [GRID[0], GRID[-1], len(GRID)],
         "instance_f1_before": _f1(seen, base, classes, match_iou, base.min_score),
-        "instance_f1_thresholds": best,
+        "instance_f1_thresholds": best,  # at its best minimum score, as steps 1 and 2 judge
         "instance_f1_after": _f1(seen, rule, classes, match_iou, rule.min_score),
         "true_area_percentiles": {
             str(p): float(np.percentile(true_areas, p)) for p in (5, 25, 50, 75, 95)
