@@ -28,14 +28,19 @@ from service.logs import RequestId
 from service.metrics import HTTPMetrics
 from service.routes import errors, feedback, frames, live, models, ops, pages, results, trucks
 from service.routes.deps import BodyLimit
+from service.runner import settled_heap
 from service.runtime import Service
 from service.settings import Settings
 
 log = logging.getLogger("scrapscan.service")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app; its lifespan starts and stops the Service."""
+def create_app(settings: Settings | None = None, freeze_heap: bool = False) -> FastAPI:
+    """The app; its lifespan starts and stops the Service.
+
+    freeze_heap: once started, what start-up made is out of the garbage collector's walks
+    while the app runs (service/runner.py, settled_heap), as in scrapscan-serve.
+    """
     s = settings or Settings()
     keys = KeyRing(s.api_keys_file)  # a bad keys file stops the app here, named
     svc = Service(s)
@@ -54,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         await svc.start()
         try:
-            yield
+            with settled_heap(freeze_heap):
+                yield
         finally:
             await svc.stop()
 

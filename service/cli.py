@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.processes == 1:
         from service.app import create_app
 
-        app: object = create_app(settings)
+        app: object = create_app(settings, freeze_heap=True)
     else:  # each process builds the app from the environment
         for name, value in overrides.items():
             os.environ[f"SCRAPSCAN_{name.upper()}"] = str(value)
@@ -146,7 +146,7 @@ def process_app() -> Any:
 
     level, fmt = os.environ.get(LOG_ENV, "info json").split()
     configure_logging(level, "text" if fmt == "text" else "json")
-    return create_app()
+    return create_app(freeze_heap=True)
 
 
 if __name__ == "__main__":

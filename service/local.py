@@ -51,11 +51,17 @@ of dashboards are closed (they resume with Last-Event-ID) and it stops."""
 
 
 @contextlib.contextmanager
-def running_service(settings: Settings, timeout: float = 120, port: int = 0) -> Iterator[str]:
-    """The service on local `port` (0: a free one) in a background thread; yields its URL."""
+def running_service(
+    settings: Settings, timeout: float = 120, port: int = 0, freeze_heap: bool = False
+) -> Iterator[str]:
+    """The service on local `port` (0: a free one) in a background thread; yields its URL.
+
+    freeze_heap: as scrapscan-serve does (create_app), for a process of its own (the demo,
+    the benchmarks), not one that goes on after it (a test run).
+    """
     port = port or free_port()
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, freeze_heap=freeze_heap),
         host="127.0.0.1",
         port=port,
         log_level="warning",

@@ -1,6 +1,7 @@
 """The embedded store: SQLite and files in the data folder (survives a restart).
 
-DATA_DIR/scrapscan.db                       frames: metadata, status, result (packed)
+DATA_DIR/scrapscan.db                       frames: metadata, status, result (packed) and
+                                            the summary it keeps after result_ttl
 DATA_DIR/files/<ab>/<frame_id>.image.jpg    the upload as received (.png for PNG)
 DATA_DIR/files/<ab>/<frame_id>.mask.png     class index per pixel, full frame size
 DATA_DIR/files/<ab>/<frame_id>.overlay.jpg
@@ -16,6 +17,10 @@ ends; result_ttl after, the frame's files go and its result keeps what truck rep
 need; report_ttl after, the frame is forgotten. A frame with operators' feedback (the
 feedback table) is kept whole. The purge works in
 batches of PURGE_BATCH frames, one transaction each, and lets other callers in between.
+It does no Python work per frame beyond deleting files: the summary a frame keeps is
+packed when the frame ends, because a thread busy in Python in the service's process
+holds up every other thread's SQLite reads (each row gives up the GIL and waits to get
+it back; BENCHMARKS.md measured a feed page at 5 ms alone and up to 250 ms beside it).
 
 A frame that ends gets the next number of the feed in the same transaction as its end.
 Each truck's report (service/reports.py) is kept in the trucks table and brought up to
@@ -82,7 +87,8 @@ CREATE TABLE IF NOT EXISTS frames (
     completed_at REAL,
     idempotency_key TEXT UNIQUE,
     sha256 TEXT NOT NULL,
-    upload_until REAL
+    upload_until REAL,
+    slim BLOB
 );
 CREATE INDEX IF NOT EXISTS frames_status ON frames (status);
 CREATE INDEX IF NOT EXISTS frames_truck ON frames (truck_id);
@@ -160,6 +166,9 @@ class SQLiteStore:
             if self._has("frames") and not self._has_column("frames", "upload_until"):
                 # a store from before the upload policy: its uploads stay with their results
                 self._db.execute("ALTER TABLE frames ADD COLUMN upload_until REAL")
+            if self._has("frames") and not self._has_column("frames", "slim"):
+                # a store from before: its frames' summaries are made when they are purged
+                self._db.execute("ALTER TABLE frames ADD COLUMN slim BLOB")
             self._db.executescript(_SCHEMA)
             if upgrade:  # a store from before the trucks table: count its trucks once
                 for (truck_id,) in self._db.execute(
@@ -477,20 +486,23 @@ class SQLiteStore:
             stale = self._ended_before(
                 cutoff,
                 batch,
-                "frame_id, result, image_name",
+                "frame_id, image_name, CASE WHEN slim IS NULL THEN result END",
                 "frames_with_files",
                 "image_name != ''",
             )
         if not stale:
             return 0
         slim = []
-        for frame_id, result, image_name in stale:  # outside the lock
+        for frame_id, image_name, result in stale:  # outside the lock
             self._remove_files(frame_id, image_name)
+            # the summary was packed when the frame ended; a frame from before has none yet
             small = load_result(result).summary() if result else None
             slim.append((pack_result(small) if small is not None else None, frame_id))
         with self._lock, self._db:
             self._db.executemany(
-                "UPDATE frames SET image_name = '', result = ? WHERE frame_id = ?", slim
+                "UPDATE frames SET image_name = '', result = COALESCE(?, slim), slim = NULL"
+                " WHERE frame_id = ?",
+                slim,
             )
         return len(stale)
 
@@ -614,6 +626,8 @@ class SQLiteStore:
     ) -> bool:
         done = time.time() if status in ("done", "failed") else None
         packed = None if result is None else pack_result(result)
+        # what the frame keeps after result_ttl, packed now: the purge then only moves it
+        slim = None if result is None else pack_result(result.summary())
         verdict = None if result is None else result.verdict
         goes = None  # the upload stays with the result (or the frame has not ended)
         if done is not None and not self.keep.keeps(frame_id, verdict):
@@ -621,9 +635,9 @@ class SQLiteStore:
         with self._lock, self._db:
             changed = self._db.execute(
                 "UPDATE frames SET status = ?, result = COALESCE(?, result),"
-                " error = COALESCE(?, error), completed_at = ?, upload_until = ?"
-                " WHERE frame_id = ? AND status NOT IN ('done', 'failed')",
-                (status, packed, error, done, goes, frame_id),
+                " slim = COALESCE(?, slim), error = COALESCE(?, error), completed_at = ?,"
+                " upload_until = ? WHERE frame_id = ? AND status NOT IN ('done', 'failed')",
+                (status, packed, slim, error, done, goes, frame_id),
             ).rowcount
             if done is not None and changed:  # a frame ends once and is in the feed once
                 self._db.execute("INSERT INTO feed (frame_id) VALUES (?)", (frame_id,))

@@ -47,7 +47,7 @@ from service.logs import RequestId, configure_logging
 from service.metrics import HTTPMetrics, LiveCollector, Metrics, queue_gauges
 from service.queue import RedisQueue, group_info
 from service.routes.errors import error_response
-from service.runner import FrameRunner
+from service.runner import FrameRunner, settled_heap
 from service.serving import bundle_path
 from service.settings import Settings
 from service.store_redis import RedisStore
@@ -103,21 +103,30 @@ class StreamWorker:
         self.store.close()
 
 
-def create_worker_app(settings: Settings, name: str) -> FastAPI:
-    """The worker's HTTP side: probes and metrics; its lifespan runs the StreamWorker."""
+def create_worker_app(settings: Settings, name: str, freeze_heap: bool = False) -> FastAPI:
+    """The worker's HTTP side: probes and metrics; its lifespan runs the StreamWorker.
+
+    freeze_heap: as create_app's (service/app.py), once the engine is loaded.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.worker = worker
-        # the engine loads in the background: /healthz answers at once, /readyz once loaded
-        loading = asyncio.create_task(worker.start(), name="load")
-        loading.add_done_callback(_report_failure)
-        try:
-            yield
-        finally:
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
-            await worker.stop()
+        with contextlib.ExitStack() as settled:
+
+            async def start() -> None:
+                await worker.start()
+                settled.enter_context(settled_heap(freeze_heap))
+
+            # the engine loads in the background: /healthz answers at once, /readyz once loaded
+            loading = asyncio.create_task(start(), name="load")
+            loading.add_done_callback(_report_failure)
+            try:
+                yield
+            finally:
+                loading.cancel()
+                await asyncio.gather(loading, return_exceptions=True)
+                await worker.stop()
 
     app = FastAPI(
         title="scrapscan-worker",
@@ -218,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(
-            create_worker_app(settings, args.name),
+            create_worker_app(settings, args.name, freeze_heap=True),
             host=args.host,
             port=args.port,
             log_level=args.log_level,

@@ -132,7 +132,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
                         for stage, ms in timings.items():
                             stages.setdefault(stage, []).append(ms)
 
-        with running_service(settings) as url:
+        with running_service(settings, freeze_heap=True) as url:
             for k in range(args.text_classes):
                 name = TEXT_CLASSES[k % len(TEXT_CLASSES)]
                 body = {

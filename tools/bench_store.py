@@ -12,7 +12,10 @@ measures the records; the images' own cost is their bytes). Then, each call repe
 - a frame's record, and the store work of one POST (add) and of one frame's end;
 - the retention (SQLite; Redis expires keys itself): a purge at a time when the first
   tenth of the frames have outlived result_ttl, timed while another thread reads the
-  feed and adds frames; the same thread as long without a purge is the baseline;
+  feed and adds frames; the same thread as long without a purge is the baseline. What
+  the purge can hold the service up by is its time holding the store's lock: each hold
+  of the purge and each wait of the other thread for the lock are timed apart from the
+  calls, whose own time also holds the machine's pauses;
 - bytes per stored frame: the database files (SQLite) or Redis' used_memory growth.
 
 With --s3-url (store redis) the uploads and files go to a new bucket on that S3 server, as
@@ -23,6 +26,7 @@ the scaled-out shape deploys it, and the Redis figures are those of records and 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import shutil
 import statistics
@@ -38,6 +42,7 @@ import numpy as np
 from common.classes import ANOMALY_CLASSES
 from service.queue import FRAMES
 from service.result import FrameResult, Instance
+from service.runner import settled_heap
 from service.store import NewFrame, Store, TruckQuery
 from service.store_redis import OBJECTS, RedisStore
 
@@ -165,52 +170,57 @@ def bench_store(args: argparse.Namespace) -> dict[str, Any]:
     folder = args.dir or Path(tempfile.mkdtemp(prefix="scrapscan-store-"))
     store, size = _open(args, folder)
     try:
-        empty = size()
-        start = time.perf_counter()
-        big = min(args.big_truck, args.frames)
-        ids = []
-        for k in range(args.frames):
-            truck = "TRK-BIG" if k < big else f"TRK-{k // TRUCK_FRAMES:07d}"
-            ids.append(_frame(store, k, truck))
-        fill_s = time.perf_counter() - start
-        if isinstance(store, RedisStore):  # every frame has ended: workers have acked and
-            store.r.delete(FRAMES)  # deleted their entries of the frame stream (service/queue.py)
-        per_frame = (size() - empty) / args.frames
-        deep = store.tail_cursor(args.frames // 2)
-        quiet = "cam-quiet"
-        r = args.repeat
-        extra = iter(range(args.frames, args.frames + 10 * r))
-        routes = {
-            "feed, first page": _timed(lambda: store.feed("", 100), r),
-            "feed, a page half-way back": _timed(lambda: store.feed(deep, 100), r),
-            "feed of a camera with no frame, from the start": _timed(
-                lambda: store.feed("", 100, camera_id=quiet), r
-            ),
-            "truck listing, first page": _timed(lambda: store.trucks(TruckQuery(limit=100)), r),
-            "truck listing, reject only": _timed(
-                lambda: store.trucks(TruckQuery(verdict="reject", limit=100)), r
-            ),
-            f"truck report, {big} frames": _timed(lambda: store.truck_report("TRK-BIG"), r),
-            "a frame's record": _timed(lambda: store.get(ids[len(ids) // 2]), r),
-            "one frame in and out (add, processing, complete)": _timed(
-                lambda: _frame(store, next(extra), "TRK-NEW"), r
-            ),
-        }
-        purge = _purge(store, args, ids) if args.store == "sqlite" else None
-        keys = _redis_keys(store, ids) if args.store == "redis" else None
-        return {
-            "store": args.store + (" with a bucket" if args.s3_url else ""),
-            "frames": args.frames,
-            "fill_s": round(fill_s, 1),
-            "bytes_per_frame": round(per_frame),
-            "routes": routes,
-            "purge": purge,
-            "redis_bytes_by_key": keys,
-        }
+        with settled_heap():  # as the service's processes, once started
+            return _measure(args, store, size)
     finally:
         store.close()
         if args.dir is None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, store: Store, size: Callable[[], int]) -> dict[str, Any]:
+    empty = size()
+    start = time.perf_counter()
+    big = min(args.big_truck, args.frames)
+    ids = []
+    for k in range(args.frames):
+        truck = "TRK-BIG" if k < big else f"TRK-{k // TRUCK_FRAMES:07d}"
+        ids.append(_frame(store, k, truck))
+    fill_s = time.perf_counter() - start
+    if isinstance(store, RedisStore):  # every frame has ended: workers have acked and
+        store.r.delete(FRAMES)  # deleted their entries of the frame stream (service/queue.py)
+    per_frame = (size() - empty) / args.frames
+    deep = store.tail_cursor(args.frames // 2)
+    quiet = "cam-quiet"
+    r = args.repeat
+    extra = iter(range(args.frames, args.frames + 10 * r))
+    routes = {
+        "feed, first page": _timed(lambda: store.feed("", 100), r),
+        "feed, a page half-way back": _timed(lambda: store.feed(deep, 100), r),
+        "feed of a camera with no frame, from the start": _timed(
+            lambda: store.feed("", 100, camera_id=quiet), r
+        ),
+        "truck listing, first page": _timed(lambda: store.trucks(TruckQuery(limit=100)), r),
+        "truck listing, reject only": _timed(
+            lambda: store.trucks(TruckQuery(verdict="reject", limit=100)), r
+        ),
+        f"truck report, {big} frames": _timed(lambda: store.truck_report("TRK-BIG"), r),
+        "a frame's record": _timed(lambda: store.get(ids[len(ids) // 2]), r),
+        "one frame in and out (add, processing, complete)": _timed(
+            lambda: _frame(store, next(extra), "TRK-NEW"), r
+        ),
+    }
+    purge = _purge(store, args, ids) if args.store == "sqlite" else None
+    keys = _redis_keys(store, ids) if args.store == "redis" else None
+    return {
+        "store": args.store + (" with a bucket" if args.s3_url else ""),
+        "frames": args.frames,
+        "fill_s": round(fill_s, 1),
+        "bytes_per_frame": round(per_frame),
+        "routes": routes,
+        "purge": purge,
+        "redis_bytes_by_key": keys,
+    }
 
 
 def _purge(store: Any, args: argparse.Namespace, ids: list[str]) -> dict[str, Any]:
@@ -236,7 +246,7 @@ def _purge(store: Any, args: argparse.Namespace, ids: list[str]) -> dict[str, An
 
     def beside(work: Callable[[], Any]) -> tuple[Any, float, list[float]]:
         stop, times = threading.Event(), list[float]()
-        other = threading.Thread(target=service, args=(stop, times))
+        other = threading.Thread(target=service, args=(stop, times), name="service")
         other.start()
         start = time.perf_counter()
         out = work()
@@ -245,14 +255,19 @@ def _purge(store: Any, args: argparse.Namespace, ids: list[str]) -> dict[str, An
         other.join()
         return out, seconds, times
 
-    changed, seconds, during = beside(lambda: store.purge(ttl, 90 * 86400.0, now=now))
+    lock = store._lock
+    store._lock = watched = _WatchedLock(lock)
+    try:
+        changed, seconds, during = beside(lambda: store.purge(ttl, 90 * 86400.0, now=now))
+    finally:
+        store._lock = lock
     _, _, alone = beside(lambda: time.sleep(seconds))
 
     def figures(times: list[float]) -> dict[str, float | None]:
         return {
             "calls": len(times),
-            "p99_ms": round(float(np.percentile(times, 99)), 1) if times else None,
-            "max_ms": round(max(times), 1) if times else None,
+            "p99_ms": round(float(np.percentile(times, 99)), 2) if times else None,
+            "max_ms": round(max(times), 2) if times else None,
         }
 
     return {
@@ -260,7 +275,30 @@ def _purge(store: Any, args: argparse.Namespace, ids: list[str]) -> dict[str, An
         "seconds": round(seconds, 2),
         "during": figures(during),
         "without": figures(alone),
+        "purge_lock_holds": figures(watched.held[threading.current_thread().name]),
+        "service_lock_waits": figures(watched.waited["service"]),
     }
+
+
+class _WatchedLock:
+    """A store's lock, timing each taker's wait for it and hold of it, by thread name."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._since = 0.0  # when the holder took it: one holder at a time
+        self.waited: dict[str, list[float]] = collections.defaultdict(list)
+        self.held: dict[str, list[float]] = collections.defaultdict(list)
+
+    def __enter__(self) -> None:
+        start = time.perf_counter()
+        self._lock.acquire()
+        self._since = time.perf_counter()
+        self.waited[threading.current_thread().name].append((self._since - start) * 1000)
+
+    def __exit__(self, *_: object) -> None:
+        held = (time.perf_counter() - self._since) * 1000
+        self.held[threading.current_thread().name].append(held)
+        self._lock.release()
 
 
 def _redis_keys(store: Any, ids: list[str]) -> dict[str, int]:
@@ -306,6 +344,10 @@ def store_table(r: dict[str, Any]) -> str:
             f"and frame adds beside it: {p['during']['calls']} calls, p99 "
             f"{p['during']['p99_ms']} ms, slowest {p['during']['max_ms']} ms; as long "
             f"without a purge: {p['without']['calls']} calls, p99 {p['without']['p99_ms']} "
-            f"ms, slowest {p['without']['max_ms']} ms",
+            f"ms, slowest {p['without']['max_ms']} ms. The purge held the store's lock "
+            f"{p['purge_lock_holds']['calls']} times, p99 {p['purge_lock_holds']['p99_ms']} "
+            f"ms, longest {p['purge_lock_holds']['max_ms']} ms; the other thread waited "
+            f"for it at most {p['service_lock_waits']['max_ms']} ms "
+            f"(p99 {p['service_lock_waits']['p99_ms']} ms)",
         ]
     return "\n".join(lines)

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.model_copy(update={"bundle": args.bundle})
     try:
         load_bundle(settings.bundle, serving=True)  # a bad bundle is named before any start
-        with running_service(settings, port=args.port) as url:
+        with running_service(settings, port=args.port, freeze_heap=True) as url:
             code = _post_frames(url, settings, args)
             if code == 0 and args.serve:
                 stop = threading.Event()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 
 import redis
 
 from service.metrics import Metrics
 from service.pipeline import Processed
 from service.queue import ATTEMPTS, DEAD, FRAMES, LocalQueue, RedisQueue
-from service.runner import FrameRunner
+from service.runner import FrameRunner, settled_heap
 from service.settings import QueueSettings, Settings
 from service.store import NewFrame
 from service.store_sqlite import SQLiteStore
@@ -116,3 +118,21 @@ def test_a_dead_letter_records_the_reason_and_leaves_the_queue(redis_url):
     ((_, dead),) = r.xrange(DEAD)
     assert dead == {b"frame_id": b"e" * 32, b"reason": b"gave up", b"attempts": b"2"}
     assert r.xlen(FRAMES) == 0 and r.hlen(ATTEMPTS) == 0
+
+
+def test_a_settled_heap_is_collected_then_frozen_until_the_block_ends():
+    class Node:
+        pass
+
+    alive = [[k] for k in range(1000)]  # containers: objects the collector walks
+    cycle = Node()
+    cycle.me = cycle
+    gone = weakref.ref(cycle)
+    del cycle  # garbage only the collector can free
+    gc.unfreeze()
+    with settled_heap():
+        assert gone() is None  # collected first: no garbage frozen
+        assert gc.get_freeze_count() >= len(alive)  # then out of the collector's walks
+    assert gc.get_freeze_count() == 0  # back to the collector once the block ends
+    with settled_heap(on=False):
+        assert gc.get_freeze_count() == 0

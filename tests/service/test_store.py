@@ -317,6 +317,34 @@ def test_sqlite_purges_in_batches_and_lets_others_in_between(tmp_path):
     s.close()
 
 
+def test_a_frames_summary_is_packed_when_it_ends_and_the_purge_only_moves_it(tmp_path, monkeypatch):
+    s = SQLiteStore(tmp_path)
+    add(s, "1" * 32, truck="T-S")
+    done(s, "1" * 32)
+    with s._db:  # the frames table as it was: no summary packed at the end
+        s._db.execute("ALTER TABLE frames DROP COLUMN slim")
+    s.close()
+    s = SQLiteStore(tmp_path)
+    add(s, "2" * 32, truck="T-S")
+    done(s, "2" * 32)
+    full = {f: s.get(f).result for f in ("1" * 32, "2" * 32)}
+    assert s._db.execute("SELECT slim FROM frames ORDER BY frame_id").fetchall() == [
+        (None,),
+        (pack_result(full["2" * 32].summary()),),
+    ]
+    ended = s.get("2" * 32).completed_at
+    loaded = []  # the purge's Python work per frame: only the frame from before has any
+    monkeypatch.setattr(
+        "service.store_sqlite.load_result", lambda r: loaded.append(r) or load_result(r)
+    )
+    assert s.purge(60, 600, now=ended + 61) == 2
+    assert len(loaded) == 1
+    for frame_id, result in full.items():
+        assert s.get(frame_id).result == result.summary()
+    assert s._db.execute("SELECT COUNT(*) FROM frames WHERE slim IS NOT NULL").fetchone() == (0,)
+    s.close()
+
+
 def test_a_store_from_before_the_trucks_table_counts_its_trucks_at_start(tmp_path):
     s = SQLiteStore(tmp_path)
     for k in range(3):
