@@ -137,8 +137,11 @@ _COLUMNS = (
 )
 RESULT_FILES = ("mask.png", "overlay.jpg", "maps.png")
 """The files a frame's end brings (service/pipeline.py), removed with its upload."""
-PURGE_BATCH = 1000
-"""Frames per purge transaction; other callers get the store between batches."""
+PURGE_BATCH = 250
+"""Frames per purge transaction; other callers get the store between batches. A commit
+may checkpoint the WAL it wrote, inside the store's lock: at a million frames the longest
+hold was 22-25 ms with batches of 1,000, 10-12 ms with 250, in the same total time
+(BENCHMARKS.md, "The purge beside the service")."""
 KEEP = UploadKeeping()
 """The default upload policy (settings.keep_uploads)."""
 UPLOAD_TTL_S = 3600.0

@@ -100,7 +100,7 @@ def test_store_bench_fills_a_store_and_times_every_route(store, tmp_path, capsys
     if store == "sqlite":  # a tenth of the frames' files
         assert r["purge"]["frames_purged"] == 6
         assert {"calls", "p99_ms", "max_ms"} == set(r["purge"]["during"])
-        # its hold of the store's lock, timed apart: a batch of 1,000 frames at most
+        # its holds of the store's lock, timed apart from the calls
         assert r["purge"]["purge_lock_holds"]["calls"] >= 1
     if "--s3-url" in where:  # no image bytes in Redis; the deletion list instead
         assert r["redis_bytes_by_key"]["frame:<id>:image"] == 0
