@@ -27,7 +27,9 @@ Each truck's report (service/reports.py) is kept in the trucks table and brought
 date in the same transaction as each of its frames' arrival and end, so the truck
 listing and a report read one row per truck, never the truck's frames.
 
-Every query a route makes has an index (tests/service/test_store.py reads the plans).
+Every query a route makes has an index (tests/service/test_store.py reads the plans). No
+commit under the store's lock copies the WAL into the database: a thread of its own does,
+about once a second (_Checkpointer).
 
 The module is longer than the project's 400 lines because its one job is the whole store
 contract (service/store.py) over one database: split, each part would reach into the
@@ -36,10 +38,12 @@ same tables and the same lock.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +76,8 @@ from service.store import (
     read_truck_cursor,
     truck_cursor,
 )
+
+log = logging.getLogger("scrapscan.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
@@ -138,10 +144,11 @@ _COLUMNS = (
 RESULT_FILES = ("mask.png", "overlay.jpg", "maps.png")
 """The files a frame's end brings (service/pipeline.py), removed with its upload."""
 PURGE_BATCH = 250
-"""Frames per purge transaction; other callers get the store between batches. A commit
-may checkpoint the WAL it wrote, inside the store's lock: at a million frames the longest
-hold was 22-25 ms with batches of 1,000, 10-12 ms with 250, in the same total time
-(BENCHMARKS.md, "The purge beside the service")."""
+"""Frames per purge transaction; other callers get the store between batches. At a million
+frames the longest hold of the lock was 22-25 ms with batches of 1,000, 10-12 ms with
+250, in the same total time (BENCHMARKS.md, "The purge beside the service")."""
+CHECKPOINT_EVERY_S = 1.0
+"""How often the checkpointer looks for new commits to copy from the WAL (_Checkpointer)."""
 KEEP = UploadKeeping()
 """The default upload policy (settings.keep_uploads)."""
 UPLOAD_TTL_S = 3600.0
@@ -152,7 +159,11 @@ class SQLiteStore:
     """Frames and their results in SQLite, files beside it."""
 
     def __init__(
-        self, data_dir: Path, keep: UploadKeeping = KEEP, upload_ttl: float = UPLOAD_TTL_S
+        self,
+        data_dir: Path,
+        keep: UploadKeeping = KEEP,
+        upload_ttl: float = UPLOAD_TTL_S,
+        checkpoint_every: float = CHECKPOINT_EVERY_S,
     ) -> None:
         self.root = data_dir
         self.keep = keep
@@ -163,6 +174,8 @@ class SQLiteStore:
         self._legacy = (data_dir / "frames").is_dir()
         self._db = sqlite3.connect(data_dir / "scrapscan.db", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # no commit of this connection copies the WAL into the database: _Checkpointer does
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._lock = threading.Lock()
         with self._lock, self._db:
             upgrade = self._has("frames") and not self._has("trucks")
@@ -178,6 +191,9 @@ class SQLiteStore:
                     "SELECT DISTINCT truck_id FROM frames WHERE truck_id IS NOT NULL"
                 ).fetchall():
                     self._recount(truck_id)
+        self._checkpointer = _Checkpointer(data_dir / "scrapscan.db", checkpoint_every)
+        # a store dropped without close() does not leave its thread running
+        weakref.finalize(self, self._checkpointer.stop, False)
 
     @classmethod
     def from_settings(cls, s: Settings) -> SQLiteStore:
@@ -197,6 +213,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Close the database."""
+        self._checkpointer.stop()
         with self._lock:
             self._db.close()
 
@@ -664,6 +681,50 @@ class SQLiteStore:
                     )
                     self._count(truck_id, lambda r: count_end(r, ended))
         return bool(changed)
+
+
+class _Checkpointer:
+    """Copies the WAL's commits into the database, in a thread and connection of its own.
+
+    SQLite's own auto-checkpoint runs in the commit that passes 1,000 WAL pages, so inside
+    the store's lock, and it writes and syncs the database file there: at a million frames,
+    on a disk still busy with the fill's writes, such commits of the purge held the lock
+    83 to 141 ms (37 ms with the checkpoint off; BENCHMARKS.md, "The purge beside the
+    service"). Here the store's connection never checkpoints; every `every` seconds this
+    thread asks whether another connection has committed (PRAGMA data_version) and, if so,
+    runs a PASSIVE checkpoint, which waits for no reader or writer: the service's calls go
+    on meanwhile, and the WAL holds about a second of commits. What a checkpoint cannot
+    copy yet (a reader still on an older snapshot) the next one does.
+    """
+
+    def __init__(self, db: Path, every: float) -> None:
+        self._stop = threading.Event()
+        self._path = db
+        conn = sqlite3.connect(db, check_same_thread=False)
+        self._thread = threading.Thread(
+            target=self._run, args=(conn, every), name="sqlite-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, conn: sqlite3.Connection, every: float) -> None:
+        seen = None
+        try:
+            while not self._stop.wait(every):
+                try:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if version != seen:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        seen = version
+                except sqlite3.Error as err:  # tried again in a second; the WAL waits
+                    log.warning("WAL checkpoint of %s failed: %s", self._path, err)
+        finally:
+            conn.close()
+
+    def stop(self, wait: bool = True) -> None:
+        """The thread ends and closes its connection (the store's close then checkpoints)."""
+        self._stop.set()
+        if wait:
+            self._thread.join()
 
 
 def _record(row: tuple[Any, ...]) -> FrameRecord:

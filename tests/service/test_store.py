@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import sqlite3
 import threading
 import time
 
@@ -343,6 +344,34 @@ def test_a_frames_summary_is_packed_when_it_ends_and_the_purge_only_moves_it(tmp
         assert s.get(frame_id).result == result.summary()
     assert s._db.execute("SELECT COUNT(*) FROM frames WHERE slim IS NOT NULL").fetchone() == (0,)
     s.close()
+
+
+def test_no_commit_copies_the_wal_under_the_lock_a_thread_of_its_own_does(tmp_path):
+    def fill(s, rounds, pause, first=0):
+        for r in range(first, first + rounds):
+            for k in range(100):
+                add(s, f"{r}{k:031x}", truck="T-W")
+                done(s, f"{r}{k:031x}")
+            time.sleep(pause)
+
+    def wal_pages(folder):
+        return (folder / "scrapscan.db-wal").stat().st_size // 4096
+
+    idle = SQLiteStore(tmp_path / "idle", checkpoint_every=3600)  # its thread asleep
+    fill(idle, 3, 0)
+    other = sqlite3.connect(tmp_path / "idle" / "scrapscan.db")
+    _, in_wal, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert in_wal > 3000 and copied == in_wal  # SQLite's own would have begun at 1,000 pages
+    other.close()
+    idle.close()
+    s = SQLiteStore(tmp_path / "live", checkpoint_every=0.05)
+    fill(s, 1, 0.3)
+    first = wal_pages(tmp_path / "live")
+    fill(s, 5, 0.3, first=1)  # each round's commits copied and the WAL begun again from its start
+    assert wal_pages(tmp_path / "live") < 1.5 * first < in_wal
+    s.close()
+    assert not (tmp_path / "live" / "scrapscan.db-wal").exists()
+    assert SQLiteStore(tmp_path / "live").truck_report("T-W").frames == 600
 
 
 def test_a_store_from_before_the_trucks_table_counts_its_trucks_at_start(tmp_path):
