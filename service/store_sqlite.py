@@ -28,8 +28,8 @@ date in the same transaction as each of its frames' arrival and end, so the truc
 listing and a report read one row per truck, never the truck's frames.
 
 Every query a route makes has an index (tests/service/test_store.py reads the plans). No
-commit under the store's lock copies the WAL into the database: a thread of its own does,
-about once a second (_Checkpointer).
+commit under the store's lock copies the WAL into the database unless it has grown to
+WAL_PAGES: a thread of its own does, about once a second (_Checkpointer).
 
 The module is longer than the project's 400 lines because its one job is the whole store
 contract (service/store.py) over one database: split, each part would reach into the
@@ -149,6 +149,9 @@ frames the longest hold of the lock was 22-25 ms with batches of 1,000, 10-12 ms
 250, in the same total time (BENCHMARKS.md, "The purge beside the service")."""
 CHECKPOINT_EVERY_S = 1.0
 """How often the checkpointer looks for new commits to copy from the WAL (_Checkpointer)."""
+WAL_PAGES = 10_000
+"""WAL pages (4 KiB) at which a commit checkpoints itself, under the store's lock: only
+when the checkpointer has not caught up (SQLite's default is 1,000)."""
 KEEP = UploadKeeping()
 """The default upload policy (settings.keep_uploads)."""
 UPLOAD_TTL_S = 3600.0
@@ -174,8 +177,9 @@ class SQLiteStore:
         self._legacy = (data_dir / "frames").is_dir()
         self._db = sqlite3.connect(data_dir / "scrapscan.db", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # no commit of this connection copies the WAL into the database: _Checkpointer does
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        # _Checkpointer copies the WAL into the database; a commit does only when it has
+        # fallen far behind (writes without a pause for its whole pass)
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
         self._lock = threading.Lock()
         with self._lock, self._db:
             upgrade = self._has("frames") and not self._has("trucks")
@@ -690,11 +694,12 @@ class _Checkpointer:
     the store's lock, and it writes and syncs the database file there: at a million frames,
     on a disk still busy with the fill's writes, such commits of the purge held the lock
     83 to 141 ms (37 ms with the checkpoint off; BENCHMARKS.md, "The purge beside the
-    service"). Here the store's connection never checkpoints; every `every` seconds this
-    thread asks whether another connection has committed (PRAGMA data_version) and, if so,
-    runs a PASSIVE checkpoint, which waits for no reader or writer: the service's calls go
-    on meanwhile, and the WAL holds about a second of commits. What a checkpoint cannot
-    copy yet (a reader still on an older snapshot) the next one does.
+    service"). Here every `every` seconds this thread asks whether another connection has
+    committed (PRAGMA data_version) and, if so, runs a PASSIVE checkpoint, which waits for
+    no reader or writer: the service's calls go on meanwhile. The WAL begins again from its
+    start at the first write after a checkpoint that copied all of it; a writer that never
+    pauses for a whole pass would grow it for good, so the store's own commits still
+    checkpoint at WAL_PAGES, copying only what this thread has not.
     """
 
     def __init__(self, db: Path, every: float) -> None:
