@@ -10,13 +10,15 @@ measures the records; the images' own cost is their bytes). Then, each call repe
 - trucks: the listing's first page (the last day), the same with a verdict, and the
   report of the big truck;
 - a frame's record, and the store work of one POST (add) and of one frame's end;
-- the retention (SQLite; Redis expires keys itself): a purge at a time when the first
-  tenth of the frames have outlived result_ttl, timed while another thread reads the
-  feed and adds frames; the same thread as long without a purge is the baseline. What
-  the purge can hold the service up by is its time holding the store's lock: each hold
-  of the purge and each wait of the other thread for the lock are timed apart from the
+- the retention: a purge at a time when the first tenth of the frames have outlived
+  result_ttl (SQLite: the store's purge; Redis with a bucket: the deletion of the objects
+  due, Redis expires the records itself), timed while another thread reads the feed and
+  adds frames; the same thread as long without a purge is the baseline. What the SQLite
+  purge can hold the service up by is its time holding the store's lock: each hold of
+  the purge and each wait of the other thread for the lock are timed apart from the
   calls, whose own time also holds the machine's pauses;
-- bytes per stored frame: the database files (SQLite) or Redis' used_memory growth.
+- bytes per stored frame: the database file with its WAL copied in (SQLite) or Redis'
+  used_memory growth.
 
 With --s3-url (store redis) the uploads and files go to a new bucket on that S3 server, as
 the scaled-out shape deploys it, and the Redis figures are those of records and queues
@@ -27,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
+import contextlib
+import functools
 import shutil
+import sqlite3
 import statistics
 import tempfile
 import threading
@@ -43,6 +47,7 @@ from common.classes import ANOMALY_CLASSES
 from service.queue import FRAMES
 from service.result import FrameResult, Instance
 from service.runner import settled_heap
+from service.settings import UploadKeeping
 from service.store import NewFrame, Store, TruckQuery
 from service.store_redis import OBJECTS, RedisStore
 
@@ -52,6 +57,8 @@ TRUCK_FRAMES = 40
 IMAGE = b"\xff\xd8" + bytes(1022)
 BED = [(400, 300), (3400, 300), (3400, 1900), (400, 1900)]
 FILES = {"mask.png": bytes(100), "overlay.jpg": bytes(200), "maps.png": bytes(100)}
+KEEP_ALL = UploadKeeping(clean_share=1.0)
+"""Every upload kept with its result: the purge timed is result_ttl's, files and all."""
 
 
 def add_parser(sub: Any) -> None:
@@ -136,18 +143,16 @@ def _timed(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
 def _open(args: argparse.Namespace, folder: Path) -> tuple[Store, Callable[[], int]]:
     """The store, and how many bytes it holds now."""
     if args.store == "sqlite":
-        from service.settings import UploadKeeping
         from service.store_sqlite import SQLiteStore
 
-        # every upload kept with its result: the purge timed is result_ttl's, files and all
-        sqlite = SQLiteStore(folder, keep=UploadKeeping(clean_share=1.0))
+        sqlite = SQLiteStore(folder, keep=KEEP_ALL)
 
         def disk() -> int:
-            return sum(
-                (folder / n).stat().st_size
-                for n in os.listdir(folder)
-                if n.startswith("scrapscan.db")
-            )
+            # the database with its WAL copied in: the WAL is reused, at most WAL_PAGES
+            # pages (4 KiB) whatever the number of frames
+            with contextlib.closing(sqlite3.connect(folder / "scrapscan.db")) as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return (folder / "scrapscan.db").stat().st_size
 
         return sqlite, disk
     from service.store_redis import RedisStore
@@ -160,7 +165,7 @@ def _open(args: argparse.Namespace, folder: Path) -> tuple[Store, Callable[[], i
 
         bucket = ObjectStore(f"scrapscan-bench-{uuid.uuid4().hex[:8]}", endpoint_url=args.s3_url)
         bucket.s3.create_bucket(Bucket=bucket.bucket)
-    redis_store = RedisStore(args.redis_url, 7 * 86400, 90 * 86400, objects=bucket)
+    redis_store = RedisStore(args.redis_url, 7 * 86400, 90 * 86400, objects=bucket, keep=KEEP_ALL)
     redis_store.r.flushdb()
     return redis_store, lambda: int(redis_store.r.info("memory")["used_memory"])
 
@@ -210,7 +215,7 @@ def _measure(args: argparse.Namespace, store: Store, size: Callable[[], int]) ->
             lambda: _frame(store, next(extra), "TRK-NEW"), r
         ),
     }
-    purge = _purge(store, args, ids) if args.store == "sqlite" else None
+    purge = _purge(store, ids) if args.store == "sqlite" or args.s3_url else None
     keys = _redis_keys(store, ids) if args.store == "redis" else None
     return {
         "store": args.store + (" with a bucket" if args.s3_url else ""),
@@ -223,29 +228,36 @@ def _measure(args: argparse.Namespace, store: Store, size: Callable[[], int]) ->
     }
 
 
-def _purge(store: Any, args: argparse.Namespace, ids: list[str]) -> dict[str, Any]:
+def _purge(store: Any, ids: list[str]) -> dict[str, Any]:
     """A tenth of the frames' files purged while another thread reads the feed and adds.
 
-    The same thread runs as long again before the purge: its calls then are the baseline
-    that the purge's cost to the service is read against.
+    SQLite: the retention's purge (result_ttl's part), timed also by its holds of the
+    store's lock. Redis with a bucket: the deletion of the objects due (Redis expires the
+    records itself). The same thread runs as long again after the purge: its calls then
+    are the baseline that the purge's cost to the service is read against.
     """
-    # every frame ended after the one a tenth of the way in is younger than result_ttl
-    ttl = 3600.0
-    now = store.get(ids[len(ids) // 10]).completed_at + ttl
+    # every frame ended after the one a tenth of the way in is younger than the cut-off
+    tenth = store.get(ids[len(ids) // 10]).completed_at
+    if isinstance(store, RedisStore):
+        # objects due at the cut-off are deleted; the SQLite purge's cut-off is strict
+        work = functools.partial(store.purge_objects, now=tenth + store.result_ttl - 1e-3)
+    else:  # result_ttl an hour: the purge's own cut-off is then the tenth's end
+        work = functools.partial(store.purge, 3600.0, 90 * 86400.0, now=tenth + 3600.0)
     extra = iter(range(10 * len(ids), 20 * len(ids)))
+    calls: dict[str, Callable[[], Any]] = {
+        "feed": lambda: store.feed("", 100),
+        "frame": lambda: _frame(store, next(extra), "TRK-DURING"),
+    }
 
-    def service(stop: threading.Event, times: list[float]) -> None:
+    def service(stop: threading.Event, times: dict[str, list[float]]) -> None:
         while not stop.is_set():
-            for fn in (
-                lambda: store.feed("", 100),
-                lambda: _frame(store, next(extra), "TRK-DURING"),
-            ):
+            for name, fn in calls.items():
                 start = time.perf_counter()
                 fn()
-                times.append((time.perf_counter() - start) * 1000)
+                times[name].append((time.perf_counter() - start) * 1000)
 
-    def beside(work: Callable[[], Any]) -> tuple[Any, float, list[float]]:
-        stop, times = threading.Event(), list[float]()
+    def beside(work: Callable[[], Any]) -> tuple[Any, float, dict[str, list[float]]]:
+        stop, times = threading.Event(), {name: list[float]() for name in calls}
         other = threading.Thread(target=service, args=(stop, times), name="service")
         other.start()
         start = time.perf_counter()
@@ -255,12 +267,15 @@ def _purge(store: Any, args: argparse.Namespace, ids: list[str]) -> dict[str, An
         other.join()
         return out, seconds, times
 
-    lock = store._lock
-    store._lock = watched = _WatchedLock(lock)
+    lock = getattr(store, "_lock", None)
+    watched = None
+    if lock is not None:
+        store._lock = watched = _WatchedLock(lock)
     try:
-        changed, seconds, during = beside(lambda: store.purge(ttl, 90 * 86400.0, now=now))
+        changed, seconds, during = beside(work)
     finally:
-        store._lock = lock
+        if lock is not None:
+            store._lock = lock
     _, _, alone = beside(lambda: time.sleep(seconds))
 
     def figures(times: list[float]) -> dict[str, float | None]:
@@ -271,12 +286,17 @@ def _purge(store: Any, args: argparse.Namespace, ids: list[str]) -> dict[str, An
         }
 
     return {
-        "frames_purged": changed,
+        "purged": changed,
+        "what": "objects deleted" if watched is None else "frames' files",
         "seconds": round(seconds, 2),
-        "during": figures(during),
-        "without": figures(alone),
-        "purge_lock_holds": figures(watched.held[threading.current_thread().name]),
-        "service_lock_waits": figures(watched.waited["service"]),
+        "during": figures(during["feed"] + during["frame"]),
+        "without": figures(alone["feed"] + alone["frame"]),
+        "feed_during": figures(during["feed"]),
+        "feed_without": figures(alone["feed"]),
+        "purge_lock_holds": None
+        if watched is None
+        else figures(watched.held[threading.current_thread().name]),
+        "service_lock_waits": None if watched is None else figures(watched.waited["service"]),
     }
 
 
@@ -340,14 +360,19 @@ def store_table(r: dict[str, Any]) -> str:
     if p:
         lines += [
             "",
-            f"purge: {p['frames_purged']:,} frames' files in {p['seconds']} s. Feed reads "
+            f"purge: {p['purged']:,} {p['what']} in {p['seconds']} s. Feed reads "
             f"and frame adds beside it: {p['during']['calls']} calls, p99 "
-            f"{p['during']['p99_ms']} ms, slowest {p['during']['max_ms']} ms; as long "
-            f"without a purge: {p['without']['calls']} calls, p99 {p['without']['p99_ms']} "
-            f"ms, slowest {p['without']['max_ms']} ms. The purge held the store's lock "
-            f"{p['purge_lock_holds']['calls']} times, p99 {p['purge_lock_holds']['p99_ms']} "
-            f"ms, longest {p['purge_lock_holds']['max_ms']} ms; the other thread waited "
-            f"for it at most {p['service_lock_waits']['max_ms']} ms "
-            f"(p99 {p['service_lock_waits']['p99_ms']} ms)",
+            f"{p['during']['p99_ms']} ms, slowest {p['during']['max_ms']} ms (feed reads "
+            f"alone: slowest {p['feed_during']['max_ms']} ms); as long without a purge: "
+            f"{p['without']['calls']} calls, p99 {p['without']['p99_ms']} ms, slowest "
+            f"{p['without']['max_ms']} ms (feed reads: {p['feed_without']['max_ms']} ms).",
         ]
+        if p["purge_lock_holds"]:
+            lines[-1] += (
+                f" The purge held the store's lock {p['purge_lock_holds']['calls']} times, "
+                f"p99 {p['purge_lock_holds']['p99_ms']} ms, longest "
+                f"{p['purge_lock_holds']['max_ms']} ms; the other thread waited for it at "
+                f"most {p['service_lock_waits']['max_ms']} ms (p99 "
+                f"{p['service_lock_waits']['p99_ms']} ms)"
+            )
     return "\n".join(lines)
