@@ -1,4 +1,4 @@
-"""The bed cropper in a bundle: exported from its checkpoint and checked, or reused.
+"""The bed cropper in a bundle: exported from its checkpoint and checked.
 
 `bed.onnx` takes the frame scaled to common.bed.BED_INPUT and answers the bed's
 probability per pixel (`bed_probs`); the service crops the truck bed with it.
@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.bundle import MANIFEST, BedModelInfo, Bundle, BundleError, load_bundle
 from model_export import ExportError
 from model_export.onnx_export import export_onnx
 from model_export.parity import ParityError, single_output
@@ -45,15 +44,3 @@ def export_bed_model(path: Path, out: Path) -> dict[str, Any]:
         "metrics": metrics,
         "parity": {"max_abs": diff, "mask_agreement": agree, "inputs": len(x)},
     }
-
-
-def bundle_bed(bundle_dir: Path) -> tuple[Bundle, BedModelInfo]:
-    """The bed cropper of an existing bundle (checked against its manifest), to reuse."""
-    try:
-        bundle = load_bundle(bundle_dir)
-    except BundleError as err:
-        raise ExportError(f"--bed-from: {err}") from None
-    info = bundle.manifest.bed_model
-    if info is None:
-        raise ExportError(f"{bundle_dir / MANIFEST}: --bed-from: the bundle has no bed model")
-    return bundle, info

@@ -5,14 +5,16 @@ BUNDLE/model.onnx             fp32 inference graph, batch axis dynamic (model_ex
 BUNDLE/model.fp16.onnx        fp16 variant, float32 inputs and outputs
 BUNDLE/model.pt2              torch.export program, for the service's PyTorch engine
 BUNDLE/model.<gpu>.trt<v>.<precision>.plan   with --tensorrt, on a GPU with TensorRT
-BUNDLE/region.onnx            with --region, the region encoder (model_export.region)
+BUNDLE/region.onnx            with --region, the region encoder (model_export.region), or
+                              with --region-from, an existing bundle's, copied
 BUNDLE/text.onnx, tokenizer.json   the text tower and its tokenizer, for classes defined by
                               text at run time (model_export.text; not with --zero-shot-slots 0)
 
 Every exported file is checked against the PyTorch model (model_export.parity) before
-the bundle is written; a file out of tolerance stops the export. The bundle is written
-into a temporary folder beside BUNDLE and renamed into place, so a failed export leaves
-no half bundle.
+the bundle is written (a part reused with --bed-from or --region-from was checked when
+its bundle was made, and that bundle is checked against its manifest's sha256 now); a
+file out of tolerance stops the export. The bundle is written into a temporary folder
+beside BUNDLE and renamed into place, so a failed export leaves no half bundle.
 """
 
 from __future__ import annotations
@@ -143,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         "each instance, as region.onnx with its descriptions' embeddings",
     )
     p.add_argument(
+        "--region-from",
+        type=Path,
+        metavar="BUNDLE_DIR",
+        help="reuse the region encoder (region.onnx, its descriptions and figures) of an "
+        "existing bundle, e.g. when only the segmentation model was retrained",
+    )
+    p.add_argument(
         "--zero-shot-slots",
         type=int,
         default=4,
@@ -176,8 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     options = _options(args)
     staged = args.out.with_name(f".{args.out.name}.old") if args.out.exists() else None
-    if staged is not None and args.bed_from and args.bed_from.resolve() == args.out.resolve():
-        options = replace(options, bed_from=staged)  # the bundle being replaced: read it there
+    if staged is not None:  # parts of the bundle being replaced are read where it is moved
+        for part in ("bed_from", "region_from"):
+            source = getattr(options, part)
+            if source is not None and source.resolve() == args.out.resolve():
+                options = replace(options, **{part: staged})
     try:
         if staged is not None:
             args.out.rename(staged)
@@ -220,6 +232,7 @@ def _options(args: argparse.Namespace) -> ExportOptions:
         bed_model=args.bed_model,
         bed_from=args.bed_from,
         region=args.region,
+        region_from=args.region_from,
         zero_shot_slots=args.zero_shot_slots,
     )
 

@@ -24,6 +24,8 @@ import torch
 
 from common.bundle import (
     MANIFEST,
+    Bundle,
+    BundleError,
     BundleFile,
     Manifest,
     load_bundle,
@@ -33,7 +35,7 @@ from common.classes import CLASS_NAMES
 from common.imaging import CLIP_MEAN, CLIP_STD, normalize
 from common.jsonfile import JSONFileError, read_json
 from model_export import ExportError
-from model_export.bed import BED_FILE, bundle_bed, export_bed_model
+from model_export.bed import BED_FILE, export_bed_model
 from model_export.graph import InferenceGraph
 from model_export.onnx_export import convert_fp16, export_onnx, simplify
 from model_export.parity import (
@@ -77,6 +79,8 @@ class ExportOptions:
     bed_from: Path | None = None
     region: Path | None = None
     """A scrapscan-region checkpoint: the region encoder that describes each instance."""
+    region_from: Path | None = None
+    """An existing bundle whose region encoder (file, descriptions, figures) is reused."""
     zero_shot_slots: int = 4
     """Classes defined by text the service can score at once (0: none, no text tower)."""
 
@@ -179,6 +183,35 @@ def _calibration_patches(folder: Path, input_size: int, limit: int = 256) -> npt
     return np.stack([normalize(patches[int(i)].image) for i in picks])
 
 
+_PARTS = {"bed_model": ("--bed-from", "bed model"), "region": ("--region-from", "region encoder")}
+
+
+def _reused(bundle_dir: Path, part: str) -> tuple[Bundle, Any]:
+    """An existing bundle and its `part` (a manifest field: "bed_model" or "region").
+
+    The bundle is checked against its manifest (its files' sha256) before anything of it is
+    copied.
+    """
+    flag, what = _PARTS[part]
+    try:
+        bundle = load_bundle(bundle_dir)
+    except BundleError as err:
+        raise ExportError(f"{flag}: {err}") from None
+    info = getattr(bundle.manifest, part)
+    if info is None:
+        raise ExportError(f"{bundle_dir / MANIFEST}: {flag}: the bundle has no {what}")
+    return bundle, info
+
+
+def _parity_from(source: Bundle, file: str) -> dict[str, Any]:
+    """The parity figures of `file` in the bundle it is copied from, and which bundle that is."""
+    made = source.manifest.model
+    return {
+        **source.manifest.metrics.get("parity", {}).get(file, {}),
+        "from": f"{source.root} ({made.name} {made.version})",
+    }
+
+
 def _entry(path: Path, kind: str, precision: str | None, **extra: Any) -> BundleFile:
     return BundleFile.model_validate(
         {
@@ -208,7 +241,10 @@ def export_bundle(
         sigma = float(evaluation.get("sigma", DEFAULT_SIGMA))
     if options.bed_model is not None and options.bed_from is not None:
         raise ExportError("give the bed cropper once: --bed-model or --bed-from, not both")
-    reused = None if options.bed_from is None else bundle_bed(options.bed_from)
+    reused = None if options.bed_from is None else _reused(options.bed_from, "bed_model")
+    if options.region is not None and options.region_from is not None:
+        raise ExportError("give the region encoder once: --region or --region-from, not both")
+    kept_region = None if options.region_from is None else _reused(options.region_from, "region")
     calibrated = (  # checked before the slow part
         {}
         if options.thresholds is None
@@ -218,12 +254,19 @@ def export_bundle(
         calibrated.pop("verify_margin", None),
         calibrated.pop("verify_region", None),
     )
+    # the region encoder's checkpoint, whether exported now or reused from a bundle
+    region_source = (
+        options.region
+        if kept_region is None
+        else Path(str(kept_region[1].metrics.get("checkpoint", "")))
+    )
     if margin is not None and (
-        options.region is None or Path(str(verified_with)).resolve() != options.region.resolve()
+        region_source is None or Path(str(verified_with)).resolve() != region_source.resolve()
     ):
         raise ExportError(
             f"{options.thresholds}: its verify_margin was chosen for the region encoder "
-            f"{verified_with}; pass that checkpoint as --region"
+            f"{verified_with}; pass that checkpoint as --region (or a bundle of it as "
+            "--region-from)"
         )
     graph = InferenceGraph(model, options.zero_shot_slots).eval()
     slots = options.zero_shot_slots
@@ -290,11 +333,7 @@ def export_bundle(
             source, info = reused
             shutil.copyfile(source.path(info.file), work / BED_FILE)
             bed_info = {**info.model_dump(mode="json"), "file": BED_FILE}
-            made = source.manifest.model
-            parity[BED_FILE] = {
-                **source.manifest.metrics.get("parity", {}).get(info.file, {}),
-                "from": f"{source.root} ({made.name} {made.version})",
-            }
+            parity[BED_FILE] = _parity_from(source, info.file)
             files[BED_FILE] = _entry(work / BED_FILE, "bed_model", "fp32")
             log(f"  {BED_FILE}: from {source}")
         region_info: dict[str, Any] | None = None
@@ -309,6 +348,18 @@ def export_bundle(
             region_info.update(verify_margin=margin, drop_unverified=margin is not None)
             files[REGION_FILE] = _entry(work / REGION_FILE, "region_encoder", "fp32")
             log(f"  {REGION_FILE}: parity max abs {parity[REGION_FILE]['max_abs']:.1e}")
+        elif kept_region is not None:  # checked when that bundle was exported
+            source, kept = kept_region
+            shutil.copyfile(source.path(kept.file), work / REGION_FILE)
+            region_info = {
+                **kept.model_dump(mode="json"),
+                "file": REGION_FILE,
+                "verify_margin": margin,  # the margin is this export's calibration's
+                "drop_unverified": margin is not None,
+            }
+            parity[REGION_FILE] = _parity_from(source, kept.file)
+            files[REGION_FILE] = _entry(work / REGION_FILE, "region_encoder", "fp32")
+            log(f"  {REGION_FILE}: from {source}")
         zero_shot: dict[str, Any] | None = None
         if slots:
             try:

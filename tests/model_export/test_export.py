@@ -406,18 +406,23 @@ def test_a_bed_model_goes_into_the_bundle_with_its_parity(checkpoint, tmp_path):
     assert main(args) == 1
 
 
-def test_the_bed_cropper_of_another_bundle_is_reused_as_it_is(checkpoint, tmp_path, capsys):
+def test_the_bed_cropper_and_region_encoder_of_another_bundle_are_reused_as_they_are(
+    checkpoint, tmp_path, capsys
+):
     demo = load_bundle(DEMO)
     target = tmp_path / "b"
-    shutil.copytree(DEMO, target)  # replaced in place, its own bed cropper kept
+    shutil.copytree(DEMO, target)  # replaced in place, its own bed cropper and encoder kept
     args = ["--checkpoint", str(checkpoint), "--out", str(target), "--no-fp16", "--no-torch-export"]
-    assert main([*args, "--bed-from", str(target), "--overwrite"]) == 0
+    reuse = ["--bed-from", str(target), "--region-from", str(target)]
+    assert main([*args, *reuse, "--overwrite"]) == 0
     bundle = load_bundle(target)
     assert bundle.manifest.bed_model == demo.manifest.bed_model
-    assert bundle.manifest.files["bed.onnx"].sha256 == demo.manifest.files["bed.onnx"].sha256
-    parity = bundle.manifest.metrics["parity"]["bed.onnx"]
-    assert parity["max_abs"] == demo.manifest.metrics["parity"]["bed.onnx"]["max_abs"]
-    assert "demo" in parity["from"] and bundle.manifest.model.name != "demo"
+    assert bundle.manifest.region == demo.manifest.region
+    for name in ("bed.onnx", "region.onnx"):
+        assert bundle.manifest.files[name].sha256 == demo.manifest.files[name].sha256
+        parity = bundle.manifest.metrics["parity"][name]
+        assert parity["max_abs"] == demo.manifest.metrics["parity"][name]["max_abs"]
+        assert "demo" in parity["from"] and bundle.manifest.model.name != "demo"
     assert not list(tmp_path.glob(".b*"))  # the replaced bundle is gone
     capsys.readouterr()
     other = tmp_path / "c"
@@ -427,6 +432,12 @@ def test_the_bed_cropper_of_another_bundle_is_reused_as_it_is(checkpoint, tmp_pa
     main([*args[:2], "--out", str(plain), "--no-fp16", "--no-torch-export"])
     assert main([*args[:2], "--out", str(other), "--bed-from", str(plain)]) == 1
     assert "the bundle has no bed model" in capsys.readouterr().err and not other.exists()
+    assert main([*args[:2], "--out", str(other), "--region-from", str(plain)]) == 1
+    assert "the bundle has no region encoder" in capsys.readouterr().err and not other.exists()
+    both = ["--region-from", str(target), "--region", str(plain)]
+    assert main([*args[:2], "--out", str(other), *both]) == 1
+    assert "--region or --region-from, not both" in capsys.readouterr().err
+    assert not other.exists()
 
 
 def test_export_adds_versions_to_a_repository_and_never_replaces_one(checkpoint, tmp_path, capsys):
@@ -536,3 +547,11 @@ def test_a_calibrated_verification_margin_goes_with_its_region_encoder(
     assert main([*args, "--out", str(tmp_path / "b"), "--region", str(region_checkpoint)]) == 0
     region = load_bundle(tmp_path / "b").manifest.region
     assert region is not None and (region.verify_margin, region.drop_unverified) == (0.125, True)
+    # a bundle of that encoder carries it as well; another bundle's encoder is refused
+    reused = [*args, "--out", str(tmp_path / "c"), "--region-from", str(tmp_path / "b")]
+    assert main(reused) == 0
+    kept = load_bundle(tmp_path / "c").manifest.region
+    assert kept is not None and (kept.verify_margin, kept.drop_unverified) == (0.125, True)
+    assert kept.embeddings == region.embeddings
+    assert main([*args, "--out", str(tmp_path / "d"), "--region-from", str(DEMO)]) == 1
+    assert "--region-from" in capsys.readouterr().err and not (tmp_path / "d").exists()
