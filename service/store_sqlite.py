@@ -145,8 +145,10 @@ RESULT_FILES = ("mask.png", "overlay.jpg", "maps.png")
 """The files a frame's end brings (service/pipeline.py), removed with its upload."""
 PURGE_BATCH = 250
 """Frames per purge transaction; other callers get the store between batches. At a million
-frames the longest hold of the lock was 22-25 ms with batches of 1,000, 10-12 ms with
-250, in the same total time (BENCHMARKS.md, "The purge beside the service")."""
+frames, when commits still copied the WAL themselves, the longest hold of the lock was
+22-25 ms with batches of 1,000, 10-12 ms with 250, in the same total time (BENCHMARKS.md,
+"The purge beside the service"); with the checkpointer, 16 ms right after a million-frame
+fill ("The WAL copied outside the store's lock")."""
 CHECKPOINT_EVERY_S = 1.0
 """How often the checkpointer looks for new commits to copy from the WAL (_Checkpointer)."""
 WAL_PAGES = 10_000
