@@ -203,13 +203,28 @@ def _reused(bundle_dir: Path, part: str) -> tuple[Bundle, Any]:
     return bundle, info
 
 
-def _parity_from(source: Bundle, file: str) -> dict[str, Any]:
-    """The parity figures of `file` in the bundle it is copied from, and which bundle that is."""
+def _copy_part(
+    reused: tuple[Bundle, Any],
+    work: Path,
+    name: str,
+    kind: str,
+    files: dict[str, BundleFile],
+    parity: dict[str, dict[str, object]],
+) -> dict[str, Any]:
+    """Copy a part of another bundle (`_reused`) into `work` as `name`, as it is.
+
+    Its parity figures are the ones of the bundle it comes from (checked when that bundle
+    was exported), with which bundle that is; returns the part's manifest entry.
+    """
+    source, info = reused
+    shutil.copyfile(source.path(info.file), work / name)
     made = source.manifest.model
-    return {
-        **source.manifest.metrics.get("parity", {}).get(file, {}),
+    parity[name] = {
+        **source.manifest.metrics.get("parity", {}).get(info.file, {}),
         "from": f"{source.root} ({made.name} {made.version})",
     }
+    files[name] = _entry(work / name, kind, "fp32")
+    return {**info.model_dump(mode="json"), "file": name}
 
 
 def _entry(path: Path, kind: str, precision: str | None, **extra: Any) -> BundleFile:
@@ -255,11 +270,10 @@ def export_bundle(
         calibrated.pop("verify_region", None),
     )
     # the region encoder's checkpoint, whether exported now or reused from a bundle
-    region_source = (
-        options.region
-        if kept_region is None
-        else Path(str(kept_region[1].metrics.get("checkpoint", "")))
-    )
+    region_source = options.region
+    if kept_region is not None:  # None when that bundle does not say which checkpoint
+        made_from = kept_region[1].metrics.get("checkpoint")
+        region_source = None if made_from is None else Path(str(made_from))
     if margin is not None and (
         region_source is None or Path(str(verified_with)).resolve() != region_source.resolve()
     ):
@@ -329,13 +343,9 @@ def export_bundle(
             parity[BED_FILE] = bed_info.pop("parity")
             files[BED_FILE] = _entry(work / BED_FILE, "bed_model", "fp32")
             log(f"  {BED_FILE}: parity max abs {parity[BED_FILE]['max_abs']:.1e}")
-        elif reused is not None:  # checked when that bundle was exported; copied as it is
-            source, info = reused
-            shutil.copyfile(source.path(info.file), work / BED_FILE)
-            bed_info = {**info.model_dump(mode="json"), "file": BED_FILE}
-            parity[BED_FILE] = _parity_from(source, info.file)
-            files[BED_FILE] = _entry(work / BED_FILE, "bed_model", "fp32")
-            log(f"  {BED_FILE}: from {source}")
+        elif reused is not None:
+            bed_info = _copy_part(reused, work, BED_FILE, "bed_model", files, parity)
+            log(f"  {BED_FILE}: from {reused[0]}")
         region_info: dict[str, Any] | None = None
         if options.region is not None:
             try:
@@ -348,18 +358,13 @@ def export_bundle(
             region_info.update(verify_margin=margin, drop_unverified=margin is not None)
             files[REGION_FILE] = _entry(work / REGION_FILE, "region_encoder", "fp32")
             log(f"  {REGION_FILE}: parity max abs {parity[REGION_FILE]['max_abs']:.1e}")
-        elif kept_region is not None:  # checked when that bundle was exported
-            source, kept = kept_region
-            shutil.copyfile(source.path(kept.file), work / REGION_FILE)
-            region_info = {
-                **kept.model_dump(mode="json"),
-                "file": REGION_FILE,
-                "verify_margin": margin,  # the margin is this export's calibration's
-                "drop_unverified": margin is not None,
-            }
-            parity[REGION_FILE] = _parity_from(source, kept.file)
-            files[REGION_FILE] = _entry(work / REGION_FILE, "region_encoder", "fp32")
-            log(f"  {REGION_FILE}: from {source}")
+        elif kept_region is not None:
+            region_info = _copy_part(
+                kept_region, work, REGION_FILE, "region_encoder", files, parity
+            )
+            # the margin is this export's calibration's, not the source bundle's
+            region_info.update(verify_margin=margin, drop_unverified=margin is not None)
+            log(f"  {REGION_FILE}: from {kept_region[0]}")
         zero_shot: dict[str, Any] | None = None
         if slots:
             try:
