@@ -5,15 +5,15 @@
     scrapscan-eval --bundle DIR --data DIR [DIR ...] --out REPORT_DIR [--calibrate]
 
 With --bundle, labelled full frames go through the service's own pipeline and are judged
-as a yard judges them (tools.served_eval): instance AP, recall and precision, frame
-verdicts, trucks, full-frame pixel metrics. With --calibrate the thresholds are chosen
-on those frames first (tools.calibrate), written to REPORT_DIR/thresholds.json for
-`scrapscan-export --thresholds`, and the report gives the figures under them. A bundle
-with a region encoder is also judged as a verifier: its verification score of each
-served instance, and the instances and frames without and with the instances under the
-margin (report "verifier"), beside the precision a stricter minimum score alone reaches
-at the same recall; --calibrate chooses the margin (the highest instance precision at a
-recall at most 0.05 below the recall without it).
+as a yard judges them (tools.served_eval): instance AP, recall and precision (and why
+each true instance was missed), frame verdicts, trucks, full-frame pixel metrics. With
+--calibrate the thresholds are chosen on those frames first (tools.calibrate), written
+to REPORT_DIR/thresholds.json for `scrapscan-export --thresholds`, and the report gives
+the figures under them. A bundle with a region encoder is also judged as a verifier: its
+verification score of each served instance, and the instances and frames without and
+with the instances under the margin (report "verifier"), beside the precision a stricter
+minimum score alone reaches at the same recall; --calibrate chooses the margin (the
+highest instance precision at a recall at most 0.05 below the recall without it).
 
 REPORT_DIR/report.json     the figures, the thresholds that made them, per-frame rows
 REPORT_DIR/roc.png, pr.png pixel and frame-score ROC, pixel precision-recall
@@ -246,6 +246,9 @@ def served_main(argv: Sequence[str]) -> int:
         f"found, {inst['served']} served); AP@0.25 {_num(ap['iou_0.25'])}, "
         f"AP@0.5 {_num(ap['iou_0.5'])}"
     )
+    causes = [f"{n} {c.replace('_', ' ')}" for c, v in inst["missed"].items() if (n := v["total"])]
+    if causes:
+        print(f"missed: {', '.join(causes)}")
     print(
         f"frames: accuracy {_pct(frames['accuracy'])}, false alarms "
         f"{_pct(frames['false_alarm_rate'])} of {frames['clean_frames']} clean, misses "

@@ -11,6 +11,7 @@ the service would answer is then compared with the labels:
   a frame, served instances in descending score each take the unmatched true instance of
   highest mask IoU, of any class, when that IoU is at least `match_iou` (0.25); a matched
   served instance is found, its class is right when it equals the true one.
+  Each true instance left unfound is given the first cause that holds (`missed`).
 - frames: the verdict (clean, inspect, reject) against the truth (a frame holding a true
   instance is contaminated): a confusion table, the share of clean frames flagged (false
   alarms), the share of contaminated frames passed as clean (misses), and the ROC of the
@@ -277,6 +278,75 @@ def count(
     return c
 
 
+MISS_CAUSES = (
+    "outside_bed",
+    "not_lit",
+    "dropped_by_size",
+    "poor_fit",
+    "below_min_score",
+    "taken",
+)
+"""Why a true instance was not found, the first that holds (module `missed`)."""
+
+
+def _miss_cause(seen: Seen, o: FrameOutcome, rule: InstanceRule, t: int, match_iou: float) -> str:
+    """Why true instance `t` of a frame went unfound by the served instances (MISS_CAUSES)."""
+    merged = seen.merged
+    gh, gw = merged.anomaly.shape
+    full = _cells(mask_utils.decode(seen.truth.rles[t]), merged.stride)
+    cells = np.zeros((gh, gw), bool)
+    cells[: full.shape[0], : full.shape[1]] = full[:gh, :gw] > 0
+    cells &= merged.bed_mask
+    if not cells.any():
+        return "outside_bed"
+    on = merged.anomaly >= rule.cell_thresholds(merged.classes)
+    if not on[cells].any():
+        return "not_lit"
+    iou = region_iou(o.rles, [seen.truth.rles[t]])[:, 0]
+    if not (iou > 0).any():
+        return "dropped_by_size"
+    fitting = [i for i, v in zip(o.candidates, iou, strict=True) if v >= match_iou]
+    if not fitting:
+        return "poor_fit"
+    if all(i.score < rule.min_score for i in fitting):
+        return "below_min_score"
+    return "taken"
+
+
+def missed(
+    seen: Sequence[Seen],
+    outcomes: Sequence[FrameOutcome],
+    rule: InstanceRule,
+    classes: tuple[str, ...],
+    match_iou: float,
+) -> dict[str, Any]:
+    """Per cause, the true instances the served ones did not find, in all and per class.
+
+    The causes, the first that holds: the instance lies outside the bed the service
+    cropped (`outside_bed`); the map stays under the rule's threshold on all its cells
+    (`not_lit`); its cells are on but their region fell outside the area limits
+    (`dropped_by_size`); a region overlaps it, at an IoU under `match_iou` (`poor_fit`:
+    merged with its neighbours, or a fragment of it); a region fits it but scores under
+    the minimum score (`below_min_score`); a served region fits it but found another true
+    instance first (`taken`). The first two call for a better model, the next three for
+    other thresholds.
+    """
+    out: dict[str, Any] = {c: {"total": 0, **dict.fromkeys(classes[1:], 0)} for c in MISS_CAUSES}
+    for s, o in zip(seen, outcomes, strict=True):
+        found = {
+            t
+            for i, t in zip(o.candidates, o.matched, strict=True)
+            if t is not None and i.score >= rule.min_score
+        }
+        for t, k in enumerate(s.truth.classes):
+            if t in found:
+                continue
+            cause = _miss_cause(s, o, rule, t, match_iou)
+            out[cause]["total"] += 1
+            out[cause][classes[k]] += 1
+    return out
+
+
 def served(o: FrameOutcome, min_score: float) -> list[Instance]:
     """The instances the service reports: candidates at or over the minimum score."""
     return [i for i in o.candidates if i.score >= min_score]
@@ -436,7 +506,11 @@ def score(
     pixel, curves = pixel_figures(seen)
     tiles = [s.tiles for s in seen]
     report = {
-        "instances": {**instances, "match": f"mask IoU >= {match_iou}, greedy by score"},
+        "instances": {
+            **instances,
+            "match": f"mask IoU >= {match_iou}, greedy by score",
+            "missed": missed(seen, outcomes, rule, classes, match_iou),
+        },
         "instance_ap": coco_ap(seen, outcomes, classes, rule.min_score),
         "frames": frames,
         "trucks": truck_table(seen, verdicts),

@@ -97,6 +97,32 @@ def test_a_perfect_map_scores_full_marks_and_a_wrong_class_is_counted():
     assert r["instances"]["recall"] == 0.0 and r["instances"]["precision"] == 0.0
 
 
+def test_each_missed_instance_is_given_the_first_cause_that_holds():
+    seen = [
+        _seen("dark", [], [(20, 60, 20, 60, 1)]),
+        _seen("speck", [(20, 22, 20, 22, 0.9, 3)], [(20, 40, 20, 40, 3)]),
+        _seen("blob", [(20, 100, 20, 100, 0.9, 2)], [(50, 60, 50, 60, 2)]),
+        _seen("faint", [(20, 60, 20, 60, 0.6, 1)], [(20, 60, 20, 60, 1)]),
+        # one region over two true motors side by side: it finds one, the other is taken
+        _seen("pair", [(20, 60, 20, 100, 0.9, 1)], [(20, 60, 20, 60, 1), (20, 60, 60, 100, 1)]),
+        _seen("edge", [(20, 60, 260, 300, 0.9, 1)], [(20, 60, 260, 300, 1)]),
+        _seen("found", [(20, 60, 20, 60, 0.9, 1)], [(20, 60, 20, 60, 1)]),
+    ]
+    seen[5].bed.mask[:, 250:] = False  # the bed the service cropped ends before it
+    rule = InstanceRule(0.5, 10, 0.5, min_score=0.8)
+    missed = score(seen, rule, 0.95, CLASS_NAMES, 0.25).report["instances"]["missed"]
+    assert {c: v["total"] for c, v in missed.items()} == {
+        "outside_bed": 1,
+        "not_lit": 1,
+        "dropped_by_size": 1,
+        "poor_fit": 1,
+        "below_min_score": 1,
+        "taken": 1,
+    }
+    assert missed["not_lit"]["motor"] == 1 and missed["dropped_by_size"]["spray_can"] == 1
+    assert missed["poor_fit"]["cable"] == 1 and missed["taken"]["motor"] == 1
+
+
 def test_calibration_cuts_what_the_data_says_is_false():
     # true motors, each with a tiny bright speck beside it
     seen = [
@@ -235,6 +261,10 @@ def test_the_cli_runs_the_service_pipeline_and_calibrates(synth_dir, tmp_path, c
     labels = json.loads((synth_dir / "annotations.json").read_text())
     contaminants = [a for a in labels["annotations"] if a["category_id"] in range(1, 4)]
     assert report["instances"]["true"] == len(contaminants)
+    # every true instance is found or missed for one cause
+    missed = sum(v["total"] for v in report["instances"]["missed"].values())
+    assert missed == report["instances"]["true"] - report["instances"]["found"]
+    assert ("missed: " in printed) == (missed > 0)
     assert len(report["per_frame"]) == 8 and report["bed_strategies"] == ["learned"]
     assert report["bed_iou"]["min"] > 0.8  # the learned bed finds the labelled one
     assert (out / "roc.png").stat().st_size > 0 and (out / "pr.png").stat().st_size > 0
