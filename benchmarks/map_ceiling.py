@@ -1,6 +1,7 @@
 """The pixel AP a perfect map at a given grid could reach: resolution, not learning.
 
 python benchmarks/map_ceiling.py --data DIR [--grid 37 16 ...] [--input-size 518] [--sigma 4]
+                                 [--per-class]
 
 The model scores a patch on a g x g grid of tokens (g = input size / patch size: 37 for
 both configs at 518 px) that scrapscan-eval upsamples bilinearly to the input size and
@@ -8,7 +9,9 @@ smooths with a Gaussian. This script puts the ground truth itself through that p
 each patch's contaminant mask is averaged over the g x g cells, upsampled and smoothed
 the same way, and scored against the mask with scrapscan-eval's streaming metrics. What
 it prints per grid is the best a model with that grid can reach on DIR; a trained
-model far below it is short of learning, not of resolution.
+model far below it is short of learning, not of resolution. --per-class does the same
+for each contaminant class's own mask (scrapscan-eval's per-class AP): a thin class such
+as cables fills only part of the cells it crosses, so its ceiling is lower.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.classes import IGNORE_INDEX
+from common.classes import CLASS_NAMES, IGNORE_INDEX
 from common.imaging import INPUT_SIZE
 from training.data import DataError, PatchSet, load_frames
 from training.evaluate import DEFAULT_SIGMA, smooth
@@ -29,14 +32,19 @@ from training.metrics import PixelMetricAccumulator
 from training.model import upsample
 
 
-def ceiling(patches: PatchSet, grid: int, sigma: float) -> tuple[dict[str, float], float]:
-    """Pixel metrics of every patch's own mask seen through a grid x grid map; base rate."""
+def ceiling(
+    patches: PatchSet, grid: int, sigma: float, cls: int | None = None
+) -> tuple[dict[str, float], float]:
+    """Pixel metrics of every patch's own mask seen through a grid x grid map; base rate.
+
+    The mask of all contaminants, or of class index `cls` alone.
+    """
     acc = PixelMetricAccumulator()
     positives = labelled = 0
     for i in range(len(patches)):
         mask = patches[i].mask
         valid = mask != IGNORE_INDEX
-        truth = valid & (mask > 0)
+        truth = valid & ((mask > 0) if cls is None else (mask == cls))
         cells = F.adaptive_avg_pool2d(torch.from_numpy(truth[None, None].astype(np.float32)), grid)
         scores = smooth(upsample(cells[:, 0], mask.shape[-1]).numpy(), sigma)
         acc.update(scores, truth[None], valid[None])
@@ -52,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", type=int, nargs="+", default=[37], help="map sizes to try")
     p.add_argument("--input-size", type=int, default=INPUT_SIZE, help="patch size in px")
     p.add_argument("--sigma", type=float, default=DEFAULT_SIGMA, help="Gaussian smoothing")
+    p.add_argument("--per-class", action="store_true", help="each class's ceiling too")
     args = p.parse_args(argv)
     bad = [g for g in args.grid if not 1 <= g <= args.input_size]
     if bad or args.sigma < 0:
@@ -71,6 +80,17 @@ def main(argv: list[str] | None = None) -> int:
             f"grid {grid:3d}: AUROC {m['auroc']:.4f}  AP {m['ap']:.4f}  AUPRO {m['aupro']:.4f}  "
             f"F1-max {m['f1_max']:.4f}"
         )
+        if args.per_class:
+            for cls in range(1, len(CLASS_NAMES)):
+                try:
+                    m, base = ceiling(patches, grid, args.sigma, cls)
+                except ValueError:  # no pixel of the class in DIR
+                    print(f"  {CLASS_NAMES[cls]:10s} none in the data")
+                    continue
+                print(
+                    f"  {CLASS_NAMES[cls]:10s} AP {m['ap']:.4f}  F1-max {m['f1_max']:.4f}  "
+                    f"base rate {base:.4f}"
+                )
     return 0
 
 

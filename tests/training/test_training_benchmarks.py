@@ -74,6 +74,33 @@ def test_the_map_ceiling_is_perfect_at_full_resolution_and_lower_on_a_coarse_gri
     assert 0.0 < ap["4"] < 0.9
 
 
+def test_the_map_ceiling_per_class_is_perfect_at_full_resolution_and_lower_when_coarse(
+    synth_dir,
+):
+    done = map_ceiling(
+        "--data",
+        str(synth_dir),
+        "--input-size",
+        "64",
+        "--grid",
+        "64",
+        "4",
+        "--sigma",
+        "0",
+        "--per-class",
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert [r[0] for r in rows] == ["motor", "cable", "spray_can"] * 2
+    full, coarse = rows[:3], rows[3:]
+    for f, c in zip(full, coarse, strict=True):
+        if f[1] == "none":
+            continue
+        assert float(f[2]) == pytest.approx(1.0, abs=1e-3)
+        assert float(c[2]) < 0.9
+    assert any(f[1] == "AP" for f in full)  # the frames hold some class
+
+
 def test_the_map_ceiling_refuses_a_grid_finer_than_the_patch_and_names_missing_data(tmp_path):
     done = map_ceiling("--data", str(tmp_path), "--input-size", "64", "--grid", "65")
     assert done.returncode == 2 and "--grid must be in 1..64" in done.stderr
