@@ -291,14 +291,18 @@ MISS_CAUSES = (
 
 def _miss_cause(seen: Seen, o: FrameOutcome, rule: InstanceRule, t: int, match_iou: float) -> str:
     """Why true instance `t` of a frame went unfound by the served instances (MISS_CAUSES)."""
-    merged = seen.merged
-    gh, gw = merged.anomaly.shape
-    full = _cells(mask_utils.decode(seen.truth.rles[t]), merged.stride)
-    cells = np.zeros((gh, gw), bool)
-    cells[: full.shape[0], : full.shape[1]] = full[:gh, :gw] > 0
-    cells &= merged.bed_mask
-    if not cells.any():
+    merged, st = seen.merged, seen.merged.stride
+    pixels = mask_utils.decode(seen.truth.rles[t]).astype(bool)
+    if not (pixels & seen.bed.mask).any():
         return "outside_bed"
+    # its cells as the pixel figures sample them (at their centres), or the cells it
+    # touches when it covers no cell's centre
+    gh, gw = merged.anomaly.shape
+    padded = np.zeros((gh * st, gw * st), np.uint8)
+    padded[: pixels.shape[0], : pixels.shape[1]] = pixels[: gh * st, : gw * st]
+    cells = (_cells(padded, st) > 0) & merged.bed_mask
+    if not cells.any():
+        cells = padded.reshape(gh, st, gw, st).any(axis=(1, 3)) & merged.bed_mask
     on = merged.anomaly >= rule.cell_thresholds(merged.classes)
     if not on[cells].any():
         return "not_lit"
@@ -328,8 +332,8 @@ def missed(
     (`dropped_by_size`); a region overlaps it, at an IoU under `match_iou` (`poor_fit`:
     merged with its neighbours, or a fragment of it); a region fits it but scores under
     the minimum score (`below_min_score`); a served region fits it but found another true
-    instance first (`taken`). The first two call for a better model, the next three for
-    other thresholds.
+    instance first (`taken`). The first asks for a better bed cropper, the second for a
+    better model, the next three for other thresholds.
     """
     out: dict[str, Any] = {c: {"total": 0, **dict.fromkeys(classes[1:], 0)} for c in MISS_CAUSES}
     for s, o in zip(seen, outcomes, strict=True):

@@ -122,6 +122,20 @@ def test_each_missed_instance_is_given_the_first_cause_that_holds():
     assert missed["not_lit"]["motor"] == 1 and missed["dropped_by_size"]["spray_can"] == 1
     assert missed["poor_fit"]["cable"] == 1 and missed["taken"]["motor"] == 1
 
+    # on a map of one cell per 4 x 4 pixels, a 2 x 2 px instance that holds no cell's
+    # centre is judged on the cell it lies in
+    coarse = _seen("coarse", [], [(40, 42, 40, 42, 3)])
+    anomaly = np.zeros((H // 4, W // 4), np.float32)
+    classes = np.zeros((4, H // 4, W // 4), np.float32)
+    classes[0] = 1.0
+    anomaly[10, 10], classes[:, 10, 10] = 0.9, (0.1, 0.0, 0.0, 0.9)
+    bed = np.ones((H // 4, W // 4), bool)
+    coarse.merged = Merged(anomaly, classes, bed, 4)
+    coarse.truth_cells = coarse.truth_cells[2::4, 2::4]  # no centre in the instance
+    larger = InstanceRule(0.5, 20, 0.5, min_score=0.8)
+    missed = score([coarse], larger, 0.95, CLASS_NAMES, 0.25).report["instances"]["missed"]
+    assert missed["dropped_by_size"]["spray_can"] == 1  # lit; its one-cell region is 16 px
+
 
 def test_calibration_cuts_what_the_data_says_is_false():
     # true motors, each with a tiny bright speck beside it
