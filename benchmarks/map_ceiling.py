@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,24 +34,33 @@ from training.model import upsample
 
 
 def ceiling(
-    patches: PatchSet, grid: int, sigma: float, cls: int | None = None
-) -> tuple[dict[str, float], float]:
+    patches: PatchSet, grid: int, sigma: float, classes: Sequence[int | None] = (None,)
+) -> list[tuple[dict[str, float] | None, float]]:
     """Pixel metrics of every patch's own mask seen through a grid x grid map; base rate.
 
-    The mask of all contaminants, or of class index `cls` alone.
+    One (metrics, base rate) per entry of `classes`, in one pass over the patches: None
+    for the mask of all contaminants, a class index for that class's mask alone; the
+    metrics are None when the data holds no pixel of it.
     """
-    acc = PixelMetricAccumulator()
-    positives = labelled = 0
+    accs = [PixelMetricAccumulator() for _ in classes]
+    positives = [0] * len(classes)
+    labelled = 0
     for i in range(len(patches)):
         mask = patches[i].mask
         valid = mask != IGNORE_INDEX
-        truth = valid & ((mask > 0) if cls is None else (mask == cls))
-        cells = F.adaptive_avg_pool2d(torch.from_numpy(truth[None, None].astype(np.float32)), grid)
-        scores = smooth(upsample(cells[:, 0], mask.shape[-1]).numpy(), sigma)
-        acc.update(scores, truth[None], valid[None])
-        positives += int(truth.sum())
         labelled += int(valid.sum())
-    return acc.compute(), positives / max(labelled, 1)
+        for k, cls in enumerate(classes):
+            truth = valid & ((mask > 0) if cls is None else (mask == cls))
+            pooled = F.adaptive_avg_pool2d(
+                torch.from_numpy(truth[None, None].astype(np.float32)), grid
+            )
+            scores = smooth(upsample(pooled[:, 0], mask.shape[-1]).numpy(), sigma)
+            accs[k].update(scores, truth[None], valid[None])
+            positives[k] += int(truth.sum())
+    return [
+        (acc.compute() if n else None, n / max(labelled, 1))
+        for acc, n in zip(accs, positives, strict=True)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,26 +80,30 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, FileNotFoundError) as err:
         print(f"map_ceiling: {err}", file=sys.stderr)
         return 2
+    wanted: list[int | None] = [None]
+    if args.per_class:
+        wanted += list(range(1, len(CLASS_NAMES)))
     for k, grid in enumerate(args.grid):
-        m, base = ceiling(patches, grid, args.sigma)
+        (m, base), *per_class = ceiling(patches, grid, args.sigma, wanted)
         if k == 0:
             print(
                 f"{args.data}: {len(patches)} patches at {args.input_size} px, base rate {base:.4f}"
             )
+        if m is None:
+            print(f"map_ceiling: {args.data} holds no contaminant pixel", file=sys.stderr)
+            return 2
         print(
             f"grid {grid:3d}: AUROC {m['auroc']:.4f}  AP {m['ap']:.4f}  AUPRO {m['aupro']:.4f}  "
             f"F1-max {m['f1_max']:.4f}"
         )
-        if args.per_class:
-            for cls in range(1, len(CLASS_NAMES)):
-                try:
-                    m, base = ceiling(patches, grid, args.sigma, cls)
-                except ValueError:  # no pixel of the class in DIR
-                    print(f"  {CLASS_NAMES[cls]:10s} none in the data")
-                    continue
+        for cls, (mc, bc) in zip(wanted[1:], per_class, strict=True):
+            assert cls is not None
+            if mc is None:
+                print(f"  {CLASS_NAMES[cls]:10s} none in the data")
+            else:
                 print(
-                    f"  {CLASS_NAMES[cls]:10s} AP {m['ap']:.4f}  F1-max {m['f1_max']:.4f}  "
-                    f"base rate {base:.4f}"
+                    f"  {CLASS_NAMES[cls]:10s} AP {mc['ap']:.4f}  F1-max {mc['f1_max']:.4f}  "
+                    f"base rate {bc:.4f}"
                 )
     return 0
 

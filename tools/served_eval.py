@@ -289,24 +289,34 @@ MISS_CAUSES = (
 """Why a true instance was not found, the first that holds (module `missed`)."""
 
 
-def _miss_cause(seen: Seen, o: FrameOutcome, rule: InstanceRule, t: int, match_iou: float) -> str:
-    """Why true instance `t` of a frame went unfound by the served instances (MISS_CAUSES)."""
+def _miss_cause(
+    seen: Seen,
+    o: FrameOutcome,
+    t: int,
+    on: npt.NDArray[np.bool_],
+    iou: npt.NDArray[np.float64],
+    rule: InstanceRule,
+    match_iou: float,
+) -> str:
+    """Why true instance `t` of a frame went unfound (MISS_CAUSES).
+
+    `on`: the frame's cells over the rule's thresholds; `iou`: each candidate's IoU with
+    the instance.
+    """
     merged, st = seen.merged, seen.merged.stride
     pixels = mask_utils.decode(seen.truth.rles[t]).astype(bool)
     if not (pixels & seen.bed.mask).any():
         return "outside_bed"
     # its cells as the pixel figures sample them (at their centres), or the cells it
     # touches when it covers no cell's centre
-    gh, gw = merged.anomaly.shape
+    gh, gw = on.shape
     padded = np.zeros((gh * st, gw * st), np.uint8)
     padded[: pixels.shape[0], : pixels.shape[1]] = pixels[: gh * st, : gw * st]
     cells = (_cells(padded, st) > 0) & merged.bed_mask
     if not cells.any():
         cells = padded.reshape(gh, st, gw, st).any(axis=(1, 3)) & merged.bed_mask
-    on = merged.anomaly >= rule.cell_thresholds(merged.classes)
     if not on[cells].any():
         return "not_lit"
-    iou = region_iou(o.rles, [seen.truth.rles[t]])[:, 0]
     if not (iou > 0).any():
         return "dropped_by_size"
     fitting = [i for i, v in zip(o.candidates, iou, strict=True) if v >= match_iou]
@@ -342,10 +352,14 @@ def missed(
             for i, t in zip(o.candidates, o.matched, strict=True)
             if t is not None and i.score >= rule.min_score
         }
+        if len(found) == len(s.truth.classes):
+            continue
+        on = s.merged.anomaly >= rule.cell_thresholds(s.merged.classes)
+        ious = region_iou(o.rles, s.truth.rles)
         for t, k in enumerate(s.truth.classes):
             if t in found:
                 continue
-            cause = _miss_cause(s, o, rule, t, match_iou)
+            cause = _miss_cause(s, o, t, on, ious[:, t], rule, match_iou)
             out[cause]["total"] += 1
             out[cause][classes[k]] += 1
     return out
