@@ -138,11 +138,27 @@ class TrainConfig(_Strict):
     """Share of each epoch's patches drawn from patches holding a contaminant (drawn again
     when they are fewer). None: every patch once per epoch, the data's own mix, as the
     paper trains."""
+    hard_negative_share: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Share of each epoch's patches drawn from patches holding a region a served model
+    reported where the labels have nothing (scrapscan-train --hard-negatives, the
+    false_regions.json of scrapscan-eval --bundle on the training frames); a patch
+    holding both such a region and a contaminant counts here. None: not drawn apart."""
+    hard_negative_min_score: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Only the false regions scoring at least this count as hard negatives."""
     bf16: bool = True
     """bf16 autocast on CUDA devices (ignored on the CPU)."""
     grad_checkpointing: bool = False
     seed: int = 0
     num_workers: Annotated[int, Field(ge=0)] = 2
+
+    @model_validator(mode="after")
+    def _shares_leave_room(self) -> TrainConfig:
+        shares = (self.anomaly_share or 0.0) + (self.hard_negative_share or 0.0)
+        if shares >= 1.0:
+            raise ValueError(
+                f"anomaly_share + hard_negative_share must stay under 1, got {shares:g}"
+            )
+        return self
 
 
 class AugmentConfig(_Strict):

@@ -23,6 +23,7 @@ from training.checkpoint import CHECKPOINT
 from training.config import ConfigError, RunConfig, load_config
 from training.data import PatchSet
 from training.losses import class_balanced_weights
+from training.region.data import negative_regions
 
 
 def git_revision() -> str:
@@ -71,10 +72,13 @@ def prepare_run(
     counts: npt.NDArray[np.int64] | None,
     main_rank: bool,
     start: dict[str, Any] | None = None,
+    hard: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Create the (checked) folder of a new run; returns run.json's content.
 
-    `start`: where the weights came from (`init_weights`), when not from the config.
+    `start`: where the weights came from (`init_weights`), when not from the config;
+    `hard`: the hard negatives' patches (`hard_negative_patches`), which a resumed run
+    takes from run.json.
     """
     stats = patches.class_stats(counts)
     weights = class_weights(stats.pixels, cfg)
@@ -86,6 +90,7 @@ def prepare_run(
         "class_patches": list(stats.patches),
         "class_weights": [round(float(w), 6) for w in weights],
         **({"init_from": start} if start else {}),
+        **({"hard_negatives": hard} if hard else {}),
     }
     if main_rank:
         out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +99,37 @@ def prepare_run(
         )
         (out / "run.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+class HardNegativesError(ValueError):
+    """A --hard-negatives file cannot be used; the message names it and says why."""
+
+
+def hard_negative_patches(path: Path, patches: PatchSet, min_score: float = 0.0) -> dict[str, Any]:
+    """The patches holding a false region of `path` (false_regions.json) scoring min_score+.
+
+    Returns {"file", "regions", "patches"} for run.json. HardNegativesError naming the
+    file when it is not a false_regions.json or lists no such region on the data's frames.
+    """
+    index = {id(f): i for i, f in enumerate(patches.frames.frames)}
+    boxes: dict[int, list[tuple[int, int, int, int]]] = {}
+    try:
+        regions = [r for r in negative_regions(path, patches.frames) if r.score >= min_score]
+    except ValueError as err:
+        raise HardNegativesError(str(err)) from None
+    for r in regions:
+        boxes.setdefault(index[id(r.frame)], []).append(r.box)
+    if not regions:
+        raise HardNegativesError(
+            f"{path}: lists no region scoring at least {min_score:g} on the frames of "
+            f"{patches.frames.root}"
+        )
+    return {
+        "file": str(path.resolve()),
+        "min_score": min_score,
+        "regions": len(regions),
+        "patches": patches.holding(boxes),
+    }
 
 
 class ResumeError(ValueError):

@@ -3,7 +3,8 @@
 A run folder holds everything needed to continue or reproduce a run:
 
     RUN_DIR/config.yaml         the resolved configuration
-    RUN_DIR/run.json            git revision, data folder, class statistics, class weights
+    RUN_DIR/run.json            git revision, data folder, class statistics, class weights,
+                                where the weights came from, the hard-negative patches
     RUN_DIR/checkpoint.pt       model (evaluation weights), optimizer, position in the data
     RUN_DIR/metrics.jsonl       one JSON line per logged step and per epoch
     RUN_DIR/tensorboard/        the same scalars for TensorBoard, when it is installed
@@ -61,9 +62,11 @@ from training.losses import merge_anomaly_classes, total_loss
 from training.model import ScrapAnomalyModel, WeightsError, build_model
 from training.runs import (
     RESUMABLE,
+    HardNegativesError,
     ResumeError,
     check_resumed_data,
     check_run_folder,
+    hard_negative_patches,
     prepare_run,
 )
 
@@ -110,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         "scrapscan-train checkpoint, or a bundle folder with model.pt2 (its image side as "
         "it is, the prompts fitted to its text features); for a yard refining the model it "
         "serves on newly labelled frames. The config must describe the same model",
+    )
+    p.add_argument(
+        "--hard-negatives",
+        type=Path,
+        metavar="FILE",
+        help="false_regions.json of `scrapscan-eval --bundle` on the training frames (a "
+        "new run only): the patches holding a region the served model reported where the "
+        "labels have nothing make train.hard_negative_share of every epoch; run.json keeps "
+        "them for --resume",
     )
     p.add_argument(
         "--dry-run",
@@ -160,6 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--data and --out are needed to train (or use --dry-run)")
     if args.resume and args.init_from:
         parser.error("--init-from starts a new run; a resumed run goes on from its checkpoint")
+    if args.resume and args.hard_negatives:
+        parser.error("--hard-negatives starts a new run; a resumed run keeps its own")
+    if not args.resume and (args.hard_negatives is None) != (cfg.train.hard_negative_share is None):
+        return _fail(
+            "--hard-negatives and the config's train.hard_negative_share go together; "
+            f"{config} has hard_negative_share {cfg.train.hard_negative_share} and "
+            f"--hard-negatives is {'missing' if args.hard_negatives is None else 'given'}"
+        )
     try:
         return train(
             cfg,
@@ -170,8 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.device,
             args.patch_cache,
             args.init_from,
+            args.hard_negatives,
         )
-    except (DataError, WeightsError, CheckpointError) as err:
+    except (DataError, WeightsError, CheckpointError, HardNegativesError) as err:
         return _fail(str(err), 1)
     except (FileExistsError, ResumeError) as err:
         return _fail(str(err))
@@ -258,10 +279,13 @@ def train(
     device: str = "auto",
     patch_cache: Path | None = None,
     init_from: Path | None = None,
+    hard_negatives: Path | None = None,
 ) -> int:
     """Train; returns 0 when done, 130 when interrupted (checkpoint written either way).
 
-    `init_from` (a new run only): the checkpoint or bundle to take the weights from.
+    `init_from` (a new run only): the checkpoint or bundle to take the weights from;
+    `hard_negatives` (a new run only): the false_regions.json whose patches are drawn at
+    train.hard_negative_share.
     """
     env = setup_distributed(device)
     check_run_folder(out, cfg, resume, env.main)
@@ -285,7 +309,11 @@ def train(
     source = patches if cache is None else cache
     counts = source.pixel_counts() if needed else None
     anomalous = [] if counts is None else np.flatnonzero(counts[:, 1:].sum(axis=1)).tolist()
-    info = resumed or prepare_run(out, cfg, data, patches, counts, env.main, start)
+    hard = None
+    if hard_negatives is not None:
+        hard = hard_negative_patches(hard_negatives, patches, cfg.train.hard_negative_min_score)
+    info = resumed or prepare_run(out, cfg, data, patches, counts, env.main, start, hard)
+    hard_patches = info.get("hard_negatives", {}).get("patches", [])
     weights = torch.tensor(info["class_weights"], dtype=torch.float32, device=env.device)
 
     model.grad_checkpointing = cfg.train.grad_checkpointing
@@ -333,6 +361,8 @@ def train(
                 pos.batch * cfg.train.batch_size,
                 anomalous,
                 cfg.train.anomaly_share,
+                hard_patches,
+                cfg.train.hard_negative_share,
             )
             loader = DataLoader(
                 dataset,

@@ -67,6 +67,10 @@ def test_cross_field_checks():
         parse_config({"model": {"prompts": {"context_length": 4, "deep_length": 5}}})
     with pytest.raises(ConfigError, match="overlap .512. must be smaller than tile_size"):
         parse_config({"data": {"overlap": 512}})
+    with pytest.raises(
+        ConfigError, match="anomaly_share . hard_negative_share must stay under 1, got 1"
+    ):
+        parse_config({"train": {"anomaly_share": 0.6, "hard_negative_share": 0.4}})
 
 
 def test_file_problems_name_the_file(tmp_path):

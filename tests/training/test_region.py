@@ -155,9 +155,14 @@ def test_regions_come_from_labels_plain_scrap_and_served_false_regions(synth_dir
         (10, 20, 30, 40),
         "negative",
     )
+    assert negative.score == 0.5
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(ValueError, match="bad.json: not a false_regions.json"):
         negative_regions(tmp_path / "bad.json", frames)
+    listed["frames"][f.image_path.name][0].pop("bbox")
+    (tmp_path / "no-box.json").write_text(json.dumps(listed))
+    with pytest.raises(ValueError, match="no-box.json: not a false_regions.json.*bbox"):
+        negative_regions(tmp_path / "no-box.json", frames)
 
     crops = RegionCrops.cut([*labelled[:3], *normal[:2], negative], 56, 0.5, 16)
     assert crops.rgb.shape == (6, 56, 56, 3) and crops.alpha.shape == (6, 56, 56)

@@ -278,6 +278,108 @@ def test_epoch_sampler_draws_the_asked_share_of_anomalous_patches():
     assert sorted(EpochSampler(40, 5, 0, 0, 1, 0, (), 0.5).indices) == list(range(40))
 
 
+def test_epoch_sampler_draws_the_asked_share_of_hard_negative_patches():
+    anomalous, hard = [3, 7, 11], [11, 20]  # patch 11 holds both: it counts as hard
+    a = EpochSampler(40, 5, 0, 0, 1, 0, anomalous, 0.5, hard, 0.25).indices
+    drawn = Counter(a)
+    assert len(a) == 40
+    assert sum(drawn[i] for i in hard) == 10 and sorted(drawn[i] for i in hard) == [5, 5]
+    assert sum(drawn[i] for i in (3, 7)) == 20
+    assert sum(drawn[i] for i in drawn if i not in (3, 7, 11, 20)) == 10
+    assert all(drawn[i] == 1 for i in drawn if i not in (3, 7, 11, 20))
+    # hard negatives alone; no share or no hard patch: as before
+    alone = Counter(EpochSampler(40, 5, 0, 0, 1, 0, (), None, hard, 0.5).indices)
+    assert alone[11] + alone[20] == 20
+    plain = EpochSampler(40, 5, 0, 0, 1, 0, anomalous, 0.5).indices
+    assert EpochSampler(40, 5, 0, 0, 1, 0, anomalous, 0.5, hard).indices == plain
+    assert EpochSampler(40, 5, 0, 0, 1, 0, anomalous, 0.5, (), 0.25).indices == plain
+
+
+def record_samplers(monkeypatch, group):
+    """Make training record each epoch's (patches of the sampler's argument `group`, order)."""
+    seen = []
+
+    class Recording(EpochSampler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            seen.append((list(a[group]), self.indices))
+
+    monkeypatch.setattr(train_module, "EpochSampler", Recording)
+    return seen
+
+
+def hard_negatives_file(path, data, regions):
+    """A false_regions.json listing `regions` ((bbox, score) pairs) on `data`'s first frame."""
+    from training.data import load_frames
+
+    name = load_frames(data).frames[0].image_path.name
+    found = [{"bbox": list(b), "polygon": [], "class": "cable", "score": s} for b, s in regions]
+    path.write_text(json.dumps({"description": "test", "frames": {name: found}}))
+    return path
+
+
+def test_training_draws_patches_with_served_false_regions_at_the_configured_share(
+    synth_dir, tmp_path, monkeypatch, capsys
+):
+    from training.data import PatchSet, load_frames
+
+    cfg = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    cfg["train"].update(hard_negative_share=0.5, hard_negative_min_score=0.8)
+    config = tmp_path / "hard.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    patches = PatchSet(load_frames(synth_dir))
+    box = patches.refs[0].tile.box
+    held = (box.x + 8, box.y + 8, 64, 48)
+    regions = [(held, 0.9), ((box.x1 - 40, box.y + 8, 30, 30), 0.5)]  # the second too low
+    listed = hard_negatives_file(tmp_path / "false_regions.json", synth_dir, regions)
+    seen = record_samplers(monkeypatch, 8)
+    run = tmp_path / "run"
+    assert main(args(config, synth_dir, run, "--max-steps", "1", "--hard-negatives", listed)) == 0
+    (hard, order), *_ = seen
+    info = json.loads((run / "run.json").read_text())
+    assert hard == info["hard_negatives"]["patches"] == patches.holding({0: [held]})
+    assert info["hard_negatives"]["regions"] == 1 and 0 in hard
+    assert sum(i in hard for i in order) == round(0.5 * info["patches"])
+    # a resumed run draws the same patches without the file
+    seen.clear()
+    cfg["train"]["epochs"] = 2
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(args(config, synth_dir, run, "--max-steps", "2", "--resume")) == 0
+    assert seen[0][0] == hard
+
+
+def test_hard_negatives_and_their_share_go_together(synth_dir, tmp_path, capsys):
+    cfg = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(cfg))
+    cfg["train"]["hard_negative_share"] = 0.3
+    hard = tmp_path / "hard.yaml"
+    hard.write_text(yaml.safe_dump(cfg))
+    listed = hard_negatives_file(tmp_path / "f.json", synth_dir, [((600, 300, 40, 40), 0.9)])
+    assert main(args(hard, synth_dir, tmp_path / "a")) == 2
+    assert "hard.yaml has hard_negative_share 0.3 and --hard-negatives is missing" in (
+        capsys.readouterr().err
+    )
+    assert main(args(plain, synth_dir, tmp_path / "b", "--hard-negatives", listed)) == 2
+    assert "--hard-negatives is given" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args(hard, synth_dir, tmp_path / "c", "--resume", "--hard-negatives", listed))
+    assert "--hard-negatives starts a new run" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"frames": []}')
+    assert (
+        main(args(hard, synth_dir, tmp_path / "d", "--hard-negatives", tmp_path / "bad.json")) == 1
+    )
+    assert "bad.json: not a false_regions.json" in capsys.readouterr().err
+    far = hard_negatives_file(tmp_path / "low.json", synth_dir, [((600, 300, 40, 40), 0.1)])
+    cfg["train"]["hard_negative_min_score"] = 0.5
+    hard.write_text(yaml.safe_dump(cfg))
+    assert main(args(hard, synth_dir, tmp_path / "e", "--hard-negatives", far)) == 1
+    assert "low.json: lists no region scoring at least 0.5 on the frames of" in (
+        capsys.readouterr().err
+    )
+    assert not any((tmp_path / d).exists() for d in "abcde")
+
+
 def test_training_draws_patches_with_contaminants_at_the_configured_share(
     synth_dir, tmp_path, monkeypatch
 ):
@@ -285,14 +387,7 @@ def test_training_draws_patches_with_contaminants_at_the_configured_share(
     cfg["train"]["anomaly_share"] = 0.75
     config = tmp_path / "share.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    seen = []
-
-    class Recording(EpochSampler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            seen.append((list(a[6]), self.indices))
-
-    monkeypatch.setattr(train_module, "EpochSampler", Recording)
+    seen = record_samplers(monkeypatch, 6)
     assert main(args(config, synth_dir, tmp_path / "run", "--max-steps", "1")) == 0
     (anomalous, order), *_ = seen
     info = json.loads((tmp_path / "run" / "run.json").read_text())

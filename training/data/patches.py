@@ -164,6 +164,24 @@ class PatchSet:
             resize_mask(np.ascontiguousarray(tile_mask), self.input_size),
         )
 
+    def holding(self, boxes: dict[int, list[tuple[int, int, int, int]]]) -> list[int]:
+        """Indices of the patches holding at least half of one of the boxes.
+
+        `boxes`: per frame index, (x, y, width, height) boxes in frame pixels. A box on
+        the overlap of two tiles can be held by both.
+        """
+        out = []
+        for i, ref in enumerate(self.refs):
+            t = ref.tile.box
+            for x, y, w, h in boxes.get(ref.frame, ()):
+                inside = max(0, min(x + w, t.x1) - max(x, t.x)) * max(
+                    0, min(y + h, t.y1) - max(y, t.y)
+                )
+                if w > 0 and h > 0 and 2 * inside >= w * h:
+                    out.append(i)
+                    break
+        return out
+
     def pixel_counts(self) -> npt.NDArray[np.int64]:
         """(patches, NUM_CLASSES) labelled pixels of each class per patch; reads the masks only."""
         counts = np.zeros((len(self.refs), NUM_CLASSES), dtype=np.int64)

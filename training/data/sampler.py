@@ -11,10 +11,12 @@ from torch.utils.data import Sampler
 class EpochSampler(Sampler[int]):
     """Patches in an order fixed by (seed, epoch), split across ranks, resumable.
 
-    Without `anomaly_share` an epoch is a permutation of all patches. With it, that share
-    of the epoch's `size` draws comes from the patches in `anomalous` (those holding a
-    contaminant) and the rest from the others, each group gone through in shuffled
-    rounds (no patch drawn twice before its group has been drawn once), then mixed.
+    Without shares an epoch is a permutation of all patches. With `anomaly_share`, that
+    share of the epoch's `size` draws comes from the patches in `anomalous` (those holding
+    a contaminant); with `hard_share`, that share from the patches in `hard` (those
+    holding a region a served model reported falsely), a patch in both counting as hard;
+    the rest comes from the other patches. Each group is gone through in shuffled rounds
+    (no patch drawn twice before its group has been drawn once), then all are mixed.
     `skip` leaves out the first items of this rank's share (batches already trained).
     """
 
@@ -28,15 +30,25 @@ class EpochSampler(Sampler[int]):
         skip: int,
         anomalous: Sequence[int] = (),
         anomaly_share: float | None = None,
+        hard: Sequence[int] = (),
+        hard_share: float | None = None,
     ) -> None:
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        flagged = set(anomalous)
-        if anomaly_share is None or not flagged or len(flagged) == size:
+        groups: list[tuple[list[int], float]] = []
+        taken: set[int] = set()
+        for members, share in ((hard, hard_share), (anomalous, anomaly_share)):
+            group = sorted(set(members) - taken)
+            if share is not None and group:
+                groups.append((group, share))
+                taken.update(group)
+        rest = [i for i in range(size) if i not in taken]
+        if not groups or not rest:
             order = torch.randperm(size, generator=g).tolist()
         else:
-            normal = [i for i in range(size) if i not in flagged]
-            wanted = round(anomaly_share * size)
-            drawn = _rounds(sorted(flagged), wanted, g) + _rounds(normal, size - wanted, g)
+            drawn: list[int] = []
+            for group, share in groups:
+                drawn += _rounds(group, round(share * size), g)
+            drawn += _rounds(rest, size - len(drawn), g)
             order = [drawn[i] for i in torch.randperm(size, generator=g).tolist()]
         share = len(order) // world  # every rank the same number of batches
         self.indices = order[rank * share : (rank + 1) * share][skip:]

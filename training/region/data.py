@@ -48,6 +48,8 @@ class Region:
     """A COCO segmentation (polygons or RLE) in frame pixels, or None with `mask`."""
     mask: npt.NDArray[np.bool_] | None = None
     """The region's pixels inside `box`, when there is no segmentation."""
+    score: float = 1.0
+    """A served false region's score as the service's rule compared it (1 for others)."""
 
     def pixels(self) -> npt.NDArray[np.bool_]:
         """(h, w) the region's pixels inside its box."""
@@ -159,24 +161,23 @@ def negative_regions(path: Path, frames: FrameSet) -> list[Region]:
     ValueError naming the file when it is not one; frames the folder does not hold are
     left out.
     """
-    try:
-        data = json.loads(path.read_text())
-        listed = data["frames"]
-        assert isinstance(listed, dict)
-    except (OSError, ValueError, KeyError, AssertionError, TypeError) as err:
-        raise ValueError(f"{path}: not a {NEGATIVES_FILE} of scrapscan-eval ({err})") from None
     by_name = {f.image_path.name: f for f in frames.frames}
     out = []
-    for name, regions in listed.items():
-        f = by_name.get(Path(name).name)
-        if f is None:
-            continue
-        for r in regions:
-            x, y, w, h = (int(v) for v in r["bbox"])
-            if w > 0 and h > 0:
-                flat = [float(v) for xy in r["polygon"] for v in xy]
-                seg = [flat] if len(flat) >= 6 else [[x, y, x + w, y, x + w, y + h, x, y + h]]
-                out.append(Region(f, 0, (x, y, w, h), "negative", seg))
+    try:
+        listed = json.loads(path.read_text())["frames"]
+        for name, regions in listed.items():
+            f = by_name.get(Path(name).name)
+            if f is None:
+                continue
+            for r in regions:
+                x, y, w, h = (int(v) for v in r["bbox"])
+                if w > 0 and h > 0:
+                    flat = [float(v) for xy in r["polygon"] for v in xy]
+                    seg = [flat] if len(flat) >= 6 else [[x, y, x + w, y, x + w, y + h, x, y + h]]
+                    score = float(r.get("score", 1.0))
+                    out.append(Region(f, 0, (x, y, w, h), "negative", seg, score=score))
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
+        raise ValueError(f"{path}: not a {NEGATIVES_FILE} of scrapscan-eval ({err!r})") from None
     return out
 
 

@@ -61,6 +61,23 @@ def test_class_stats_count_every_labelled_pixel(patches):
     assert "spray_can" in stats.table()
 
 
+def test_a_patch_holds_a_box_when_half_of_the_box_lies_in_its_tile(patches):
+    ref = patches.refs[0]
+    t = ref.tile.box
+    inside = (t.x + 10, t.y + 10, 40, 30)
+    half_out = (t.x - 20, t.y + 10, 40, 30)  # 20 of its 40 columns in the tile
+    mostly_out = (t.x - 21, t.y + 10, 40, 30)
+    others = [i for i, r in enumerate(patches.refs) if r.frame == ref.frame]
+
+    def holding(box):
+        return {i for i in patches.holding({ref.frame: [box]}) if i in others}
+
+    assert 0 in holding(inside) and 0 in holding(half_out) and 0 not in holding(mostly_out)
+    assert patches.holding({}) == [] and patches.holding({ref.frame: [(t.x, t.y, 0, 5)]}) == []
+    # another frame's patches never hold it
+    assert set(patches.holding({ref.frame: [inside]})) <= set(others)
+
+
 def test_crop_smaller_than_a_tile_is_padded_and_padding_ignored(tmp_path, synth_dir):
     data = tmp_path / "small"
     (data / "images").mkdir(parents=True)
