@@ -71,7 +71,8 @@ def strict(tmp_path_factory, region_checkpoint):
 
 
 def test_each_instance_is_described_and_an_unverified_one_does_not_count(strict, plain):
-    frames = [jpeg(render_frame(31, i, 1280, 720).image) for i in range(3)]
+    # two frames on which the demo bundle serves instances
+    frames = [jpeg(render_frame(31, i, 1280, 720).image) for i in (3, 7)]
     truck = {"truck_id": "TRK-VERIFY"}
     unchecked = [post(plain, f, truck, wait=True).json()["result"] for f in frames]
     checked = [post(strict, f, truck, wait=True).json()["result"] for f in frames]
@@ -139,7 +140,7 @@ def test_a_region_a_person_points_at_is_described(strict, plain, server):
     r = describe(plain, done["frame_id"], {"box": [0, 0, 10, 10]})
     assert r.status_code == 409 and r.json()["error"]["code"] == "no_region_encoder"
     # the demo bundle describes what it finds, and drops nothing (it sets no margin)
-    image = jpeg(render_frame(31, 0, 1280, 720).image)  # two instances
+    image = jpeg(render_frame(31, 3, 1280, 720).image)  # two instances
     shown = post(server, image, {"truck_id": "TRK-SAID"}, wait=True).json()
     assert all(i["description"] and i["verified"] is None for i in shown["result"]["instances"])
     # the truck report shows what its evidence was seen as
@@ -204,7 +205,7 @@ def test_the_instances_of_frames_in_flight_share_the_region_encoders_batches():
     settings = Settings(
         bundle=REPO / "models" / "demo", batch=BatchSettings(max_batch=64, max_wait_ms=1500)
     )
-    frames = [render_frame(4, i, 1280, 720, cover=0).image for i in (2, 5, 6)]  # with finds
+    frames = [render_frame(4, i, 1280, 720, cover=0).image for i in (5, 6, 9)]  # with finds
     uploads = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
 
     async def run():
