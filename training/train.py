@@ -295,6 +295,9 @@ def train(
     model = model.to(env.device)
     patches = PatchSet.for_config(load_frames(data), cfg)
     resumed = check_resumed_data(out, data, len(patches), env.main) if resume else None
+    hard = None  # checked before the patch cache and the pass over every mask
+    if hard_negatives is not None:
+        hard = hard_negative_patches(hard_negatives, patches, cfg.train.hard_negative_min_score)
     cache = None
     if patch_cache is not None:  # built by the main process; the others wait, then open it
         if env.main:
@@ -309,9 +312,6 @@ def train(
     source = patches if cache is None else cache
     counts = source.pixel_counts() if needed else None
     anomalous = [] if counts is None else np.flatnonzero(counts[:, 1:].sum(axis=1)).tolist()
-    hard = None
-    if hard_negatives is not None:
-        hard = hard_negative_patches(hard_negatives, patches, cfg.train.hard_negative_min_score)
     info = resumed or prepare_run(out, cfg, data, patches, counts, env.main, start, hard)
     hard_patches = info.get("hard_negatives", {}).get("patches", [])
     weights = torch.tensor(info["class_weights"], dtype=torch.float32, device=env.device)
