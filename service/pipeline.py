@@ -164,6 +164,8 @@ def render_overlay(
         step = max(th + base for (_, th), base in sizes) + 4
         top = max(0, y - step * len(lines))
         width = max(tw for (tw, _), _ in sizes)
+        # above the instance's box, moved left to stay whole in the frame
+        x = max(0, min(x, out.shape[1] - width - 6))
         cv2.rectangle(out, (x, top), (x + width + 6, top + step * len(lines)), (0, 0, 0), -1)
         for n, (text, ((_, th), _)) in enumerate(zip(lines, sizes, strict=True)):
             shade = color if n == 0 else (235, 235, 235)

@@ -324,3 +324,20 @@ def test_an_overlay_label_says_what_the_region_encoder_saw():
     described = render_overlay(frame, findings, bed, classes, said=[said])
     changed = np.argwhere((described != alone).any(axis=2))
     assert len(changed) and changed[:, 0].max() <= 200  # a second line, above the instance
+
+
+def test_an_overlay_label_stays_whole_at_the_frame_edge():
+    from service.pipeline import render_overlay
+    from service.stages import Bed, Findings, Instance
+
+    h, w = 480, 640
+    edge = Instance("cable", 0.97, {"cable": 0.97}, (610, 200, 30, 40), 1200, [(610, 200)])
+    frame = np.full((h, w, 3), 90, np.uint8)
+    corners = np.array([(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)])
+    bed = Bed(corners, (0, 0, w, h), np.ones((h, w), bool), "full")
+    out = render_overlay(frame, Findings([edge], np.zeros((h, w), np.uint8)), bed, CLASSES)
+    # the label's black box ends at the frame's right edge and starts well left of the
+    # instance, so its text ("cable 0.97") is drawn whole
+    dark = np.argwhere((out == 0).all(axis=2))
+    assert dark[:, 1].max() == w - 1
+    assert dark[:, 1].min() < 610 - 40
