@@ -124,6 +124,36 @@ def _label(inst: StageInstance, said: Instance | None) -> list[str]:
     return [first, text]
 
 
+def _place_label(
+    size: tuple[int, int],
+    x: int,
+    above: int,
+    below: int,
+    frame: tuple[int, int],
+    placed: Sequence[tuple[int, int, int, int]],
+) -> tuple[int, int]:
+    """Where a label of `size` (width, height) goes: its left and top corner.
+
+    Whole inside the `frame` (height, width), at the instance box's left edge `x` (moved
+    left at the frame's right edge), and clear of the labels `placed` before it (x, y,
+    width, height): just above the box's top `above`, else just below its bottom
+    `below`, else stacked further above or below; where all of those collide (a crowded
+    frame), just above.
+    """
+    (w, h), (fh, fw) = size, frame
+    x = max(0, min(x, fw - w))
+    tops = [above - h, below]
+    for k in range(1, LABELS):
+        tops += [above - h * (k + 1), below + h * k]
+    for top in (max(0, min(t, fh - h)) for t in tops):
+        if not any(
+            x < px + pw and px < x + w and top < py + ph and py < top + h
+            for px, py, pw, ph in placed
+        ):
+            return x, top
+    return x, max(0, min(above - h, fh - h))
+
+
 def render_overlay(
     frame: npt.NDArray[np.uint8],
     findings: Findings,
@@ -138,7 +168,8 @@ def render_overlay(
     same order) carries the region encoder's description, that description and whether
     the instance is unverified. Drawn on the frame scaled down to at most `max_side`
     pixels on its longer side. At most LABELS labels (instances come strongest first), so
-    a frame with many weak regions stays readable.
+    a frame with many weak regions stays readable, each placed whole in the frame and
+    clear of the others where there is room (`_place_label`).
     """
     h, w = frame.shape[:2]
     f = min(1.0, max_side / max(h, w))
@@ -154,19 +185,20 @@ def render_overlay(
     scale = max(0.6, min(frame.shape[:2]) / 900)
     thick = max(1, round(scale * 2))
     font = cv2.FONT_HERSHEY_SIMPLEX
+    placed: list[tuple[int, int, int, int]] = []
     for k, inst in enumerate(findings.instances[:LABELS]):
         x, y = round(inst.bbox[0] * f), round(inst.bbox[1] * f)
+        below = round((inst.bbox[1] + inst.bbox[3]) * f)
         color = (
             TEXT_CLASS_COLOR_BGR if inst.zero_shot else class_color(classes.index(inst.class_name))
         )
         lines = _label(inst, said[k] if said is not None else None)
         sizes = [cv2.getTextSize(t, font, scale, thick) for t in lines]
         step = max(th + base for (_, th), base in sizes) + 4
-        top = max(0, y - step * len(lines))
-        width = max(tw for (tw, _), _ in sizes)
-        # above the instance's box, moved left to stay whole in the frame
-        x = max(0, min(x, out.shape[1] - width - 6))
-        cv2.rectangle(out, (x, top), (x + width + 6, top + step * len(lines)), (0, 0, 0), -1)
+        box = (max(tw for (tw, _), _ in sizes) + 6, step * len(lines))
+        x, top = _place_label(box, x, y, below, out.shape[:2], placed)
+        placed.append((x, top, *box))
+        cv2.rectangle(out, (x, top), (x + box[0], top + box[1]), (0, 0, 0), -1)
         for n, (text, ((_, th), _)) in enumerate(zip(lines, sizes, strict=True)):
             shade = color if n == 0 else (235, 235, 235)
             at = (x + 3, top + n * step + th + 2)

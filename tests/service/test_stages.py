@@ -341,3 +341,36 @@ def test_an_overlay_label_stays_whole_at_the_frame_edge():
     dark = np.argwhere((out == 0).all(axis=2))
     assert dark[:, 1].max() == w - 1
     assert dark[:, 1].min() < 610 - 40
+
+
+def test_overlay_labels_of_neighbouring_instances_do_not_cover_each_other():
+    from common.overlay import class_color
+    from service.pipeline import _place_label, render_overlay
+    from service.stages import Bed, Findings, Instance
+
+    # make demo's frame 1: a cable and a motor side by side, their boxes' tops level
+    h, w = 480, 640
+    cable = Instance("cable", 0.97, {"cable": 0.97}, (280, 200, 30, 30), 900, [(280, 200)])
+    motor = Instance("motor", 0.96, {"motor": 0.96}, (300, 202, 40, 40), 1600, [(300, 202)])
+    frame = np.full((h, w, 3), 90, np.uint8)
+    corners = np.array([(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)])
+    bed = Bed(corners, (0, 0, w, h), np.ones((h, w), bool), "full")
+
+    def text_pixels(shown: list[Instance]) -> list[int]:
+        out = render_overlay(frame, Findings(shown, np.zeros((h, w), np.uint8)), bed, CLASSES)
+        colors = [class_color(CLASSES.index(i.class_name)) for i in shown]
+        return [int((out == c).all(axis=2).sum()) for c in colors]
+
+    # each label's text as whole as when drawn alone
+    assert text_pixels([cable, motor]) == text_pixels([cable]) + text_pixels([motor])
+
+    # the placement: above the box, else below it, else stacked; always inside the frame
+    placed = [(300, 172, 100, 30)]  # the first label, above
+    assert _place_label((100, 30), 300, 202, 242, (h, w), []) == (300, 172)
+    assert _place_label((100, 30), 300, 202, 242, (h, w), placed) == (300, 242)
+    assert _place_label((100, 30), 300, 202, 242, (h, w), [*placed, (300, 242, 50, 30)]) == (
+        300,
+        142,
+    )
+    assert _place_label((100, 30), 600, 10, 40, (h, w), []) == (540, 0)
+    assert _place_label((100, 30), 0, 470, 480, (h, w), [(0, 440, 100, 30)]) == (0, 410)
