@@ -9,10 +9,13 @@ as a yard judges them (tools.served_eval): instance AP, recall and precision (an
 each true instance was missed), frame verdicts, trucks, full-frame pixel metrics. With
 --calibrate the thresholds are chosen on those frames first (tools.calibrate), written
 to REPORT_DIR/thresholds.json for `scrapscan-export --thresholds`, and the report gives
-the figures under them. A bundle with a region encoder is also judged as a verifier: its
-verification score of each served instance, and the instances and frames without and
-with the instances under the margin (report "verifier"), beside the precision a stricter
-minimum score alone reaches at the same recall; --calibrate chooses the margin (the
+the figures under them. A bundle with a region encoder has its descriptions of the served
+instances judged (report "descriptions": of the instances that found a true one, the share
+whose description names its class or calls it plain scrap; of the false ones, the share
+called plain scrap), and is also judged as a verifier: its verification score of each
+served instance, and the instances and frames without and with the instances under the
+margin (report "verifier"), beside the precision a stricter minimum score alone reaches
+at the same recall; --calibrate chooses the margin (the
 highest instance precision at a recall at most 0.05 below the recall without it).
 
 REPORT_DIR/report.json     the figures, the thresholds that made them, per-frame rows
@@ -47,7 +50,14 @@ from service.settings import CameraBed, Settings
 from tools.calibrate import FRAME_RULES, CalibrationError, calibrate
 from tools.eval_report import write_report
 from tools.served_eval import Seen, run_frames, score
-from tools.verifier_eval import Checked, choose_margin, verifications, verifier_figures
+from tools.verifier_eval import (
+    Checked,
+    choose_margin,
+    description_figures,
+    descriptions,
+    verifications,
+    verifier_figures,
+)
 from training import evaluate as patch_evaluate
 from training.data import DataError, FrameRecord, load_frames
 
@@ -211,7 +221,11 @@ def served_main(argv: Sequence[str]) -> int:
         scored = score(seen, rule, reject, classes, args.match_iou)
         region = bundle.manifest.region
         if pipeline.region is not None and region is not None:
-            checks = verifications(seen, scored.outcomes, pipeline.region, rule.min_score)
+            said = descriptions(seen, scored.outcomes, pipeline.region, rule.min_score)
+            scored.report["descriptions"] = description_figures(
+                seen, scored.outcomes, said, classes
+            )
+            checks = verifications(said)
             checked = Checked(seen, scored.outcomes, checks, classes, rule.min_score)
             margin = region.verify_margin
             if args.calibrate:
@@ -249,6 +263,12 @@ def served_main(argv: Sequence[str]) -> int:
     causes = [f"{n} {c.replace('_', ' ')}" for c, v in inst["missed"].items() if (n := v["total"])]
     if causes:
         print(f"missed: {', '.join(causes)}")
+    if (told := r.get("descriptions")) is not None:
+        print(
+            f"descriptions: class right {_pct(told['class_right'])} of {told['found']} found "
+            f"instances (plain scrap {_pct(told['said_plain_scrap'])}); plain scrap "
+            f"{_pct(told['false_said_plain_scrap'])} of {told['false']} false ones"
+        )
     print(
         f"frames: accuracy {_pct(frames['accuracy'])}, false alarms "
         f"{_pct(frames['false_alarm_rate'])} of {frames['clean_frames']} clean, misses "

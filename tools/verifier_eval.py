@@ -17,27 +17,82 @@ from typing import Any
 import cv2
 import numpy as np
 
-from service.region import RegionCheck
+from service.region import NORMAL, Described, RegionCheck
 from tools.served_eval import FrameOutcome, Seen, count, frame_table
 
 
-def verifications(
+def descriptions(
     seen: Sequence[Seen], outcomes: Sequence[FrameOutcome], region: RegionCheck, min_score: float
-) -> list[list[float | None]]:
-    """Per frame, each served candidate's verification score (None below `min_score`)."""
+) -> list[list[Described | None]]:
+    """Per frame, what the region encoder says of each served candidate (None below `min_score`)."""
     out = []
     for s, o in zip(seen, outcomes, strict=True):
-        scores: list[float | None] = [None] * len(o.candidates)
+        said: list[Described | None] = [None] * len(o.candidates)
         picked = [k for k, i in enumerate(o.candidates) if i.score >= min_score]
         if picked:
             frame = cv2.imread(str(s.record.image_path), cv2.IMREAD_COLOR)
             if frame is None:
                 raise OSError(f"{s.record.image_path}: cannot decode image")
-            said = region.describe(np.asarray(frame, np.uint8), [o.candidates[k] for k in picked])
-            for k, d in zip(picked, said, strict=True):
-                scores[k] = d.verification
-        out.append(scores)
+            found = region.describe(np.asarray(frame, np.uint8), [o.candidates[k] for k in picked])
+            for k, d in zip(picked, found, strict=True):
+                said[k] = d
+        out.append(said)
     return out
+
+
+def verifications(said: Sequence[Sequence[Described | None]]) -> list[list[float | None]]:
+    """The verification score of each of `descriptions`' regions."""
+    return [[None if d is None else d.verification for d in row] for row in said]
+
+
+def description_figures(
+    seen: Sequence[Seen],
+    outcomes: Sequence[FrameOutcome],
+    said: Sequence[Sequence[Described | None]],
+    classes: tuple[str, ...],
+) -> dict[str, Any]:
+    """How far the served instances' descriptions (the overlay's second line) can be trusted.
+
+    Of the served instances that found a true one: the share whose description names its
+    true class, and the share described as plain scrap, in all and per true class; of
+    the false ones, the share described as plain scrap (the encoder right where the
+    segmentation is wrong).
+    """
+    per_class = {c: {"found": 0, "right": 0, "plain": 0} for c in classes[1:]}
+    false = false_plain = 0
+    for s, o, row in zip(seen, outcomes, said, strict=True):
+        for t, d in zip(o.matched, row, strict=True):
+            if d is None:
+                continue
+            plain = d.description_class == NORMAL
+            if t is None:
+                false += 1
+                false_plain += plain
+                continue
+            c = per_class[classes[s.truth.classes[t]]]
+            c["found"] += 1
+            c["right"] += d.description_class == classes[s.truth.classes[t]]
+            c["plain"] += plain
+
+    def share(n: int, of: int) -> float | None:
+        return n / of if of else None
+
+    found = sum(c["found"] for c in per_class.values())
+    return {
+        "found": found,
+        "class_right": share(sum(c["right"] for c in per_class.values()), found),
+        "said_plain_scrap": share(sum(c["plain"] for c in per_class.values()), found),
+        "per_class": {
+            name: {
+                "found": c["found"],
+                "class_right": share(c["right"], c["found"]),
+                "said_plain_scrap": share(c["plain"], c["found"]),
+            }
+            for name, c in per_class.items()
+        },
+        "false": false,
+        "false_said_plain_scrap": share(false_plain, false),
+    }
 
 
 def verified(
@@ -64,7 +119,7 @@ class Checked:
     seen: Sequence[Seen]
     outcomes: Sequence[FrameOutcome]
     scores: Sequence[Sequence[float | None]]
-    """verifications(seen, outcomes, ...)"""
+    """verifications(descriptions(seen, outcomes, ...))"""
     classes: tuple[str, ...]
     min_score: float
 

@@ -294,6 +294,10 @@ def test_the_cli_runs_the_service_pipeline_and_calibrates(synth_dir, tmp_path, c
     served_false = report["instances"]["served"] - report["instances"]["found"]
     high = [r["score"] for v in false.values() for r in v if r["score"] >= least]
     assert len(high) == served_false
+    # the demo bundle's region encoder described every served instance
+    said = report["descriptions"]
+    assert said["found"] == report["instances"]["found"] and said["false"] == served_false
+    assert "descriptions: class right" in printed
     thresholds = json.loads((out / "thresholds.json").read_text())
     assert thresholds == {**thresholds, **report["thresholds"]}  # the report is under them
     assert len(thresholds["classes"]) == 3 and thresholds["bundle"]["name"] == "demo"
@@ -406,3 +410,47 @@ def test_the_verification_margin_keeps_recall_and_raises_precision():
     assert (stricter["min_score"], stricter["recall"], stricter["precision"]) == (0.8, 1.0, 0.75)
     never = [[-1, -1, -1], [-1, -1, -1, None]]
     assert choose_margin(Checked(seen, outcomes, never, classes, 0.5)) is None
+
+
+def test_descriptions_of_served_instances_are_judged_against_the_truth():
+    from service.region import Described
+    from tools.served_eval import FrameOutcome
+    from tools.verifier_eval import description_figures, verifications
+
+    def inst(name):
+        return Instance(name, 0.9, {name: 1.0}, (0, 0, 4, 4), 16, [(0, 0), (4, 0), (4, 4)])
+
+    def said(name, v=0.1):
+        return Described(f"a {name}", name, v, None)
+
+    classes = ("normal", "motor", "cable", "spray_can")
+    # frame 1: a motor and a cable found, a false region; frame 2: a spray can found
+    seen = [
+        Seen(None, "t", None, None, Truth([1, 2], [None, None], [16, 16]), None, 1, {}),
+        Seen(None, "u", None, None, Truth([3], [None], [16]), None, 1, {}),
+    ]
+    outcomes = [
+        FrameOutcome([inst("motor"), inst("cable"), inst("motor")], [None] * 3, [0, 1, None]),
+        FrameOutcome([inst("spray_can"), inst("cable")], [None] * 2, [0, None]),
+    ]
+    # the motor described right, the cable called plain scrap, the false region plain
+    # scrap; the spray can called a motor; the last candidate was under the minimum score
+    descriptions = [
+        [said("motor", 0.3), said("normal", -0.2), said("normal", -0.1)],
+        [said("motor"), None],
+    ]
+    figures = description_figures(seen, outcomes, descriptions, classes)
+    assert figures["found"] == 3 and figures["false"] == 1
+    assert figures["class_right"] == pytest.approx(1 / 3)
+    assert figures["said_plain_scrap"] == pytest.approx(1 / 3)
+    assert figures["false_said_plain_scrap"] == 1.0
+    assert figures["per_class"]["cable"] == {
+        "found": 1,
+        "class_right": 0.0,
+        "said_plain_scrap": 1.0,
+    }
+    assert figures["per_class"]["spray_can"]["class_right"] == 0.0
+    assert verifications(descriptions) == [[0.3, -0.2, -0.1], [0.1, None]]
+    # nothing served: no share to give
+    none = description_figures(seen, outcomes, [[None] * 3, [None] * 2], classes)
+    assert none["found"] == 0 and none["class_right"] is None
