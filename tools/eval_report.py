@@ -5,6 +5,8 @@ REPORT_DIR/pr.png, roc.png      instance precision-recall and frame-score ROC cu
 REPORT_DIR/false_alarms_*.jpg, misses_*.jpg   the worst frames: served overlay | truth
 REPORT_DIR/false_regions.json   served instances that matched no label (for
                                 scrapscan-region train --negatives)
+REPORT_DIR/found_regions.json   served instances that matched one, with its class (for
+                                scrapscan-region train --finds)
 """
 
 from __future__ import annotations
@@ -139,31 +141,55 @@ def write_report(
     ]
     body = {**header, **scored.report, "worst_frames": files, "per_frame": per_frame}
     (out / "report.json").write_text(json.dumps(body, indent=2) + "\n")
-    (out / "false_regions.json").write_text(json.dumps(false_regions(seen, scored)) + "\n")
+    (out / "false_regions.json").write_text(json.dumps(false_regions(seen, scored, classes)) + "\n")
+    (out / "found_regions.json").write_text(json.dumps(found_regions(seen, scored, classes)) + "\n")
     plot_curves(out, scored)
 
 
-def false_regions(seen: Sequence[Seen], scored: Scored) -> dict[str, Any]:
+def _served_regions(
+    seen: Sequence[Seen], scored: Scored, found: bool, classes: tuple[str, ...]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per frame (image file name), the candidates that found a true instance or none."""
+    frames: dict[str, list[dict[str, Any]]] = {}
+    for s, o in zip(seen, scored.outcomes, strict=True):
+        picked = [
+            {
+                "bbox": list(i.bbox),
+                "polygon": [[round(x, 1), round(y, 1)] for x, y in i.polygon],
+                # a find: the class of the true instance, the served one beside it
+                "class": i.class_name if m is None else classes[s.truth.classes[m]],
+                **({"served_class": i.class_name} if found else {}),
+                "score": float(i.score),  # as the rule compares it
+            }
+            for i, m in zip(o.candidates, o.matched, strict=True)
+            if (m is not None) == found
+        ]
+        if picked:
+            frames[s.record.image_path.name] = picked
+    return frames
+
+
+def false_regions(seen: Sequence[Seen], scored: Scored, classes: tuple[str, ...]) -> dict[str, Any]:
     """Per frame, the candidate instances that found nothing true (any score).
 
     What the region encoder learns as plain scrap (scrapscan-region train --negatives):
     keyed by the image's file name, each with its box, outline, class and score.
     """
-    frames: dict[str, list[dict[str, Any]]] = {}
-    for s, o in zip(seen, scored.outcomes, strict=True):
-        found = [
-            {
-                "bbox": list(i.bbox),
-                "polygon": [[round(x, 1), round(y, 1)] for x, y in i.polygon],
-                "class": i.class_name,
-                "score": float(i.score),  # as the rule compares it
-            }
-            for i, m in zip(o.candidates, o.matched, strict=True)
-            if m is None
-        ]
-        if found:
-            frames[s.record.image_path.name] = found
     return {
         "description": "candidate instances of the served path that matched no label",
-        "frames": frames,
+        "frames": _served_regions(seen, scored, False, classes),
+    }
+
+
+def found_regions(seen: Sequence[Seen], scored: Scored, classes: tuple[str, ...]) -> dict[str, Any]:
+    """Per frame, the candidate instances that found a true one (any score).
+
+    What the region encoder learns as the true class in the outline the service gives it
+    (scrapscan-region train --finds): as false_regions, with the true instance's class as
+    `class` and the served one as `served_class`.
+    """
+    return {
+        "description": "candidate instances of the served path that matched a label, with "
+        "the label's class",
+        "frames": _served_regions(seen, scored, True, classes),
     }

@@ -23,6 +23,7 @@ REPORT_DIR/roc.png, pr.png pixel and frame-score ROC, pixel precision-recall
 REPORT_DIR/false_alarms_*.jpg, misses_*.jpg   the served overlay beside the truth
 REPORT_DIR/thresholds.json (--calibrate) what scrapscan-export puts into the manifest
 REPORT_DIR/false_regions.json  what matched no label, for scrapscan-region --negatives
+REPORT_DIR/found_regions.json  what matched one (with its class), for scrapscan-region --finds
 
 Nothing is written until every frame has gone through; REPORT_DIR appears whole or not
 at all.

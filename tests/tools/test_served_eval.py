@@ -17,7 +17,7 @@ from tools.evaluate import main
 from tools.served_eval import Seen, Truth, match, score, truth_of
 from training.data import FrameRecord, load_frames
 from training.data.frames import LabelledInstance
-from training.region.data import negative_regions
+from training.region.data import found_regions, negative_regions
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 H, W = 200, 300
@@ -294,6 +294,12 @@ def test_the_cli_runs_the_service_pipeline_and_calibrates(synth_dir, tmp_path, c
     served_false = report["instances"]["served"] - report["instances"]["found"]
     high = [r["score"] for v in false.values() for r in v if r["score"] >= least]
     assert len(high) == served_false
+    # what found a true instance, as its true class, for the region encoder to learn
+    finds = json.loads((out / "found_regions.json").read_text())["frames"]
+    served_found = [r for v in finds.values() for r in v if r["score"] >= least]
+    assert len(served_found) == report["instances"]["found"]
+    assert {r["class"] for v in finds.values() for r in v} <= set(CLASS_NAMES[1:])
+    assert len(found_regions(out / "found_regions.json", frames)) == sum(map(len, finds.values()))
     # the demo bundle's region encoder described every served instance
     said = report["descriptions"]
     assert said["found"] == report["instances"]["found"] and said["false"] == served_false

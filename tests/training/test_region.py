@@ -18,6 +18,7 @@ from training.model import WeightsError
 from training.region.config import LoraConfig, RegionModelConfig, RegionRunConfig
 from training.region.data import (
     RegionCrops,
+    found_regions,
     labelled_regions,
     negative_regions,
     normal_regions,
@@ -163,6 +164,39 @@ def test_regions_come_from_labels_plain_scrap_and_served_false_regions(synth_dir
     (tmp_path / "no-box.json").write_text(json.dumps(listed))
     with pytest.raises(ValueError, match="no-box.json: not a false_regions.json.*bbox"):
         negative_regions(tmp_path / "no-box.json", frames)
+
+    # the served finds: the true class in the served outline
+    finds = {
+        "frames": {
+            f.image_path.name: [
+                {
+                    "bbox": [12, 22, 30, 40],
+                    "polygon": [[12, 22], [42, 22], [42, 62]],
+                    "class": "cable",
+                    "served_class": "motor",
+                    "score": 0.95,
+                }
+            ]
+        }
+    }
+    (tmp_path / "found_regions.json").write_text(json.dumps(finds))
+    (find,) = found_regions(tmp_path / "found_regions.json", frames)
+    assert (find.class_index, find.box, find.source, find.score) == (
+        2,
+        (12, 22, 30, 40),
+        "served",
+        0.95,
+    )
+    with pytest.raises(ValueError, match="bad.json: not a found_regions.json"):
+        found_regions(tmp_path / "bad.json", frames)
+    finds["frames"][f.image_path.name][0]["class"] = "normal"
+    (tmp_path / "plain.json").write_text(json.dumps(finds))
+    with pytest.raises(ValueError, match="plain.json: not a found_regions.json.*class normal"):
+        found_regions(tmp_path / "plain.json", frames)
+    finds["frames"][f.image_path.name][0]["class"] = "tyre"
+    (tmp_path / "tyre.json").write_text(json.dumps(finds))
+    with pytest.raises(ValueError, match="tyre.json: not a found_regions.json"):
+        found_regions(tmp_path / "tyre.json", frames)
 
     crops = RegionCrops.cut([*labelled[:3], *normal[:2], negative], 56, 0.5, 16)
     assert crops.rgb.shape == (6, 56, 56, 3) and crops.alpha.shape == (6, 56, 56)
@@ -314,6 +348,26 @@ def test_training_takes_the_served_false_regions_as_plain_scrap(synth_dir, tmp_p
         return int(line.split(": ")[1].split(" normal")[0])
 
     assert normal(with_them) == normal(without) + len(frames.frames)
+    # the served finds join their true class
+    finds = tmp_path / "found_regions.json"
+    listed = {
+        "frames": {
+            f.image_path.name: [
+                {"bbox": [100, 100, 40, 30], "polygon": [], "class": "spray_can", "score": 0.9}
+            ]
+            for f in frames.frames
+        }
+    }
+    finds.write_text(json.dumps(listed))
+    assert main([*argv, "--out", str(tmp_path / "finds"), "--finds", str(finds)]) == 0
+
+    def count(printed: str, name: str) -> int:
+        line = next(x for x in printed.splitlines() if " regions: " in x)
+        return int(line.split(f" {name}")[0].split(" ")[-1])
+
+    with_finds = capsys.readouterr().out
+    assert count(with_finds, "spray_can") == count(without, "spray_can") + len(frames.frames)
+    assert count(with_finds, "normal") == count(without, "normal")
     negatives.write_text("{}")
     assert main([*argv, "--out", str(tmp_path / "bad"), "--negatives", str(negatives)]) == 1
     assert "not a false_regions.json" in capsys.readouterr().err

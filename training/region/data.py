@@ -8,7 +8,9 @@ A region is a class and an outline in a frame:
 - plain scrap (class normal): ellipses inside the bed, sized like the contaminants, on
   no contaminant pixel, drawn once per frame with a fixed seed;
 - hard negatives (class normal): the regions a served model reported where nothing was
-  (`scrapscan-eval` writes them as false_regions.json).
+  (`scrapscan-eval` writes them as false_regions.json);
+- served finds: the regions a served model reported on a contaminant, as its true class
+  in the served outline, as the service will describe them (found_regions.json).
 
 `RegionCrops` cuts every region once (each frame decoded once), as the service cuts an
 instance (common.regions).
@@ -26,12 +28,14 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from common.classes import CLASS_NAMES
 from common.imaging import polygon_mask
 from common.regions import cut_region
 from training.data.coco import segmentation_to_mask
 from training.data.frames import FrameRecord, FrameSet
 
 NEGATIVES_FILE = "false_regions.json"
+FINDS_FILE = "found_regions.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +47,14 @@ class Region:
     box: tuple[int, int, int, int]
     """x, y, width, height in frame pixels."""
     source: str
-    """label, normal (plain scrap drawn from the bed) or negative (a served false region)."""
+    """label, normal (plain scrap drawn from the bed), negative (a served false region) or
+    served (a served find)."""
     segmentation: Any = None
     """A COCO segmentation (polygons or RLE) in frame pixels, or None with `mask`."""
     mask: npt.NDArray[np.bool_] | None = None
     """The region's pixels inside `box`, when there is no segmentation."""
     score: float = 1.0
-    """A served false region's score as the service's rule compared it (1 for others)."""
+    """A served region's score as the service's rule compared it (1 for others)."""
 
     def pixels(self) -> npt.NDArray[np.bool_]:
         """(h, w) the region's pixels inside its box."""
@@ -155,12 +160,8 @@ def normal_regions(
     return out
 
 
-def negative_regions(path: Path, frames: FrameSet) -> list[Region]:
-    """The served false regions of `path` (false_regions.json) on the frames of `frames`.
-
-    ValueError naming the file when it is not one; frames the folder does not hold are
-    left out.
-    """
+def _served_regions(path: Path, frames: FrameSet, listing: str, finds: bool) -> list[Region]:
+    """The regions `path` (a `listing` of scrapscan-eval) gives on the frames of `frames`."""
     by_name = {f.image_path.name: f for f in frames.frames}
     out = []
     try:
@@ -175,10 +176,34 @@ def negative_regions(path: Path, frames: FrameSet) -> list[Region]:
                     flat = [float(v) for xy in r["polygon"] for v in xy]
                     seg = [flat] if len(flat) >= 6 else [[x, y, x + w, y, x + w, y + h, x, y + h]]
                     score = float(r.get("score", 1.0))
-                    out.append(Region(f, 0, (x, y, w, h), "negative", seg, score=score))
+                    k = CLASS_NAMES.index(r["class"]) if finds else 0
+                    source = "served" if finds else "negative"
+                    out.append(Region(f, k, (x, y, w, h), source, seg, score=score))
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
-        raise ValueError(f"{path}: not a {NEGATIVES_FILE} of scrapscan-eval ({err!r})") from None
+        raise ValueError(f"{path}: not a {listing} of scrapscan-eval ({err!r})") from None
     return out
+
+
+def negative_regions(path: Path, frames: FrameSet) -> list[Region]:
+    """The served false regions of `path` (false_regions.json) on the frames of `frames`.
+
+    ValueError naming the file when it is not one; frames the folder does not hold are
+    left out.
+    """
+    return _served_regions(path, frames, NEGATIVES_FILE, finds=False)
+
+
+def found_regions(path: Path, frames: FrameSet) -> list[Region]:
+    """The served instances of `path` (found_regions.json) that found a true one.
+
+    Each as the true instance's class in the outline the service gave it. ValueError
+    naming the file when it is not one (or names a class that is not a contaminant's);
+    frames the folder does not hold are left out.
+    """
+    regions = _served_regions(path, frames, FINDS_FILE, finds=True)
+    if any(r.class_index == 0 for r in regions):
+        raise ValueError(f"{path}: not a {FINDS_FILE} of scrapscan-eval (a find of class normal)")
+    return regions
 
 
 def cut(

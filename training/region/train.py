@@ -1,7 +1,8 @@
 """scrapscan-region: train the region encoder on labelled frames, and judge it.
 
     scrapscan-region train --config configs/region-tiny.yaml --data DIR --out RUN_DIR
-        [--negatives false_regions.json] [--val DIR] [--resume] [--max-steps N]
+        [--negatives false_regions.json] [--finds found_regions.json] [--val DIR]
+        [--resume] [--max-steps N]
     scrapscan-region evaluate --checkpoint RUN_DIR/checkpoint.pt --data DIR --out REPORT_DIR
 
 Training (the paper's recipe): each batch holds regions (crop and mask) and, for each, one
@@ -43,6 +44,7 @@ from training.model import WeightsError
 from training.region.config import RegionRunConfig
 from training.region.data import (
     RegionCrops,
+    found_regions,
     labelled_regions,
     negative_regions,
     normal_regions,
@@ -93,15 +95,21 @@ def _augment(
 
 
 def gather_crops(
-    cfg: RegionRunConfig, data: Path, negatives: Path | None, normal_per_frame: int
+    cfg: RegionRunConfig,
+    data: Path,
+    negatives: Path | None,
+    normal_per_frame: int,
+    finds: Path | None = None,
 ) -> RegionCrops:
-    """The regions of a data folder (labelled, plain scrap, negatives), cut once."""
+    """The regions of a data folder (labelled, plain scrap, negatives, finds), cut once."""
     frames = load_frames(data)
     labelled = labelled_regions(frames)
     sizes = [max(r.box[2], r.box[3]) for r in labelled]
     regions = labelled + normal_regions(frames, normal_per_frame, sizes, cfg.train.seed)
     if negatives is not None:
         regions += negative_regions(negatives, frames)
+    if finds is not None:
+        regions += found_regions(finds, frames)
     m = cfg.model
     return RegionCrops.cut(regions, m.input_size, m.context, m.min_crop)
 
@@ -118,6 +126,7 @@ def train(
     negatives: Path | None = None,
     val: Path | None = None,
     max_steps: int | None = None,
+    finds: Path | None = None,
 ) -> int:
     """Train; 0 when done, 130 when interrupted (a checkpoint is written either way)."""
     if resume != (out / CHECKPOINT).is_file():
@@ -144,7 +153,7 @@ def train(
         betas=t.betas,
         weight_decay=t.weight_decay,
     )
-    crops = gather_crops(cfg, data, negatives, t.normal_per_frame)
+    crops = gather_crops(cfg, data, negatives, t.normal_per_frame, finds)
     held = gather_crops(cfg, val, None, 1) if val is not None else None
     text, text_classes = _text_table(encoder, descriptions)
     by_class = [np.flatnonzero(text_classes == k) for k in range(len(CLASS_NAMES))]
@@ -330,6 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", type=Path, required=True, metavar="DIR")
     t.add_argument("--out", type=Path, required=True, metavar="RUN_DIR")
     _negatives(t, "on the same frames: the served model's false regions, learned as plain scrap")
+    t.add_argument(
+        "--finds",
+        type=Path,
+        metavar="FILE",
+        help="found_regions.json of scrapscan-eval on the same frames: the served model's "
+        "instances that found a contaminant, learned as its class in the outline the service "
+        "describes (besides the labelled outline)",
+    )
     t.add_argument("--val", type=Path, metavar="DIR", help="frames to judge after each epoch")
     t.add_argument("--resume", action="store_true", help="go on from RUN_DIR's checkpoint")
     t.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps in all")
@@ -385,7 +402,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cfg = load_as(RegionRunConfig, config)
         return train(
-            cfg, args.data, args.out, args.resume, args.negatives, args.val, args.max_steps
+            cfg,
+            args.data,
+            args.out,
+            args.resume,
+            args.negatives,
+            args.val,
+            args.max_steps,
+            args.finds,
         )
     except (ConfigError, DescriptionError, FileExistsError) as err:
         return _fail(str(err), 2)
