@@ -1,7 +1,9 @@
-"""The region encoder as a verifier of the served instances, judged on labelled frames.
+"""The region encoder on the served instances, judged on labelled frames.
 
-Each served candidate instance gets the verification score of the bundle's region
-encoder (service.region.RegionCheck); a candidate scored below a margin is dropped.
+`descriptions` asks the bundle's region encoder (service.region.RegionCheck) about each
+served candidate instance, as the service does; `description_figures` says how often
+its description names the class of the true instance a candidate found. As a verifier,
+each candidate has its verification score; a candidate scored below a margin is dropped.
 `choose_margin` picks the margin of the highest instance precision at a recall at most
 0.05 below the recall without the verifier; `verifier_figures` gives the instance and
 frame figures without and with it (tools/served_eval.py counts them), and beside them
