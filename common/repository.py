@@ -111,6 +111,16 @@ class Repository:
                 )
         return self.root / name / version
 
+    def free_folder(self, name: str, version: str) -> Path:
+        """`folder`, refused (RepositoryError) when the repository holds that version already."""
+        target = self.folder(name, version)
+        if target.exists():
+            raise RepositoryError(
+                f"{target} exists: model {name} version {version} is in the "
+                "repository already (a version is never replaced; export another)"
+            )
+        return target
+
     def path(self, name: str, version: str) -> Path:
         """The bundle folder of a version; UnknownVersion when it has none."""
         folder = self.folder(name, version)
@@ -143,12 +153,7 @@ class Repository:
         """
         self.check()
         m = load_bundle(bundle).manifest
-        target = self.folder(m.model.name, m.model.version)
-        if target.exists():
-            raise RepositoryError(
-                f"{target} exists: model {m.model.name} version {m.model.version} is in the "
-                "repository already (a version is never replaced; export another)"
-            )
+        target = self.free_folder(m.model.name, m.model.version)
         incoming = self.root / f".incoming-{os.getpid()}-copy"
         try:
             if not move:

@@ -19,16 +19,25 @@ from model_export.parity import ParityError, single_output
 BED_FILE = "bed.onnx"
 
 
-def export_bed_model(path: Path, out: Path) -> dict[str, Any]:
-    """Write the bed cropper as ONNX and check it against PyTorch on synthetic frames."""
-    from common.bed import BED_INPUT, bed_input
+def read_bed_model(path: Path) -> tuple[torch.nn.Module, dict[str, float]]:
+    """The bed cropper of a scrapscan-train-bed file and its metrics.
+
+    ExportError names a wrong file; read before an export's slow part.
+    """
     from training.bedseg import load_bed_model
-    from training.synth import render_frame
 
     try:
-        net, metrics = load_bed_model(path)
+        return load_bed_model(path)
     except ValueError as err:
         raise ExportError(str(err)) from None
+
+
+def export_bed_model(bed: tuple[torch.nn.Module, dict[str, float]], out: Path) -> dict[str, Any]:
+    """Write the bed cropper (`read_bed_model`'s) as ONNX; check it on synthetic frames."""
+    from common.bed import BED_INPUT, bed_input
+    from training.synth import render_frame
+
+    net, metrics = bed
     graph = torch.nn.Sequential(net, torch.nn.Sigmoid()).eval()
     h, w = BED_INPUT
     export_onnx(graph, out, (3, h, w), 16, output_names=("bed_probs",))

@@ -249,6 +249,12 @@ def _export_to_repository(args: argparse.Namespace, parser: argparse.ArgumentPar
     except RepositoryError as err:
         print(f"scrapscan-export: {err}", file=sys.stderr)
         return 2
+    if args.bundle is None and args.name is not None and args.version is not None:
+        try:  # a version the repository holds already: refused before the export's minutes
+            repo.free_folder(args.name, args.version)
+        except RepositoryError as err:
+            print(f"scrapscan-export: {err}", file=sys.stderr)
+            return 1
     incoming = args.repository / f".incoming-{os.getpid()}"
     try:
         if args.bundle is None:

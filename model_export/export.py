@@ -35,7 +35,7 @@ from common.classes import CLASS_NAMES
 from common.imaging import CLIP_MEAN, CLIP_STD, normalize
 from common.jsonfile import JSONFileError, read_json
 from model_export import ExportError
-from model_export.bed import BED_FILE, export_bed_model
+from model_export.bed import BED_FILE, export_bed_model, read_bed_model
 from model_export.graph import InferenceGraph
 from model_export.onnx_export import convert_fp16, export_onnx, simplify
 from model_export.parity import (
@@ -46,7 +46,7 @@ from model_export.parity import (
     torch_runner,
     zero_shot_check_text,
 )
-from model_export.region import REGION_FILE, export_region_encoder
+from model_export.region import REGION_FILE, export_region_encoder, read_region_encoder
 from model_export.tensorrt import build_engine, require_tensorrt
 from model_export.text import TEXT_FILE, TOKENIZER_FILE, export_text_tower
 from training.checkpoint import load_trained
@@ -260,6 +260,11 @@ def export_bundle(
     if options.region is not None and options.region_from is not None:
         raise ExportError("give the region encoder once: --region or --region-from, not both")
     kept_region = None if options.region_from is None else _reused(options.region_from, "region")
+    bed = None if options.bed_model is None else read_bed_model(options.bed_model)
+    try:  # the parts' files are read before the slow part, so a wrong one costs nothing
+        region = None if options.region is None else read_region_encoder(options.region)
+    except ValueError as err:
+        raise ExportError(f"--region: {err}") from None
     calibrated = (  # checked before the slow part
         {}
         if options.thresholds is None
@@ -338,8 +343,8 @@ def export_bundle(
                 work / "model.pt2", "torch_export", "fp32", max_batch=options.max_batch
             )
         bed_info: dict[str, Any] | None = None
-        if options.bed_model is not None:
-            bed_info = export_bed_model(options.bed_model, work / BED_FILE)
+        if bed is not None:
+            bed_info = export_bed_model(bed, work / BED_FILE)
             parity[BED_FILE] = bed_info.pop("parity")
             files[BED_FILE] = _entry(work / BED_FILE, "bed_model", "fp32")
             log(f"  {BED_FILE}: parity max abs {parity[BED_FILE]['max_abs']:.1e}")
@@ -347,11 +352,9 @@ def export_bundle(
             bed_info = _copy_part(reused, work, BED_FILE, "bed_model", files, parity)
             log(f"  {BED_FILE}: from {reused[0]}")
         region_info: dict[str, Any] | None = None
-        if options.region is not None:
+        if region is not None:
             try:
-                region_info = export_region_encoder(
-                    options.region, work / REGION_FILE, options.max_batch
-                )
+                region_info = export_region_encoder(region, work / REGION_FILE, options.max_batch)
             except ValueError as err:
                 raise ExportError(f"--region: {err}") from None
             parity[REGION_FILE] = region_info.pop("parity")

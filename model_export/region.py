@@ -8,6 +8,7 @@ the service needs no text model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,20 @@ def region_inputs(size: int, context: float, min_crop: int, count: int = 6) -> n
     return torch.cat([images, masks], dim=1).numpy()
 
 
-def export_region_encoder(checkpoint: Path, out: Path, max_batch: int) -> dict[str, Any]:
-    """Write region.onnx for a scrapscan-region checkpoint; returns the manifest's region.
+@dataclass(frozen=True)
+class RegionSource:
+    """A scrapscan-region checkpoint as read: its encoder, config and descriptions."""
 
-    Raises ValueError (not a checkpoint, or parity over PARITY_LIMIT) naming the file.
+    checkpoint: Path
+    encoder: Any
+    cfg: Any
+    descriptions: Any
+
+
+def read_region_encoder(checkpoint: Path) -> RegionSource:
+    """Read a scrapscan-region checkpoint.
+
+    ValueError names a wrong file; read before an export's slow part.
     """
     from training.model import WeightsError
     from training.region.describe import load_descriptions
@@ -68,7 +79,18 @@ def export_region_encoder(checkpoint: Path, out: Path, max_batch: int) -> dict[s
         descriptions = load_descriptions(cfg.descriptions)
     except (WeightsError, ValueError) as err:
         raise ValueError(str(err)) from None
-    m = cfg.model
+    return RegionSource(checkpoint, encoder, cfg, descriptions)
+
+
+def export_region_encoder(source: Path | RegionSource, out: Path, max_batch: int) -> dict[str, Any]:
+    """Write region.onnx for a scrapscan-region checkpoint; returns the manifest's region.
+
+    `source`: the checkpoint's path, or `read_region_encoder`'s reading of it. Raises
+    ValueError (not a checkpoint, or parity over PARITY_LIMIT) naming the file.
+    """
+    if not isinstance(source, RegionSource):
+        source = read_region_encoder(source)
+    encoder, m = source.encoder, source.cfg.model
     graph = RegionGraph(encoder).eval()
     export_onnx(
         graph,
@@ -84,7 +106,7 @@ def export_region_encoder(checkpoint: Path, out: Path, max_batch: int) -> dict[s
         raise ValueError(f"{out.name}: max abs difference {diff:.2e} against PyTorch")
     from common.classes import CLASS_NAMES
 
-    flat = descriptions.flat
+    flat = source.descriptions.flat
     texts = encoder.encode_texts([t for _, t in flat]).numpy()
     return {
         "file": REGION_FILE,
@@ -93,6 +115,6 @@ def export_region_encoder(checkpoint: Path, out: Path, max_batch: int) -> dict[s
         "min_crop": m.min_crop,
         "descriptions": [{"text": t, "class_name": CLASS_NAMES[k]} for k, t in flat],
         "embeddings": [[round(float(v), 7) for v in row] for row in texts],
-        "metrics": {"checkpoint": str(checkpoint)},
+        "metrics": {"checkpoint": str(source.checkpoint)},
         "parity": {"max_abs": diff, "inputs": len(x)},
     }

@@ -384,14 +384,20 @@ def test_the_committed_demo_bundle_loads_and_runs():
     assert texts.shape == (2, 4, m.grid, m.grid)
 
 
-def test_a_bed_model_goes_into_the_bundle_with_its_parity(checkpoint, tmp_path):
+def test_a_bed_model_goes_into_the_bundle_with_its_parity(checkpoint, tmp_path, capsys):
     from service.bedmodel import LearnedBed
     from training.bedseg import save_bed_model, train_bed_model
 
     net, metrics = train_bed_model(frames=4, steps=2, seed=1, batch=2, log=False)
     save_bed_model(tmp_path / "bed.pt", net, metrics)
     out = tmp_path / "b"
-    options = ExportOptions(fp16=False, torch_export=False, bed_model=tmp_path / "bed.pt")
+    options = ExportOptions(
+        fp16=False,
+        torch_export=False,
+        simplify=False,
+        zero_shot_slots=0,
+        bed_model=tmp_path / "bed.pt",
+    )
     manifest = export_bundle(checkpoint, out, options, log=lambda _: None)
     assert manifest.bed_model is not None and manifest.bed_model.file == "bed.onnx"
     assert manifest.files["bed.onnx"].kind == "bed_model"
@@ -403,7 +409,11 @@ def test_a_bed_model_goes_into_the_bundle_with_its_parity(checkpoint, tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"junk")
     args = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "c"), "--bed-model", str(junk)]
+    capsys.readouterr()
     assert main(args) == 1
+    said = capsys.readouterr()
+    assert f"{junk}: not a scrapscan-train-bed model" in said.err
+    assert "model.onnx" not in said.out and not (tmp_path / "c").exists()  # before any export
 
 
 def test_the_bed_cropper_and_region_encoder_of_another_bundle_are_reused_as_they_are(
@@ -413,6 +423,7 @@ def test_the_bed_cropper_and_region_encoder_of_another_bundle_are_reused_as_they
     target = tmp_path / "b"
     shutil.copytree(DEMO, target)  # replaced in place, its own bed cropper and encoder kept
     args = ["--checkpoint", str(checkpoint), "--out", str(target), "--no-fp16", "--no-torch-export"]
+    args += ["--no-simplify", "--zero-shot-slots", "0"]
     reuse = ["--bed-from", str(target), "--region-from", str(target)]
     assert main([*args, *reuse, "--overwrite"]) == 0
     bundle = load_bundle(target)
@@ -429,7 +440,7 @@ def test_the_bed_cropper_and_region_encoder_of_another_bundle_are_reused_as_they
     assert main([*args[:2], "--out", str(other), "--bed-from", str(tmp_path / "none")]) == 1
     assert "--bed-from" in capsys.readouterr().err and not other.exists()
     plain = tmp_path / "plain"
-    main([*args[:2], "--out", str(plain), "--no-fp16", "--no-torch-export"])
+    assert main([*args[:2], "--out", str(plain), *args[4:]]) == 0
     assert main([*args[:2], "--out", str(other), "--bed-from", str(plain)]) == 1
     assert "the bundle has no bed model" in capsys.readouterr().err and not other.exists()
     assert main([*args[:2], "--out", str(other), "--region-from", str(plain)]) == 1
@@ -446,6 +457,7 @@ def test_export_adds_versions_to_a_repository_and_never_replaces_one(checkpoint,
     repo = tmp_path / "repo"
     repo.mkdir()
     quick = ["--checkpoint", str(checkpoint), "--no-fp16", "--no-torch-export", "--no-simplify"]
+    quick += ["--zero-shot-slots", "0"]  # no text tower: not what these exports are about
     for version in ("1", "2"):
         argv = [*quick, "--repository", str(repo), "--name", "yard", "--version", version]
         assert main(argv) == 0
@@ -458,7 +470,8 @@ def test_export_adds_versions_to_a_repository_and_never_replaces_one(checkpoint,
     load_bundle(repo / "yard" / "2")
 
     before = sorted(p.name for p in repo.iterdir())
-    assert main([*quick, "--repository", str(repo), "--name", "yard", "--version", "2"]) == 1
+    again = ["--checkpoint", str(tmp_path / "none.pt"), *quick[2:]]  # refused before it is read
+    assert main([*again, "--repository", str(repo), "--name", "yard", "--version", "2"]) == 1
     assert "yard version 2 is in the repository already" in capsys.readouterr().err
     assert main([*quick, "--repository", str(repo), "--name", "yard", "--version", "../x"]) == 2
     assert "model version '../x'" in capsys.readouterr().err
@@ -506,6 +519,7 @@ def test_the_region_encoder_goes_into_the_bundle_checked_with_its_descriptions(
 
     out = tmp_path / "with-region"
     quick = ["--checkpoint", str(checkpoint), "--no-fp16", "--no-torch-export", "--no-simplify"]
+    quick += ["--zero-shot-slots", "0"]  # no text tower: not what these exports are about
     assert main([*quick, "--out", str(out), "--region", str(region_checkpoint)]) == 0
     bundle = load_bundle(out)
     region = bundle.manifest.region
@@ -529,7 +543,9 @@ def test_the_region_encoder_goes_into_the_bundle_checked_with_its_descriptions(
     junk.write_bytes(b"junk")
     capsys.readouterr()
     assert main([*quick, "--out", str(tmp_path / "no"), "--region", str(junk)]) == 1
-    assert "--region: " in capsys.readouterr().err and not (tmp_path / "no").exists()
+    said = capsys.readouterr()
+    assert f"--region: {junk}" in said.err and not (tmp_path / "no").exists()
+    assert "model.onnx" not in said.out  # refused before any export
 
 
 def test_a_calibrated_verification_margin_goes_with_its_region_encoder(
@@ -541,6 +557,7 @@ def test_a_calibrated_verification_margin_goes_with_its_region_encoder(
     made = _thresholds(checkpoint, binary_mode=mode, region=str(region_checkpoint))
     path.write_text(json.dumps({**made, "verify_margin": 0.125}))
     quick = ["--checkpoint", str(checkpoint), "--no-fp16", "--no-torch-export", "--no-simplify"]
+    quick += ["--zero-shot-slots", "0"]  # no text tower: not what these exports are about
     args = [*quick, "--thresholds", str(path)]
     assert main([*args, "--out", str(tmp_path / "no-region")]) == 1  # before any work
     assert "pass that checkpoint as --region" in capsys.readouterr().err
