@@ -108,7 +108,8 @@ PROMPT_FIT_COSINE = 0.999
 def init_weights(path: Path, model: ScrapAnomalyModel) -> dict[str, Any]:
     """Load a trained model's weights into `model` (on the CPU) to start a new run from.
 
-    `path` is a scrapscan-train checkpoint (every weight is taken) or a bundle folder
+    `path` is a scrapscan-train checkpoint (every weight is taken; into a model with
+    k times its vision blocks as well, see `_deepened`) or a bundle folder
     with model.pt2: its image encoder and MSM weights are taken as they are; it keeps the
     text side only as the features the prompts produced, so the prompts are fitted to
     reproduce them through `model`'s frozen text tower. That works when the tower is the
@@ -121,8 +122,69 @@ def init_weights(path: Path, model: ScrapAnomalyModel) -> dict[str, Any]:
     if path.is_dir():
         return _init_from_bundle(path, model)
     state = _read_checkpoint(path)
-    _load(model, state["model"], path)
-    return {"from": str(path.resolve()), "kind": "checkpoint", "step": state["position"]["step"]}
+    weights, ratio = _deepened(state, model, path)
+    _load(model, weights, path)
+    done: dict[str, Any] = {
+        "from": str(path.resolve()),
+        "kind": "checkpoint",
+        "step": state["position"]["step"],
+    }
+    if ratio > 1:
+        with torch.no_grad():  # the added blocks start adding nothing to the tokens
+            for i, block in enumerate(model.visual.transformer.resblocks):
+                if i % ratio:
+                    for layer in (block.attn.out_proj, block.mlp.c_proj):
+                        layer.weight.zero_()
+                        if layer.bias is not None:
+                            layer.bias.zero_()
+        blocks = len(model.visual.transformer.resblocks)
+        done["deepened"] = {"from_blocks": blocks // ratio, "to_blocks": blocks}
+    return done
+
+
+_BLOCKS = "visual.transformer.resblocks."
+
+
+def _deepened(
+    state: dict[str, Any], model: ScrapAnomalyModel, path: Path
+) -> tuple[dict[str, torch.Tensor], int]:
+    """A checkpoint's weights laid out for `model`, and how many of its blocks each old one is.
+
+    A model with k times the vision blocks of the checkpoint's (the same width) takes the
+    old block i as its block k*i; the k-1 blocks after it keep their own initial weights
+    and (in `init_weights`) start with zero output projections, so they add nothing to
+    the tokens and the deeper model answers as the checkpoint's did, as long as its
+    feature layers and DPAM start are the old ones times k (checked here).
+    """
+    weights: dict[str, torch.Tensor] = state["model"]
+    old = {int(k[len(_BLOCKS) :].split(".", 1)[0]) for k in weights if k.startswith(_BLOCKS)}
+    blocks = len(model.visual.transformer.resblocks)
+    if not old or blocks == len(old) or blocks % len(old):
+        return weights, 1  # the same depth, or none this can lay out (_load says why)
+    ratio = blocks // len(old)
+    source = parse_config(state["config"], str(path)).model
+    cfg = model.cfg
+    wanted = {
+        "feature_layers": [layer * ratio for layer in source.feature_layers],
+        "dpam": source.dpam,
+    }
+    if source.dpam:
+        wanted["dpam_from_layer"] = (source.dpam_from_layer - 1) * ratio + 1
+    have = {"feature_layers": list(cfg.feature_layers), "dpam": cfg.dpam}
+    have["dpam_from_layer"] = cfg.dpam_from_layer
+    differ = [f"{k} {v!r} (this config: {have[k]!r})" for k, v in wanted.items() if v != have[k]]
+    if differ:
+        raise CheckpointError(
+            f"{path}: {len(old)} vision blocks to this configuration's {blocks} keep its "
+            f"answers only with {'; '.join(differ)}"
+        )
+    laid = dict(model.state_dict())
+    for key, value in weights.items():
+        if key.startswith(_BLOCKS):
+            index, rest = key[len(_BLOCKS) :].split(".", 1)
+            key = f"{_BLOCKS}{int(index) * ratio}.{rest}"
+        laid[key] = value
+    return laid, ratio
 
 
 def _load(model: ScrapAnomalyModel, state: dict[str, torch.Tensor], path: Path) -> None:

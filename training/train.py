@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the new run from a trained model instead of the config's weights: a "
         "scrapscan-train checkpoint, or a bundle folder with model.pt2 (its image side as "
         "it is, the prompts fitted to its text features); for a yard refining the model it "
-        "serves on newly labelled frames. The config must describe the same model",
+        "serves on newly labelled frames. The config must describe the same model, or from a "
+        "checkpoint one with k times its vision blocks (feature_layers and dpam_from_layer "
+        "moved to match; the added blocks start silent)",
     )
     p.add_argument(
         "--hard-negatives",

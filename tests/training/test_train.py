@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -606,3 +607,42 @@ def test_init_from_is_recorded_and_a_wrong_source_stops_the_run_before_it_starts
     with pytest.raises(SystemExit):
         main(["--out", str(run), "--data", str(train_data), "--resume", "--init-from", str(DEMO)])
     assert "--init-from starts a new run" in capsys.readouterr().err
+
+
+def test_a_deeper_model_starts_from_a_checkpoint_answering_as_it_did(
+    tiny_config, tiny_checkpoint, images
+):
+    from training.checkpoint import CheckpointError, init_weights, load_trained
+    from training.model import build_model
+
+    def deeper(feature_layers, dpam_from_layer):
+        vision = {**tiny_config.model.tiny_config["vision_cfg"], "layers": 8}
+        tiny = {**tiny_config.model.tiny_config, "vision_cfg": vision}
+        return tiny_config.model.model_copy(
+            update={
+                "tiny_config": tiny,
+                "feature_layers": feature_layers,
+                "dpam_from_layer": dpam_from_layer,
+            }
+        )
+
+    torch.manual_seed(5)
+    model = build_model(deeper((2, 4, 6, 8), 3))
+    start = init_weights(tiny_checkpoint, model)
+    assert start["deepened"] == {"from_blocks": 4, "to_blocks": 8}
+    old, _ = load_trained(tiny_checkpoint)
+    with torch.no_grad():
+        want, got = old(images), model.eval()(images)
+    assert torch.allclose(got.class_probs, want.class_probs, atol=1e-6)
+    assert torch.allclose(got.anomaly, want.anomaly, atol=1e-6)
+    added = model.visual.transformer.resblocks[1]
+    assert added.attn.in_proj_weight.abs().sum() > 0  # its own start, its output silenced
+    assert added.mlp.c_proj.weight.abs().sum() == 0
+    assert any(p.requires_grad for p in added.parameters())  # and it learns
+
+    for layers, dpam_from, said in [
+        ((1, 2, 3, 4), 3, "feature_layers [2, 4, 6, 8] (this config: [1, 2, 3, 4])"),
+        ((2, 4, 6, 8), 2, "dpam_from_layer 3 (this config: 2)"),
+    ]:
+        with pytest.raises(CheckpointError, match=re.escape(said)):
+            init_weights(tiny_checkpoint, build_model(deeper(layers, dpam_from)))
