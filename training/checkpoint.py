@@ -130,13 +130,6 @@ def init_weights(path: Path, model: ScrapAnomalyModel) -> dict[str, Any]:
         "step": state["position"]["step"],
     }
     if ratio > 1:
-        with torch.no_grad():  # the added blocks start adding nothing to the tokens
-            for i, block in enumerate(model.visual.transformer.resblocks):
-                if i % ratio:
-                    for layer in (block.attn.out_proj, block.mlp.c_proj):
-                        layer.weight.zero_()
-                        if layer.bias is not None:
-                            layer.bias.zero_()
         blocks = len(model.visual.transformer.resblocks)
         done["deepened"] = {"from_blocks": blocks // ratio, "to_blocks": blocks}
     return done
@@ -152,7 +145,7 @@ def _deepened(
 
     A model with k times the vision blocks of the checkpoint's (the same width) takes the
     old block i as its block k*i; the k-1 blocks after it keep their own initial weights
-    and (in `init_weights`) start with zero output projections, so they add nothing to
+    but for zero output projections (attention and MLP), so they add nothing to
     the tokens and the deeper model answers as the checkpoint's did, as long as its
     feature layers and DPAM start are the old ones times k (checked here).
     """
@@ -162,16 +155,22 @@ def _deepened(
     if not old or blocks == len(old) or blocks % len(old):
         return weights, 1  # the same depth, or none this can lay out (_load says why)
     ratio = blocks // len(old)
-    source = parse_config(state["config"], str(path)).model
+    try:
+        source = parse_config(state["config"], str(path)).model
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from err
     cfg = model.cfg
-    wanted = {
+    wanted: dict[str, object] = {
         "feature_layers": [layer * ratio for layer in source.feature_layers],
         "dpam": source.dpam,
     }
     if source.dpam:
         wanted["dpam_from_layer"] = (source.dpam_from_layer - 1) * ratio + 1
-    have = {"feature_layers": list(cfg.feature_layers), "dpam": cfg.dpam}
-    have["dpam_from_layer"] = cfg.dpam_from_layer
+    have = {
+        "feature_layers": list(cfg.feature_layers),
+        "dpam": cfg.dpam,
+        "dpam_from_layer": cfg.dpam_from_layer,
+    }
     differ = [f"{k} {v!r} (this config: {have[k]!r})" for k, v in wanted.items() if v != have[k]]
     if differ:
         raise CheckpointError(
@@ -184,6 +183,10 @@ def _deepened(
             index, rest = key[len(_BLOCKS) :].split(".", 1)
             key = f"{_BLOCKS}{int(index) * ratio}.{rest}"
         laid[key] = value
+    silent = ("attn.out_proj.weight", "attn.out_proj.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+    for key in [f"{_BLOCKS}{i}.{n}" for i in range(blocks) if i % ratio for n in silent]:
+        if key in laid:  # a projection without bias has no bias entry
+            laid[key] = torch.zeros_like(laid[key])
     return laid, ratio
 
 
