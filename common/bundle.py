@@ -69,6 +69,21 @@ class ModelInfo(_Strict):
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
+class Refine(_Strict):
+    """Edge-aware refinement of the merged maps: a guided filter with the frame as its guide.
+
+    The model scores a 512 px tile on a 37 x 37 grid (cells of about 14 px), so a cable 6 px
+    wide lights a band several times its width. The guided filter (He, Sun and Tang, 2013)
+    makes each map locally a linear function of the frame's colours, so the lit band
+    narrows to the pixels that look like what lit it.
+    """
+
+    radius_px: Annotated[int, Field(ge=1)]
+    """The filter's window radius in frame pixels."""
+    eps: Annotated[float, Field(gt=0)]
+    """Its regularisation, for a guide scaled to [0, 1]: larger keeps the maps smoother."""
+
+
 class Postprocess(_Strict):
     """How the service turns probability maps into instances and a frame into a verdict."""
 
@@ -92,6 +107,8 @@ class Postprocess(_Strict):
     """Instances smaller than this (full-frame pixels) are dropped."""
     max_bed_fraction: Annotated[float, Field(gt=0, le=1)]
     """Instances covering more than this fraction of the bed are dropped: not contaminants."""
+    refine: Refine | None = None
+    """The merged maps' edge-aware refinement, before any threshold (None: none)."""
 
 
 class BundleFile(_Strict):

@@ -27,7 +27,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from common.bundle import BundleError, Manifest, read_manifest
+from pydantic import ValidationError
+
+from common.bundle import BundleError, Manifest, Refine, read_manifest
 from common.cli import command
 from common.repository import Repository, RepositoryError
 from model_export import ExportError
@@ -159,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many classes defined by text (POST /v1/classes) the service can score at "
         "once (4); 0 leaves out the text tower and the graph's text input",
     )
+    p.add_argument(
+        "--refine",
+        nargs=2,
+        metavar=("RADIUS_PX", "EPS"),
+        help="the service refines the merged maps with a guided filter, the frame as its "
+        "guide, before any threshold: window radius in frame pixels and regularisation "
+        "(e.g. 8 0.001; default: no refinement). A --thresholds file must have been "
+        "calibrated on a bundle refined the same way",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     return p
 
@@ -169,6 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_batch < 1 or args.min_area < 0 or not 0 < args.max_bed_fraction <= 1:
         parser.error("--max-batch must be >= 1, --min-area >= 0, --max-bed-fraction in (0, 1]")
+    if args.refine is not None:
+        try:
+            args.refine = Refine(radius_px=args.refine[0], eps=args.refine[1])
+        except ValidationError:
+            parser.error(
+                f"--refine {' '.join(args.refine)}: the radius is a whole number of pixels >= 1 "
+                "and eps a number > 0, e.g. --refine 8 0.001"
+            )
     if args.precision != "fp16" and (not args.tensorrt or args.calibration is None):
         parser.error(f"--precision {args.precision} needs --tensorrt and --calibration DIR")
     if args.bundle is not None and (args.repository is None or args.name or args.version):
@@ -234,6 +253,7 @@ def _options(args: argparse.Namespace) -> ExportOptions:
         region=args.region,
         region_from=args.region_from,
         zero_shot_slots=args.zero_shot_slots,
+        refine=args.refine,
     )
 
 

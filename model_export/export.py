@@ -28,6 +28,7 @@ from common.bundle import (
     BundleError,
     BundleFile,
     Manifest,
+    Refine,
     load_bundle,
     sha256_of,
 )
@@ -83,6 +84,8 @@ class ExportOptions:
     """An existing bundle whose region encoder (file, descriptions, figures) is reused."""
     zero_shot_slots: int = 4
     """Classes defined by text the service can score at once (0: none, no text tower)."""
+    refine: Refine | None = None
+    """The guided filter of the merged maps the service applies before any threshold."""
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -110,11 +113,19 @@ def _evaluation(report: Path) -> dict[str, Any]:
     return data
 
 
-def _calibrated(path: Path, checkpoint: Path, mode: str, sigma: float) -> dict[str, Any]:
+def _refined_as(refine: Any) -> str:
+    if not isinstance(refine, dict):
+        return "not refined"
+    return f"refined as --refine {refine.get('radius_px')} {refine.get('eps')}"
+
+
+def _calibrated(
+    path: Path, checkpoint: Path, mode: str, sigma: float, refine: Refine | None
+) -> dict[str, Any]:
     """The thresholds of `scrapscan-eval --bundle --calibrate`, checked against this export.
 
     They hold for the maps of the bundle they were chosen on: the same checkpoint, binary
-    mode and smoothing. Returns the manifest's postprocess fields they set.
+    mode, smoothing and refinement. Returns the manifest's postprocess fields they set.
     """
     data = _read_json(path, "the thresholds.json of scrapscan-eval --bundle --calibrate")
     fields = ("pixel", "classes", "min_area_px", "min_score", "reject_score", "bundle")
@@ -132,6 +143,13 @@ def _calibrated(path: Path, checkpoint: Path, mode: str, sigma: float) -> dict[s
         raise ExportError(
             f"{path}: calibrated on maps formed as {made.get('binary_mode')} with sigma "
             f"{made.get('sigma')}; this export forms them as {mode} with sigma {sigma}"
+        )
+    theirs = made.get("refine")
+    ours = None if refine is None else refine.model_dump()
+    if theirs != ours:
+        raise ExportError(
+            f"{path}: calibrated on maps {_refined_as(theirs)}; this export's maps are "
+            f"{_refined_as(ours)}"
         )
     classes = data["classes"]
     if not isinstance(classes, list) or len(classes) != len(CLASS_NAMES) - 1:
@@ -268,7 +286,9 @@ def export_bundle(
     calibrated = (  # checked before the slow part
         {}
         if options.thresholds is None
-        else _calibrated(options.thresholds, checkpoint, cfg.model.binary_mode.value, sigma)
+        else _calibrated(
+            options.thresholds, checkpoint, cfg.model.binary_mode.value, sigma, options.refine
+        )
     )
     margin, verified_with = (
         calibrated.pop("verify_margin", None),
@@ -429,6 +449,7 @@ def export_bundle(
                     "sigma": sigma,
                     "min_area_px": options.min_area_px,
                     "max_bed_fraction": options.max_bed_fraction,
+                    "refine": None if options.refine is None else options.refine.model_dump(),
                     **calibrated,
                 },
                 "prompts": cfg.model.prompts.model_dump(mode="json"),

@@ -339,6 +339,8 @@ class Pipeline:
             self.sigma,
             self.settings.map_stride,
             None if text is None else out.zero_shot[:, : len(text.names)],
+            m.postprocess.refine,
+            frame,
         )
         timer.lap("merge")
         findings = await asyncio.to_thread(
@@ -381,6 +383,7 @@ class Pipeline:
             else dict(zip(text.names, text.thresholds, strict=True)),
             verify_margin=region.verify_margin if region is not None else None,
             drop_unverified=region is not None and region.drop_unverified,
+            refine=m.postprocess.refine,
         )
         h, w = frame.shape[:2]
         result = FrameResult(

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.bundle import Refine
+
 Verdict = Literal["clean", "inspect", "reject"]
 VERDICTS: tuple[Verdict, ...] = ("clean", "inspect", "reject")
 """Frame and truck verdicts, mildest first."""
@@ -116,6 +118,11 @@ class Thresholds(_Model):
     )
     drop_unverified: bool = Field(
         False, description="whether an unverified instance is left out of the verdict"
+    )
+    refine: Refine | None = Field(
+        None,
+        description="the guided filter the maps were refined with on the frame before these "
+        "thresholds (null: none)",
     )
 
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from common.bundle import Refine
 from common.imaging import polygon_mask
 from common.tiling import Box, Tile, polygon_box
 from service import result
@@ -151,6 +152,27 @@ def _bilinear_at(
     return np.ascontiguousarray(out.transpose(1, 2, 0))
 
 
+def refined(
+    maps: npt.NDArray[np.float32],
+    guide: npt.NDArray[np.uint8],
+    refine: Refine,
+    stride: int,
+) -> npt.NDArray[np.float32]:
+    """(H', W', C) maps guided-filtered with the BGR `guide` (the frame pixels they cover).
+
+    The guide is shrunk to the maps' grid (one cell per `stride` x `stride` pixels, fewer
+    in a last partial cell); the window's radius is `refine.radius_px` in frame pixels, at
+    least one cell; `refine.eps` is for colours in [0, 1]. The filtered maps are clipped
+    back to [0, 1].
+    """
+    h, w = maps.shape[:2]
+    small = cv2.resize(guide, (w, h), interpolation=cv2.INTER_AREA)
+    radius = max(1, round(refine.radius_px / stride))
+    # the 8-bit guide is filtered in its own units, where eps is 255^2 times as large
+    out = cv2.ximgproc.guidedFilter(small, maps, radius, refine.eps * 255.0**2)
+    return np.asarray(np.clip(out.reshape(maps.shape), 0.0, 1.0), np.float32)
+
+
 def merge(
     frame_shape: tuple[int, ...],
     bed: Bed,
@@ -161,10 +183,15 @@ def merge(
     sigma: float = 0.0,
     stride: int = 1,
     zero_shot: npt.NDArray[np.float32] | None = None,
+    refine: Refine | None = None,
+    frame: npt.NDArray[np.uint8] | None = None,
 ) -> Merged:
     """Blend per-tile (N, g, g) anomaly and (N, C, g, g) class maps into maps of the frame.
 
     `zero_shot` (N, K, g, g), the text-defined classes' maps, are blended the same way.
+    With `refine`, the anomaly and class maps are then guided-filtered with `frame` (BGR,
+    the frame the tiles were cut from) as the guide (`refined`); the text-defined classes'
+    maps are left as blended, their thresholds being the operator's.
 
     Each map is resized (bilinear) from the g x g grid to the tile's cells, weighted with
     `blend_weights`, and accumulated over the bed's box; `sigma` (frame pixels) smooths
@@ -212,6 +239,15 @@ def merge(
     acc /= total
     if sigma > 0:
         acc = cv2.GaussianBlur(acc, (0, 0), sigma / stride).reshape(acc.shape)
+    if refine is not None:
+        if frame is None:
+            raise ValueError("refining the maps needs the frame as their guide")
+        learned = c + 1 - k_text
+        window = (
+            slice(cy0 * stride, (cy0 + bh) * stride),
+            slice(cx0 * stride, (cx0 + bw) * stride),
+        )
+        acc[..., :learned] = refined(acc[..., :learned], frame[window], refine, stride)
     gh, gw = _cells(h, stride), _cells(w, stride)
     scaled = np.asarray(bed.polygon) / stride
     bed_mask = bed.mask if stride == 1 else polygon_mask(scaled, gh, gw)

@@ -194,6 +194,9 @@ def served_main(argv: Sequence[str]) -> int:
                 "source": bundle.manifest.model.source,
                 "binary_mode": bundle.manifest.model.binary_mode,
                 "sigma": bundle.manifest.postprocess.sigma,
+                "refine": None
+                if bundle.manifest.postprocess.refine is None
+                else bundle.manifest.postprocess.refine.model_dump(),
                 "region": None
                 if bundle.manifest.region is None
                 else bundle.manifest.region.metrics.get("checkpoint"),

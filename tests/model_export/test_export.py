@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from common.bundle import BundleError, load_bundle
+from common.bundle import BundleError, Refine, load_bundle
 from model_export import parity as checks
 from model_export.cli import main
 from model_export.export import ExportOptions, export_bundle
@@ -289,12 +289,16 @@ def test_calibrated_thresholds_go_into_the_manifest_and_the_pipeline(checkpoint,
 
     _, cfg = load_trained(checkpoint)
     path = tmp_path / "thresholds.json"
-    path.write_text(json.dumps(_thresholds(checkpoint, binary_mode=cfg.model.binary_mode.value)))
+    refine = {"radius_px": 8, "eps": 0.001}  # calibrated on refined maps, exported so
+    mode = cfg.model.binary_mode.value
+    path.write_text(json.dumps(_thresholds(checkpoint, binary_mode=mode, refine=refine)))
     out = tmp_path / "b"
     args = ["--checkpoint", str(checkpoint), "--out", str(out), "--thresholds", str(path)]
+    args += ["--refine", "8", "0.001"]
     assert main([*args, "--no-fp16", "--no-torch-export", "--min-area", "100"]) == 0
     bundle = load_bundle(out)
     post = bundle.manifest.postprocess
+    assert post.refine == Refine(radius_px=8, eps=0.001)
     assert post.threshold_source == "calibrated" and post.min_area_px == 900
     assert post.class_thresholds == {"motor": 0.45, "cable": 0.6, "spray_can": 0.3}
     assert (post.min_score, post.reject_score) == (0.71, 0.93)
@@ -321,12 +325,25 @@ def test_thresholds_of_another_model_are_refused_before_any_work(checkpoint, tmp
         ({**_thresholds(checkpoint, binary_mode=mode), "classes": [0.5]}, "one threshold per"),
         ({**_thresholds(checkpoint, binary_mode=mode), "min_score": 1.5}, "numbers in [0, 1]"),
         ({**_thresholds(checkpoint, binary_mode=mode), "min_area_px": -1}, "min_area_px must"),
+        (
+            _thresholds(checkpoint, binary_mode=mode, refine={"radius_px": 8, "eps": 0.001}),
+            "calibrated on maps refined as --refine 8 0.001; this export's maps are not refined",
+        ),
     ]
     for data, message in cases:
         path.write_text(json.dumps(data))
         assert main(args) == 1
         err = capsys.readouterr().err
         assert "thresholds.json" in err and message in err, err
+    path.write_text(json.dumps(_thresholds(checkpoint, binary_mode=mode)))
+    assert main([*args, "--refine", "16", "0.0001"]) == 1
+    said = "calibrated on maps not refined; this export's maps are refined as --refine 16 0.0001"
+    assert said in capsys.readouterr().err
+    for bad in (["0", "0.001"], ["8", "0"], ["8.5", "0.001"], ["8", "lots"]):
+        with pytest.raises(SystemExit) as stop:
+            main([*args, "--refine", *bad])
+        assert stop.value.code == 2
+        assert f"--refine {' '.join(bad)}: the radius is a whole number" in capsys.readouterr().err
     assert not out.exists() and sorted(tmp_path.iterdir()) == [path]
 
 

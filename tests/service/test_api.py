@@ -67,6 +67,8 @@ def test_a_frame_goes_through_and_its_result_matches_the_frame(server, frame):
     assert result["thresholds"]["min_area_px"] == made.min_area_px
     assert result["thresholds"]["min_score"] == pytest.approx(made.min_score)
     assert result["thresholds"]["reject_score"] == pytest.approx(made.reject_score or 0.8)
+    refine = None if made.refine is None else made.refine.model_dump()
+    assert result["thresholds"]["refine"] == refine
     assert set(result["scores"]) == {"anomaly", "motor", "cable", "spray_can"}
     assert result["verdict"] in {"clean", "inspect", "reject"}
     stages = {"decode", "crop", "tile", "infer", "merge", "postprocess", "encode"}

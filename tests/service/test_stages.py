@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from common.bundle import Refine
 from common.imaging import polygon_mask
 from common.inputs import make_tiles
 from common.tiling import tile_grid
@@ -12,6 +13,7 @@ from service.stages import (
     blend_weights,
     find_instances,
     merge,
+    refined,
 )
 from service.zeroshot import TextRule
 
@@ -374,3 +376,58 @@ def test_overlay_labels_of_neighbouring_instances_do_not_cover_each_other():
     )
     assert _place_label((100, 30), 600, 10, 40, (h, w), []) == (540, 0)
     assert _place_label((100, 30), 0, 470, 480, (h, w), [(0, 440, 100, 30)]) == (0, 410)
+
+
+def cable_frame(h, w, x0, width, seed=0):
+    """Grey scrap of mottled steel with a red-insulated cable `width` px wide running down from
+    column x0."""
+    grey = np.random.default_rng(seed).normal(120, 25, (h, w, 1))
+    frame = np.clip(grey, 0, 255).repeat(3, axis=2).astype(np.uint8)
+    frame[:, x0 : x0 + width] = (40, 40, 190)
+    return frame
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_refined_maps_lift_the_cable_out_of_the_band_it_lit(stride):
+    """The model's coarse cells light a band about 20 px wide around a 6 px cable; after the
+    guided filter the cable stands out of the scrap beside it, so a threshold between them
+    outlines the cable and not the band."""
+    h, w = 128, 256
+    frame = cable_frame(h, w, 125, 6)
+    gh, gw = h // stride, w // stride
+    x = (np.arange(gw) + 0.5) * stride
+    bump = np.broadcast_to(np.exp(-((x - 128) ** 2) / 200).astype(np.float32), (gh, gw))
+    maps = np.ascontiguousarray(np.stack([bump, 1 - bump], -1))
+    out = refined(maps, frame, Refine(radius_px=8, eps=1e-3), stride)
+    assert out.shape == maps.shape and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    np.testing.assert_allclose(out[..., 0] + out[..., 1], 1.0, atol=1e-4)  # still a partition
+    on_cable = (x > 125) & (x < 131)  # the cells whose centre lies on the cable
+    rows = slice(gh // 4, 3 * gh // 4)  # away from the frame's edges
+    assert (bump[0] >= 0.8).sum() >= on_cable.sum() + 2  # at 0.8 the band is wider
+    lit = out[rows, :, 0] >= 0.8
+    np.testing.assert_array_equal(lit, np.broadcast_to(on_cable, lit.shape))
+
+
+def test_merge_refines_the_learned_maps_only_and_needs_the_frame():
+    h, w = 300, 500
+    frame = cable_frame(h, w, 240, 6)
+    bed = full_bed(h, w)
+    grid = tile_grid(bed.box, 512, 0)
+    n = len(grid.tiles)
+    xx = np.broadcast_to((np.arange(37, dtype=np.float32) + 0.5) * 512 / 37, (n, 37, 37))
+    lit = np.exp(-((xx - 243) ** 2) / 800).astype(np.float32)
+    classes = np.stack([1 - lit, np.zeros_like(lit), lit, np.zeros_like(lit)], axis=1)
+    texts = np.stack([lit], axis=1)
+    refine = Refine(radius_px=8, eps=1e-3)
+    plain = merge((h, w), bed, grid.tiles, lit, classes, 0, 0.0, 4, texts)
+    out = merge((h, w), bed, grid.tiles, lit, classes, 0, 0.0, 4, texts, refine, frame)
+    # the learned maps as `refined` makes them of the blended ones, the guide being the frame
+    blended = np.ascontiguousarray(np.dstack([plain.anomaly, *plain.classes]))
+    want = refined(blended, frame, refine, 4)
+    np.testing.assert_allclose(out.anomaly, want[..., 0], atol=1e-6)
+    np.testing.assert_allclose(out.classes, want[..., 1:].transpose(2, 0, 1), atol=1e-6)
+    assert np.abs(out.anomaly - plain.anomaly).max() > 0.05
+    np.testing.assert_array_equal(out.zero_shot, plain.zero_shot)  # the operator's thresholds
+    with pytest.raises(ValueError, match="needs the frame"):
+        merge((h, w), bed, grid.tiles, lit, classes, 0, 0.0, 4, None, refine)
