@@ -119,6 +119,17 @@ class Merged:
     stride: int = 1
     zero_shot: npt.NDArray[np.float32] | None = None
     """(K, H', W') the text-defined classes' maps (0 outside the bed), when scored."""
+    blended: npt.NDArray[np.float32] | None = None
+    """With refined maps, the anomaly map as blended before: what the scores are read from."""
+
+    @property
+    def scoring(self) -> npt.NDArray[np.float32]:
+        """The map instance and frame scores are read from: the model's own probabilities.
+
+        Refinement moves where a map is lit (the outlines), not how sure the model is; the
+        guided filter can also overshoot, and clipped scores would tie at 1.
+        """
+        return self.anomaly if self.blended is None else self.blended
 
 
 def _cells(n: int, stride: int) -> int:
@@ -190,8 +201,9 @@ def merge(
 
     `zero_shot` (N, K, g, g), the text-defined classes' maps, are blended the same way.
     With `refine`, the anomaly and class maps are then guided-filtered with `frame` (BGR,
-    the frame the tiles were cut from) as the guide (`refined`); the text-defined classes'
-    maps are left as blended, their thresholds being the operator's.
+    the frame the tiles were cut from) as the guide (`refined`), and the anomaly map as
+    blended is kept to score from (`Merged.scoring`); the text-defined classes' maps are
+    left as blended, their thresholds being the operator's.
 
     Each map is resized (bilinear) from the g x g grid to the tile's cells, weighted with
     `blend_weights`, and accumulated over the bed's box; `sigma` (frame pixels) smooths
@@ -239,9 +251,11 @@ def merge(
     acc /= total
     if sigma > 0:
         acc = cv2.GaussianBlur(acc, (0, 0), sigma / stride).reshape(acc.shape)
+    raw = None
     if refine is not None:
         if frame is None:
             raise ValueError("refining the maps needs the frame as their guide")
+        raw = acc[..., 0].copy()
         learned = c + 1 - k_text
         window = (
             slice(cy0 * stride, (cy0 + bh) * stride),
@@ -258,12 +272,16 @@ def merge(
     inside = bed_mask[rows, cols]
     np.copyto(out_anomaly[rows, cols], acc[..., 0], where=inside)
     np.copyto(out_classes[:, rows, cols], acc[..., 1:].transpose(2, 0, 1), where=inside)
+    blended = None
+    if raw is not None:
+        blended = np.zeros((gh, gw), np.float32)
+        np.copyto(blended[rows, cols], raw, where=inside)
     if zero_shot is None:
-        return Merged(out_anomaly, out_classes, bed_mask, stride)
+        return Merged(out_anomaly, out_classes, bed_mask, stride, blended=blended)
     learned = c - k_text
     texts = out_classes[learned:]
     texts[:, ~bed_mask] = 0.0
-    return Merged(out_anomaly, out_classes[:learned], bed_mask, stride, texts)
+    return Merged(out_anomaly, out_classes[:learned], bed_mask, stride, texts, blended)
 
 
 # --- instances -------------------------------------------------------------------------------
@@ -312,7 +330,7 @@ class InstanceRule:
     contaminant class (`class_thresholds`, in the bundle's class order, else
     `pixel_threshold` for all). A connected region of on cells is an instance when its
     area lies between `min_area` frame pixels and `max_bed_fraction` of the bed, and its
-    score (its highest anomaly probability) reaches `min_score`.
+    score (its highest anomaly probability, in `Merged.scoring`) reaches `min_score`.
     """
 
     pixel_threshold: float
@@ -421,7 +439,7 @@ def find_instances(
     names = classes[1:]
     on = merged.anomaly >= rule.cell_thresholds(merged.classes)
     for r in _regions(on, merged, bed, rule):
-        score = float(merged.anomaly[r.cells][r.on].max())
+        score = float(merged.scoring[r.cells][r.on].max())
         if score < rule.min_score:
             continue
         per_class = merged.classes[(slice(1, None), *r.cells)][:, r.on].mean(axis=1)
@@ -448,7 +466,7 @@ def find_instances(
         up = cv2.resize(cells, (gw * s, gh * s), interpolation=cv2.INTER_NEAREST_EXACT)
         class_mask = np.ascontiguousarray(up[:fh, :fw])
     inside = merged.bed_mask
-    scores = {"anomaly": float(merged.anomaly[inside].max())}
+    scores = {"anomaly": float(merged.scoring[inside].max())}
     for i, name in enumerate(names, start=1):
         scores[name] = float(merged.classes[i][inside].max())
     if text is not None and texts is not None:

@@ -267,7 +267,7 @@ def frame_score_quantiles(seen: Sequence[Seen], classes: tuple[str, ...]) -> dic
     For the anomaly map and each class; the service's drift alert compares its live
     frames with them.
     """
-    maps = {"anomaly": [s.merged.anomaly[s.merged.bed_mask].max() for s in seen]}
+    maps = {"anomaly": [s.merged.scoring[s.merged.bed_mask].max() for s in seen]}
     for k, name in enumerate(classes[1:], start=1):
         maps[name] = [s.merged.classes[k][s.merged.bed_mask].max() for s in seen]
     return {

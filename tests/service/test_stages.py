@@ -429,5 +429,10 @@ def test_merge_refines_the_learned_maps_only_and_needs_the_frame():
     np.testing.assert_allclose(out.classes, want[..., 1:].transpose(2, 0, 1), atol=1e-6)
     assert np.abs(out.anomaly - plain.anomaly).max() > 0.05
     np.testing.assert_array_equal(out.zero_shot, plain.zero_shot)  # the operator's thresholds
+    # scores are the model's own: read from the map as blended, outlines from the refined one
+    assert plain.blended is None and plain.scoring is plain.anomaly
+    np.testing.assert_array_equal(out.scoring, plain.anomaly)
+    (found,) = find_instances(out, bed, CLASSES, InstanceRule(0.8, 10, 0.5)).instances
+    assert found.score == pytest.approx(float(plain.anomaly[out.anomaly >= 0.8].max()))
     with pytest.raises(ValueError, match="needs the frame"):
         merge((h, w), bed, grid.tiles, lit, classes, 0, 0.0, 4, None, refine)

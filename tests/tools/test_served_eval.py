@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from common.bundle import read_manifest
 from common.classes import CLASS_NAMES
 from common.tiling import Box
 from service.serving import open_pipeline
@@ -307,6 +308,8 @@ def test_the_cli_runs_the_service_pipeline_and_calibrates(synth_dir, tmp_path, c
     thresholds = json.loads((out / "thresholds.json").read_text())
     assert thresholds == {**thresholds, **report["thresholds"]}  # the report is under them
     assert len(thresholds["classes"]) == 3 and thresholds["bundle"]["name"] == "demo"
+    refine = read_manifest(DEMO).postprocess.refine  # the maps they were chosen on
+    assert thresholds["bundle"]["refine"] == (None if refine is None else refine.model_dump())
 
     # the report's verdicts are what the service answers for the same frames
     async def served():
