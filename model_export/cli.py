@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("RADIUS_PX", "EPS"),
         help="the service refines the merged maps with a guided filter, the frame as its "
         "guide, before any threshold: window radius in frame pixels and regularisation "
-        "(e.g. 8 0.001; default: no refinement). A --thresholds file must have been "
+        "(e.g. 16 0.0001; default: no refinement). A --thresholds file must have been "
         "calibrated on a bundle refined the same way",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValidationError:
             parser.error(
                 f"--refine {' '.join(args.refine)}: the radius is a whole number of pixels >= 1 "
-                "and eps a number > 0, e.g. --refine 8 0.001"
+                "and eps a number > 0, e.g. --refine 16 0.0001"
             )
     if args.precision != "fp16" and (not args.tensorrt or args.calibration is None):
         parser.error(f"--precision {args.precision} needs --tensorrt and --calibration DIR")
