@@ -24,11 +24,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--stride", type=int, default=1, help="frame pixels per map cell (1)")
-    p.add_argument("--refine", nargs=2, type=float, metavar=("RADIUS_PX", "EPS"))
+    p.add_argument("--refine", nargs=2, metavar=("RADIUS_PX", "EPS"))
     args = p.parse_args()
     refine = None
-    if args.refine is not None:
-        refine = Refine(radius_px=int(args.refine[0]), eps=args.refine[1])
+    if args.refine is not None:  # checked as the bundle's manifest checks it
+        refine = Refine(radius_px=args.refine[0], eps=args.refine[1])
     h, w = 2160, 3840
     bed = bed_crop(np.zeros((h, w, 3), np.uint8), CameraBed())
     tiles = tile_grid(bed.box, 512, 64).tiles

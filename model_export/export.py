@@ -449,7 +449,7 @@ def export_bundle(
                     "sigma": sigma,
                     "min_area_px": options.min_area_px,
                     "max_bed_fraction": options.max_bed_fraction,
-                    "refine": None if options.refine is None else options.refine.model_dump(),
+                    "refine": options.refine,
                     **calibrated,
                 },
                 "prompts": cfg.model.prompts.model_dump(mode="json"),

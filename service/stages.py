@@ -256,12 +256,12 @@ def merge(
         if frame is None:
             raise ValueError("refining the maps needs the frame as their guide")
         raw = acc[..., 0].copy()
-        learned = c + 1 - k_text
+        channels = slice(0, c + 1 - k_text)  # the anomaly and learned class maps
         window = (
             slice(cy0 * stride, (cy0 + bh) * stride),
             slice(cx0 * stride, (cx0 + bw) * stride),
         )
-        acc[..., :learned] = refined(acc[..., :learned], frame[window], refine, stride)
+        acc[..., channels] = refined(acc[..., channels], frame[window], refine, stride)
     gh, gw = _cells(h, stride), _cells(w, stride)
     scaled = np.asarray(bed.polygon) / stride
     bed_mask = bed.mask if stride == 1 else polygon_mask(scaled, gh, gw)
