@@ -43,6 +43,8 @@ FileKind = Literal[
     "onnx", "torch_export", "tensorrt", "bed_model", "region_encoder", "text_encoder", "tokenizer"
 ]
 Precision = Literal["fp32", "fp16", "int8", "fp8"]
+Flip = Literal["horizontal", "vertical", "both"]
+"""A mirrored view of a tile: left-right, top-bottom, or both (a half turn)."""
 
 
 class BundleError(ValueError):
@@ -109,6 +111,16 @@ class Postprocess(_Strict):
     """Instances covering more than this fraction of the bed are dropped: not contaminants."""
     refine: Refine | None = None
     """The merged maps' edge-aware refinement, before any threshold (None: none)."""
+    flips: Annotated[tuple[Flip, ...], Field(max_length=3)] = ()
+    """Test-time flips: each tile also goes through the model mirrored these ways, and its
+    maps are the mean over the views (the tile as it is among them), mirrored back; the
+    model's time a tile grows with the number of views. Empty: each tile runs once."""
+
+    @model_validator(mode="after")
+    def _flips_once_each(self) -> Postprocess:
+        if len(set(self.flips)) != len(self.flips):
+            raise ValueError(f"flips lists a view twice: {list(self.flips)}")
+        return self
 
 
 class BundleFile(_Strict):

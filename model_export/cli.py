@@ -26,10 +26,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 from pydantic import ValidationError
 
-from common.bundle import BundleError, Manifest, Refine, read_manifest
+from common.bundle import BundleError, Flip, Manifest, Refine, read_manifest
 from common.cli import command
 from common.repository import Repository, RepositoryError
 from model_export import ExportError
@@ -170,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. 16 0.0001; default: no refinement). A --thresholds file must have been "
         "calibrated on a bundle refined the same way",
     )
+    p.add_argument(
+        "--flips",
+        nargs="+",
+        choices=get_args(Flip),
+        default=[],
+        metavar="VIEW",
+        help="test-time flips: the service also runs each tile mirrored these ways "
+        "(horizontal, vertical, both) and averages the maps over the views, at the model's "
+        "time once more a view (default: none). A --thresholds file must have been "
+        "calibrated on a bundle with the same flips",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     return p
 
@@ -188,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--refine {' '.join(args.refine)}: the radius is a whole number of pixels >= 1 "
                 "and eps a number > 0, e.g. --refine 16 0.0001"
             )
+    if len(set(args.flips)) != len(args.flips):
+        parser.error(f"--flips {' '.join(args.flips)}: each view once")
     if args.precision != "fp16" and (not args.tensorrt or args.calibration is None):
         parser.error(f"--precision {args.precision} needs --tensorrt and --calibration DIR")
     if args.bundle is not None and (args.repository is None or args.name or args.version):
@@ -254,6 +268,7 @@ def _options(args: argparse.Namespace) -> ExportOptions:
         region_from=args.region_from,
         zero_shot_slots=args.zero_shot_slots,
         refine=args.refine,
+        flips=tuple(args.flips),
     )
 
 

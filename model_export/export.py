@@ -27,6 +27,7 @@ from common.bundle import (
     Bundle,
     BundleError,
     BundleFile,
+    Flip,
     Manifest,
     Refine,
     load_bundle,
@@ -86,6 +87,8 @@ class ExportOptions:
     """Classes defined by text the service can score at once (0: none, no text tower)."""
     refine: Refine | None = None
     """The guided filter of the merged maps the service applies before any threshold."""
+    flips: tuple[Flip, ...] = ()
+    """The mirrored views the service also runs each tile as, averaging the maps."""
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -119,13 +122,23 @@ def _refined_as(refine: Any) -> str:
     return f"refined as --refine {refine.get('radius_px')} {refine.get('eps')}"
 
 
+def _flipped_as(flips: Any) -> str:
+    return f"with --flips {' '.join(map(str, flips))}" if flips else "without flips"
+
+
 def _calibrated(
-    path: Path, checkpoint: Path, mode: str, sigma: float, refine: Refine | None
+    path: Path,
+    checkpoint: Path,
+    mode: str,
+    sigma: float,
+    refine: Refine | None,
+    flips: tuple[Flip, ...] = (),
 ) -> dict[str, Any]:
     """The thresholds of `scrapscan-eval --bundle --calibrate`, checked against this export.
 
     They hold for the maps of the bundle they were chosen on: the same checkpoint, binary
-    mode, smoothing and refinement. Returns the manifest's postprocess fields they set.
+    mode, smoothing, refinement and test-time flips (a thresholds.json from before flips
+    existed was calibrated without). Returns the manifest's postprocess fields they set.
     """
     data = _read_json(path, "the thresholds.json of scrapscan-eval --bundle --calibrate")
     fields = ("pixel", "classes", "min_area_px", "min_score", "reject_score", "bundle")
@@ -150,6 +163,12 @@ def _calibrated(
         raise ExportError(
             f"{path}: calibrated on maps {_refined_as(theirs)}; this export's maps are "
             f"{_refined_as(ours)}"
+        )
+    theirs_flips = made.get("flips") or []
+    if sorted(theirs_flips) != sorted(flips):
+        raise ExportError(
+            f"{path}: calibrated on maps {_flipped_as(theirs_flips)}; this export's maps are "
+            f"{_flipped_as(flips)}"
         )
     classes = data["classes"]
     if not isinstance(classes, list) or len(classes) != len(CLASS_NAMES) - 1:
@@ -287,7 +306,12 @@ def export_bundle(
         {}
         if options.thresholds is None
         else _calibrated(
-            options.thresholds, checkpoint, cfg.model.binary_mode.value, sigma, options.refine
+            options.thresholds,
+            checkpoint,
+            cfg.model.binary_mode.value,
+            sigma,
+            options.refine,
+            options.flips,
         )
     )
     margin, verified_with = (
@@ -450,6 +474,7 @@ def export_bundle(
                     "min_area_px": options.min_area_px,
                     "max_bed_fraction": options.max_bed_fraction,
                     "refine": options.refine,
+                    "flips": options.flips,
                     **calibrated,
                 },
                 "prompts": cfg.model.prompts.model_dump(mode="json"),

@@ -7,7 +7,9 @@ class_probs (N, C, g, g), anomaly (N, g, g), scores (N, C), zero_shot (N, K, g, 
 for a bundle without slots). `open_engine` picks one by name or, for "auto", the best this
 machine can run: TensorRT (an engine built for this GPU and TensorRT version), then
 PyTorch on a CUDA GPU; on the CPU, of ONNX Runtime and OpenVINO (when installed) the one
-that runs a batch faster, timed side by side at load.
+that runs a batch faster, timed side by side at load. A bundle whose manifest lists test-time
+`flips` gets its engine wrapped in `Flipped`: each batch also runs mirrored those ways and
+the maps are averaged over the views.
 
 OpenVINO reads the bundle's model.onnx. Below fp32 (bf16 on CPUs with AMX or AVX-512
 BF16, the default precision "auto") it is served only when its answers stay within the
@@ -33,6 +35,7 @@ from common.bundle import (
     ZERO_SHOT_INPUT,
     ZERO_SHOT_OUTPUT,
     Bundle,
+    Flip,
     Precision,
     ZeroShotInfo,
 )
@@ -356,6 +359,41 @@ def plug_engine(kind: str, factory: EngineFactory) -> None:
     PLUGGED[kind] = factory
 
 
+_MIRRORED: Final[dict[Flip, tuple[int, ...]]] = {
+    "horizontal": (-1,),
+    "vertical": (-2,),
+    "both": (-2, -1),
+}
+"""The image axes each flip reverses (the tiles' and the maps' last two axes: rows, columns)."""
+
+
+class Flipped:
+    """An engine whose maps are the mean over a tile and its mirrored views (manifest `flips`).
+
+    Each view is one batch of the inner engine (so `max_batch` stays the inner one's, and
+    the time a batch grows with the views); a flip undoes itself, so each view's maps are
+    mirrored back the way its tiles were and every cell averages the same pixels. The
+    scores, one row a tile, are averaged as they come.
+    """
+
+    def __init__(self, inner: Engine, flips: Sequence[Flip]) -> None:
+        self.inner = inner
+        self.axes = [_MIRRORED[f] for f in flips]
+        self.name = f"{inner.name}+flips"
+        self.max_batch = inner.max_batch
+
+    def infer(self, images: Array, text: Array | None = None) -> EngineOutput:
+        """The batch in every view, each view's maps mirrored back, averaged."""
+        first = self.inner.infer(images, text)
+        total = [np.array(a, np.float32) for a in first]  # own copies: summed in place
+        for axes in self.axes:
+            out = self.inner.infer(np.ascontiguousarray(np.flip(images, axes)), text)
+            for name, acc, part in zip(EngineOutput._fields, total, out, strict=True):
+                acc += part if name == "scores" else np.flip(part, axes)
+        views = np.float32(1 + len(self.axes))
+        return EngineOutput(*(acc / views for acc in total))
+
+
 def open_engine(
     bundle: Bundle,
     kind: str = "auto",
@@ -367,8 +405,14 @@ def open_engine(
 
     `precision`: which ONNX file ONNX Runtime loads (fp16 where the bundle has one, else
     fp32), and for OpenVINO the precision it runs at if parity holds ("auto": bf16 where
-    the CPU has it).
+    the CPU has it). With the manifest's test-time flips, the engine is `Flipped`.
     """
+    engine = _open(bundle, kind, device, threads, precision)
+    flips = bundle.manifest.postprocess.flips
+    return Flipped(engine, flips) if flips else engine
+
+
+def _open(bundle: Bundle, kind: str, device: str, threads: int, precision: str) -> Engine:
     if kind in PLUGGED:
         return PLUGGED[kind](bundle, device, threads)
     if kind == "iap-as":

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.bundle import Refine
+from common.bundle import Flip, Refine
 
 Verdict = Literal["clean", "inspect", "reject"]
 VERDICTS: tuple[Verdict, ...] = ("clean", "inspect", "reject")
@@ -123,6 +123,11 @@ class Thresholds(_Model):
         None,
         description="the guided filter the maps were refined with on the frame before these "
         "thresholds (null: none)",
+    )
+    flips: list[Flip] = Field(
+        default_factory=list,
+        description="the mirrored views each tile also ran as, its maps the mean over the views "
+        "(empty: the tile alone)",
     )
 
 

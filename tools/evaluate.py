@@ -197,6 +197,7 @@ def served_main(argv: Sequence[str]) -> int:
                 "refine": None
                 if bundle.manifest.postprocess.refine is None
                 else bundle.manifest.postprocess.refine.model_dump(),
+                "flips": list(bundle.manifest.postprocess.flips),
                 "region": None
                 if bundle.manifest.region is None
                 else bundle.manifest.region.metrics.get("checkpoint"),

@@ -291,14 +291,17 @@ def test_calibrated_thresholds_go_into_the_manifest_and_the_pipeline(checkpoint,
     path = tmp_path / "thresholds.json"
     refine = {"radius_px": 8, "eps": 0.001}  # calibrated on refined maps, exported so
     mode = cfg.model.binary_mode.value
-    path.write_text(json.dumps(_thresholds(checkpoint, binary_mode=mode, refine=refine)))
+    flips = ["vertical", "horizontal"]  # and with the same flips, named in any order
+    made = _thresholds(checkpoint, binary_mode=mode, refine=refine, flips=flips)
+    path.write_text(json.dumps(made))
     out = tmp_path / "b"
     args = ["--checkpoint", str(checkpoint), "--out", str(out), "--thresholds", str(path)]
-    args += ["--refine", "8", "0.001"]
+    args += ["--refine", "8", "0.001", "--flips", "horizontal", "vertical"]
     assert main([*args, "--no-fp16", "--no-torch-export", "--min-area", "100"]) == 0
     bundle = load_bundle(out)
     post = bundle.manifest.postprocess
     assert post.refine == Refine(radius_px=8, eps=0.001)
+    assert post.flips == ("horizontal", "vertical")
     assert post.threshold_source == "calibrated" and post.min_area_px == 900
     assert post.class_thresholds == {"motor": 0.45, "cable": 0.6, "spray_can": 0.3}
     assert (post.min_score, post.reject_score) == (0.71, 0.93)
@@ -339,6 +342,18 @@ def test_thresholds_of_another_model_are_refused_before_any_work(checkpoint, tmp
     assert main([*args, "--refine", "16", "0.0001"]) == 1
     said = "calibrated on maps not refined; this export's maps are refined as --refine 16 0.0001"
     assert said in capsys.readouterr().err
+    assert main([*args, "--flips", "horizontal"]) == 1
+    said = "calibrated on maps without flips; this export's maps are with --flips horizontal"
+    assert said in capsys.readouterr().err
+    path.write_text(json.dumps(_thresholds(checkpoint, binary_mode=mode, flips=["both"])))
+    assert main([*args, "--flips", "horizontal"]) == 1
+    said = "calibrated on maps with --flips both; this export's maps are with --flips horizontal"
+    assert said in capsys.readouterr().err
+    for bad in (["horizontal", "horizontal"], ["sideways"]):
+        with pytest.raises(SystemExit) as stop:
+            main([*args, "--flips", *bad])
+        assert stop.value.code == 2
+        assert "--flips" in capsys.readouterr().err
     for bad in (["0", "0.001"], ["8", "0"], ["8.5", "0.001"], ["8", "lots"]):
         with pytest.raises(SystemExit) as stop:
             main([*args, "--refine", *bad])

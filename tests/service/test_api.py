@@ -69,6 +69,7 @@ def test_a_frame_goes_through_and_its_result_matches_the_frame(server, frame):
     assert result["thresholds"]["reject_score"] == pytest.approx(made.reject_score or 0.8)
     refine = None if made.refine is None else made.refine.model_dump()
     assert result["thresholds"]["refine"] == refine
+    assert result["thresholds"]["flips"] == list(made.flips)
     assert set(result["scores"]) == {"anomaly", "motor", "cable", "spray_can"}
     assert result["verdict"] in {"clean", "inspect", "reject"}
     stages = {"decode", "crop", "tile", "infer", "merge", "postprocess", "encode"}

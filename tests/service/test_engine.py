@@ -16,6 +16,8 @@ from common.tiling import Box
 from service import engine as engine_module
 from service.engine import (
     EngineError,
+    EngineOutput,
+    Flipped,
     OnnxRuntimeEngine,
     OpenVinoEngine,
     TorchEngine,
@@ -200,3 +202,77 @@ def test_tiles_are_normalised_with_the_bundle_mean_and_std():
     expected = (rgb - np.asarray(mean)[:, None, None]) / np.asarray(std)[:, None, None]
     np.testing.assert_allclose(other, expected, atol=1e-4)
     assert len(tiles) == 4 and not np.allclose(other, clip)
+
+
+class _Local:
+    """An engine whose maps read the pixels under each cell, plus its column when `skewed`."""
+
+    name, max_batch = "local", 8
+
+    def __init__(self, skewed=False):
+        self.skewed, self.batches = skewed, []
+
+    def infer(self, images, text=None):
+        self.batches.append(images.copy())
+        n, c = images.shape[:2]  # the mean of each 14 px cell: 37 x 37, the model's grid
+        cells = images.reshape(n, c, 37, 14, 37, 14).mean(axis=(3, 5))
+        column = np.arange(37, dtype=np.float32) if self.skewed else np.zeros(37, np.float32)
+        probs = np.concatenate([cells, cells[:, :1]], axis=1) + column
+        left = images[..., : images.shape[-1] // 2].mean(axis=(2, 3))  # reads the left half
+        return EngineOutput(probs, cells[:, 0] + column, left, cells[:, :2] * 2 + column)
+
+
+def test_flipped_views_are_mirrored_back_before_they_are_averaged(images):
+    # maps made cell by cell from the pixels under them do not change with any flip: each
+    # view, mirrored back, lies on its own cells
+    inner = _Local()
+    plain = inner.infer(images)
+    engine = Flipped(inner, ["horizontal", "vertical", "both"])
+    out = engine.infer(images)
+    for name, a, b in zip(EngineOutput._fields, plain, out, strict=True):
+        if name != "scores":
+            np.testing.assert_allclose(b, a, atol=1e-6, err_msg=name)
+    assert [b.shape for b in inner.batches[1:]] == [images.shape] * 4  # one batch a view
+    np.testing.assert_array_equal(inner.batches[2], images[..., ::-1])
+    np.testing.assert_array_equal(inner.batches[3], images[..., ::-1, :])
+    np.testing.assert_array_equal(inner.batches[4], images[..., ::-1, ::-1])
+    # the scores are the mean over the views as they come: the left half and the right half
+    whole = images.mean(axis=(2, 3))
+    np.testing.assert_allclose(
+        Flipped(_Local(), ["horizontal"]).infer(images).scores, whole, atol=1e-5
+    )
+    # what depends on where a cell is averages with its mirror image: the column's 0 .. 36
+    # and 36 .. 0 become 18 everywhere
+    skewed = Flipped(_Local(skewed=True), ["horizontal"]).infer(images)
+    np.testing.assert_allclose(skewed.anomaly, plain.anomaly + 18, atol=1e-5)
+    assert engine.name == "local+flips" and engine.max_batch == 8
+    assert all(a.dtype == np.float32 for a in out)
+
+
+def test_a_bundle_with_flips_is_served_flipped(tmp_path, images):
+    copy = _edited(tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["postprocess"]["flips"] = ["horizontal"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    flipped = load_bundle(copy)
+    engine = open_engine(flipped, "onnxruntime")
+    assert isinstance(engine, Flipped) and engine.name == "onnxruntime-cpu+flips"
+    plain = open_engine(load_bundle(DEMO), "onnxruntime")
+    assert not isinstance(plain, Flipped)
+    one, mirrored = (
+        plain.infer(images[:2]),
+        plain.infer(np.ascontiguousarray(images[:2, ..., ::-1])),
+    )
+    out = engine.infer(images[:2])
+    np.testing.assert_allclose(
+        out.anomaly, (one.anomaly + mirrored.anomaly[..., ::-1]) / 2, atol=1e-5
+    )
+    assert not np.allclose(out.anomaly, one.anomaly, atol=1e-3)  # the model itself is not symmetric
+    for flips, said in (
+        (["horizontal", "horizontal"], "lists a view twice"),
+        (["sideways"], "flips"),
+    ):
+        manifest["postprocess"]["flips"] = flips
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match=said):
+            load_bundle(copy)

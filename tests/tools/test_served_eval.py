@@ -310,6 +310,7 @@ def test_the_cli_runs_the_service_pipeline_and_calibrates(synth_dir, tmp_path, c
     assert len(thresholds["classes"]) == 3 and thresholds["bundle"]["name"] == "demo"
     refine = read_manifest(DEMO).postprocess.refine  # the maps they were chosen on
     assert thresholds["bundle"]["refine"] == (None if refine is None else refine.model_dump())
+    assert thresholds["bundle"]["flips"] == list(read_manifest(DEMO).postprocess.flips)
 
     # the report's verdicts are what the service answers for the same frames
     async def served():
