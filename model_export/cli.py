@@ -178,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="VIEW",
         help="test-time flips: the service also runs each tile mirrored these ways "
-        "(horizontal, vertical, both) and averages the maps over the views, at the model's "
-        "time once more a view (default: none). A --thresholds file must have been "
+        "(horizontal, vertical, both) and averages the maps over the views, the model "
+        "running once more for each (default: none). A --thresholds file must have been "
         "calibrated on a bundle with the same flips",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")

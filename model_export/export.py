@@ -165,6 +165,8 @@ def _calibrated(
             f"{_refined_as(ours)}"
         )
     theirs_flips = made.get("flips") or []
+    if not isinstance(theirs_flips, list) or not all(isinstance(f, str) for f in theirs_flips):
+        raise ExportError(f"{path}: bundle.flips must list the views by name")
     if sorted(theirs_flips) != sorted(flips):
         raise ExportError(
             f"{path}: calibrated on maps {_flipped_as(theirs_flips)}; this export's maps are "

@@ -332,6 +332,7 @@ def test_thresholds_of_another_model_are_refused_before_any_work(checkpoint, tmp
             _thresholds(checkpoint, binary_mode=mode, refine={"radius_px": 8, "eps": 0.001}),
             "calibrated on maps refined as --refine 8 0.001; this export's maps are not refined",
         ),
+        (_thresholds(checkpoint, binary_mode=mode, flips="both"), "must list the views"),
     ]
     for data, message in cases:
         path.write_text(json.dumps(data))
