@@ -14,7 +14,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from common.jsonfile import JSONFileError, read_json
 
@@ -45,6 +52,16 @@ FileKind = Literal[
 Precision = Literal["fp32", "fp16", "int8", "fp8"]
 Flip = Literal["horizontal", "vertical", "both"]
 """A mirrored view of a tile: left-right, top-bottom, or both (a half turn)."""
+
+
+def _once_each(flips: tuple[Flip, ...]) -> tuple[Flip, ...]:
+    if len(set(flips)) != len(flips):
+        raise ValueError(f"lists a view twice: {list(flips)}")
+    return flips
+
+
+Flips = Annotated[tuple[Flip, ...], AfterValidator(_once_each)]
+"""Test-time flips, each view at most once (manifest, export options, results)."""
 
 
 class BundleError(ValueError):
@@ -111,16 +128,10 @@ class Postprocess(_Strict):
     """Instances covering more than this fraction of the bed are dropped: not contaminants."""
     refine: Refine | None = None
     """The merged maps' edge-aware refinement, before any threshold (None: none)."""
-    flips: Annotated[tuple[Flip, ...], Field(max_length=3)] = ()
+    flips: Flips = ()
     """Test-time flips: each tile also goes through the model mirrored these ways, and its
     maps are the mean over the views (the tile as it is among them), mirrored back; the
     model's time a tile grows with the number of views. Empty: each tile runs once."""
-
-    @model_validator(mode="after")
-    def _flips_once_each(self) -> Postprocess:
-        if len(set(self.flips)) != len(self.flips):
-            raise ValueError(f"flips lists a view twice: {list(self.flips)}")
-        return self
 
 
 class BundleFile(_Strict):

@@ -28,9 +28,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import get_args
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from common.bundle import BundleError, Flip, Manifest, Refine, read_manifest
+from common.bundle import BundleError, Flip, Flips, Manifest, Refine, read_manifest
 from common.cli import command
 from common.repository import Repository, RepositoryError
 from model_export import ExportError
@@ -200,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--refine {' '.join(args.refine)}: the radius is a whole number of pixels >= 1 "
                 "and eps a number > 0, e.g. --refine 16 0.0001"
             )
-    if len(set(args.flips)) != len(args.flips):
+    try:
+        args.flips = TypeAdapter(Flips).validate_python(args.flips)
+    except ValidationError:
         parser.error(f"--flips {' '.join(args.flips)}: each view once")
     if args.precision != "fp16" and (not args.tensorrt or args.calibration is None):
         parser.error(f"--precision {args.precision} needs --tensorrt and --calibration DIR")
@@ -268,7 +270,7 @@ def _options(args: argparse.Namespace) -> ExportOptions:
         region_from=args.region_from,
         zero_shot_slots=args.zero_shot_slots,
         refine=args.refine,
-        flips=tuple(args.flips),
+        flips=args.flips,
     )
 
 

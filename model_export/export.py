@@ -27,7 +27,7 @@ from common.bundle import (
     Bundle,
     BundleError,
     BundleFile,
-    Flip,
+    Flips,
     Manifest,
     Refine,
     load_bundle,
@@ -87,7 +87,7 @@ class ExportOptions:
     """Classes defined by text the service can score at once (0: none, no text tower)."""
     refine: Refine | None = None
     """The guided filter of the merged maps the service applies before any threshold."""
-    flips: tuple[Flip, ...] = ()
+    flips: Flips = ()
     """The mirrored views the service also runs each tile as, averaging the maps."""
 
 
@@ -132,7 +132,7 @@ def _calibrated(
     mode: str,
     sigma: float,
     refine: Refine | None,
-    flips: tuple[Flip, ...] = (),
+    flips: Flips = (),
 ) -> dict[str, Any]:
     """The thresholds of `scrapscan-eval --bundle --calibrate`, checked against this export.
 

@@ -384,7 +384,7 @@ class Pipeline:
             verify_margin=region.verify_margin if region is not None else None,
             drop_unverified=region is not None and region.drop_unverified,
             refine=m.postprocess.refine,
-            flips=list(m.postprocess.flips),
+            flips=m.postprocess.flips,
         )
         h, w = frame.shape[:2]
         result = FrameResult(

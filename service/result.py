@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.bundle import Flip, Refine
+from common.bundle import Flips, Refine
 
 Verdict = Literal["clean", "inspect", "reject"]
 VERDICTS: tuple[Verdict, ...] = ("clean", "inspect", "reject")
@@ -124,8 +124,8 @@ class Thresholds(_Model):
         description="the guided filter the maps were refined with on the frame before these "
         "thresholds (null: none)",
     )
-    flips: list[Flip] = Field(
-        default_factory=list,
+    flips: Flips = Field(
+        (),
         description="the mirrored views each tile also ran as, its maps the mean over the views "
         "(empty: the tile alone)",
     )
